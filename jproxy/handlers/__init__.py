@@ -1,0 +1,1 @@
+"""Thin gevent greenlets that run the protocol cores of ``jproxy`` on real sockets."""

@@ -1,0 +1,43 @@
+"""Live counters of a server process, read by the admin protocol and the Prometheus page.
+
+What counts as a connection (docs/admin.md says the same): every tunnel stream (a TCP connect
+the server accepted), every UDP association and every plain SOCKS5 connection the server
+itself serves. Tunnels are counted separately. Bytes are payload bytes relayed, both
+directions summed. gevent runs one greenlet at a time, so plain integers need no lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counters:
+    connections_total: int = 0
+    connections_open: int = 0
+    bytes_transferred: int = 0
+    tunnels_open: int = 0
+    tunnels_by_dialect: dict[str, int] = field(default_factory=dict)
+    users_connected: dict[str, int] = field(default_factory=dict)
+
+    def connection_opened(self) -> None:
+        self.connections_total += 1
+        self.connections_open += 1
+
+    def connection_closed(self) -> None:
+        self.connections_open -= 1
+
+    def transferred(self, count: int) -> None:
+        self.bytes_transferred += count
+
+    def tunnel_opened(self, user: str, dialect: str) -> None:
+        self.tunnels_open += 1
+        self.tunnels_by_dialect[dialect] = self.tunnels_by_dialect.get(dialect, 0) + 1
+        self.users_connected[user] = self.users_connected.get(user, 0) + 1
+
+    def tunnel_closed(self, user: str, dialect: str) -> None:
+        self.tunnels_open -= 1
+        self.tunnels_by_dialect[dialect] -= 1
+        self.users_connected[user] -= 1
+        if not self.users_connected[user]:
+            del self.users_connected[user]

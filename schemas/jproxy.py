@@ -1,0 +1,340 @@
+"""jProxy 3 on the wire: handshake, login, the frame envelope and every tunnel message.
+
+Every 16-bit field is big-endian (the Java implementation's wire, not PROTOCOL.md). Tunnel
+messages start with a type byte whose low nibble names the transport (1 TCP, 2 UDP, 3 ICMP)
+and whose high nibble names the operation (0 open, 2 data, 4 close, 6 window, 8 half-close).
+Codes 0x61, 0x81 and 0x03 exist only in dialect 3.1.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+
+import construct as c
+
+from schemas.errors import WireError
+from schemas.fields import InRange, StrictEnum, doc, packet, parse
+
+MAGIC = b"jProxy"
+MAJOR_VERSION = 3
+HASH_SIZE = 32
+BLOCK_SIZE = 16
+MAX_BLOCKS = 255
+MAX_NAME_LENGTH = 255
+
+
+class Dialect(enum.IntEnum):
+    """The handshake's minor version: it selects the cipher suite and the extensions."""
+
+    LEGACY_3_0 = 0
+    SECURE_3_1 = 1
+
+
+class HandshakeStatus(enum.IntEnum):
+    OK = 0
+    REFUSED = 1
+
+
+class LoginStatus(enum.IntEnum):
+    OK = 0
+    FAILED = 1
+
+
+class MessageType(enum.IntEnum):
+    TCP_CONNECT = 0x01
+    UDP_ASSOCIATE = 0x02
+    ICMP_ECHO = 0x03
+    TCP_PACKET = 0x21
+    UDP_PACKET = 0x22
+    TCP_DISCONNECT = 0x41
+    UDP_DISSOCIATE = 0x42
+    TCP_WINDOW_UPDATE = 0x61
+    TCP_HALF_CLOSE = 0x81
+
+
+class Direction(enum.Enum):
+    """Who sends a message; codes 0x01-0x03 mean a request one way and a reply the other."""
+
+    CLIENT_TO_SERVER = "c2s"
+    SERVER_TO_CLIENT = "s2c"
+
+
+class ConnectStatus(enum.IntEnum):
+    """Status of a TCP connect, UDP associate or ICMP echo (the wire's values, not the spec's)."""
+
+    OK = 0
+    GENERAL_FAILURE = 1
+    REFUSED = 2
+    TIMED_OUT = 3
+    UNREACHABLE = 4
+    UNKNOWN_HOST = 5
+    CONNECTION_LIMIT = 6
+
+
+class DisconnectReason(enum.IntEnum):
+    GENERAL = 1
+    CLIENT_CLOSED = 2
+    BROKEN_PIPE = 3
+    RESET = 4
+
+
+class AddressType(enum.IntEnum):
+    IPV4 = 1
+    DOMAIN = 3
+    IPV6 = 4
+
+
+_ADDRESS_LENGTHS = {AddressType.IPV4: 4, AddressType.IPV6: 16}
+
+
+class _HostAdapter(c.Adapter):
+    """Address bytes <-> host text, checked against the address type."""
+
+    def _decode(self, obj: bytes, context: c.Container, path: str) -> str:
+        kind = context.type
+        if kind in _ADDRESS_LENGTHS:
+            if len(obj) != _ADDRESS_LENGTHS[kind]:
+                raise c.ValidationError(
+                    f"{kind.name} address needs {_ADDRESS_LENGTHS[kind]} bytes, got {len(obj)}",
+                    path=path,
+                )
+            return str(ipaddress.ip_address(obj))
+        if not obj:
+            raise c.ValidationError("empty host name", path=path)
+        try:
+            return obj.decode("ascii")
+        except UnicodeDecodeError:
+            raise c.ValidationError("host name is not ASCII", path=path) from None
+
+    def _encode(self, obj: str, context: c.Container, path: str) -> bytes:
+        kind = AddressType(context.type)
+        if kind is AddressType.DOMAIN:
+            raw = obj.encode("idna") if not obj.isascii() else obj.encode("ascii")
+            if not 1 <= len(raw) <= MAX_NAME_LENGTH:
+                raise c.ValidationError(
+                    f"host name must be 1..{MAX_NAME_LENGTH} bytes, got {len(raw)}", path=path
+                )
+            return raw
+        try:
+            address = ipaddress.ip_address(obj)
+        except ValueError:
+            raise c.ValidationError(f"{obj!r} is not an IP address", path=path) from None
+        if len(address.packed) != _ADDRESS_LENGTHS[kind]:
+            raise c.ValidationError(f"{obj!r} is not an {kind.name} address", path=path)
+        return address.packed
+
+
+Address = c.Struct(
+    "type" / doc(StrictEnum(c.Int8ub, AddressType), "1 IPv4, 3 DNS name, 4 IPv6"),
+    "host" / doc(
+        _HostAdapter(c.Prefixed(c.Int8ub, c.GreedyBytes)),
+        "length byte, then 4 (IPv4) or 16 (IPv6) address bytes or a 1..255-byte ASCII name",
+    ),
+)
+
+_Magic = doc(c.Const(MAGIC), 'ASCII "jProxy"')
+_ConnectionId = doc(c.Int16ub, "stream id chosen by the client, unique among its live streams")
+_Port = c.Int16ub
+
+
+def _message_type(code: MessageType) -> c.Construct:
+    return doc(c.Const(int(code), c.Int8ub), f"message type 0x{int(code):02x}")
+
+
+def _data(what: str) -> tuple[c.Construct, c.Construct]:
+    """A big-endian 16-bit length rebuilt from the bytes that follow it."""
+    return (
+        "length" / doc(c.Rebuild(c.Int16ub, c.len_(c.this.data)), f"{what} length"),
+        "data" / doc(c.Bytes(c.this.length), what),
+    )
+
+
+# --- before encryption ---------------------------------------------------------------------
+
+Hello = packet(
+    "Hello",
+    "magic" / _Magic,
+    "major" / doc(c.Int8ub, "major version, 3"),
+    "minor" / doc(c.Int8ub, "minor version: 0 legacy dialect (Java), 1 secure dialect"),
+    doc_text="client -> server, first bytes of a tunnel",
+)
+
+HelloReply = packet(
+    "HelloReply",
+    "magic" / _Magic,
+    "status" / doc(StrictEnum(c.Int8ub, HandshakeStatus), "0 accepted, 1 refused (then close)"),
+    doc_text="server -> client",
+)
+
+LoginRequest = packet(
+    "LoginRequest",
+    "login_hash" / doc(c.Bytes(HASH_SIZE), "SHA-256(public key DER || 256-byte salt)"),
+    doc_text="client -> server, right after an accepted hello",
+)
+
+LoginReply = packet(
+    "LoginReply",
+    "status" / doc(StrictEnum(c.Int8ub, LoginStatus), "0 logged in, 1 failed (then close)"),
+    "wrapped_key" / doc(
+        c.If(c.this.status == LoginStatus.OK, c.Bytes(c.this._params.key_size)),
+        "only when status is 0: the 16-byte AES session key encrypted to the user's RSA key"
+        " (RSA-OAEP-SHA256 in 3.1, PKCS#1 v1.5 in 3.0); as long as the modulus (256 bytes)",
+    ),
+    doc_text="server -> client; parse and build take key_size=<modulus bytes>",
+)
+
+Frame = packet(
+    "Frame",
+    "blocks" / doc(
+        c.Rebuild(InRange(c.Int8ub, 1, MAX_BLOCKS), c.len_(c.this.ciphertext) // BLOCK_SIZE),
+        "n, the number of 16-byte blocks that follow, 1..255",
+    ),
+    "ciphertext" / doc(c.Bytes(c.this.blocks * BLOCK_SIZE), "n*16 bytes of ciphertext"),
+    doc_text="every message after login travels in one frame (both directions)",
+)
+
+# --- tunnel messages (the plaintext of one frame) -----------------------------------------
+
+TcpConnectRequest = packet(
+    "TcpConnectRequest",
+    "type" / _message_type(MessageType.TCP_CONNECT),
+    "connection_id" / _ConnectionId,
+    "port" / doc(_Port, "destination port"),
+    "address" / doc(Address, "destination"),
+    doc_text="client -> server: open a TCP stream",
+)
+
+TcpConnectReply = packet(
+    "TcpConnectReply",
+    "type" / _message_type(MessageType.TCP_CONNECT),
+    "connection_id" / _ConnectionId,
+    "status" / doc(StrictEnum(c.Int8ub, ConnectStatus), "connect status"),
+    "elapsed_ms" / doc(c.Int16ub, "milliseconds the server spent connecting (capped at 65535)"),
+    doc_text="server -> client",
+)
+
+TcpPacket = packet(
+    "TcpPacket",
+    "type" / _message_type(MessageType.TCP_PACKET),
+    "connection_id" / _ConnectionId,
+    *_data("stream data"),
+    doc_text="both directions: stream data",
+)
+
+TcpDisconnect = packet(
+    "TcpDisconnect",
+    "type" / _message_type(MessageType.TCP_DISCONNECT),
+    "connection_id" / _ConnectionId,
+    "reason" / doc(StrictEnum(c.Int8ub, DisconnectReason), "why the stream ended"),
+    "legacy_pad" / doc(
+        c.Optional(c.OneOf(c.Int8ub, [0])),
+        "one zero byte that the Java client appends; absent from servers and gjproxy",
+    ),
+    doc_text="both directions: the stream is gone, the id may be reused once both sides said so",
+)
+
+UdpAssociateRequest = packet(
+    "UdpAssociateRequest",
+    "type" / _message_type(MessageType.UDP_ASSOCIATE),
+    "connection_id" / _ConnectionId,
+    "local_port" / doc(_Port, "UDP port the server should bind, 0 = any"),
+    "port" / doc(_Port, "the one remote port of this association"),
+    "address" / doc(Address, "the one remote address of this association"),
+    doc_text="client -> server: open a UDP association (the Java server ignores it)",
+)
+
+UdpAssociateReply = packet(
+    "UdpAssociateReply",
+    "type" / _message_type(MessageType.UDP_ASSOCIATE),
+    "connection_id" / _ConnectionId,
+    "status" / doc(StrictEnum(c.Int8ub, ConnectStatus), "associate status"),
+    "bound_port" / doc(_Port, "UDP port the server bound"),
+    doc_text="server -> client (3.1)",
+)
+
+UdpPacket = packet(
+    "UdpPacket",
+    "type" / _message_type(MessageType.UDP_PACKET),
+    "connection_id" / _ConnectionId,
+    *_data("one datagram"),
+    doc_text="both directions: one datagram",
+)
+
+UdpDissociate = packet(
+    "UdpDissociate",
+    "type" / _message_type(MessageType.UDP_DISSOCIATE),
+    "connection_id" / _ConnectionId,
+    "reason" / doc(StrictEnum(c.Int8ub, DisconnectReason), "why the association ended"),
+    doc_text="both directions: the association is gone",
+)
+
+IcmpEchoRequest = packet(
+    "IcmpEchoRequest",
+    "type" / _message_type(MessageType.ICMP_ECHO),
+    "connection_id" / doc(c.Int16ub, "request id, echoed in the reply"),
+    "timeout_ms" / doc(c.Int16ub, "how long the server waits for the echo reply"),
+    "address" / doc(Address, "host to ping"),
+    *_data("echo payload"),
+    doc_text="client -> server (3.1): send one ICMP echo request",
+)
+
+IcmpEchoReply = packet(
+    "IcmpEchoReply",
+    "type" / _message_type(MessageType.ICMP_ECHO),
+    "connection_id" / doc(c.Int16ub, "the request's id"),
+    "status" / doc(StrictEnum(c.Int8ub, ConnectStatus), "0 reply received, 3 timed out, ..."),
+    "elapsed_ms" / doc(c.Int16ub, "round-trip time in milliseconds"),
+    *_data("echo payload as received"),
+    doc_text="server -> client (3.1)",
+)
+
+TcpWindowUpdate = packet(
+    "TcpWindowUpdate",
+    "type" / _message_type(MessageType.TCP_WINDOW_UPDATE),
+    "connection_id" / _ConnectionId,
+    "increment" / doc(c.Int32ub, "bytes of stream data the sender may now send in addition"),
+    doc_text="both directions (3.1): flow-control credit for one stream",
+)
+
+TcpHalfClose = packet(
+    "TcpHalfClose",
+    "type" / _message_type(MessageType.TCP_HALF_CLOSE),
+    "connection_id" / _ConnectionId,
+    doc_text="both directions (3.1): the sender will send no more data on this stream",
+)
+
+C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+
+MESSAGES: dict[tuple[Direction, MessageType], c.Construct] = {
+    (C2S, MessageType.TCP_CONNECT): TcpConnectRequest,
+    (S2C, MessageType.TCP_CONNECT): TcpConnectReply,
+    (C2S, MessageType.UDP_ASSOCIATE): UdpAssociateRequest,
+    (S2C, MessageType.UDP_ASSOCIATE): UdpAssociateReply,
+    (C2S, MessageType.ICMP_ECHO): IcmpEchoRequest,
+    (S2C, MessageType.ICMP_ECHO): IcmpEchoReply,
+    **{
+        (direction, MessageType(schema.subcons[0].subcon.value)): schema
+        for schema in (
+            TcpPacket, TcpDisconnect, UdpPacket, UdpDissociate, TcpWindowUpdate, TcpHalfClose
+        )
+        for direction in Direction
+    },
+}
+"""Every tunnel message, keyed by who sends it and its type byte."""
+
+SECURE_ONLY = frozenset({MessageType.ICMP_ECHO, MessageType.TCP_WINDOW_UPDATE,
+                         MessageType.TCP_HALF_CLOSE})
+"""Message types that exist only in dialect 3.1."""
+
+
+def parse_message(data: bytes, direction: Direction) -> tuple[c.Construct, c.Container]:
+    """Dispatch one decrypted tunnel message on its type byte: ``(schema, fields)``."""
+    if not data:
+        raise WireError("Message", "type", "empty message")
+    try:
+        code = MessageType(data[0])
+    except ValueError:
+        raise WireError("Message", "type", f"unknown message type 0x{data[0]:02x}") from None
+    schema = MESSAGES[(direction, code)]
+    return schema, parse(schema, data)
