@@ -127,7 +127,8 @@ class _HostAdapter(c.Adapter):
 
 Address = c.Struct(
     "type" / doc(StrictEnum(c.Int8ub, AddressType), "1 IPv4, 3 DNS name, 4 IPv6"),
-    "host" / doc(
+    "host"
+    / doc(
         _HostAdapter(c.Prefixed(c.Int8ub, c.GreedyBytes)),
         "length byte, then 4 (IPv4) or 16 (IPv6) address bytes or a 1..255-byte ASCII name",
     ),
@@ -176,7 +177,8 @@ LoginRequest = packet(
 LoginReply = packet(
     "LoginReply",
     "status" / doc(StrictEnum(c.Int8ub, LoginStatus), "0 logged in, 1 failed (then close)"),
-    "wrapped_key" / doc(
+    "wrapped_key"
+    / doc(
         c.If(c.this.status == LoginStatus.OK, c.Bytes(c.this._params.key_size)),
         "only when status is 0: the 16-byte AES session key encrypted to the user's RSA key"
         " (RSA-OAEP-SHA256 in 3.1, PKCS#1 v1.5 in 3.0); as long as the modulus (256 bytes)",
@@ -186,7 +188,8 @@ LoginReply = packet(
 
 Frame = packet(
     "Frame",
-    "blocks" / doc(
+    "blocks"
+    / doc(
         c.Rebuild(InRange(c.Int8ub, 1, MAX_BLOCKS), c.len_(c.this.ciphertext) // BLOCK_SIZE),
         "n, the number of 16-byte blocks that follow, 1..255",
     ),
@@ -227,7 +230,8 @@ TcpDisconnect = packet(
     "type" / _message_type(MessageType.TCP_DISCONNECT),
     "connection_id" / _ConnectionId,
     "reason" / doc(StrictEnum(c.Int8ub, DisconnectReason), "why the stream ended"),
-    "legacy_pad" / doc(
+    "legacy_pad"
+    / doc(
         c.Optional(c.OneOf(c.Int8ub, [0])),
         "one zero byte that the Java client appends; absent from servers and gjproxy",
     ),
@@ -316,15 +320,21 @@ MESSAGES: dict[tuple[Direction, MessageType], c.Construct] = {
     **{
         (direction, MessageType(schema.subcons[0].subcon.value)): schema
         for schema in (
-            TcpPacket, TcpDisconnect, UdpPacket, UdpDissociate, TcpWindowUpdate, TcpHalfClose
+            TcpPacket,
+            TcpDisconnect,
+            UdpPacket,
+            UdpDissociate,
+            TcpWindowUpdate,
+            TcpHalfClose,
         )
         for direction in Direction
     },
 }
 """Every tunnel message, keyed by who sends it and its type byte."""
 
-SECURE_ONLY = frozenset({MessageType.ICMP_ECHO, MessageType.TCP_WINDOW_UPDATE,
-                         MessageType.TCP_HALF_CLOSE})
+SECURE_ONLY = frozenset(
+    {MessageType.ICMP_ECHO, MessageType.TCP_WINDOW_UPDATE, MessageType.TCP_HALF_CLOSE}
+)
 """Message types that exist only in dialect 3.1."""
 
 
@@ -338,3 +348,25 @@ def parse_message(data: bytes, direction: Direction) -> tuple[c.Construct, c.Con
         raise WireError("Message", "type", f"unknown message type 0x{data[0]:02x}") from None
     schema = MESSAGES[(direction, code)]
     return schema, parse(schema, data)
+
+
+PACKETS: tuple[c.Construct, ...] = (
+    Hello,
+    HelloReply,
+    LoginRequest,
+    LoginReply,
+    Frame,
+    TcpConnectRequest,
+    TcpConnectReply,
+    TcpPacket,
+    TcpDisconnect,
+    UdpAssociateRequest,
+    UdpAssociateReply,
+    UdpPacket,
+    UdpDissociate,
+    TcpWindowUpdate,
+    TcpHalfClose,
+    IcmpEchoRequest,
+    IcmpEchoReply,
+)
+"""Every top-level packet of this module, in the order docs/protocol.md presents them."""
