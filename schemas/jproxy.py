@@ -134,6 +134,16 @@ Address = c.Struct(
     ),
 )
 
+
+def address_for(host: str) -> dict:
+    """The ``Address`` fields for ``host``: an IP literal keeps its family, else a DNS name."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return {"type": AddressType.DOMAIN, "host": host}
+    return {"type": AddressType.IPV4 if version == 4 else AddressType.IPV6, "host": host}
+
+
 _Magic = doc(c.Const(MAGIC), 'ASCII "jProxy"')
 _ConnectionId = doc(c.Int16ub, "stream id chosen by the client, unique among its live streams")
 _Port = c.Int16ub

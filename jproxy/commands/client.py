@@ -1,0 +1,99 @@
+"""``gjproxy client``: a local SOCKS5 port whose connections travel through one tunnel."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import gevent
+
+from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.signals import wait_for_termination
+from jproxy.handlers.socks5 import Socks5Listener
+from jproxy.keys import KeyFileError, load_client_key
+from schemas.jproxy import Dialect
+
+log = logging.getLogger("gjproxy.client")
+
+DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
+SOCKS_PASSWORD_ENV = "GJPROXY_SOCKS_PASSWORD"
+DEFAULTS = {
+    "server": "127.0.0.1:16384",
+    "key": "key.dat",
+    "socks": "127.0.0.1:1080",
+    "dialect": "3.1",
+    "socks_user": "",
+    "socks_password": "",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "client",
+        help="run the local SOCKS5 proxy that tunnels to a gjproxy server",
+        description="Serve SOCKS5 locally and carry every connection through one jProxy tunnel.",
+    )
+    parser.add_argument("--config", help="TOML file; its [client] keys are the flags' names")
+    parser.add_argument("--server", metavar="HOST:PORT", help="default 127.0.0.1:16384")
+    parser.add_argument("--key", metavar="FILE", help="client key file (default ./key.dat)")
+    parser.add_argument("--socks", metavar="HOST:PORT", help="default 127.0.0.1:1080")
+    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="default 3.1")
+    parser.add_argument(
+        "--socks-user",
+        metavar="USER",
+        help="require RFC 1929 user/password on the SOCKS port; the password comes from"
+        f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
+    )
+    parser.set_defaults(handler=run)
+
+
+def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
+    settings = resolve(args, load(args.config), "client", DEFAULTS)
+    settings["server"] = host_port(settings["server"], "--server")
+    settings["socks"] = host_port(settings["socks"], "--socks")
+    if settings["dialect"] not in DIALECTS:
+        raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
+    settings["dialect"] = DIALECTS[settings["dialect"]]
+    password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
+    if settings["socks_user"] and not password:
+        raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
+    settings["socks_users"] = {settings["socks_user"]: password} if settings["socks_user"] else None
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+        key = load_client_key(settings["key"])
+    except (ConfigError, KeyFileError) as error:
+        sys.stderr.write(f"gjproxy client: {error}\n")
+        return 2
+    tunnels = TunnelClient(settings["server"], key, settings["dialect"])
+    listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
+    try:
+        listener.start()
+    except OSError as error:
+        sys.stderr.write(f"gjproxy client: cannot listen on {settings['socks']}: {error}\n")
+        return 1
+    tunnels.start()
+    return serve_until_stopped(tunnels, listener)
+
+
+def serve_until_stopped(tunnels: TunnelClient, listener: Socks5Listener) -> int:
+    """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
+    termination = gevent.spawn(wait_for_termination)
+    fatal = gevent.spawn(tunnels.stopped.wait)
+    gevent.wait([termination, fatal], count=1)
+    if termination.ready():
+        log.info("%s: shutting down", termination.value)
+    termination.kill()
+    fatal.kill()
+    listener.stop()
+    tunnels.stop()
+    if tunnels.fatal is not None:
+        sys.stderr.write(f"gjproxy client: {tunnels.fatal}\n")
+        return 1
+    return 0

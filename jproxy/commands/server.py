@@ -1,0 +1,94 @@
+"""``gjproxy server``: the tunnel endpoint, with its admin listener and metrics page."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.handlers.server import ServerLimits, TunnelServer
+from jproxy.handlers.signals import wait_for_termination
+from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
+
+log = logging.getLogger("gjproxy.server")
+
+DEFAULTS = {
+    "listen": "0.0.0.0:16384",
+    "users": "users",
+    "allow_legacy": False,
+    "max_tunnels": ServerLimits.max_tunnels,
+    "max_streams": ServerLimits.max_streams,
+    "idle_timeout": ServerLimits.idle_timeout,
+    "connect_timeout": ServerLimits.connect_timeout,
+    "handshake_timeout": ServerLimits.handshake_timeout,
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "server",
+        help="run the tunnel server",
+        description="Serve jProxy tunnels: log clients in by key and open their connections.",
+    )
+    parser.add_argument("--config", help="TOML file; its [server] keys are the flags' names")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:16384")
+    parser.add_argument("--users", metavar="DIR", help="user files directory (default ./users)")
+    parser.add_argument(
+        "--allow-legacy",
+        action="store_const",
+        const=True,
+        help="also accept the legacy dialect 3.0 (the Java client; no integrity protection)",
+    )
+    parser.add_argument("--max-tunnels", type=int, help="tunnels served at once (default 64)")
+    parser.add_argument("--max-streams", type=int, help="streams per tunnel (default 1024)")
+    parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
+    parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
+    parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
+    parser.set_defaults(handler=run)
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    settings = resolve(args, load(args.config), "server", DEFAULTS)
+    settings["listen"] = host_port(settings["listen"], "--listen")
+    for key in ("max_tunnels", "max_streams"):
+        if settings[key] < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
+    for key in ("idle_timeout", "connect_timeout", "handshake_timeout"):
+        settings[key] = float(settings[key])
+        if settings[key] <= 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+        users = UserDirectory(settings["users"])
+    except (ConfigError, KeyFileError) as error:
+        sys.stderr.write(f"gjproxy server: {error}\n")
+        return 2
+    limits = ServerLimits(
+        max_tunnels=settings["max_tunnels"],
+        max_streams=settings["max_streams"],
+        idle_timeout=settings["idle_timeout"],
+        connect_timeout=settings["connect_timeout"],
+        handshake_timeout=settings["handshake_timeout"],
+    )
+    server = TunnelServer(
+        settings["listen"], users, allow_legacy=settings["allow_legacy"], limits=limits
+    )
+    try:
+        server.start()
+    except OSError as error:
+        sys.stderr.write(
+            f"gjproxy server: cannot listen on {settings['listen']}: {error.strerror}\n"
+        )
+        return 1
+    log.info("%d user(s) loaded from %s", len(users), settings["users"])
+    sighup = reload_on_sighup(users)
+    signal_name = wait_for_termination()
+    log.info("%s: shutting down", signal_name)
+    sighup.cancel()
+    server.stop()
+    return 0

@@ -1,0 +1,189 @@
+"""``gjproxy server``'s tunnel endpoint: log in each tunnel, then open its streams for real.
+
+Each accepted tunnel runs in a greenlet of a bounded pool (the tunnel limit). Each stream the
+client asks for gets a greenlet that resolves and connects without blocking the others (gevent's
+resolver), answers with the wire's status and the milliseconds it took, and relays. When a
+tunnel ends, every outbound socket it owned is closed with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import gevent
+from gevent import socket as gsocket
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from jproxy.handlers.handshake import server_login
+from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
+from jproxy.keys import UserDirectory
+from jproxy.metrics import Counters
+from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
+from jproxy.tuning import RelayTuning
+from schemas.jproxy import ConnectStatus, Direction
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("gjproxy.access")
+
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
+
+
+@dataclass
+class ServerLimits:
+    max_tunnels: int = 64
+    max_streams: int = DEFAULT_MAX_STREAMS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+
+
+def status_for(error: BaseException) -> ConnectStatus:
+    """The wire's connect status for an outbound connect failure."""
+    if isinstance(error, socket.gaierror):
+        return ConnectStatus.UNKNOWN_HOST
+    if isinstance(error, (TimeoutError, gevent.Timeout)):
+        return ConnectStatus.TIMED_OUT
+    if isinstance(error, ConnectionRefusedError):
+        return ConnectStatus.REFUSED
+    if isinstance(error, OSError) and error.errno in _UNREACHABLE:
+        return ConnectStatus.UNREACHABLE
+    return ConnectStatus.GENERAL_FAILURE
+
+
+class TunnelServer:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        users: UserDirectory,
+        *,
+        allow_legacy: bool = False,
+        limits: ServerLimits | None = None,
+        counters: Counters | None = None,
+        tuning: RelayTuning | None = None,
+    ) -> None:
+        self.users = users
+        self.allow_legacy = allow_legacy
+        self.limits = limits or ServerLimits()
+        self.counters = counters or Counters()
+        self.tuning = tuning or RelayTuning()
+        self._tunnels: set[Tunnel] = set()
+        self._server = StreamServer(listen, self._handle, spawn=Pool(self.limits.max_tunnels))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.address[:2]
+
+    def start(self) -> None:
+        self._server.start()
+        log.info(
+            "tunnel server listening on %s:%d (dialect 3.1%s)",
+            *self.address,
+            ", legacy 3.0 allowed" if self.allow_legacy else "",
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.close()
+        for tunnel in list(self._tunnels):
+            tunnel.close()
+        self._server.stop(timeout)
+
+    def _handle(self, sock: socket.socket, peer: tuple) -> None:
+        where = f"{peer[0]}:{peer[1]}"
+        _keepalive(sock)
+        login = server_login(
+            sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout
+        )
+        if login is None:
+            sock.close()
+            return
+        user, session, pipelined = login
+        dialect = f"3.{int(session.dialect)}"
+        streams = Pool(self.limits.max_streams)
+        mux = Mux(
+            Direction.SERVER_TO_CLIENT,
+            session.dialect,
+            max_message=session.max_message,
+            max_streams=self.limits.max_streams,
+        )
+        tunnel = Tunnel(
+            sock,
+            session,
+            mux,
+            counters=self.counters,
+            tuning=self.tuning,
+            on_connect_request=lambda t, request: streams.spawn(
+                self._serve_stream, t, user, request
+            ),
+            idle_timeout=self.limits.idle_timeout,
+            name=f"tunnel {user}@{where}",
+        )
+        log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
+        self._tunnels.add(tunnel)
+        self.counters.tunnel_opened(user, dialect)
+        try:
+            tunnel.run(pipelined)
+        finally:
+            streams.kill(block=True, timeout=5)
+            self.counters.tunnel_closed(user, dialect)
+            self._tunnels.discard(tunnel)
+            log.info("%s: closed", tunnel.name)
+
+    def _serve_stream(self, tunnel: Tunnel, user: str, request: ConnectRequested) -> None:
+        stream, target = request.stream, f"{request.host}:{request.port}"
+        started = time.monotonic()
+        try:
+            sock = gsocket.create_connection(
+                (request.host, request.port), timeout=self.limits.connect_timeout
+            )
+        except (OSError, gevent.Timeout) as error:
+            status = status_for(error)
+            elapsed = _ms_since(started)
+            tunnel.send_control(tunnel.mux.answer(stream, status, elapsed))
+            access_log.info("%s %s %s %dms (%s)", user, target, status.name, elapsed, error)
+            return
+        elapsed = _ms_since(started)
+        tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, elapsed))
+        if not tunnel.mux.is_live(stream):  # the client gave up while we connected
+            sock.close()
+            return
+        _nodelay(sock)
+        self.counters.connection_opened()
+        relay = tunnel.attach(stream, sock)
+        try:
+            relay.run()
+        finally:
+            self.counters.connection_closed()
+            access_log.info(
+                "%s %s OK %dms sent=%d received=%d %.1fs",
+                user,
+                target,
+                elapsed,
+                relay.bytes_in,
+                relay.bytes_out,
+                time.monotonic() - started,
+            )
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _nodelay(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Let the kernel notice a peer that vanished without a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    _nodelay(sock)
