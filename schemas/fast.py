@@ -61,8 +61,8 @@ class DataMessageCodec:
         """The message bytes carrying ``data`` (at most 65535 bytes) on ``connection_id``."""
         try:
             return self._pack(self.type_code, connection_id, len(data)) + data
-        except struct.error as error:
-            raise WireError(self.schema.name, "length", str(error)) from None
+        except struct.error as error:  # connection id or data length out of range
+            raise WireError(self.schema.name, "", str(error)) from None
 
     def parse(self, message: bytes | memoryview) -> tuple[int, bytes | memoryview]:
         """``(connection_id, data)`` of one whole message; ``data`` is a slice of ``message``."""
@@ -88,6 +88,8 @@ class FrameHeaderCodec:
 
     def body_length(self, header: bytes | memoryview) -> int:
         """Ciphertext bytes announced by a frame header; a zero block count is an error."""
+        if len(header) < self.size:
+            raise WireError("Frame", "blocks", f"needs {self.size} header byte, got {len(header)}")
         (blocks,) = self.header.unpack_from(header)
         if blocks == 0:
             raise WireError("Frame", "blocks", "must be 1..255, got 0")

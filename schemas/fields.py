@@ -30,13 +30,20 @@ class StrictEnum(c.Adapter):
                 f"unknown {self.enum_type.__name__} value {obj}", path=path
             ) from None
 
-    def _encode(self, obj: Any, context: Any, path: str) -> int:
+    def _encode(self, obj: Any, context: Any, path: str) -> enum.IntEnum:
         try:
-            return int(self.enum_type(obj) if not isinstance(obj, str) else self.enum_type[obj])
+            return self.enum_type(obj) if not isinstance(obj, str) else self.enum_type[obj]
         except (ValueError, KeyError):
             raise c.ValidationError(
                 f"unknown {self.enum_type.__name__} value {obj!r}", path=path
             ) from None
+
+    def _build(self, obj: Any, stream: Any, context: Any, path: str) -> enum.IntEnum:
+        # Return the member, not the caller's int or name: later fields read it from the
+        # context (this.status == LoginStatus.OK, the address type of a host).
+        member = self._encode(obj, context, path)
+        self.subcon._build(member, stream, context, path)
+        return member
 
 
 def doc(subcon: c.Construct, text: str) -> c.Construct:
