@@ -1,0 +1,250 @@
+"""Client keys, user records and the server's user directory, in the Java 3.0 file formats.
+
+A user is known by the login hash SHA-256(public key DER || salt). The client keeps the private
+key and that hash in ``key.dat``; the server keeps ``users/<UPPERHEX hash>.dat`` and finds the
+user by the hash the client sends. Key files hold secrets, so they are created 0600 and never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import signal
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import construct as c
+import gevent
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from schemas import WireError, build, parse
+from schemas.keys import SALT_SIZE, ClientKeyFile, UserFile
+
+log = logging.getLogger(__name__)
+
+RSA_BITS = 2048
+RSA_PUBLIC_EXPONENT = 65537
+MAX_KEY_FILE_SIZE = 64 * 1024
+MAX_USER_NAME_SIZE = 0xFFFF
+USER_FILE_NAME = re.compile(r"[0-9A-F]{64}\.dat")
+
+
+class KeyFileError(Exception):
+    """A key or user file that cannot be used; the message names the file and what is wrong."""
+
+
+def login_hash(public_key_der: bytes, salt: bytes) -> bytes:
+    return hashlib.sha256(public_key_der + salt).digest()
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """What the client needs to log in: its RSA private key and its login hash."""
+
+    private_key: rsa.RSAPrivateKey
+    login_hash: bytes
+
+    @property
+    def modulus_size(self) -> int:
+        """Bytes of the RSA modulus: the length of the wrapped session key in a login reply."""
+        return (self.private_key.key_size + 7) // 8
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """One user the server accepts: name, salt and RSA public key."""
+
+    user: str
+    salt: bytes
+    public_key_der: bytes
+
+    @cached_property
+    def public_key(self) -> rsa.RSAPublicKey:
+        return _rsa_public_key(self.public_key_der, "user record")
+
+    @cached_property
+    def login_hash(self) -> bytes:
+        return login_hash(self.public_key_der, self.salt)
+
+    @property
+    def file_name(self) -> str:
+        return self.login_hash.hex().upper() + ".dat"
+
+
+def _check_user_name(user: str) -> None:
+    if not user or not user.isprintable():
+        raise ValueError("a user name must be non-empty printable text")
+    if len(user.encode("utf-8")) > MAX_USER_NAME_SIZE:
+        raise ValueError(f"a user name must be at most {MAX_USER_NAME_SIZE} bytes of UTF-8")
+
+
+def _check_rsa_size(key: rsa.RSAPrivateKey | rsa.RSAPublicKey, where: str) -> None:
+    if key.key_size < RSA_BITS:
+        raise KeyFileError(f"{where}: RSA key of {key.key_size} bits; {RSA_BITS} or more needed")
+
+
+def _rsa_public_key(der: bytes, where: str) -> rsa.RSAPublicKey:
+    try:
+        key = serialization.load_der_public_key(der)
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{where}: public key is not X.509 SubjectPublicKeyInfo DER") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise KeyFileError(f"{where}: public key is not an RSA key")
+    _check_rsa_size(key, where)
+    return key
+
+
+def generate(user: str) -> tuple[ClientKey, UserRecord]:
+    """A fresh RSA-2048 key pair and salt for ``user``: the client's half and the server's."""
+    _check_user_name(user)
+    private_key = rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT, key_size=RSA_BITS)
+    public_der = private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = UserRecord(user, secrets.token_bytes(SALT_SIZE), public_der)
+    return ClientKey(private_key, record.login_hash), record
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_KEY_FILE_SIZE + 1)
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: no such {what}") from None
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot read {what}: {error.strerror}") from None
+    if len(data) > MAX_KEY_FILE_SIZE:
+        raise KeyFileError(f"{path}: too large for a {what} (over {MAX_KEY_FILE_SIZE} bytes)")
+    return data
+
+
+def _parse(schema: c.Construct, data: bytes, path: Path, what: str) -> c.Container:
+    try:
+        return parse(schema, data)
+    except WireError as error:
+        raise KeyFileError(f"{path}: not a valid {what} ({error})") from None
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` readable by its owner only; never replace an existing file."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite it") from None
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot create: {error.strerror}") from None
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+
+
+def load_client_key(path: str | Path) -> ClientKey:
+    path = Path(path)
+    fields = _parse(ClientKeyFile, _read(path, "client key file"), path, "client key file")
+    try:
+        private_key = serialization.load_der_private_key(fields.private_key, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{path}: private key is not unencrypted PKCS#8 DER") from None
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        raise KeyFileError(f"{path}: private key is not an RSA key")
+    _check_rsa_size(private_key, str(path))
+    return ClientKey(private_key, fields.login_hash)
+
+
+def save_client_key(key: ClientKey, path: str | Path) -> None:
+    der = key.private_key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_new(Path(path), build(ClientKeyFile, {"private_key": der, "login_hash": key.login_hash}))
+
+
+def load_user(path: str | Path) -> UserRecord:
+    path = Path(path)
+    fields = _parse(UserFile, _read(path, "user file"), path, "user file")
+    record = UserRecord(fields.user, fields.salt, fields.public_key)
+    _rsa_public_key(record.public_key_der, str(path))
+    return record
+
+
+def save_user(record: UserRecord, users_dir: str | Path) -> Path:
+    """Write ``users_dir/<UPPERHEX hash>.dat`` (creating the directory 0700); returns its path."""
+    users_dir = Path(users_dir)
+    try:
+        users_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise KeyFileError(f"{users_dir}: cannot create: {error.strerror}") from None
+    path = users_dir / record.file_name
+    fields = {"user": record.user, "salt": record.salt, "public_key": record.public_key_der}
+    _write_new(path, build(UserFile, fields))
+    return path
+
+
+class UserDirectory:
+    """The users a server accepts, read from ``<path>/*.dat`` and looked up by login hash.
+
+    The login hash crosses the network in clear before any encryption, so it is a name, not a
+    secret: a dict lookup is fine. Whoever sends it still needs the private key to unwrap the
+    session key.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._users: dict[bytes, UserRecord] = {}
+        self.reload()
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def lookup(self, login_hash: bytes) -> UserRecord | None:
+        return self._users.get(login_hash)
+
+    def reload(self) -> None:
+        """Reread every user file; ``KeyFileError`` and no change if the directory is unusable."""
+        try:
+            paths = sorted(self.path.glob("*.dat")) if self.path.is_dir() else None
+        except OSError as error:
+            raise KeyFileError(f"{self.path}: cannot list users directory: {error}") from None
+        if paths is None:
+            raise KeyFileError(f"{self.path}: no such users directory")
+        users = {}
+        for path in paths:
+            record = self._load_checked(path)
+            if record is not None:
+                users[record.login_hash] = record
+        self._users = users
+        log.info("loaded %d user(s) from %s", len(users), self.path)
+
+    @staticmethod
+    def _load_checked(path: Path) -> UserRecord | None:
+        if not USER_FILE_NAME.fullmatch(path.name):
+            log.warning("skipping %s: the name must be the 64-digit upper-hex login hash", path)
+            return None
+        try:
+            record = load_user(path)
+        except KeyFileError as error:
+            log.warning("skipping %s", error)
+            return None
+        if record.file_name != path.name:
+            log.warning("skipping %s: its content hashes to %s", path, record.file_name)
+            return None
+        return record
+
+
+def reload_on_sighup(users: UserDirectory) -> gevent.signal_handler:
+    """Reread ``users`` whenever the process gets SIGHUP; returns the handler (``.cancel()``)."""
+
+    def reload() -> None:
+        try:
+            users.reload()
+        except KeyFileError as error:
+            log.error("SIGHUP: keeping the previous users: %s", error)
+
+    return gevent.signal_handler(signal.SIGHUP, reload)

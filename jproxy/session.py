@@ -1,0 +1,97 @@
+"""The encrypted frame layer of one tunnel after login, sans-I/O: messages <-> frame bytes.
+
+``seal`` turns one message into one frame to send; ``feed`` takes whatever bytes the socket
+gave and returns the messages of every frame they complete. Frames are opened straight out of
+the caller's bytes; only the start of a frame whose end has not arrived yet is kept, so the
+buffer never holds more than one frame.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from jproxy.crypto import MAX_MESSAGE, FrameError, frame_ciphers
+from schemas.errors import WireError
+from schemas.fast import FRAME_HEADER
+from schemas.jproxy import Dialect, Direction
+
+__all__ = ["FrameError", "Role", "Session"]
+
+_HEADER_SIZE = FRAME_HEADER.size
+
+
+class Role(enum.Enum):
+    """Which end of the tunnel a session is: it picks the direction of each nonce counter."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+_SENDING = {Role.CLIENT: Direction.CLIENT_TO_SERVER, Role.SERVER: Direction.SERVER_TO_CLIENT}
+
+
+class Session:
+    """Seals outgoing messages and opens incoming frames of one tunnel, in one dialect."""
+
+    def __init__(self, dialect: Dialect, key: bytes, role: Role) -> None:
+        self.dialect = dialect
+        self.max_message = MAX_MESSAGE[dialect]
+        self._sealer, self._opener = frame_ciphers(dialect, key, _SENDING[role])
+        self._partial = bytearray()
+
+    def seal(self, message: bytes) -> bytes:
+        """One whole frame carrying ``message`` (at most ``max_message`` bytes)."""
+        return self._sealer.seal(message)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The messages of every frame that ``data`` completes; ``FrameError`` on a bad frame."""
+        messages: list[bytes] = []
+        view = memoryview(data)
+        if self._partial:
+            view = view[self._complete_partial(view, messages) :]
+            if self._partial:
+                return messages
+        opened = self._open_frames(view, messages)
+        self._partial += view[opened:]
+        return messages
+
+    def finish(self) -> None:
+        """Call when the peer's stream ended: ``FrameError`` if it ended inside a frame."""
+        if self._partial:
+            raise FrameError(f"stream ended {len(self._partial)} bytes into a frame")
+
+    def _body_length(self, header: bytes | memoryview) -> int:
+        try:
+            return FRAME_HEADER.body_length(header)
+        except WireError:
+            if self.dialect is Dialect.LEGACY_3_0:
+                return 0  # the Java server skips an empty frame; so does 3.0 here
+            raise FrameError("empty frame (n=0)") from None
+
+    def _open_frames(self, view: memoryview, messages: list[bytes]) -> int:
+        """Open every whole frame at the start of ``view``; returns the bytes they took."""
+        offset, end = 0, len(view)
+        while end - offset >= _HEADER_SIZE:
+            header = view[offset : offset + _HEADER_SIZE]
+            frame_end = offset + _HEADER_SIZE + self._body_length(header)
+            if frame_end > end:
+                break
+            if frame_end > offset + _HEADER_SIZE:
+                messages.append(self._opener.open(header, view[offset + _HEADER_SIZE : frame_end]))
+            offset = frame_end
+        return offset
+
+    def _complete_partial(self, view: memoryview, messages: list[bytes]) -> int:
+        """Move bytes of ``view`` to the partial frame, open it once whole; returns bytes taken."""
+        taken = min(len(view), max(0, _HEADER_SIZE - len(self._partial)))
+        self._partial += view[:taken]
+        if len(self._partial) < _HEADER_SIZE:
+            return taken
+        missing = _HEADER_SIZE + self._body_length(self._partial) - len(self._partial)
+        more = min(missing, len(view) - taken)
+        self._partial += view[taken : taken + more]
+        if more == missing:
+            frame = memoryview(bytes(self._partial))
+            self._partial.clear()
+            self._open_frames(frame, messages)
+        return taken + more
