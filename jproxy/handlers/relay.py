@@ -85,7 +85,7 @@ class StreamRelay:
             out.kill()
             self.sock.close()
             reason = self._failed or self._peer_closed or DisconnectReason.CLIENT_CLOSED
-            self.tunnel.send_control(self.tunnel.mux.disconnect(self.stream, reason))
+            self.tunnel.send_after_data(self.tunnel.mux.disconnect(self.stream, reason))
             self.tunnel.forget(self.stream)
 
     def _pump_out(self, early_data: bytes) -> None:
@@ -101,7 +101,7 @@ class StreamRelay:
                     if pending is None:
                         continue
                     if not pending:
-                        tunnel.send_control(mux.half_close(stream))
+                        tunnel.send_after_data(mux.half_close(stream))
                         self._inbound_ready.set()  # in 3.0 that was a disconnect: stop pump_in
                         return
                 allowance = mux.allowance(stream)

@@ -2,9 +2,10 @@
 
 The reader decrypts frames, feeds the messages to the ``Mux`` and hands the events to the
 stream relays. The writer is the only greenlet that seals and sends, so frames leave in the
-order their nonces were counted. Control messages (connects, replies, window updates,
-disconnects) go before data; data waits in one queue bounded in bytes, in which every stream
-puts at most one read (``buffer_size``) at a time, so no stream starves behind a bulk one.
+order their nonces were counted. Control messages (connect requests and replies, window
+updates) go before data; half-closes and disconnects queue behind the data they end. Data
+waits in one queue bounded in bytes, in which every stream puts at most one read
+(``buffer_size``) at a time, so no stream starves behind a bulk one.
 """
 
 from __future__ import annotations
@@ -163,6 +164,16 @@ class Tunnel:
     def send_control(self, message: bytes | None) -> None:
         if message is not None and not self.closed.is_set():
             self._control.append(message)
+            self._work.set()
+
+    def send_after_data(self, message: bytes | None) -> None:
+        """A half-close or disconnect: it must not overtake the stream's queued data.
+
+        It skips the wait for queue space (at most two such messages per stream).
+        """
+        if message is not None and not self.closed.is_set():
+            self._data.append([message])
+            self._data_bytes += len(message)
             self._work.set()
 
     def send_data(self, messages: list[bytes]) -> None:

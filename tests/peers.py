@@ -1,0 +1,175 @@
+"""Real peers for end-to-end tests: gjproxy processes and small loopback target servers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 15.0
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool the test needs; missing fails under CI=true and skips elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (README's test command installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class Process:
+    """A ``gjproxy`` subcommand in its own process, its log lines collected as they come."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict | None = None) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self._new = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jproxy", *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            self._new.put(line)
+        self._new.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match:
+        """The first log line (past or future) matching ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                match = regex.search(line)
+                if match:
+                    return match
+            seen = len(self.lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no log line matching {pattern!r}:\n" + self.log())
+            try:
+                if self._new.get(timeout=remaining) is None and self.proc.poll() is not None:
+                    if not any(regex.search(line) for line in self.lines[seen:]):
+                        raise AssertionError(f"exited before {pattern!r}:\n" + self.log())
+            except queue.Empty:
+                pass
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+def start_server(workdir: Path, *extra: str, listen: str = "127.0.0.1:0", env=None) -> Process:
+    server = Process("server", "--listen", listen, "--users", "users", *extra, cwd=workdir, env=env)
+    server.port = int(server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1))
+    return server
+
+
+def start_client(workdir: Path, server_port: int, *extra: str) -> Process:
+    client = Process(
+        "client",
+        "--server",
+        f"127.0.0.1:{server_port}",
+        "--socks",
+        "127.0.0.1:0",
+        "--key",
+        "key.dat",
+        *extra,
+        cwd=workdir,
+    )
+    client.port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
+    client.wait_for(r"tunnel to .* up")
+    return client
+
+
+# --- loopback targets ---------------------------------------------------------------------
+
+
+class _QuietHTTPHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def serve_files(directory: Path) -> ThreadingHTTPServer:
+    handler = partial(_QuietHTTPHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _Threaded(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve_tcp(handle) -> _Threaded:
+    """A threaded TCP server on 127.0.0.1 whose connections run ``handle(sock)``."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(30)
+            try:
+                handle(self.request)
+            except OSError:
+                pass
+
+    server = _Threaded(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def echo(sock: socket.socket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+def digest_after_eof(sock: socket.socket) -> None:
+    """Reads until the client half-closes, then answers with the sha256 of what it read."""
+    digest = hashlib.sha256()
+    while data := sock.recv(65536):
+        digest.update(data)
+    sock.sendall(digest.hexdigest().encode() * 1000)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
