@@ -1,0 +1,282 @@
+"""The server side of a SOCKS5 connection as a sans-I/O state machine (like h11).
+
+A handler feeds ``Socks5Server.receive`` whatever the client sent and gets events back: bytes
+to write (``Send``), a request to act on (``ConnectRequested``, ``UdpAssociateRequested``), or
+``Rejected`` (write its bytes, then close). Once the caller knows the outcome of the request,
+``reply`` gives the reply bytes; from then on the connection is a plain relay. Nothing here
+touches a socket, resolves a name or reads a clock, so every byte boundary can be tested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hmac
+import ipaddress
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+import construct as c
+
+from schemas import WireError, build, parse
+from schemas.jproxy import ConnectStatus
+from schemas.socks5 import (
+    MAX_FIELD_LENGTH,
+    AddressType,
+    Command,
+    Method,
+    PasswordStatus,
+    ReplyCode,
+    SocksMethodReply,
+    SocksMethodRequest,
+    SocksPasswordReply,
+    SocksPasswordRequest,
+    SocksReply,
+    SocksRequest,
+    SocksUdpDatagram,
+    packet_size,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Send:
+    """Write ``data`` to the client and keep reading."""
+
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectRequested:
+    """Open a TCP connection to ``host`` (IP text or a name as sent, unresolved), then reply."""
+
+    host: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UdpAssociateRequested:
+    """Set up a UDP relay; ``host``/``port`` is where the client says it will send from."""
+
+    host: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """Write ``data`` (possibly empty) to the client, then close; ``reason`` is for the log."""
+
+    data: bytes
+    reason: str
+
+
+Event: TypeAlias = Send | ConnectRequested | UdpAssociateRequested | Rejected
+
+MAX_EARLY_DATA = 64 * 1024
+"""Allowance, on top of the largest handshake, for bytes pipelined after the request."""
+
+MAX_HANDSHAKE_SIZE = sum(
+    len(build(schema, fields))
+    for schema, fields in (
+        (SocksMethodRequest, {"methods": [Method.NO_AUTH] * MAX_FIELD_LENGTH}),
+        (
+            SocksPasswordRequest,
+            {"username": bytes(MAX_FIELD_LENGTH), "password": bytes(MAX_FIELD_LENGTH)},
+        ),
+        (
+            SocksRequest,
+            {
+                "command": Command.CONNECT,
+                "address": {"type": AddressType.DOMAIN, "host": "x" * MAX_FIELD_LENGTH},
+                "port": 0,
+            },
+        ),
+    )
+)
+"""The most a client can send up to the end of its request: the largest packet of each step."""
+
+MAX_BUFFERED = MAX_HANDSHAKE_SIZE + MAX_EARLY_DATA
+"""The most bytes a ``Socks5Server`` ever holds; a client that sends more is rejected."""
+
+TOO_MUCH_DATA = "too much data before the request completed"
+
+_REPLY_FOR_STATUS = {
+    ConnectStatus.OK: ReplyCode.SUCCEEDED,
+    ConnectStatus.GENERAL_FAILURE: ReplyCode.GENERAL_FAILURE,
+    ConnectStatus.REFUSED: ReplyCode.CONNECTION_REFUSED,
+    ConnectStatus.TIMED_OUT: ReplyCode.TTL_EXPIRED,
+    ConnectStatus.UNREACHABLE: ReplyCode.NETWORK_UNREACHABLE,
+    ConnectStatus.UNKNOWN_HOST: ReplyCode.HOST_UNREACHABLE,
+    ConnectStatus.CONNECTION_LIMIT: ReplyCode.NOT_ALLOWED,
+}
+
+
+def reply_code_for(status: ConnectStatus) -> ReplyCode:
+    """The SOCKS reply for a tunnel connect status (time-outs as "TTL expired", like dante)."""
+    return _REPLY_FOR_STATUS[ConnectStatus(status)]
+
+
+def _address(host: str) -> dict[str, Any]:
+    """The SOCKS address of ``host``: an IP literal as IPv4 or IPv6, anything else as a name."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return {"type": AddressType.DOMAIN, "host": host}
+    return {"type": AddressType.IPV4 if version == 4 else AddressType.IPV6, "host": host}
+
+
+def _reply_bytes(code: ReplyCode, host: str = "0.0.0.0", port: int = 0) -> bytes:
+    return build(SocksReply, {"reply": code, "address": _address(host), "port": port})
+
+
+def parse_udp_request(datagram: bytes) -> tuple[str, int, bytes]:
+    """``(host, port, payload)`` of a client's datagram; a fragment raises ``WireError``."""
+    fields = parse(SocksUdpDatagram, datagram)
+    if fields.fragment:
+        raise WireError(
+            SocksUdpDatagram.name, "fragment", f"fragment {fields.fragment}: not supported"
+        )
+    return fields.address.host, fields.port, fields.data
+
+
+def build_udp_request(host: str, port: int, data: bytes) -> bytes:
+    """A whole (unfragmented) datagram for the client, from ``host``:``port``."""
+    return build(
+        SocksUdpDatagram, {"fragment": 0, "address": _address(host), "port": port, "data": data}
+    )
+
+
+_NO_ACCEPTABLE_METHOD = build(SocksMethodReply, {"method": Method.NO_ACCEPTABLE})
+_PASSWORD_ACCEPTED = build(SocksPasswordReply, {"status": PasswordStatus.SUCCESS})
+_PASSWORD_REFUSED = build(SocksPasswordReply, {"status": PasswordStatus.FAILURE})
+_REQUEST_REFUSALS = {
+    "command": _reply_bytes(ReplyCode.COMMAND_NOT_SUPPORTED),
+    "address.type": _reply_bytes(ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED),
+    "": _reply_bytes(ReplyCode.GENERAL_FAILURE),
+}
+
+
+class _State(enum.Enum):
+    METHODS = "method selection"
+    PASSWORD = "user/password authentication"
+    REQUEST = "request"
+    AWAITING_REPLY = "waiting for the reply"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+class _Refusal(Exception):
+    """Raised inside a step: answer the client with ``data``, then close."""
+
+    def __init__(self, data: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.data = data
+        self.reason = reason
+
+
+def _parse_or_refuse(
+    schema: c.Construct, packet: bytes, answers: Mapping[str, bytes]
+) -> c.Container:
+    """``parse`` whose defects become a refusal: ``answers`` maps a field ("" any other) to
+    the bytes the client gets. A wrong version byte gets nothing: it is not speaking SOCKS5."""
+    try:
+        return parse(schema, packet)
+    except WireError as error:
+        data = b"" if error.field == "version" else answers.get(error.field, answers[""])
+        raise _Refusal(data, str(error)) from None
+
+
+class Socks5Server:
+    """One accepted SOCKS5 client connection, from its first byte to the request's reply.
+
+    ``users`` None offers only "no authentication"; a mapping of user name to password offers
+    only RFC 1929 user/password. ``user`` is the authenticated name once a login succeeded.
+    After ``Rejected`` or ``reply()`` the handshake is over and ``receive()`` raises.
+    """
+
+    def __init__(self, users: Mapping[str, str] | None = None) -> None:
+        self._passwords = {
+            name.encode(): password.encode() for name, password in (users or {}).items()
+        }
+        self._method = Method.NO_AUTH if users is None else Method.USERNAME_PASSWORD
+        self._state = _State.METHODS
+        self._buffer = bytearray()
+        self._steps = {
+            _State.METHODS: (SocksMethodRequest, self._on_methods),
+            _State.PASSWORD: (SocksPasswordRequest, self._on_password),
+            _State.REQUEST: (SocksRequest, self._on_request),
+        }
+        self.user: str | None = None
+
+    @property
+    def early_data(self) -> bytes:
+        """What the client sent after its request, to forward once the reply is out."""
+        if self._state in (_State.AWAITING_REPLY, _State.ESTABLISHED):
+            return bytes(self._buffer)
+        return b""
+
+    def receive(self, data: bytes) -> list[Event]:
+        """Feed bytes from the client; returns what to do, in order."""
+        if self._state in (_State.ESTABLISHED, _State.CLOSED):
+            raise RuntimeError(f"receive() after the handshake ended ({self._state.value})")
+        if len(self._buffer) + len(data) > MAX_BUFFERED:
+            return [self._reject(b"", TOO_MUCH_DATA)]
+        self._buffer += data
+        events: list[Event] = []
+        while self._state in self._steps:
+            schema, step = self._steps[self._state]
+            size = packet_size(schema, self._buffer)
+            if size is None:
+                break
+            packet = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            try:
+                events.append(step(packet))
+            except _Refusal as refusal:
+                events.append(self._reject(refusal.data, refusal.reason))
+        return events
+
+    def reply(self, code: ReplyCode, host: str = "0.0.0.0", port: int = 0) -> bytes:
+        """The reply to the request; after any code but ``SUCCEEDED`` the caller closes."""
+        if self._state is not _State.AWAITING_REPLY:
+            raise RuntimeError(f"no request to reply to ({self._state.value})")
+        data = _reply_bytes(code, host, port)
+        self._state = _State.ESTABLISHED if code == ReplyCode.SUCCEEDED else _State.CLOSED
+        return data
+
+    def _reject(self, data: bytes, reason: str) -> Rejected:
+        self._state = _State.CLOSED
+        self._buffer.clear()
+        return Rejected(data, reason)
+
+    def _on_methods(self, packet: bytes) -> Event:
+        fields = _parse_or_refuse(SocksMethodRequest, packet, {"": _NO_ACCEPTABLE_METHOD})
+        if self._method not in fields.methods:
+            offered = ", ".join(str(method) for method in fields.methods)
+            raise _Refusal(
+                _NO_ACCEPTABLE_METHOD,
+                f"no acceptable method: client offers [{offered}], server needs"
+                f" {int(self._method)} ({self._method.name})",
+            )
+        self._state = (
+            _State.PASSWORD if self._method is Method.USERNAME_PASSWORD else _State.REQUEST
+        )
+        return Send(build(SocksMethodReply, {"method": self._method}))
+
+    def _on_password(self, packet: bytes) -> Event:
+        fields = _parse_or_refuse(SocksPasswordRequest, packet, {"": _PASSWORD_REFUSED})
+        expected = self._passwords.get(fields.username)
+        matches = hmac.compare_digest(fields.password, expected or b"")
+        if expected is None or not matches:
+            raise _Refusal(_PASSWORD_REFUSED, "wrong user name or password")
+        self.user = fields.username.decode()
+        self._state = _State.REQUEST
+        return Send(_PASSWORD_ACCEPTED)
+
+    def _on_request(self, packet: bytes) -> Event:
+        fields = _parse_or_refuse(SocksRequest, packet, _REQUEST_REFUSALS)
+        if fields.command is Command.BIND:
+            raise _Refusal(_REQUEST_REFUSALS["command"], "BIND is not supported")
+        self._state = _State.AWAITING_REPLY
+        if fields.command is Command.CONNECT:
+            return ConnectRequested(fields.address.host, fields.port)
+        return UdpAssociateRequested(fields.address.host, fields.port)

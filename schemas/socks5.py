@@ -1,0 +1,262 @@
+"""SOCKS5 on the wire: RFC 1928 (methods, requests, replies, UDP) and RFC 1929 (user/password).
+
+Every 16-bit field is big-endian ("network order"). The address types are jProxy's own codes
+(jProxy copied them from SOCKS), but a SOCKS address has no length byte before an IPv4 or IPv6
+address: only a domain name carries one. Reserved bytes are sent as zero and ignored when
+received, as RFC 1928 gives them no meaning.
+
+The strict enums make an unknown command or address type a ``WireError`` whose ``field`` is
+``"command"`` or ``"address.type"``, so a server can still answer it with reply 7 or 8.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import io
+import ipaddress
+
+import construct as c
+
+from schemas.fields import InRange, StrictEnum, doc, packet
+from schemas.jproxy import AddressType
+
+VERSION = 5
+PASSWORD_AUTH_VERSION = 1
+MAX_FIELD_LENGTH = 255
+"""Every SOCKS count and length is one byte: methods, user name, password, domain name."""
+
+
+class Method(enum.IntEnum):
+    """Authentication methods gjproxy selects (RFC 1928 section 3)."""
+
+    NO_AUTH = 0x00
+    USERNAME_PASSWORD = 0x02
+    NO_ACCEPTABLE = 0xFF
+
+
+class Command(enum.IntEnum):
+    CONNECT = 1
+    BIND = 2
+    UDP_ASSOCIATE = 3
+
+
+class ReplyCode(enum.IntEnum):
+    """The REP field of a reply (RFC 1928 section 6); anything but 0 is followed by a close."""
+
+    SUCCEEDED = 0
+    GENERAL_FAILURE = 1
+    NOT_ALLOWED = 2
+    NETWORK_UNREACHABLE = 3
+    HOST_UNREACHABLE = 4
+    CONNECTION_REFUSED = 5
+    TTL_EXPIRED = 6
+    COMMAND_NOT_SUPPORTED = 7
+    ADDRESS_TYPE_NOT_SUPPORTED = 8
+
+
+class PasswordStatus(enum.IntEnum):
+    """RFC 1929 status; on the wire any non-zero value means failure, so the field is open."""
+
+    SUCCESS = 0
+    FAILURE = 1
+
+
+class _IpAddress(c.Adapter):
+    """Packed address bytes <-> the address as text (dotted IPv4, compressed IPv6)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(c.Bytes(size))
+        self.size = size
+
+    def _decode(self, obj: bytes, context: c.Container, path: str) -> str:
+        return str(ipaddress.ip_address(obj))
+
+    def _encode(self, obj: str, context: c.Container, path: str) -> bytes:
+        try:
+            packed = ipaddress.ip_address(obj).packed
+        except ValueError:
+            packed = b""
+        if len(packed) != self.size:
+            raise c.ValidationError(f"{obj!r} is not a {self.size}-byte IP address", path=path)
+        return packed
+
+
+class _DomainName(c.Adapter):
+    """A length-prefixed name, 1..255 ASCII bytes, kept as sent (never resolved here)."""
+
+    def __init__(self) -> None:
+        super().__init__(c.Prefixed(c.Int8ub, c.GreedyBytes))
+
+    def _decode(self, obj: bytes, context: c.Container, path: str) -> str:
+        if not obj:
+            raise c.ValidationError("empty domain name", path=path)
+        try:
+            return obj.decode("ascii")
+        except UnicodeDecodeError:
+            raise c.ValidationError("domain name is not ASCII", path=path) from None
+
+    def _encode(self, obj: str, context: c.Container, path: str) -> bytes:
+        if not obj.isascii() or not 1 <= len(obj) <= MAX_FIELD_LENGTH:
+            raise c.ValidationError(
+                f"domain name must be 1..{MAX_FIELD_LENGTH} ASCII bytes, got {obj!r}", path=path
+            )
+        return obj.encode("ascii")
+
+
+Address = c.Struct(
+    "type" / doc(StrictEnum(c.Int8ub, AddressType), "ATYP: 1 IPv4, 3 domain name, 4 IPv6"),
+    "host"
+    / doc(
+        c.Switch(
+            c.this.type,
+            {
+                AddressType.IPV4: _IpAddress(4),
+                AddressType.DOMAIN: _DomainName(),
+                AddressType.IPV6: _IpAddress(16),
+            },
+            default=c.Error,
+        ),
+        "4 bytes (IPv4), 16 bytes (IPv6), or a length byte and a 1..255-byte ASCII name",
+    ),
+)
+
+_Version = doc(c.Const(VERSION, c.Int8ub), "protocol version, 5")
+_Reserved = doc(c.Padding(1), "reserved, 0x00 (ignored when received)")
+_Port = c.Int16ub
+
+
+def _length_prefixed(name: str, length_doc: str, data_doc: str) -> tuple[c.Construct, ...]:
+    """A one-byte length rebuilt from the bytes that follow it."""
+    return (
+        f"{name}_length" / doc(c.Rebuild(c.Int8ub, c.len_(c.this[name])), length_doc),
+        name / doc(c.Bytes(c.this[f"{name}_length"]), data_doc),
+    )
+
+
+SocksMethodRequest = packet(
+    "SocksMethodRequest",
+    "version" / _Version,
+    "method_count"
+    / doc(
+        c.Rebuild(InRange(c.Int8ub, 1, MAX_FIELD_LENGTH), c.len_(c.this.methods)),
+        "NMETHODS, 1..255",
+    ),
+    "methods"
+    / doc(
+        c.Array(c.this.method_count, c.Int8ub),
+        "the methods the client supports: 0 no authentication, 1 GSSAPI, 2 user/password,"
+        " 3-0x7F IANA-assigned, 0x80-0xFE private",
+    ),
+    doc_text="client -> server, first bytes of a SOCKS5 connection",
+)
+
+SocksMethodReply = packet(
+    "SocksMethodReply",
+    "version" / _Version,
+    "method"
+    / doc(
+        StrictEnum(c.Int8ub, Method),
+        "the method selected: 0 none, 2 user/password, 0xFF none acceptable (then close)",
+    ),
+    doc_text="server -> client",
+)
+
+SocksPasswordRequest = packet(
+    "SocksPasswordRequest",
+    "version"
+    / doc(c.Const(PASSWORD_AUTH_VERSION, c.Int8ub), "user/password subnegotiation version, 1"),
+    *_length_prefixed("username", "ULEN, 0..255", "UNAME, the user name (UTF-8 in gjproxy)"),
+    *_length_prefixed("password", "PLEN, 0..255", "PASSWD, the password (UTF-8 in gjproxy)"),
+    doc_text="client -> server (RFC 1929), after the server selected method 2",
+)
+
+SocksPasswordReply = packet(
+    "SocksPasswordReply",
+    "version"
+    / doc(c.Const(PASSWORD_AUTH_VERSION, c.Int8ub), "user/password subnegotiation version, 1"),
+    "status" / doc(c.Int8ub, "0 success; anything else is a failure and the server closes"),
+    doc_text="server -> client (RFC 1929)",
+)
+
+SocksRequest = packet(
+    "SocksRequest",
+    "version" / _Version,
+    "command"
+    / doc(
+        StrictEnum(c.Int8ub, Command),
+        "1 CONNECT, 2 BIND, 3 UDP ASSOCIATE; gjproxy answers BIND and unknown codes with 7",
+    ),
+    "reserved" / _Reserved,
+    "address"
+    / doc(
+        Address,
+        "DST.ADDR: where to connect; for UDP ASSOCIATE the address the client will send"
+        " datagrams from (often 0.0.0.0); an unknown type is answered with 8",
+    ),
+    "port" / doc(_Port, "DST.PORT"),
+    doc_text="client -> server, once the method (and its subnegotiation) succeeded",
+)
+
+SocksReply = packet(
+    "SocksReply",
+    "version" / _Version,
+    "reply"
+    / doc(
+        StrictEnum(c.Int8ub, ReplyCode),
+        "0 succeeded, 1 general failure, 2 not allowed by ruleset, 3 network unreachable,"
+        " 4 host unreachable, 5 connection refused, 6 TTL expired, 7 command not supported,"
+        " 8 address type not supported",
+    ),
+    "reserved" / _Reserved,
+    "address"
+    / doc(
+        Address,
+        "BND.ADDR: the server's local address of the connection, or the UDP relay address",
+    ),
+    "port" / doc(_Port, "BND.PORT"),
+    doc_text="server -> client; after a non-zero reply the server closes",
+)
+
+SocksUdpDatagram = packet(
+    "SocksUdpDatagram",
+    "reserved" / doc(c.Padding(2), "reserved, 0x0000 (ignored when received)"),
+    "fragment" / doc(c.Int8ub, "FRAG: 0 for a whole datagram; gjproxy drops fragments (non-zero)"),
+    "address" / doc(Address, "DST.ADDR: the remote end (source address on the way back)"),
+    "port" / doc(_Port, "DST.PORT"),
+    "data" / doc(c.GreedyBytes, "the datagram's payload"),
+    doc_text="both directions over UDP, between a client and the server's UDP relay",
+)
+
+PACKETS: tuple[c.Construct, ...] = (
+    SocksMethodRequest,
+    SocksMethodReply,
+    SocksPasswordRequest,
+    SocksPasswordReply,
+    SocksRequest,
+    SocksReply,
+    SocksUdpDatagram,
+)
+"""Every top-level packet of this module, in the order of a SOCKS5 exchange."""
+
+
+def packet_size(schema: c.Construct, data: bytes) -> int | None:
+    """Bytes the packet at the start of ``data`` occupies, ``None`` while they are too few.
+
+    A stream protocol needs this to know where one packet ends. On a defect the answer is
+    ``len(data)``, so that ``parse(schema, data[:size])`` reports it as a ``WireError``.
+    """
+    stream = io.BytesIO(data)
+    try:
+        _unterminated(schema).parse_stream(stream)
+    except c.StreamError:
+        return None
+    except (c.ConstructError, ValueError):
+        return len(data)
+    return stream.tell()
+
+
+@functools.cache
+def _unterminated(schema: c.Construct) -> c.Construct:
+    """``schema`` without the end-of-input check that ``packet()`` appends."""
+    return c.Struct(*(sub for sub in schema.subcons if sub is not c.Terminated))
