@@ -100,7 +100,7 @@ def start_server(workdir: Path, *extra: str, listen: str = "127.0.0.1:0", env=No
     return server
 
 
-def start_client(workdir: Path, server_port: int, *extra: str) -> Process:
+def start_client(workdir: Path, server_port: int, *extra: str, env=None) -> Process:
     client = Process(
         "client",
         "--server",
@@ -111,6 +111,7 @@ def start_client(workdir: Path, server_port: int, *extra: str) -> Process:
         "key.dat",
         *extra,
         cwd=workdir,
+        env=env,
     )
     client.port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")

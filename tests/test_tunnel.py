@@ -1,0 +1,133 @@
+"""gjproxy client and server as real processes, driven by curl and python-socks."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import threading
+
+import pytest
+from python_socks.sync import Proxy
+
+from tests.conftest import FILE_SIZES
+from tests.peers import (
+    digest_after_eof,
+    echo,
+    require_tool,
+    serve_tcp,
+    sha256_of,
+    start_client,
+    start_server,
+)
+
+DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
+
+
+@pytest.fixture(params=sorted(DIALECT_FLAGS))
+def tunnel(request, workdir):
+    server_flags, client_flags = DIALECT_FLAGS[request.param]
+    server = start_server(workdir, *server_flags)
+    client = start_client(workdir, server.port, *client_flags)
+    client.dialect = request.param
+    yield client
+    assert client.stop() == 0, client.log()
+    assert server.stop() == 0, server.log()
+
+
+def curl(socks_port: int, url: str, *extra: str, timeout: float = 60) -> bytes:
+    result = subprocess.run(
+        [
+            require_tool("curl"),
+            "-sS",
+            "--fail",
+            "--max-time",
+            str(timeout),
+            "--socks5-hostname",
+            f"127.0.0.1:{socks_port}",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        timeout=timeout + 5,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+def socks_connect(socks_port: int, host: str, port: int) -> socket.socket:
+    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
+    sock = proxy.connect(host, port, timeout=10)
+    sock.settimeout(10)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, got = [], 0
+    while got < size:
+        chunk = sock.recv(min(65536, size - got))
+        assert chunk, f"EOF after {got} of {size} bytes"
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def test_curl_gets_every_frame_boundary_size_by_name_intact(tunnel, web):
+    for size in FILE_SIZES:
+        body = curl(tunnel.port, f"http://localhost:{web.server_port}/f{size}")
+        assert hashlib.sha256(body).hexdigest() == sha256_of(web.root / f"f{size}"), size
+
+
+def test_curl_gets_100_megabytes_intact(tunnel, web):
+    body = curl(tunnel.port, f"http://127.0.0.1:{web.server_port}/big")
+    assert len(body) == 100 * 1024 * 1024
+    assert hashlib.sha256(body).hexdigest() == sha256_of(web.root / "big")
+
+
+def test_python_socks_echo_over_ipv4_ipv6_and_names(tunnel):
+    target = serve_tcp(echo)
+    port = target.server_address[1]
+    for host in ("127.0.0.1", "localhost"):
+        with socks_connect(tunnel.port, host, port) as sock:
+            sock.sendall(b"hello jproxy\n")
+            assert recv_exactly(sock, 13) == b"hello jproxy\n"
+    target.shutdown()
+
+
+def test_200_concurrent_streams(tunnel):
+    target = serve_tcp(echo)
+    port = target.server_address[1]
+    errors = []
+
+    def one(index: int) -> None:
+        try:
+            payload = hashlib.sha256(str(index).encode()).digest() * 512  # 16 KiB each
+            with socks_connect(tunnel.port, "127.0.0.1", port) as sock:
+                sock.sendall(payload)
+                assert recv_exactly(sock, len(payload)) == payload
+        except Exception as error:  # collected and reported below
+            errors.append(f"{index}: {error!r}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[:5]
+    target.shutdown()
+
+
+def test_half_close_still_gets_the_whole_reply(workdir):
+    server = start_server(workdir)
+    client = start_client(workdir, server.port)
+    target = serve_tcp(digest_after_eof)
+    request = b"request body " * 10000
+    with socks_connect(client.port, "127.0.0.1", target.server_address[1]) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        reply = recv_exactly(sock, 64 * 1000)
+        assert sock.recv(1) == b""
+    assert reply == hashlib.sha256(request).hexdigest().encode() * 1000
+    target.shutdown()
+    client.stop()
+    server.stop()
