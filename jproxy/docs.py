@@ -154,15 +154,16 @@ def _schema_modules() -> list[ModuleType]:
 
 
 def _message_types() -> str:
-    senders = {}
-    for (direction, code), schema in jproxy.MESSAGES.items():
-        senders.setdefault(code, {})[direction] = schema.name
     rows = [("Code", "Name", "Dialects", "Client -> server", "Server -> client")]
     for code in jproxy.MessageType:
         dialects = "3.1 only" if code in jproxy.SECURE_ONLY else "3.0 and 3.1"
-        by = senders.get(code, {})
-        c2s, s2c = (f"`{by[d]}`" if d in by else "-" for d in jproxy.Direction)
-        rows.append((f"0x{code:02x}", code.name, dialects, c2s, s2c))
+        schema_names = [
+            f"`{jproxy.MESSAGES[(direction, code)].name}`"
+            if (direction, code) in jproxy.MESSAGES
+            else "-"
+            for direction in jproxy.Direction
+        ]
+        rows.append((f"0x{code:02x}", code.name, dialects, *schema_names))
     return (
         "## Tunnel message types\n\nThe first byte of every decrypted message. Its low nibble"
         " names the transport (1 TCP, 2 UDP, 3 ICMP), its high nibble the operation.\n\n"

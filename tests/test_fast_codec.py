@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import fast, jproxy
@@ -88,6 +88,7 @@ _NEAR_MESSAGES = st.builds(
 
 
 @pytest.mark.parametrize("codec", CODECS.values(), ids=CODECS)
+@settings(deadline=None)  # speed is bench/codec.py's business, not a test's
 @given(connection_id=st.integers(0, 0xFFFF), data=st.binary(max_size=4096))
 def test_fast_and_construct_build_the_same_bytes(
     codec: fast.DataMessageCodec, connection_id: int, data: bytes
@@ -98,6 +99,7 @@ def test_fast_and_construct_build_the_same_bytes(
 
 
 @pytest.mark.parametrize("codec", CODECS.values(), ids=CODECS)
+@settings(deadline=None)
 @given(wire=st.binary(max_size=12) | _NEAR_MESSAGES)
 def test_fast_and_construct_accept_the_same_bytes(
     codec: fast.DataMessageCodec, wire: bytes
