@@ -1,0 +1,110 @@
+"""The admin protocol ("Proxy SOCKSv5 configuration protocol"), version 1.
+
+One exchange per connection: the client logs in (``AdminAuthRequest``/``AdminAuthReply``),
+sends one ``AdminRequest``, gets one ``AdminReply``, and the server closes. Every length is one
+byte, so a user name, a password, each parameter and a reply's data are at most 255 bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import construct as c
+
+from schemas.fields import StrictEnum, doc, packet
+
+VERSION = 1
+MAX_FIELD_LENGTH = 255
+MAX_PARAMS = 255
+
+
+class AuthStatus(enum.IntEnum):
+    OK = 0
+    BAD_CREDENTIALS = 1
+    BAD_VERSION = 2
+    INTERNAL_ERROR = 3
+
+
+class Method(enum.IntEnum):
+    """Request codes (0-253; 4 and up are gjproxy's extensions) and the two error replies."""
+
+    CONNECTIONS_TOTAL = 0
+    CONNECTIONS_OPEN = 1
+    BYTES_TRANSFERRED = 2
+    SET_BUFFER_SIZE = 3
+    GET_BUFFER_SIZE = 4
+    USERS_CONNECTED = 5
+    TUNNELS_OPEN = 6
+    INVALID_PARAM = 254
+    INVALID_METHOD = 255
+
+
+ERROR_REPLIES = frozenset({Method.INVALID_PARAM, Method.INVALID_METHOD})
+"""Reply codes that are not a method: the request was refused."""
+
+
+def _length_prefixed(what: str) -> tuple[c.Construct, c.Construct]:
+    """A one-byte length rebuilt from the bytes that follow it."""
+    return (
+        "length" / doc(c.Rebuild(c.Int8ub, c.len_(c.this.data)), f"{what} length, 0..255"),
+        "data" / doc(c.Bytes(c.this.length), what),
+    )
+
+
+Param = c.Struct(*_length_prefixed("parameter bytes (ASCII for every method gjproxy knows)"))
+
+AdminAuthRequest = packet(
+    "AdminAuthRequest",
+    "version" / doc(c.Int8ub, "protocol version, 1; a server answers any other with status 2"),
+    "user_length" / doc(c.Rebuild(c.Int8ub, c.len_(c.this.user)), "ULEN, user name length"),
+    "user" / doc(c.Bytes(c.this.user_length), "UNAME, the admin user name (UTF-8)"),
+    "password_length" / doc(c.Rebuild(c.Int8ub, c.len_(c.this.password)), "PLEN"),
+    "password" / doc(c.Bytes(c.this.password_length), "PASSWD, the admin password (UTF-8)"),
+    doc_text="client -> server, first bytes of an admin connection",
+)
+
+AdminAuthReply = packet(
+    "AdminAuthReply",
+    "version" / doc(c.Int8ub, "protocol version of the server, 1"),
+    "status"
+    / doc(
+        StrictEnum(c.Int8ub, AuthStatus),
+        "0 ok, 1 bad credentials, 2 bad protocol version, 3 internal error;"
+        " the server closes after anything but 0",
+    ),
+    doc_text="server -> client",
+)
+
+AdminRequest = packet(
+    "AdminRequest",
+    "method"
+    / doc(
+        c.Int8ub,
+        "method code: 0 connections since start, 1 open connections, 2 bytes transferred,"
+        " 3 set buffer size, 4 get buffer size, 5 connected users, 6 tunnels open;"
+        " any other code is answered with 255",
+    ),
+    "param_count" / doc(c.Rebuild(c.Int8ub, c.len_(c.this.params)), "NPARAM, 0..255"),
+    "params" / doc(c.Array(c.this.param_count, Param), "NPARAM times: LPARAM, then PARAM"),
+    doc_text="client -> server, once, after status 0",
+)
+
+AdminReply = packet(
+    "AdminReply",
+    "code"
+    / doc(
+        StrictEnum(c.Int8ub, Method),
+        "the request's method code, or 254 invalid parameter, 255 invalid method",
+    ),
+    "length" / doc(c.Rebuild(c.Int8ub, c.len_(c.this.data)), "LEN, data length, 0..255"),
+    "data"
+    / doc(
+        c.StringEncoded(c.Bytes(c.this.length), "ascii"),
+        "ASCII: the value (a decimal number, or the user list of method 5);"
+        " for 254 and 255, why the request was refused",
+    ),
+    doc_text="server -> client, then the server closes",
+)
+
+PACKETS: tuple[c.Construct, ...] = (AdminAuthRequest, AdminAuthReply, AdminRequest, AdminReply)
+"""Every top-level packet of this module, in the order of an exchange."""
