@@ -1,0 +1,48 @@
+"""Shared fixtures: one key pair for the session, and loopback target servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jproxy.keys import generate, save_client_key, save_user
+from tests.peers import serve_files
+
+FILE_SIZES = (0, 1, 4079, 4080, 4081, 65536, 1_000_000)
+BIG_FILE_SIZE = 100 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def key_pair(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("keys")
+    key, record = generate("alice")
+    save_client_key(key, folder / "key.dat")
+    save_user(record, folder / "users")
+    return folder
+
+
+@pytest.fixture
+def workdir(tmp_path, key_pair) -> Path:
+    """A folder holding key.dat and users/, as ``gjproxy keygen`` leaves them."""
+    shutil.copy2(key_pair / "key.dat", tmp_path / "key.dat")
+    shutil.copytree(key_pair / "users", tmp_path / "users")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def web(tmp_path_factory):
+    """An HTTP server with files of the sizes that sit on frame boundaries, and 100 MB."""
+    root = tmp_path_factory.mktemp("www")
+    for size in FILE_SIZES:
+        (root / f"f{size}").write_bytes(os.urandom(size))
+    with (root / "big").open("wb") as file:
+        block = os.urandom(1 << 20)
+        for _ in range(BIG_FILE_SIZE >> 20):
+            file.write(block)
+    server = serve_files(root)
+    server.root = root
+    yield server
+    server.shutdown()
