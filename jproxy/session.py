@@ -55,10 +55,15 @@ class Session:
         self._partial += view[opened:]
         return messages
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame whose end has not arrived (less than one frame)."""
+        return len(self._partial)
+
     def finish(self) -> None:
         """Call when the peer's stream ended: ``FrameError`` if it ended inside a frame."""
         if self._partial:
-            raise FrameError(f"stream ended {len(self._partial)} bytes into a frame")
+            raise FrameError(f"stream ended {self.buffered} bytes into a frame")
 
     def _body_length(self, header: bytes | memoryview) -> int:
         try:
