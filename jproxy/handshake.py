@@ -3,9 +3,9 @@
 The client sends ``Hello`` (the minor version picks the dialect), the server answers
 ``HelloReply``; the client sends its login hash, the server answers ``LoginReply`` with a fresh
 session key wrapped to the user's public key. Each core takes bytes in any pieces (one at a
-time works), returns the bytes to send, and buffers at most the rest of the message it waits
-for. ``bytes_needed`` says how much that is, so a driver can read exactly that and leave
-everything after the login on the socket for the session.
+time works), returns the bytes to send, and between calls holds only part of the message it
+waits for. ``bytes_needed`` says how much is missing, so a driver can read exactly that; bytes
+given past the last handshake message end up in ``leftover``, the start of the session.
 """
 
 from __future__ import annotations

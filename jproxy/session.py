@@ -44,7 +44,10 @@ class Session:
         return self._sealer.seal(message)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """The messages of every frame that ``data`` completes; ``FrameError`` on a bad frame."""
+        """The messages of every frame that ``data`` completes.
+
+        ``FrameError`` on a bad frame; the session is then unusable and the tunnel must close.
+        """
         messages: list[bytes] = []
         view = memoryview(data)
         if self._partial:
