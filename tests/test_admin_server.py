@@ -47,21 +47,18 @@ def tuning() -> RelayTuning:
     return RelayTuning()
 
 
-@pytest.fixture(scope="session")
-def credentials() -> AdminCredentials:
-    return AdminCredentials(USER, hash_password(PASSWORD, n=1024), "test")
+def start_admin(counters: Counters, tuning: RelayTuning):
+    """An admin listener on an ephemeral port, with short delays so tests stay fast."""
+    credentials = AdminCredentials(USER, hash_password(PASSWORD, n=1024), "test")
+    throttle = LoginThrottle(BASE_DELAY, MAX_DELAY)
+    return serve_admin(
+        ("127.0.0.1", 0), credentials, counters, tuning, throttle=throttle, deadline=1.0
+    )
 
 
 @pytest.fixture
-def admin(credentials, counters, tuning):
-    server = serve_admin(
-        ("127.0.0.1", 0),
-        credentials,
-        counters,
-        tuning,
-        throttle=LoginThrottle(BASE_DELAY, MAX_DELAY),
-        deadline=1.0,
-    )
+def admin(counters, tuning):
+    server = start_admin(counters, tuning)
     yield server
     server.stop()
 
@@ -217,9 +214,9 @@ def sctp_probe() -> OSError | None:
     return None
 
 
-def test_transport_and_its_log_line(credentials, counters, tuning, caplog) -> None:
+def test_transport_and_its_log_line(counters, tuning, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="jproxy.handlers.admin"):
-        server = serve_admin(("127.0.0.1", 0), credentials, counters, tuning)
+        server = start_admin(counters, tuning)
     try:
         port = server.address[1]
         error = sctp_probe()
