@@ -1,0 +1,56 @@
+"""docs/admin.md keeps in step with the code it describes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from jproxy import metrics
+from jproxy.commands.admin import METHODS, ExitStatus
+from jproxy.handlers.prometheus import CountersCollector
+from jproxy.metrics import Counters
+from jproxy.tuning import RelayTuning
+from schemas.admin import Method
+
+DOCS = (Path(__file__).parent.parent / "docs" / "admin.md").read_text(encoding="utf-8")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_connection_definition_matches_jproxy_metrics() -> None:
+    docstring = flat(metrics.__doc__)
+    definition = re.search(r"every tunnel stream .*? both directions summed\.", docstring)
+    assert definition, "jproxy/metrics.py no longer defines a connection"
+    assert f"What counts as a connection: {definition.group()}" in flat(DOCS)
+
+
+def test_every_method_code_has_a_row() -> None:
+    for method in Method:
+        assert re.search(rf"^\| {method.value} \| ", DOCS, re.MULTILINE), method
+
+
+def test_every_command_line_method_is_documented() -> None:
+    for name in METHODS:
+        assert re.search(rf"^\| `{name}( N)?` \|", DOCS, re.MULTILINE), name
+
+
+def test_every_exit_status_has_a_row() -> None:
+    for status in ExitStatus:
+        assert re.search(rf"^\| {status.value} \| ", DOCS, re.MULTILINE), status
+
+
+def test_every_prometheus_metric_is_documented() -> None:
+    collector = CountersCollector(Counters(), RelayTuning())
+    names = {sample.name for family in collector.collect() for sample in family.samples}
+    assert names == {
+        "gjproxy_connections_total",
+        "gjproxy_connections_open",
+        "gjproxy_transferred_bytes_total",
+        "gjproxy_tunnels_open",
+        "gjproxy_dialect_tunnels_open",
+        "gjproxy_relay_buffer_size_bytes",
+    }
+    for name in names:
+        assert f"| `{name}" in DOCS, name
