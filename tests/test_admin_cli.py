@@ -196,3 +196,18 @@ def test_help_lists_the_exit_statuses() -> None:
     assert result.returncode == 0
     for status in range(6):
         assert f"\n  {status}  " in result.stdout
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ("user = 7", "config: [admin] user must be a string"),
+        ('user = "alice"\nport = "8080"', "config: [admin] port must be a int"),
+        ('user = "alice"\ncolour = "red"', "config: unknown key(s) in [admin]: colour"),
+    ],
+)
+def test_a_bad_admin_section_exits_2(tmp_path, section, message) -> None:
+    config = tmp_path / "gjproxy.toml"
+    config.write_text(f"[admin]\n{section}\n")
+    result = gjproxy_admin("--config", str(config), "open")
+    assert (result.returncode, result.stderr) == (2, f"gjproxy admin: {message}\n")

@@ -152,8 +152,10 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str
     if not 1 <= settings["port"] <= 65535:
         raise ConfigError(f"port must be 1..65535, got {settings['port']}")
     user = settings["user"] or environ.get(USER_VARIABLE)
-    if not isinstance(user, str) or not user:
+    if not user:
         raise ConfigError(f"no admin user: pass --user, set [admin] user or ${USER_VARIABLE}")
+    if not isinstance(user, str):
+        raise ConfigError("config: [admin] user must be a string")
     return settings["host"], settings["port"], user
 
 
