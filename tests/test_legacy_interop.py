@@ -1,0 +1,104 @@
+"""Dialect 3.0 against the recorded Java client: its own messages, sent to a gjproxy server.
+
+The Java client's plaintext messages of tests/vectors/java-3.0 (the shared capture) go, in 3.0
+frames, to ``gjproxy server --allow-legacy`` logged in with the capture's own key. The answers
+must have the shape the Java server gave: a 6-byte connect reply with status 0 per stream, the
+data echoed on the right stream, and no answer at all to a disconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+from jproxy.handshake import ClientHandshake
+from jproxy.keys import load_client_key
+from schemas import build, parse
+from schemas.fast import TCP_PACKET
+from schemas.jproxy import Dialect, MessageType, TcpConnectRequest
+from tests.peers import echo, serve_tcp, start_server
+
+JAVA = Path(__file__).parent / "vectors" / "java-3.0"
+
+
+def java_messages() -> list[dict]:
+    return json.loads((JAVA / "vectors.json").read_text())["tunnel"]["messages"]
+
+
+def login(port: int) -> tuple[socket.socket, object]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    core = ClientHandshake(load_client_key(JAVA / "client-key.dat"), Dialect.LEGACY_3_0)
+    sock.sendall(core.start())
+    while not core.finished:
+        data = sock.recv(core.bytes_needed)
+        assert data, "the server closed the connection during login"
+        reply = core.receive(data)
+        if reply:
+            sock.sendall(reply)
+    return sock, core.session
+
+
+def test_java_client_messages_get_java_shaped_answers(tmp_path):
+    keys = json.loads((JAVA / "vectors.json").read_text())["keys"]
+    (tmp_path / "users").mkdir()
+    shutil.copy(
+        JAVA / "server-user.dat", tmp_path / "users" / keys["server_user_file_original_name"]
+    )
+    server = start_server(tmp_path, "--allow-legacy")
+    target = serve_tcp(echo)
+    sock, session = login(server.port)
+
+    replies: list[bytes] = []
+    sent: dict[int, bytes] = {0: b"", 1: b""}
+    echoed: dict[int, bytes] = {0: b"", 1: b""}
+
+    def receive_until(done) -> None:
+        """Read answers until ``done()``, or until the server has been silent for 1 s."""
+        sock.settimeout(1.0)
+        while not done():
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                return
+            assert chunk, "the server closed the tunnel"
+            for message in session.feed(chunk):
+                if message[0] == MessageType.TCP_PACKET:
+                    stream_id, data = TCP_PACKET.parse(message)
+                    echoed[stream_id] += bytes(data)
+                else:
+                    replies.append(message)
+
+    # Like the Java client: each connect waits for its reply, data waits for the streams,
+    # the disconnects wait for the echoes.
+    for message in java_messages()[4:20]:
+        if message["dir"] != "c2s":
+            continue
+        plaintext = bytes.fromhex(message["plaintext_hex"])
+        if plaintext[0] == MessageType.TCP_CONNECT:  # aim the recorded connect at our echo
+            fields = parse(TcpConnectRequest, plaintext)
+            fields.port = target.server_address[1]
+            plaintext = build(TcpConnectRequest, fields)
+            expected = len(replies) + 1
+            sock.sendall(session.seal(plaintext))
+            receive_until(lambda expected=expected: len(replies) == expected)
+            continue
+        if plaintext[0] == MessageType.TCP_DISCONNECT:
+            receive_until(lambda: echoed == sent)
+        else:
+            stream_id, data = TCP_PACKET.parse(plaintext)
+            sent[stream_id] += bytes(data)
+        sock.sendall(session.seal(plaintext))
+    answered = len(replies)
+    receive_until(lambda: False)  # the Java server answered the disconnects with silence
+    sock.close()
+    server.stop()
+
+    assert len(replies) == answered
+    java_replies = [bytes.fromhex(m["plaintext_hex"]) for m in java_messages()[5:8:2]]
+    # Same type, connection id and status byte for byte; only the milliseconds may differ.
+    assert [reply[:4] for reply in replies] == [reply[:4] for reply in java_replies], server.log()
+    assert all(len(reply) == 6 for reply in replies)
+    assert echoed == sent
+    assert len(sent[1]) == 20 + 2048 + 2048 + 904
