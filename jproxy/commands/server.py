@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.handlers.admin import serve_admin
+from jproxy.handlers.prometheus import serve_metrics
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import wait_for_termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
+from jproxy.passwords import load_admin_credentials
 
 log = logging.getLogger("gjproxy.server")
 
@@ -17,6 +21,8 @@ DEFAULTS = {
     "listen": "0.0.0.0:16384",
     "users": "users",
     "allow_legacy": False,
+    "admin": "127.0.0.1:8080",
+    "metrics": "",
     "max_tunnels": ServerLimits.max_tunnels,
     "max_streams": ServerLimits.max_streams,
     "idle_timeout": ServerLimits.idle_timeout,
@@ -40,6 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         const=True,
         help="also accept the legacy dialect 3.0 (the Java client; no integrity protection)",
     )
+    parser.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="admin protocol listener (default 127.0.0.1:8080; on only with admin credentials)",
+    )
+    parser.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics over HTTP here (off)"
+    )
     parser.add_argument("--max-tunnels", type=int, help="tunnels served at once (default 64)")
     parser.add_argument("--max-streams", type=int, help="streams per tunnel (default 1024)")
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
@@ -48,9 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def settings_from(args: argparse.Namespace) -> dict:
-    settings = resolve(args, load(args.config), "server", DEFAULTS)
+def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
+    config = load(args.config)
+    settings = resolve(args, config, "server", DEFAULTS)
     settings["listen"] = host_port(settings["listen"], "--listen")
+    settings["admin"] = host_port(settings["admin"], "--admin")
+    settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
+    settings["admin_credentials"] = load_admin_credentials(config, environ)
     for key in ("max_tunnels", "max_streams"):
         if settings[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
@@ -78,17 +96,27 @@ def run(args: argparse.Namespace) -> int:
     server = TunnelServer(
         settings["listen"], users, allow_legacy=settings["allow_legacy"], limits=limits
     )
+    services: list = []
     try:
         server.start()
+        services.append(server)
+        if settings["admin_credentials"] is not None:
+            services.append(
+                serve_admin(
+                    settings["admin"], settings["admin_credentials"], server.counters, server.tuning
+                )
+            )
+        if settings["metrics"]:
+            services.append(serve_metrics(settings["metrics"], server.counters, server.tuning))
     except OSError as error:
-        sys.stderr.write(
-            f"gjproxy server: cannot listen on {settings['listen']}: {error.strerror}\n"
-        )
+        sys.stderr.write(f"gjproxy server: cannot listen: {error}\n")
+        for service in services:
+            service.stop()
         return 1
-    log.info("%d user(s) loaded from %s", len(users), settings["users"])
     sighup = reload_on_sighup(users)
     signal_name = wait_for_termination()
     log.info("%s: shutting down", signal_name)
     sighup.cancel()
-    server.stop()
+    for service in reversed(services):
+        service.stop()
     return 0
