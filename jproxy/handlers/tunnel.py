@@ -35,6 +35,7 @@ from jproxy.mux import (
 )
 from jproxy.session import Session
 from jproxy.tuning import RelayTuning
+from schemas.errors import WireError
 from schemas.jproxy import ConnectStatus, DisconnectReason
 
 log = logging.getLogger(__name__)
@@ -221,15 +222,14 @@ class Tunnel:
                             self._dispatch(event)
                 chunk = self._recv()
                 if chunk == b"":
+                    self.session.finish()
                     log.info("%s: peer closed the tunnel", self.name)
                     return
-        except ProtocolError as error:
-            log.warning("%s: protocol error, closing the tunnel: %s", self.name, error)
+        except (ProtocolError, WireError) as error:  # WireError includes FrameError
+            log.warning("%s: closing the tunnel: %s", self.name, error)
         except OSError as error:
             if not self.closed.is_set():
                 log.info("%s: read failed: %s", self.name, error)
-        except Exception as error:  # a FrameError or similar from the session
-            log.warning("%s: closing the tunnel: %s", self.name, error)
 
     def _recv(self) -> bytes | None:
         try:
