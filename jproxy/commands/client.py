@@ -11,7 +11,7 @@ import gevent
 
 from jproxy.config import ConfigError, host_port, load, resolve
 from jproxy.handlers.client import TunnelClient
-from jproxy.handlers.signals import wait_for_termination
+from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import Socks5Listener
 from jproxy.keys import KeyFileError, load_client_key
 from schemas.jproxy import Dialect
@@ -65,6 +65,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    termination = Termination()
     try:
         settings = settings_from(args)
         key = load_client_key(settings["key"])
@@ -79,17 +80,19 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gjproxy client: cannot listen on {settings['socks']}: {error}\n")
         return 1
     tunnels.start()
-    return serve_until_stopped(tunnels, listener)
+    return serve_until_stopped(tunnels, listener, termination)
 
 
-def serve_until_stopped(tunnels: TunnelClient, listener: Socks5Listener) -> int:
+def serve_until_stopped(
+    tunnels: TunnelClient, listener: Socks5Listener, termination: Termination
+) -> int:
     """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
-    termination = gevent.spawn(wait_for_termination)
+    signalled = gevent.spawn(termination.wait)
     fatal = gevent.spawn(tunnels.stopped.wait)
-    gevent.wait([termination, fatal], count=1)
-    if termination.ready():
-        log.info("%s: shutting down", termination.value)
-    termination.kill()
+    gevent.wait([signalled, fatal], count=1)
+    if signalled.ready():
+        log.info("%s: shutting down", signalled.value)
+    signalled.kill()
     fatal.kill()
     listener.stop()
     tunnels.stop()

@@ -11,7 +11,7 @@ from jproxy.config import ConfigError, host_port, load, resolve
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.prometheus import serve_metrics
 from jproxy.handlers.server import ServerLimits, TunnelServer
-from jproxy.handlers.signals import wait_for_termination
+from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
 from jproxy.passwords import load_admin_credentials
 
@@ -80,6 +80,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    termination = Termination()
     try:
         settings = settings_from(args)
         users = UserDirectory(settings["users"])
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             service.stop()
         return 1
     sighup = reload_on_sighup(users)
-    signal_name = wait_for_termination()
+    signal_name = termination.wait()
     log.info("%s: shutting down", signal_name)
     sighup.cancel()
     for service in reversed(services):

@@ -1,0 +1,43 @@
+"""README's first command: ``gjproxy quickstart`` makes keys once and serves SOCKS5 at once."""
+
+from __future__ import annotations
+
+import stat
+
+from tests.peers import Process
+from tests.test_tunnel import curl
+
+
+def quickstart(workdir) -> Process:
+    return Process(
+        "quickstart",
+        "--socks",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        cwd=workdir,
+    )
+
+
+def test_quickstart_makes_keys_once_and_carries_curl(tmp_path, web):
+    first = quickstart(tmp_path)
+    port = int(first.wait_for(r"SOCKS5 proxy: 127\.0\.0\.1:(\d+)").group(1))
+    first.wait_for(r"password, shown once: \S+")
+    first.wait_for(r"curl --socks5-hostname 127\.0\.0\.1:\d+")
+    body = curl(port, f"http://127.0.0.1:{web.server_port}/f65536")
+    assert body == (web.root / "f65536").read_bytes()
+    assert first.stop() == 0
+
+    folder = tmp_path / "gjproxy-quickstart"
+    secrets = [folder / "key.dat", folder / "admin-password-hash", *folder.glob("users/*.dat")]
+    assert len(secrets) == 3
+    assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in secrets)
+    key_before = (folder / "key.dat").read_bytes()
+
+    again = quickstart(tmp_path)
+    again.wait_for(r"try: +curl")  # printed last, after any password line
+    assert "shown once" not in again.log()  # the password is printed only when it is made
+    assert (folder / "key.dat").read_bytes() == key_before
+    assert again.stop() == 0
