@@ -456,10 +456,11 @@ def measure(dialect: str, workdir: Path, stack: ExitStack) -> Report:
     idle = {process.name: process.rss_mb() for process in processes}
     report.line("RSS idle", "   ".join(f"{name} {mb:5.1f} MB" for name, mb in idle.items()))
 
+    meter = CpuMeter(pids)
     latencies = echo_latencies(socks_port, echo_port)
     report.line(
         f"echo {ECHO_SIZE} B round trip, {len(latencies.samples)} on one stream",
-        latencies.describe("us", 1e-6),
+        f"{latencies.describe('us', 1e-6)}   ({meter.summary()})",
         f"p50 <= {TARGET_ECHO_P50_US:g} us",
         latencies.at(50, 1e-6) <= TARGET_ECHO_P50_US,
     )
