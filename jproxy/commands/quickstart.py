@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ngjproxy is running. SOCKS5 proxy: {host}:{port}  (keys in {folder}/, Ctrl-C stops)")
     if new_password is not None:
         print(
-            f"admin: gjproxy admin --port {admin[1]} --user admin stats   (password, shown once:"
+            f"admin: gjproxy admin --port {started[-1].address[1]} --user admin stats   (password, shown once:"
             f" {new_password})"
         )
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
