@@ -100,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     host, port = listener.address
     print(f"\ngjproxy is running. SOCKS5 proxy: {host}:{port}  (keys in {folder}/, Ctrl-C stops)")
     if new_password is not None:
+        admin_port = started[-1].address[1]
         print(
-            f"admin: gjproxy admin --port {started[-1].address[1]} --user admin stats   (password, shown once:"
-            f" {new_password})"
+            f"admin: gjproxy admin --port {admin_port} --user admin stats"
+            f"   (password, shown once: {new_password})"
         )
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
     sys.stdout.flush()

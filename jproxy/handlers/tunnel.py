@@ -248,7 +248,7 @@ class Tunnel:
             if relay is not None:
                 relay.deliver(event.data)
                 if not self.mux.flow_control and relay.inbound_bytes > LEGACY_INBOUND_LIMIT:
-                    relay.drained.wait(self.idle_timeout)  # 3.0: stall the tunnel, no windows
+                    relay.wait_drained(self.idle_timeout)  # 3.0: stall the tunnel, no windows
         elif isinstance(event, Send):
             self.send_control(event.message)
         elif isinstance(event, ConnectRequested):
