@@ -126,10 +126,14 @@ class _QuietHTTPHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # many streams connect at once; the default backlog of 5 drops
+
+
 def serve_files(directory: Path) -> ThreadingHTTPServer:
     handler = partial(_QuietHTTPHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
+    server = _HTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -137,6 +141,7 @@ def serve_files(directory: Path) -> ThreadingHTTPServer:
 class _Threaded(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # 200 streams connect at once; the default backlog of 5 drops
 
 
 def serve_tcp(handle) -> _Threaded:

@@ -59,9 +59,35 @@ class StreamRelay:
     # --- called by the tunnel reader ------------------------------------------------------
 
     def deliver(self, data: bytes) -> None:
+        if self._writer is None and not self._inbound_done.is_set():
+            data = self._write_without_waiting(data)
+            if not data:
+                return
         self._inbound.append(data)
         self.inbound_bytes += len(data)
         self._start_writer()
+
+    def _write_without_waiting(self, data: bytes) -> bytes:
+        """Send what the socket takes at once (gevent's timeout 0); return the rest.
+
+        Most deliveries fit in the socket buffer, so no writer greenlet is needed for them.
+        """
+        try:
+            sent = self.sock.send(data, 0, 0.0)
+        except BlockingIOError:
+            return data
+        except OSError as error:
+            log.debug("stream %d: local write failed: %s", self.stream.id, error)
+            self._fail(DisconnectReason.BROKEN_PIPE)
+            return b""
+        self._written(sent)
+        return data[sent:]
+
+    def _written(self, count: int) -> None:
+        self._last_activity = time.monotonic()
+        self.bytes_in += count
+        self.tunnel.counters.transferred(count)
+        self.tunnel.send_control(self.tunnel.mux.consumed(self.stream, count))
 
     def window_opened(self) -> None:
         if self._window is not None:
@@ -184,23 +210,19 @@ class StreamRelay:
 
     def _write(self) -> None:
         """Write everything queued; then act on the peer's EOF or goodbye, if it came."""
-        tunnel, mux, stream = self.tunnel, self.tunnel.mux, self.stream
         try:
             while self._inbound and self._failed is None:
                 data = b"".join(self._inbound)
                 self._inbound.clear()
                 self.inbound_bytes = 0
                 self.sock.sendall(data)
-                self._last_activity = time.monotonic()
-                self.bytes_in += len(data)
-                tunnel.counters.transferred(len(data))
-                tunnel.send_control(mux.consumed(stream, len(data)))
+                self._written(len(data))
             if self._ended():
                 self._finish_inbound(socket.SHUT_RD)  # wakes the reading greenlet
             elif self._peer_eof:
                 self._finish_inbound(socket.SHUT_WR)
         except OSError as error:
-            log.debug("stream %d: local write failed: %s", stream.id, error)
+            log.debug("stream %d: local write failed: %s", self.stream.id, error)
             self._fail(DisconnectReason.BROKEN_PIPE)
         finally:
             self._writer = None
