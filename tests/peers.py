@@ -144,8 +144,12 @@ class _Threaded(socketserver.ThreadingTCPServer):
     request_queue_size = 1024  # 200 streams connect at once; the default backlog of 5 drops
 
 
-def serve_tcp(handle) -> _Threaded:
-    """A threaded TCP server on 127.0.0.1 whose connections run ``handle(sock)``."""
+class _Threaded6(_Threaded):
+    address_family = socket.AF_INET6
+
+
+def serve_tcp(handle, host: str = "127.0.0.1") -> _Threaded:
+    """A threaded TCP server on ``host`` (127.0.0.1 or ::1) running ``handle(sock)`` per client."""
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -155,7 +159,7 @@ def serve_tcp(handle) -> _Threaded:
             except OSError:
                 pass
 
-    server = _Threaded(("127.0.0.1", 0), Handler)
+    server = (_Threaded6 if ":" in host else _Threaded)((host, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

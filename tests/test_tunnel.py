@@ -84,13 +84,12 @@ def test_curl_gets_100_megabytes_intact(tunnel, web):
     assert hashlib.sha256(body).hexdigest() == sha256_of(web.root / "big")
 
 
-def test_python_socks_echo_over_ipv4_ipv6_and_names(tunnel):
-    target = serve_tcp(echo)
-    port = target.server_address[1]
-    for host in ("127.0.0.1", "localhost"):
-        with socks_connect(tunnel.port, host, port) as sock:
-            sock.sendall(b"hello jproxy\n")
-            assert recv_exactly(sock, 13) == b"hello jproxy\n"
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_python_socks_echo_over_ipv4_ipv6_and_names(tunnel, host):
+    target = serve_tcp(echo, "::1" if host == "::1" else "127.0.0.1")
+    with socks_connect(tunnel.port, host, target.server_address[1]) as sock:
+        sock.sendall(b"hello jproxy\n")
+        assert recv_exactly(sock, 13) == b"hello jproxy\n"
     target.shutdown()
 
 
