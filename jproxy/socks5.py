@@ -5,6 +5,9 @@ to write (``Send``), a request to act on (``ConnectRequested``, ``UdpAssociateRe
 ``Rejected`` (write its bytes, then close). Once the caller knows the outcome of the request,
 ``reply`` gives the reply bytes; from then on the connection is a plain relay. Nothing here
 touches a socket, resolves a name or reads a clock, so every byte boundary can be tested.
+
+Every new SOCKS connection runs through here, so packets are read with the readers that
+``schemas.socks5`` derives from its schemas, and the usual answers are built once at import.
 """
 
 from __future__ import annotations
@@ -13,28 +16,32 @@ import dataclasses
 import enum
 import hmac
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
-
-import construct as c
 
 from schemas import WireError, build, parse
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import (
     MAX_FIELD_LENGTH,
+    METHOD_REQUEST_READER,
+    PASSWORD_REQUEST_READER,
+    REQUEST_READER,
     AddressType,
     Command,
+    Greeting,
+    Login,
     Method,
     PasswordStatus,
     ReplyCode,
+    Request,
     SocksMethodReply,
     SocksMethodRequest,
     SocksPasswordReply,
     SocksPasswordRequest,
+    SocksReader,
     SocksReply,
     SocksRequest,
     SocksUdpDatagram,
-    packet_size,
 )
 
 
@@ -145,13 +152,19 @@ def build_udp_request(host: str, port: int, data: bytes) -> bytes:
     )
 
 
+_DEFAULT_REPLIES = {code: _reply_bytes(code) for code in ReplyCode}
+"""Every reply with the bound address 0.0.0.0:0, the one the handler sends."""
+_METHOD_SELECTED = {
+    method: Send(build(SocksMethodReply, {"method": method}))
+    for method in (Method.NO_AUTH, Method.USERNAME_PASSWORD)
+}
 _NO_ACCEPTABLE_METHOD = build(SocksMethodReply, {"method": Method.NO_ACCEPTABLE})
-_PASSWORD_ACCEPTED = build(SocksPasswordReply, {"status": PasswordStatus.SUCCESS})
+_PASSWORD_ACCEPTED = Send(build(SocksPasswordReply, {"status": PasswordStatus.SUCCESS}))
 _PASSWORD_REFUSED = build(SocksPasswordReply, {"status": PasswordStatus.FAILURE})
 _REQUEST_REFUSALS = {
-    "command": _reply_bytes(ReplyCode.COMMAND_NOT_SUPPORTED),
-    "address.type": _reply_bytes(ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED),
-    "": _reply_bytes(ReplyCode.GENERAL_FAILURE),
+    "command": _DEFAULT_REPLIES[ReplyCode.COMMAND_NOT_SUPPORTED],
+    "address.type": _DEFAULT_REPLIES[ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED],
+    "": _DEFAULT_REPLIES[ReplyCode.GENERAL_FAILURE],
 }
 
 
@@ -173,16 +186,16 @@ class _Refusal(Exception):
         self.reason = reason
 
 
-def _parse_or_refuse(
-    schema: c.Construct, packet: bytes, answers: Mapping[str, bytes]
-) -> c.Container:
-    """``parse`` whose defects become a refusal: ``answers`` maps a field ("" any other) to
-    the bytes the client gets. A wrong version byte gets nothing: it is not speaking SOCKS5."""
+def _read_or_refuse(
+    reader: SocksReader, data: bytearray, answers: Mapping[str, bytes]
+) -> tuple[int, Any] | None:
+    """``reader.read`` whose defects become a refusal: ``answers`` maps a field ("" any other)
+    to the bytes the client gets. A wrong version byte gets nothing: it is not speaking SOCKS5."""
     try:
-        return parse(schema, packet)
+        return reader.read(data)
     except WireError as error:
-        data = b"" if error.field == "version" else answers.get(error.field, answers[""])
-        raise _Refusal(data, str(error)) from None
+        answer = b"" if error.field == "version" else answers.get(error.field, answers[""])
+        raise _Refusal(answer, str(error)) from None
 
 
 class Socks5Server:
@@ -200,11 +213,6 @@ class Socks5Server:
         self._method = Method.NO_AUTH if users is None else Method.USERNAME_PASSWORD
         self._state = _State.METHODS
         self._buffer = bytearray()
-        self._steps = {
-            _State.METHODS: (SocksMethodRequest, self._on_methods),
-            _State.PASSWORD: (SocksPasswordRequest, self._on_password),
-            _State.REQUEST: (SocksRequest, self._on_request),
-        }
         self.user: str | None = None
 
     @property
@@ -222,15 +230,15 @@ class Socks5Server:
             return [self._reject(b"", TOO_MUCH_DATA)]
         self._buffer += data
         events: list[Event] = []
-        while self._state in self._steps:
-            schema, step = self._steps[self._state]
-            size = packet_size(schema, self._buffer)
-            if size is None:
-                break
-            packet = bytes(self._buffer[:size])
-            del self._buffer[:size]
+        while self._buffer and self._state in self._STEPS:  # no packet is empty
+            reader, answers, step = self._STEPS[self._state]
             try:
-                events.append(step(packet))
+                packet = _read_or_refuse(reader, self._buffer, answers)
+                if packet is None:
+                    break
+                size, fields = packet
+                del self._buffer[:size]
+                events.append(step(self, fields))
             except _Refusal as refusal:
                 events.append(self._reject(refusal.data, refusal.reason))
         return events
@@ -239,7 +247,9 @@ class Socks5Server:
         """The reply to the request; after any code but ``SUCCEEDED`` the caller closes."""
         if self._state is not _State.AWAITING_REPLY:
             raise RuntimeError(f"no request to reply to ({self._state.value})")
-        data = _reply_bytes(code, host, port)
+        data = _DEFAULT_REPLIES.get(code) if (host, port) == ("0.0.0.0", 0) else None
+        if data is None:
+            data = _reply_bytes(code, host, port)
         self._state = _State.ESTABLISHED if code == ReplyCode.SUCCEEDED else _State.CLOSED
         return data
 
@@ -248,10 +258,9 @@ class Socks5Server:
         self._buffer.clear()
         return Rejected(data, reason)
 
-    def _on_methods(self, packet: bytes) -> Event:
-        fields = _parse_or_refuse(SocksMethodRequest, packet, {"": _NO_ACCEPTABLE_METHOD})
-        if self._method not in fields.methods:
-            offered = ", ".join(str(method) for method in fields.methods)
+    def _on_methods(self, greeting: Greeting) -> Event:
+        if self._method not in greeting.methods:
+            offered = ", ".join(str(method) for method in greeting.methods)
             raise _Refusal(
                 _NO_ACCEPTABLE_METHOD,
                 f"no acceptable method: client offers [{offered}], server needs"
@@ -260,23 +269,28 @@ class Socks5Server:
         self._state = (
             _State.PASSWORD if self._method is Method.USERNAME_PASSWORD else _State.REQUEST
         )
-        return Send(build(SocksMethodReply, {"method": self._method}))
+        return _METHOD_SELECTED[self._method]
 
-    def _on_password(self, packet: bytes) -> Event:
-        fields = _parse_or_refuse(SocksPasswordRequest, packet, {"": _PASSWORD_REFUSED})
-        expected = self._passwords.get(fields.username)
-        matches = hmac.compare_digest(fields.password, expected or b"")
+    def _on_password(self, login: Login) -> Event:
+        expected = self._passwords.get(login.username)
+        matches = hmac.compare_digest(login.password, expected or b"")
         if expected is None or not matches:
             raise _Refusal(_PASSWORD_REFUSED, "wrong user name or password")
-        self.user = fields.username.decode()
+        self.user = login.username.decode()
         self._state = _State.REQUEST
-        return Send(_PASSWORD_ACCEPTED)
+        return _PASSWORD_ACCEPTED
 
-    def _on_request(self, packet: bytes) -> Event:
-        fields = _parse_or_refuse(SocksRequest, packet, _REQUEST_REFUSALS)
-        if fields.command is Command.BIND:
+    def _on_request(self, request: Request) -> Event:
+        if request.command is Command.BIND:
             raise _Refusal(_REQUEST_REFUSALS["command"], "BIND is not supported")
         self._state = _State.AWAITING_REPLY
-        if fields.command is Command.CONNECT:
-            return ConnectRequested(fields.address.host, fields.port)
-        return UdpAssociateRequested(fields.address.host, fields.port)
+        if request.command is Command.CONNECT:
+            return ConnectRequested(request.host, request.port)
+        return UdpAssociateRequested(request.host, request.port)
+
+    _STEPS: Mapping[_State, tuple[SocksReader, Mapping[str, bytes], Callable]] = {
+        _State.METHODS: (METHOD_REQUEST_READER, {"": _NO_ACCEPTABLE_METHOD}, _on_methods),
+        _State.PASSWORD: (PASSWORD_REQUEST_READER, {"": _PASSWORD_REFUSED}, _on_password),
+        _State.REQUEST: (REQUEST_READER, _REQUEST_REFUSALS, _on_request),
+    }
+    """Per state: the packet the client sends next, the answer to its defects, and the step."""

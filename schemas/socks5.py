@@ -11,14 +11,18 @@ The strict enums make an unknown command or address type a ``WireError`` whose `
 
 from __future__ import annotations
 
+import abc
 import enum
 import functools
 import io
 import ipaddress
+import operator
+import struct
+from typing import Generic, NamedTuple, TypeVar
 
 import construct as c
 
-from schemas.fields import InRange, StrictEnum, doc, packet
+from schemas.fields import InRange, StrictEnum, doc, packet, parse
 from schemas.jproxy import AddressType
 
 VERSION = 5
@@ -260,3 +264,240 @@ def packet_size(schema: c.Construct, data: bytes) -> int | None:
 def _unterminated(schema: c.Construct) -> c.Construct:
     """``schema`` without the end-of-input check that ``packet()`` appends."""
     return c.Struct(*(sub for sub in schema.subcons if sub is not c.Terminated))
+
+
+# --- readers for the server: the packets a client sends, off the front of a stream ----------
+# Every new SOCKS connection passes through them, and construct takes tens of microseconds per
+# packet. So they read with what they derive from the schemas above (byte tables, address
+# sizes and decoders) and hand anything unusual to construct, which then names the defect
+# exactly as the schema does. tests/test_socks5_schema.py proves both paths agree.
+
+
+class NotFast(Exception):
+    """The fast path cannot vouch for these bytes: construct decides, and names any defect."""
+
+
+_REFUSED = object()
+"""What a byte table holds for a value its field refuses."""
+
+
+def _byte_table(field: c.Construct) -> tuple[object, ...]:
+    """What the one-byte ``field`` decodes each byte value to, or ``_REFUSED``.
+
+    Parsing all 256 values once with the schema's own field gives the fast path its checks
+    (constants, enums, ranges) without writing them a second time.
+    """
+    table: list[object] = []
+    for value in range(256):
+        try:
+            table.append(field.parse(bytes([value])))
+        except c.ConstructError:
+            table.append(_REFUSED)
+    return tuple(table)
+
+
+def _unnamed(field: c.Construct) -> c.Construct:
+    """``field`` without the names and docs wrapped around it."""
+    while isinstance(field, c.Renamed):
+        field = field.subcon
+    return field
+
+
+def _is_one_byte(field: c.Construct) -> bool:
+    try:
+        return field.sizeof() == 1
+    except c.SizeofError:  # the size depends on earlier fields
+        return False
+
+
+def _leading_byte_fields(schema: c.Struct) -> tuple[list[c.Construct], bool]:
+    """The run of one-byte fields ``schema`` starts with (nested structs entered), and whether
+    that run is the whole of ``schema``."""
+    fields: list[c.Construct] = []
+    for field in schema.subcons:
+        nested = _unnamed(field)
+        if isinstance(nested, c.Struct):
+            inner, whole = _leading_byte_fields(nested)
+            fields += inner
+            if not whole:
+                return fields, False
+        elif _is_one_byte(field):
+            fields.append(field)
+        else:
+            return fields, False
+    return fields, True
+
+
+class _ByteHeader:
+    """The one-byte fields a packet starts with, each checked against its byte table."""
+
+    def __init__(self, schema: c.Struct) -> None:
+        fields, _ = _leading_byte_fields(schema)
+        self.tables = tuple(_byte_table(field) for field in fields)
+        self.size = len(self.tables)
+
+    def decode(self, data: bytes | bytearray) -> list[object] | None:
+        """The decoded fields, ``None`` while some are missing; a refused value raises
+        ``NotFast``. construct reads fields in order too, so it would also wait for the rest."""
+        values = list(map(operator.getitem, self.tables, data))  # stops after the header
+        if _REFUSED in values:
+            raise NotFast
+        return values if len(values) == self.size else None
+
+
+def _prefixed_end(data: bytes | bytearray, start: int) -> int | None:
+    """Where the bytes after the one-byte length at ``start`` end; ``None`` while incomplete."""
+    if len(data) <= start:
+        return None
+    end = start + 1 + data[start]
+    return end if len(data) >= end else None
+
+
+class Greeting(NamedTuple):
+    """A ``SocksMethodRequest``: the methods the client offers, one byte each."""
+
+    methods: bytes
+
+
+class Login(NamedTuple):
+    """A ``SocksPasswordRequest``."""
+
+    username: bytes
+    password: bytes
+
+
+class Request(NamedTuple):
+    """A ``SocksRequest``: ``host`` is IP text or a name as sent."""
+
+    command: Command
+    host: str
+    port: int
+
+
+Fields = TypeVar("Fields", Greeting, Login, Request)
+
+
+class SocksReader(abc.ABC, Generic[Fields]):
+    """Reads the packet at the start of a client's stream buffer."""
+
+    def __init__(self, schema: c.Struct) -> None:
+        self.schema = schema
+        self.header = _ByteHeader(schema)
+
+    def read(self, data: bytes | bytearray) -> tuple[int, Fields] | None:
+        """``(size, fields)`` of the packet at the start of ``data``, ``None`` while it is
+        incomplete; a defect raises the schema's own ``WireError``."""
+        try:
+            return self.read_fast(data)
+        except NotFast:
+            return self.read_with_construct(data)
+
+    def read_fast(self, data: bytes | bytearray) -> tuple[int, Fields] | None:
+        """``read`` without construct; raises ``NotFast`` where construct has to decide."""
+        header = self.header.decode(data)
+        return None if header is None else self._read_rest(data, header)
+
+    def read_with_construct(self, data: bytes | bytearray) -> tuple[int, Fields] | None:
+        """``read`` by construct alone: ``packet_size``, then ``parse``."""
+        size = packet_size(self.schema, data)
+        if size is None:
+            return None
+        return size, self._fields_of(parse(self.schema, bytes(data[:size])))
+
+    @abc.abstractmethod
+    def _read_rest(
+        self, data: bytes | bytearray, header: list[object]
+    ) -> tuple[int, Fields] | None: ...
+
+    @abc.abstractmethod
+    def _fields_of(self, fields: c.Container) -> Fields: ...
+
+
+class SocksMethodRequestReader(SocksReader[Greeting]):
+    """The greeting: version, method count, one byte per method."""
+
+    def __init__(self, schema: c.Struct) -> None:
+        super().__init__(schema)
+        if not _is_one_byte(_unnamed(schema.methods).subcon):
+            raise TypeError(f"{schema.name} methods are not one byte each")
+
+    def _read_rest(
+        self, data: bytes | bytearray, header: list[object]
+    ) -> tuple[int, Greeting] | None:
+        _, count = header
+        end = self.header.size + count
+        if len(data) < end:
+            return None
+        return end, Greeting(bytes(data[self.header.size : end]))
+
+    def _fields_of(self, fields: c.Container) -> Greeting:
+        return Greeting(bytes(fields.methods))
+
+
+class SocksPasswordRequestReader(SocksReader[Login]):
+    """The RFC 1929 login: version, then user name and password, each after its length byte."""
+
+    def _read_rest(self, data: bytes | bytearray, header: list[object]) -> tuple[int, Login] | None:
+        _, name_length = header
+        name_end = self.header.size + name_length
+        password_end = _prefixed_end(data, name_end)
+        if password_end is None:
+            return None
+        username = bytes(data[self.header.size : name_end])
+        return password_end, Login(username, bytes(data[name_end + 1 : password_end]))
+
+    def _fields_of(self, fields: c.Container) -> Login:
+        return Login(fields.username, fields.password)
+
+
+class _HostField:
+    """One case of the address switch: its size (``None``: a length byte says) and decoder."""
+
+    def __init__(self, case: c.Adapter) -> None:
+        self.decode = case._decode
+        prefixed = isinstance(case.subcon, c.Prefixed)
+        if prefixed and not _is_one_byte(case.subcon.lengthfield):
+            raise TypeError(f"{case!r} is not prefixed by one length byte")
+        self.size = None if prefixed else case.sizeof()
+
+
+class SocksRequestReader(SocksReader[Request]):
+    """The request: version, command, reserved, address type, address, port."""
+
+    def __init__(self, schema: c.Struct) -> None:
+        super().__init__(schema)
+        switch = _unnamed(_unnamed(schema.address).host)
+        self._hosts = {code: _HostField(case) for code, case in switch.cases.items()}
+        self._port = struct.Struct(_unnamed(schema.port).fmtstr)
+
+    def _read_rest(
+        self, data: bytes | bytearray, header: list[object]
+    ) -> tuple[int, Request] | None:
+        _, command, _, address_type = header
+        field = self._hosts.get(address_type)
+        if field is None:
+            raise NotFast
+        start = self.header.size
+        if field.size is None:
+            end = _prefixed_end(data, start)
+            start += 1
+        else:
+            end = start + field.size if len(data) >= start + field.size else None
+        if end is None:
+            return None
+        try:  # before the port arrives: construct decodes a host as soon as it has read it
+            host = field.decode(bytes(data[start:end]), None, "")
+        except (c.ConstructError, ValueError):
+            raise NotFast from None
+        if len(data) < end + self._port.size:
+            return None
+        (port,) = self._port.unpack_from(data, end)
+        return end + self._port.size, Request(command, host, port)
+
+    def _fields_of(self, fields: c.Container) -> Request:
+        return Request(fields.command, fields.address.host, fields.port)
+
+
+METHOD_REQUEST_READER = SocksMethodRequestReader(SocksMethodRequest)
+PASSWORD_REQUEST_READER = SocksPasswordRequestReader(SocksPasswordRequest)
+REQUEST_READER = SocksRequestReader(SocksRequest)

@@ -11,6 +11,8 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
@@ -27,9 +29,9 @@ from jproxy.socks5 import (
     parse_udp_request,
     reply_code_for,
 )
-from schemas import WireError
+from schemas import WireError, build
 from schemas.jproxy import ConnectStatus
-from schemas.socks5 import ReplyCode
+from schemas.socks5 import AddressType, ReplyCode, SocksReply
 
 NO_AUTH = bytes.fromhex("050100")
 PASSWORD_AUTH = bytes.fromhex("050102")
@@ -226,6 +228,39 @@ def test_early_data_is_bounded() -> None:
     assert server.early_data == b""
 
 
+HANDSHAKES = [
+    (None, NO_AUTH + CONNECT_IPV4),
+    (None, NO_AUTH + bytes.fromhex("050100030b6578616d706c652e636f6d01bb") + b"early"),
+    (None, NO_AUTH + bytes.fromhex("05010004200108800000000000000000000000010016")),
+    (USERS, PASSWORD_AUTH + login("jörg", "pässwört") + CONNECT_IPV4 + CONNECT_IPV4),
+    (USERS, PASSWORD_AUTH + login("alice", "wrong") + CONNECT_IPV4),
+    (None, NO_AUTH + bytes.fromhex("050100030261ff0050")),
+    (None, NO_AUTH + bytes.fromhex("0501000ac0a800011f90")),
+    (None, bytes.fromhex("0502010280")),
+]
+
+
+def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    edges = [0, *sorted({cut % (len(data) + 1) for cut in cuts}), len(data)]
+    return [data[start:end] for start, end in zip(edges, edges[1:], strict=False)]
+
+
+@settings(deadline=None, max_examples=200)
+@given(handshake=st.sampled_from(HANDSHAKES), cuts=st.lists(st.integers(0, 1000), max_size=8))
+def test_any_split_gives_the_same_events(handshake, cuts) -> None:
+    users, data = handshake
+    whole = Socks5Server(users)
+    expected = whole.receive(data)
+    split = Socks5Server(users)
+    events: list[Event] = []
+    for chunk in _chunked(data, cuts):
+        events += split.receive(chunk)
+        if events and isinstance(events[-1], Rejected):
+            break
+    assert events == expected
+    assert split.early_data == whole.early_data
+
+
 def test_the_largest_handshake_fits() -> None:
     greeting = bytes([5, 255, *range(255)])
     request = bytes([5, 1, 0, 3, 255]) + b"h" * 255 + b"\x00\x50"
@@ -270,6 +305,16 @@ def test_default_reply_address() -> None:
     assert server.reply(ReplyCode.GENERAL_FAILURE) == refusal_reply(1)
 
 
+@pytest.mark.parametrize("code", list(ReplyCode))
+def test_every_default_reply_is_what_the_schema_builds(code) -> None:
+    server = Socks5Server()
+    server.receive(NO_AUTH + CONNECT_IPV4)
+    address = {"type": AddressType.IPV4, "host": "0.0.0.0"}
+    assert server.reply(code) == build(SocksReply, {"reply": code, "address": address, "port": 0})
+    with pytest.raises(RuntimeError):  # a cached reply ends the handshake like a built one
+        server.reply(code)
+
+
 def test_reply_only_once_and_only_to_a_request() -> None:
     server = Socks5Server()
     with pytest.raises(RuntimeError):
@@ -277,6 +322,8 @@ def test_reply_only_once_and_only_to_a_request() -> None:
     server.receive(NO_AUTH + CONNECT_IPV4)
     with pytest.raises(WireError):
         server.reply(ReplyCode.SUCCEEDED, "", 1)  # an unbuildable address changes nothing
+    with pytest.raises(WireError):
+        server.reply(99)  # nor does an unknown code
     server.reply(ReplyCode.SUCCEEDED)
     with pytest.raises(RuntimeError):
         server.reply(ReplyCode.SUCCEEDED)

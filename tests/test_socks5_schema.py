@@ -1,20 +1,34 @@
-"""SOCKS5 schemas against hand-checked bytes (RFC 1928/1929): both directions, every packet."""
+"""SOCKS5 schemas against hand-checked bytes (RFC 1928/1929): both directions, every packet;
+and the readers derived from them against construct, on vectors and on random bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import WireError, build, parse
 from schemas.socks5 import (
+    METHOD_REQUEST_READER,
     PACKETS,
+    PASSWORD_REQUEST_READER,
+    REQUEST_READER,
     AddressType,
     Command,
+    Greeting,
+    Login,
     Method,
+    NotFast,
     ReplyCode,
+    Request,
     SocksMethodReply,
     SocksMethodRequest,
     SocksPasswordReply,
     SocksPasswordRequest,
+    SocksReader,
     SocksReply,
     SocksRequest,
     SocksUdpDatagram,
@@ -294,3 +308,158 @@ def test_reserved_bytes_are_ignored_when_received() -> None:
     assert request.address.host == "127.0.0.1"
     datagram = parse(SocksUdpDatagram, bytes.fromhex("abcd00017f0000010050"))
     assert datagram.port == 80
+
+
+# --- the readers a server uses: the derived fast path against construct --------------------
+
+READERS = {
+    "greeting": METHOD_REQUEST_READER,
+    "login": PASSWORD_REQUEST_READER,
+    "request": REQUEST_READER,
+}
+
+READER_VECTORS = [
+    (METHOD_REQUEST_READER, "050100", Greeting(b"\x00")),
+    (METHOD_REQUEST_READER, "0503000102", Greeting(b"\x00\x01\x02")),
+    (METHOD_REQUEST_READER, "05ff" + bytes(range(255)).hex(), Greeting(bytes(range(255)))),
+    (PASSWORD_REQUEST_READER, "0105616c69636506736563726574", Login(b"alice", b"secret")),
+    (PASSWORD_REQUEST_READER, "010000", Login(b"", b"")),
+    (PASSWORD_REQUEST_READER, "0102ffff01ff", Login(b"\xff\xff", b"\xff")),
+    (REQUEST_READER, "050100017f0000010050", Request(Command.CONNECT, "127.0.0.1", 80)),
+    (
+        REQUEST_READER,
+        "05010004200108800000000000000000000000010016",
+        Request(Command.CONNECT, "2001:880::1", 22),
+    ),
+    (
+        REQUEST_READER,
+        "050100030b6578616d706c652e636f6d01bb",
+        Request(Command.CONNECT, "example.com", 443),
+    ),
+    (REQUEST_READER, "05030001000000000000", Request(Command.UDP_ASSOCIATE, "0.0.0.0", 0)),
+    (REQUEST_READER, "05020001c0a800011f90", Request(Command.BIND, "192.168.0.1", 8080)),
+    (REQUEST_READER, "0501ff017f000001ffff", Request(Command.CONNECT, "127.0.0.1", 0xFFFF)),
+]
+
+
+@pytest.mark.parametrize(("reader", "hex_bytes", "fields"), READER_VECTORS)
+def test_reader_takes_valid_packets_without_construct(
+    reader: SocksReader, hex_bytes: str, fields: tuple
+) -> None:
+    raw = bytes.fromhex(hex_bytes)
+    for data in (raw, bytearray(raw), raw + b"\x05\x01\x00"):
+        assert reader.read_fast(data) == (len(raw), fields)
+        assert reader.read(data) == (len(raw), fields)
+        assert reader.read_with_construct(data) == (len(raw), fields)
+
+
+@pytest.mark.parametrize(("reader", "hex_bytes", "fields"), READER_VECTORS)
+def test_reader_waits_at_every_cut(reader: SocksReader, hex_bytes: str, fields: tuple) -> None:
+    raw = bytes.fromhex(hex_bytes)
+    assert [reader.read_fast(raw[:end]) for end in range(len(raw))] == [None] * len(raw)
+
+
+@pytest.mark.parametrize(
+    ("reader", "hex_bytes", "field"),
+    [
+        (METHOD_REQUEST_READER, "04", "version"),
+        (METHOD_REQUEST_READER, "0500", "method_count"),
+        (PASSWORD_REQUEST_READER, "05", "version"),
+        (REQUEST_READER, "04010001", "version"),
+        (REQUEST_READER, "0500", "command"),
+        (REQUEST_READER, "05040001", "command"),
+        (REQUEST_READER, "05010002", "address.type"),
+        (REQUEST_READER, "05010005", "address.type"),
+        (REQUEST_READER, "0501000300", "address.host"),
+        (REQUEST_READER, "050100030261ff", "address.host"),  # before the port arrives
+        (REQUEST_READER, "050100030261ff0050", "address.host"),
+    ],
+)
+def test_reader_leaves_defects_to_the_schema(
+    reader: SocksReader, hex_bytes: str, field: str
+) -> None:
+    raw = bytes.fromhex(hex_bytes)
+    with pytest.raises(NotFast):
+        reader.read_fast(raw)
+    with pytest.raises(WireError) as caught:
+        reader.read(raw)
+    assert (caught.value.packet, caught.value.field) == (reader.schema.name, field)
+    with pytest.raises(WireError) as by_schema:
+        parse(reader.schema, raw)
+    assert str(caught.value) == str(by_schema.value)
+
+
+_GREETINGS = st.binary(min_size=1, max_size=255).map(
+    lambda methods: build(SocksMethodRequest, {"methods": list(methods)})
+)
+_LOGINS = st.builds(
+    lambda username, password: build(
+        SocksPasswordRequest, {"username": username, "password": password}
+    ),
+    st.binary(max_size=255),
+    st.binary(max_size=255),
+)
+_ADDRESSES = st.one_of(
+    st.ip_addresses(v=4).map(lambda address: {"type": IPV4, "host": str(address)}),
+    st.ip_addresses(v=6).map(lambda address: {"type": IPV6, "host": str(address)}),
+    st.text(st.characters(max_codepoint=127), min_size=1, max_size=255).map(
+        lambda name: {"type": DOMAIN, "host": name}
+    ),
+)
+_REQUESTS = st.builds(
+    lambda command, address, port: build(
+        SocksRequest, {"command": command, "address": address, "port": port}
+    ),
+    st.sampled_from(Command),
+    _ADDRESSES,
+    st.integers(0, 0xFFFF),
+)
+_INTERESTING_BYTES = st.sampled_from([0, 1, 2, 3, 4, 5, 9, 0x80, 0xFF]) | st.integers(0, 255)
+
+
+@st.composite
+def _damaged(draw: st.DrawFn, packets: st.SearchStrategy[bytes]) -> bytes:
+    """A valid packet, maybe with a byte or two changed, maybe cut, maybe with bytes after."""
+    data = bytearray(draw(packets))
+    for _ in range(draw(st.integers(0, 2))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(_INTERESTING_BYTES)
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data) + draw(st.binary(max_size=3))
+
+
+_CLIENT_BYTES = st.one_of(
+    st.binary(max_size=24),
+    st.lists(_INTERESTING_BYTES, max_size=24).map(bytes),
+    _damaged(_GREETINGS),
+    _damaged(_LOGINS),
+    _damaged(_REQUESTS),
+    st.one_of(_GREETINGS, _LOGINS, _REQUESTS),
+)
+
+
+class Defect(NamedTuple):
+    packet: str
+    field: str
+    reason: str
+
+
+def _outcome(read: Callable[[bytes | bytearray], object], data: bytes | bytearray) -> object:
+    """What ``read`` returns, or the ``Defect`` its WireError names."""
+    try:
+        return read(data)
+    except WireError as error:
+        return Defect(error.packet, error.field, error.reason)
+
+
+@pytest.mark.parametrize("reader", READERS.values(), ids=READERS)
+@settings(deadline=None, max_examples=300)  # speed is bench/socks5.py's business
+@given(data=_CLIENT_BYTES)
+def test_fast_path_agrees_with_construct(reader: SocksReader, data: bytes) -> None:
+    """On any bytes the fast path gives construct's answer, or hands over a defect."""
+    by_schema = _outcome(reader.read_with_construct, data)
+    try:
+        assert reader.read_fast(bytearray(data)) == by_schema
+    except NotFast:
+        assert isinstance(by_schema, Defect)
+    assert _outcome(reader.read, bytearray(data)) == by_schema
