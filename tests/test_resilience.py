@@ -12,7 +12,7 @@ import pytest
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
-from tests.peers import echo, serve_tcp, start_client, start_server
+from tests.peers import Process, echo, serve_tcp, start_client, start_server
 from tests.test_tunnel import curl, recv_exactly, socks_connect
 
 FIFTY_MB = 50 * 1024 * 1024
@@ -140,3 +140,23 @@ def test_sigterm_closes_open_streams_and_exits_cleanly(workdir):
     assert sock.recv(10) == b""  # the SOCKS connection was closed, not left hanging
     assert server.stop(signal.SIGTERM, timeout=10) == 0
     assert "Traceback" not in client.log() + server.log()
+
+
+def test_client_stops_with_a_clear_message_when_the_server_refuses_its_dialect(workdir):
+    server = start_server(workdir)  # no --allow-legacy
+    client = Process(
+        "client",
+        "--server",
+        f"127.0.0.1:{server.port}",
+        "--socks",
+        "127.0.0.1:0",
+        "--key",
+        "key.dat",
+        "--dialect",
+        "3.0",
+        cwd=workdir,
+    )
+    assert client.proc.wait(30) == 1
+    assert "server refused protocol version 3.0" in client.log()
+    server.wait_for(r"legacy dialect 3\.0 not allowed .*--allow-legacy")
+    server.stop()
