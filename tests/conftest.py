@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jproxy.keys import generate, save_client_key, save_user
+from jproxy.tuning import RelayTuning
 from tests.peers import serve_files
 
 FILE_SIZES = (0, 1, 4079, 4080, 4081, 65536, 1_000_000)
@@ -30,6 +31,12 @@ def workdir(tmp_path, key_pair) -> Path:
     shutil.copy2(key_pair / "key.dat", tmp_path / "key.dat")
     shutil.copytree(key_pair / "users", tmp_path / "users")
     return tmp_path
+
+
+@pytest.fixture
+def tuning() -> RelayTuning:
+    """A fresh set of live-tunable relay settings at their defaults."""
+    return RelayTuning()
 
 
 @pytest.fixture(scope="session")

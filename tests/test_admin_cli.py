@@ -13,7 +13,6 @@ from gevent.server import StreamServer
 
 from jproxy.metrics import Counters
 from jproxy.passwords import verify_password
-from jproxy.tuning import RelayTuning
 from tests.test_admin_server import PASSWORD, USER, start_admin
 
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
@@ -41,11 +40,6 @@ def counters() -> Counters:
     counters.tunnel_opened("carol", "3.1")
     counters.tunnel_opened("alice", "3.0")
     return counters
-
-
-@pytest.fixture
-def tuning() -> RelayTuning:
-    return RelayTuning()
 
 
 @pytest.fixture

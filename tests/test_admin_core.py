@@ -20,7 +20,7 @@ from jproxy.admin import (
     server_methods,
 )
 from jproxy.metrics import Counters
-from jproxy.tuning import MAX_BUFFER_SIZE, RelayTuning
+from jproxy.tuning import MAX_BUFFER_SIZE
 from schemas.admin import AuthStatus, Method
 from schemas.errors import WireError
 
@@ -38,11 +38,6 @@ OK = b"\x01\x00"
 
 def only_alice(user: bytes, password: bytes) -> bool:
     return (user, password) == (b"alice", b"s3cret")
-
-
-@pytest.fixture
-def tuning() -> RelayTuning:
-    return RelayTuning()
 
 
 @pytest.fixture

@@ -42,11 +42,6 @@ def counters() -> Counters:
     return counters
 
 
-@pytest.fixture
-def tuning() -> RelayTuning:
-    return RelayTuning()
-
-
 def start_admin(counters: Counters, tuning: RelayTuning):
     """An admin listener on an ephemeral port, with short delays so tests stay fast."""
     credentials = AdminCredentials(USER, hash_password(PASSWORD, n=1024), "test")

@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jproxy.handlers.prometheus import serve_metrics
 from jproxy.metrics import Counters
-from jproxy.tuning import RelayTuning
 
 
 @pytest.fixture
@@ -23,11 +22,6 @@ def counters() -> Counters:
     counters.tunnel_opened("alice", "3.1")
     counters.tunnel_opened("bob", "3.1")
     return counters
-
-
-@pytest.fixture
-def tuning() -> RelayTuning:
-    return RelayTuning()
 
 
 @pytest.fixture
