@@ -21,21 +21,24 @@ import enum
 import logging
 from dataclasses import dataclass, field
 
-from schemas import build
 from schemas.errors import WireError
-from schemas.fast import TCP_PACKET
+from schemas.fast import (
+    TCP_CONNECT_REPLY,
+    TCP_CONNECT_REQUEST,
+    TCP_DISCONNECT,
+    TCP_HALF_CLOSE,
+    TCP_PACKET,
+    TCP_WINDOW_UPDATE,
+)
 from schemas.jproxy import (
+    MESSAGES,
     SECURE_ONLY,
+    AddressType,
     ConnectStatus,
     Dialect,
     Direction,
     DisconnectReason,
     MessageType,
-    TcpConnectReply,
-    TcpConnectRequest,
-    TcpDisconnect,
-    TcpHalfClose,
-    TcpWindowUpdate,
     parse_message,
 )
 
@@ -46,6 +49,7 @@ DEFAULT_WINDOW = 256 * 1024
 DEFAULT_MAX_STREAMS = 1024
 MAX_ELAPSED_MS = 0xFFFF
 _KNOWN_TYPES = frozenset(int(code) for code in MessageType)
+_TCP_PACKET = TCP_PACKET.type_code
 
 
 class StreamPhase(enum.Enum):
@@ -158,6 +162,13 @@ class Mux:
         self.max_data = max_message - TCP_PACKET.header_size
         self.streams: dict[int, Stream] = {}
         self._next_id = 0
+        # The messages this end acts on, by type byte; ``_on_other`` looks at the rest.
+        self._receivers = {
+            codec.type_code: (codec.parse, handler)
+            for codec, handler in self._HANDLERS.items()
+            if MESSAGES[(self.receives, MessageType(codec.type_code))] is codec.schema
+            and (self.flow_control or codec.type_code not in SECURE_ONLY)
+        }
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -170,9 +181,7 @@ class Mux:
             raise ProtocolError("too many streams on this tunnel")
         stream_id = self._free_id()
         stream = self._add(Stream(stream_id, host, port))
-        request = build(
-            TcpConnectRequest, {"connection_id": stream_id, "port": port, "address": address}
-        )
+        request = TCP_CONNECT_REQUEST.build(stream_id, port, address["type"], address["host"])
         return stream, request
 
     def answer(self, stream: Stream, status: ConnectStatus, elapsed_ms: int) -> bytes | None:
@@ -192,12 +201,8 @@ class Mux:
         return self._connect_reply(stream.id, status, elapsed_ms)
 
     def _connect_reply(self, stream_id: int, status: ConnectStatus, elapsed_ms: int) -> bytes:
-        fields = {
-            "connection_id": stream_id,
-            "status": status,
-            "elapsed_ms": min(max(elapsed_ms, 0), MAX_ELAPSED_MS),
-        }
-        return build(TcpConnectReply, fields)
+        elapsed_ms = min(max(elapsed_ms, 0), MAX_ELAPSED_MS)
+        return TCP_CONNECT_REPLY.build(stream_id, status, elapsed_ms)
 
     # --- sending ----------------------------------------------------------------------------
 
@@ -226,7 +231,7 @@ class Mux:
             return None
         increment, stream.unacknowledged = stream.unacknowledged, 0
         stream.receive_window += increment
-        return build(TcpWindowUpdate, {"connection_id": stream.id, "increment": increment})
+        return TCP_WINDOW_UPDATE.build(stream.id, increment)
 
     def half_close(self, stream: Stream) -> bytes | None:
         """The local side sent EOF: a 3.1 half-close, or in 3.0 (no half-close) a disconnect."""
@@ -235,7 +240,7 @@ class Mux:
         if not self.flow_control:
             return self.disconnect(stream, DisconnectReason.CLIENT_CLOSED)
         stream.sent_eof = True
-        return build(TcpHalfClose, {"connection_id": stream.id})
+        return TCP_HALF_CLOSE.build(stream.id)
 
     def disconnect(self, stream: Stream, reason: DisconnectReason) -> bytes | None:
         """End ``stream`` from this side; ``None`` when it already ended or was replaced."""
@@ -245,7 +250,7 @@ class Mux:
         stream.reason = stream.reason or reason
         if stream.received_disconnect or not self.flow_control:
             self._forget(stream)
-        return build(TcpDisconnect, {"connection_id": stream.id, "reason": reason})
+        return TCP_DISCONNECT.build(stream.id, reason)
 
     def close_all(self) -> list[Stream]:
         """The tunnel is gone: every stream ends without messages."""
@@ -258,27 +263,39 @@ class Mux:
 
     def receive(self, message: bytes) -> list[Event]:
         """Events for one decrypted tunnel message. Raises ``ProtocolError`` to end the tunnel."""
-        if message and message[0] == MessageType.TCP_PACKET:
+        code = message[0] if message else None
+        if code == _TCP_PACKET:
             return self._on_data(message)
+        receiver = self._receivers.get(code)
+        if receiver is None:
+            return self._on_other(message)
+        parse, handler = receiver
+        try:
+            values = parse(message)
+        except WireError as error:
+            return self._on_malformed(error)
+        return handler(self, *values)
+
+    def _on_other(self, message: bytes) -> list[Event]:
+        """A message this end does not act on: unknown, for the other end, or not in 3.0."""
         if not message or message[0] not in _KNOWN_TYPES:
             log.warning("ignored a tunnel message of unknown type %s", message[:1].hex() or "-")
             return []
         try:
             schema, fields = parse_message(message, self.receives)
         except WireError as error:
-            if self.flow_control:
-                raise ProtocolError(str(error)) from None
-            log.debug("ignored a malformed message (dialect 3.0 tolerates them): %s", error)
-            return []
-        code = MessageType(fields.type)
-        if code in SECURE_ONLY and not self.flow_control:
+            return self._on_malformed(error)
+        if MessageType(fields.type) in SECURE_ONLY and not self.flow_control:
             log.debug("ignored %s: not part of dialect 3.0", schema.name)
-            return []
-        handler = self._HANDLERS.get(schema)
-        if handler is None:
+        else:
             log.debug("ignored %s: not handled by this end", schema.name)
-            return []
-        return handler(self, fields)
+        return []
+
+    def _on_malformed(self, error: WireError) -> list[Event]:
+        if self.flow_control:
+            raise ProtocolError(str(error)) from None
+        log.debug("ignored a malformed message (dialect 3.0 tolerates them): %s", error)
+        return []
 
     def _on_data(self, message: bytes) -> list[Event]:
         try:
@@ -295,9 +312,9 @@ class Mux:
                 return self._reset(stream)
         return [DataReceived(stream, data)]
 
-    def _on_connect_request(self, fields) -> list[Event]:
-        stream_id = fields.connection_id
-        host, port = fields.address.host, fields.port
+    def _on_connect_request(
+        self, stream_id: int, port: int, _address_type: AddressType, host: str
+    ) -> list[Event]:
         if stream_id in self.streams:
             log.warning("refused connect: connection id %d is still in use", stream_id)
             return [Send(self._connect_reply(stream_id, ConnectStatus.GENERAL_FAILURE, 0))]
@@ -307,51 +324,54 @@ class Mux:
         stream = self._add(Stream(stream_id, host, port))
         return [ConnectRequested(stream, host, port)]
 
-    def _on_connect_reply(self, fields) -> list[Event]:
-        stream = self.streams.get(fields.connection_id)
+    def _on_connect_reply(
+        self, stream_id: int, status: ConnectStatus, elapsed_ms: int
+    ) -> list[Event]:
+        stream = self.streams.get(stream_id)
         if stream is None or stream.phase is not StreamPhase.CONNECTING:
-            log.debug("ignored connect reply for connection id %d", fields.connection_id)
+            log.debug("ignored connect reply for connection id %d", stream_id)
             return []
-        if fields.status is ConnectStatus.OK:
+        if status is ConnectStatus.OK:
             stream.phase = StreamPhase.OPEN
         else:
             self._forget(stream)
-        return [ConnectAnswered(stream, fields.status, fields.elapsed_ms)]
+        return [ConnectAnswered(stream, status, elapsed_ms)]
 
-    def _on_disconnect(self, fields) -> list[Event]:
-        stream = self.streams.get(fields.connection_id)
+    def _on_disconnect(self, stream_id: int, reason: DisconnectReason) -> list[Event]:
+        stream = self.streams.get(stream_id)
         if stream is None or stream.received_disconnect:
             return []
         stream.received_disconnect = True
-        stream.reason = stream.reason or fields.reason
+        stream.reason = stream.reason or reason
         if stream.sent_disconnect or not self.flow_control:
             self._forget(stream)
-        return [StreamClosed(stream, fields.reason)]
+        return [StreamClosed(stream, reason)]
 
-    def _on_window_update(self, fields) -> list[Event]:
-        stream = self.streams.get(fields.connection_id)
+    def _on_window_update(self, stream_id: int, increment: int) -> list[Event]:
+        stream = self.streams.get(stream_id)
         if stream is None:
             return []
-        stream.send_window += fields.increment
+        stream.send_window += increment
         if stream.send_window > 1 << 31:
             log.warning("stream %d: peer granted an absurd window", stream.id)
             return self._reset(stream)
         return [WindowOpened(stream)]
 
-    def _on_half_close(self, fields) -> list[Event]:
-        stream = self.streams.get(fields.connection_id)
+    def _on_half_close(self, stream_id: int) -> list[Event]:
+        stream = self.streams.get(stream_id)
         if stream is None or stream.received_eof:
             return []
         stream.received_eof = True
         return [EofReceived(stream)]
 
     _HANDLERS = {
-        TcpConnectRequest: _on_connect_request,
-        TcpConnectReply: _on_connect_reply,
-        TcpDisconnect: _on_disconnect,
-        TcpWindowUpdate: _on_window_update,
-        TcpHalfClose: _on_half_close,
+        TCP_CONNECT_REQUEST: _on_connect_request,
+        TCP_CONNECT_REPLY: _on_connect_reply,
+        TCP_DISCONNECT: _on_disconnect,
+        TCP_WINDOW_UPDATE: _on_window_update,
+        TCP_HALF_CLOSE: _on_half_close,
     }
+    """The control messages this module acts on; each end receives only some of them."""
 
     # --- bookkeeping ------------------------------------------------------------------------
 

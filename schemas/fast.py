@@ -1,47 +1,290 @@
 """Hot-path codecs derived from the schemas, not written a second time.
 
-construct interprets a schema on every call (tens of microseconds). The frame envelope and the
-data messages are parsed and built for every chunk a tunnel carries, so for them this module
-reads the fixed-size header fields out of the schema once and packs them with one
-``struct.Struct``. Tests prove the fast path and the schema agree on every vector.
+construct interprets a schema on every call (about 20 us). The frame envelope and the data
+messages are parsed and built for every chunk a tunnel carries, the control messages (connect,
+disconnect, half-close, window update) several times for every stream. So this module reads
+the fixed-size integer fields out of the schemas once and packs them with one ``struct.Struct``.
+A control message that the fast path does not read (any defect) goes to its schema, which
+raises the ``WireError`` naming the packet and the field. Tests prove both paths agree.
 """
 
 from __future__ import annotations
 
+import abc
+import enum
+import operator
 import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import construct as c
 
 from schemas import jproxy
 from schemas.errors import WireError
+from schemas.fields import StrictEnum, build, parse
 
 
-def _format_of(field: c.Construct) -> tuple[str, object]:
-    """The struct format of one fixed-size integer field, and its constant value if any."""
-    const = None
+@dataclass(frozen=True)
+class FixedField:
+    """One fixed-size integer field of a schema, with what the fast codecs need to know of it."""
+
+    name: str
+    format: str
+    """struct format with its byte order, e.g. ``">H"``"""
+    constant: int | None = None
+    enum_type: type[enum.IntEnum] | None = None
+    reproduced: bool = True
+    """False when a wrapper (Rebuild, InRange, ...) adds meaning that only construct applies."""
+
+
+def _fixed_field(name: str, field: c.Construct) -> FixedField:
+    constant, enum_type, reproduced = None, None, True
     while not isinstance(field, c.FormatField):
-        if isinstance(field, c.Const):
-            const = field.value
         if not isinstance(field, c.Subconstruct):
-            raise TypeError(f"{field!r} is not a fixed-size integer field")
+            raise TypeError(f"{name} is not a fixed-size integer field")
+        if isinstance(field, c.Const):
+            constant = field.value
+        elif isinstance(field, StrictEnum):
+            enum_type = field.enum_type
+        elif not isinstance(field, c.Renamed):
+            reproduced = False
         field = field.subcon
-    return field.fmtstr, const
+    return FixedField(name, field.fmtstr, constant, enum_type, reproduced)
+
+
+def fixed_fields(
+    schema: c.Construct, prefix: str = ""
+) -> tuple[list[FixedField], list[c.Construct]]:
+    """The leading run of fixed integer fields of a Struct, and the fields that follow it.
+
+    ``prefix`` qualifies the names of a sub-struct's fields as WireError does (``"address."``).
+    """
+    if not isinstance(schema, c.Struct):
+        raise TypeError(f"{schema!r} is not a Struct")
+    fields = []
+    for index, field in enumerate(schema.subcons):
+        try:
+            fields.append(_fixed_field(prefix + field.name, field))
+        except TypeError:
+            return fields, list(schema.subcons[index:])
+    return fields, []
+
+
+def _struct_of(fields: Sequence[FixedField], packet: str) -> struct.Struct:
+    order = fields[0].format[0]
+    if any(field.format[0] != order for field in fields):
+        raise TypeError(f"{packet} mixes byte orders")
+    return struct.Struct(order + "".join(field.format[1:] for field in fields))
 
 
 def header_of(schema: c.Construct) -> tuple[struct.Struct, tuple[object, ...]]:
     """The leading run of fixed integer fields of ``schema`` as one Struct, plus constants."""
-    order, formats, constants = None, [], []
-    for field in schema.subcons:
+    fields, _ = fixed_fields(schema)
+    return _struct_of(fields, schema.name), tuple(field.constant for field in fields)
+
+
+def _unrenamed(field: c.Construct) -> c.Construct:
+    while isinstance(field, c.Renamed):
+        field = field.subcon
+    return field
+
+
+def _accepts(schema: c.Construct, data: bytes) -> bool:
+    try:
+        schema.parse(data)
+    except c.ConstructError:
+        return False
+    return True
+
+
+def _optional_tails(field: c.Construct) -> frozenset[bytes]:
+    """What an ``Optional`` one-byte trailer lets follow the fixed fields, asked of construct."""
+    select = _unrenamed(field)
+    if not (
+        isinstance(select, c.Select)
+        and len(select.subcons) == 2
+        and select.subcons[1] is c.Pass
+        and select.subcons[0].sizeof() == 1
+    ):
+        raise TypeError(f"{field.name} is not an optional one-byte trailer")
+    candidates = (bytes([value]) for value in range(256))
+    return frozenset([b"", *(tail for tail in candidates if _accepts(select.subcons[0], tail))])
+
+
+def _decoder(field: FixedField) -> Callable[[int], Any]:
+    """Parsed integer to the schema's value: an enum member (KeyError if unknown) or the int."""
+    if field.enum_type is None:
+        return int
+    return {int(member): member for member in field.enum_type}.__getitem__
+
+
+class _ControlCodec(abc.ABC):
+    """What the control-message codecs share: values in schema order, the schema as fallback.
+
+    ``parse`` returns the values of the fields listed in ``names`` (enum fields as members) and
+    ``build`` takes them in that order. Bytes or values that the fast path does not take go to
+    the schema, which handles them (an enum given by name) or raises the precise WireError.
+    """
+
+    def __init__(self, schema: c.Construct, header: list[FixedField], names: tuple[str, ...]):
+        constants = [field.constant is not None for field in header]
+        if constants[:1] != [True] or any(constants[1:]):
+            raise TypeError(f"{schema.name} does not start with its only constant, a type byte")
+        type_field, *value_fields = header
+        if not all(field.reproduced for field in header):
+            raise TypeError(f"{schema.name} has a field the fast codec would not check")
+        self.schema = schema
+        self.names = names
+        self.type_code: int = type_field.constant
+        header_struct = _struct_of(header, schema.name)
+        self.size = header_struct.size
+        self._pack = header_struct.pack
+        self._unpack_from = header_struct.unpack_from
+        self._decoders = tuple(_decoder(field) for field in value_fields)
+        self._enum_values = tuple(
+            (index, frozenset(field.enum_type))
+            for index, field in enumerate(value_fields)
+            if field.enum_type is not None
+        )
+
+    def values_of(self, fields: c.Container) -> tuple[Any, ...]:
+        """The values of ``names`` in fields that construct parsed."""
+        values = []
+        for name in self.names:
+            value = fields
+            for part in name.split("."):
+                value = value[part]
+            values.append(value)
+        return tuple(values)
+
+    def fields_of(self, values: Sequence[Any]) -> dict[str, Any]:
+        """construct's build input (nested dicts) for ``values`` in the order of ``names``."""
+        fields: dict[str, Any] = {}
+        for name, value in zip(self.names, values, strict=True):
+            *parents, leaf = name.split(".")
+            target = fields
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = value
+        return fields
+
+    @abc.abstractmethod
+    def fast_parse(self, message: bytes | memoryview) -> tuple[Any, ...] | None:
+        """The values of a well-formed message; None for anything else (then ask the schema)."""
+
+    @abc.abstractmethod
+    def fast_build(self, values: Sequence[Any]) -> bytes | None:
+        """The message for values the fast path takes as they are; None for anything else."""
+
+    def parse(self, message: bytes | memoryview) -> tuple[Any, ...]:
+        """The values of ``names`` in one whole message; WireError as the schema raises it."""
+        values = self.fast_parse(message)
+        if values is None:
+            values = self.values_of(parse(self.schema, bytes(message)))
+        return values
+
+    def build(self, *values: Any) -> bytes:
+        """The message carrying ``values`` (in the order of ``names``); WireError if it can't."""
+        wire = self.fast_build(values)
+        if wire is None:
+            wire = build(self.schema, self.fields_of(values))
+        return wire
+
+    def _known_enums(self, values: Sequence[Any]) -> bool:
+        for index, members in self._enum_values:
+            if values[index] not in members:
+                return False
+        return True
+
+
+class FixedMessageCodec(_ControlCodec):
+    """A control message made only of fixed integer fields: a type byte, ids, enums, counts.
+
+    The schema may end with an optional one-byte trailer (the Java client's zero after a
+    disconnect): parsing accepts what the schema accepts there, building leaves it out.
+    """
+
+    def __init__(self, schema: c.Construct) -> None:
+        header, rest = fixed_fields(schema)
+        *trailer, terminated = rest
+        if terminated is not c.Terminated or len(trailer) > 1:
+            raise TypeError(f"{schema.name} is not fixed integer fields and a trailer")
+        super().__init__(schema, header, tuple(field.name for field in header[1:]))
+        self._tails = _optional_tails(trailer[0]) if trailer else frozenset([b""])
+
+    def fast_parse(self, message: bytes | memoryview) -> tuple[Any, ...] | None:
+        size = self.size
+        if len(message) != size and (
+            len(message) < size or bytes(message[size:]) not in self._tails
+        ):
+            return None
+        code, *values = self._unpack_from(message)
+        if code != self.type_code:
+            return None
         try:
-            fmt, const = _format_of(field)
-        except TypeError:
-            break
-        if order not in (None, fmt[0]):
-            raise TypeError(f"{schema.name} mixes byte orders")
-        order = fmt[0]
-        formats.append(fmt[1:])
-        constants.append(const)
-    return struct.Struct(order + "".join(formats)), tuple(constants)
+            return tuple(map(operator.call, self._decoders, values))
+        except KeyError:  # an unknown enum value
+            return None
+
+    def fast_build(self, values: Sequence[Any]) -> bytes | None:
+        if not self._known_enums(values):
+            return None
+        try:
+            return self._pack(self.type_code, *values)
+        except struct.error:
+            return None
+
+
+class ConnectRequestCodec(_ControlCodec):
+    """TcpConnectRequest: a fixed header derived from the schema, then the host bytes.
+
+    The header runs from the type byte through the address type and the host's length byte.
+    Only the host is read by hand, with the functions the schema's address adapter calls.
+    """
+
+    def __init__(self, schema: c.Construct = jproxy.TcpConnectRequest) -> None:
+        header, rest = fixed_fields(schema)
+        if len(rest) != 2 or rest[1] is not c.Terminated:
+            raise TypeError(f"{schema.name} is not a fixed header and an address")
+        address = rest[0]
+        address_header, address_rest = fixed_fields(_unrenamed(address), f"{address.name}.")
+        host = address_rest[0] if len(address_rest) == 1 else None
+        prefixed = getattr(_unrenamed(host), "subcon", None)
+        if (
+            not address_header
+            or address_header[-1].enum_type is not jproxy.AddressType
+            or not isinstance(prefixed, c.Prefixed)
+            or prefixed.subcon is not c.GreedyBytes
+        ):
+            raise TypeError(f"{schema.name}.{address.name} is not an address type and a host")
+        host_name = f"{address.name}.{host.name}"
+        length = _fixed_field(host_name, prefixed.lengthfield)
+        value_names = tuple(field.name for field in header[1:] + address_header)
+        super().__init__(schema, header + address_header + [length], (*value_names, host_name))
+
+    def fast_parse(self, message: bytes | memoryview) -> tuple[Any, ...] | None:
+        size = self.size
+        if len(message) < size:
+            return None
+        code, *values = self._unpack_from(message)
+        try:
+            *fixed, kind, host_length = map(operator.call, self._decoders, values)
+            if code != self.type_code or len(message) != size + host_length:
+                return None
+            return (*fixed, kind, jproxy.host_from_wire(kind, bytes(message[size:])))
+        except (KeyError, ValueError):  # an unknown enum value, a host that does not fit
+            return None
+
+    def fast_build(self, values: Sequence[Any]) -> bytes | None:
+        *fixed, kind, host = values
+        if not self._known_enums(values):
+            return None
+        try:
+            raw = jproxy.host_to_wire(jproxy.AddressType(kind), host)
+            return self._pack(self.type_code, *fixed, kind, len(raw)) + raw
+        except (ValueError, struct.error):
+            return None
 
 
 class DataMessageCodec:
@@ -105,3 +348,17 @@ class FrameHeaderCodec:
 TCP_PACKET = DataMessageCodec(jproxy.TcpPacket)
 UDP_PACKET = DataMessageCodec(jproxy.UdpPacket)
 FRAME_HEADER = FrameHeaderCodec()
+
+TCP_CONNECT_REQUEST = ConnectRequestCodec(jproxy.TcpConnectRequest)
+TCP_CONNECT_REPLY = FixedMessageCodec(jproxy.TcpConnectReply)
+TCP_DISCONNECT = FixedMessageCodec(jproxy.TcpDisconnect)
+TCP_WINDOW_UPDATE = FixedMessageCodec(jproxy.TcpWindowUpdate)
+TCP_HALF_CLOSE = FixedMessageCodec(jproxy.TcpHalfClose)
+CONTROL_CODECS = (
+    TCP_CONNECT_REQUEST,
+    TCP_CONNECT_REPLY,
+    TCP_DISCONNECT,
+    TCP_WINDOW_UPDATE,
+    TCP_HALF_CLOSE,
+)
+"""The codecs of the stream control messages, each sent at least once per stream."""

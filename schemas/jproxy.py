@@ -88,41 +88,55 @@ class AddressType(enum.IntEnum):
 _ADDRESS_LENGTHS = {AddressType.IPV4: 4, AddressType.IPV6: 16}
 
 
+def host_from_wire(kind: AddressType, raw: bytes) -> str:
+    """Host text of an address's bytes, checked against its type; ``ValueError`` if they differ.
+
+    Shared by the ``Address`` schema and the fast connect-request codec (schemas/fast.py).
+    """
+    if kind in _ADDRESS_LENGTHS:
+        if len(raw) != _ADDRESS_LENGTHS[kind]:
+            raise ValueError(
+                f"{kind.name} address needs {_ADDRESS_LENGTHS[kind]} bytes, got {len(raw)}"
+            )
+        return str(ipaddress.ip_address(raw))
+    if not raw:
+        raise ValueError("empty host name")
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("host name is not ASCII") from None
+
+
+def host_to_wire(kind: AddressType, host: str) -> bytes:
+    """The address bytes of ``host`` for an address of type ``kind``; ``ValueError`` if none fit."""
+    if kind is AddressType.DOMAIN:
+        raw = host.encode("idna") if not host.isascii() else host.encode("ascii")
+        if not 1 <= len(raw) <= MAX_NAME_LENGTH:
+            raise ValueError(f"host name must be 1..{MAX_NAME_LENGTH} bytes, got {len(raw)}")
+        return raw
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if len(address.packed) != _ADDRESS_LENGTHS[kind]:
+        raise ValueError(f"{host!r} is not an {kind.name} address")
+    return address.packed
+
+
 class _HostAdapter(c.Adapter):
     """Address bytes <-> host text, checked against the address type."""
 
     def _decode(self, obj: bytes, context: c.Container, path: str) -> str:
-        kind = context.type
-        if kind in _ADDRESS_LENGTHS:
-            if len(obj) != _ADDRESS_LENGTHS[kind]:
-                raise c.ValidationError(
-                    f"{kind.name} address needs {_ADDRESS_LENGTHS[kind]} bytes, got {len(obj)}",
-                    path=path,
-                )
-            return str(ipaddress.ip_address(obj))
-        if not obj:
-            raise c.ValidationError("empty host name", path=path)
         try:
-            return obj.decode("ascii")
-        except UnicodeDecodeError:
-            raise c.ValidationError("host name is not ASCII", path=path) from None
+            return host_from_wire(context.type, obj)
+        except ValueError as error:
+            raise c.ValidationError(str(error), path=path) from None
 
     def _encode(self, obj: str, context: c.Container, path: str) -> bytes:
-        kind = AddressType(context.type)
-        if kind is AddressType.DOMAIN:
-            raw = obj.encode("idna") if not obj.isascii() else obj.encode("ascii")
-            if not 1 <= len(raw) <= MAX_NAME_LENGTH:
-                raise c.ValidationError(
-                    f"host name must be 1..{MAX_NAME_LENGTH} bytes, got {len(raw)}", path=path
-                )
-            return raw
         try:
-            address = ipaddress.ip_address(obj)
-        except ValueError:
-            raise c.ValidationError(f"{obj!r} is not an IP address", path=path) from None
-        if len(address.packed) != _ADDRESS_LENGTHS[kind]:
-            raise c.ValidationError(f"{obj!r} is not an {kind.name} address", path=path)
-        return address.packed
+            return host_to_wire(AddressType(context.type), obj)
+        except ValueError as error:
+            raise c.ValidationError(str(error), path=path) from None
 
 
 Address = c.Struct(

@@ -224,3 +224,32 @@ def test_unknown_and_stray_messages_are_ignored_but_malformed_ones_end_3_1():
 
 def test_default_window_is_a_few_hundred_kib():
     assert 128 * 1024 <= DEFAULT_WINDOW <= 1024 * 1024
+
+
+def test_the_java_clients_padded_disconnect_closes_the_stream():
+    client, server = pair(Dialect.LEGACY_3_0)
+    mine, theirs = open_stream(client, server)
+    padded = client.disconnect(mine, DisconnectReason.RESET) + b"\x00"
+    assert len(padded) == 5
+    (closed,) = deliver(server, padded)
+    assert closed == StreamClosed(theirs, DisconnectReason.RESET)
+    assert not server.streams
+
+
+@pytest.mark.parametrize("dialect", list(Dialect))
+def test_an_unknown_reason_or_status_ends_3_1_and_is_ignored_in_3_0(dialect):
+    client, server = pair(dialect)
+    mine, theirs = open_stream(client, server)
+    connecting, _ = client.open("127.0.0.1", 81, address_for("127.0.0.1"))
+    bad_reason = bytes([0x41, 0, mine.id, 9])
+    bad_status = bytes([0x01, 0, connecting.id, 9, 0, 0])
+    for receiver, message, where in (
+        (server, bad_reason, "TcpDisconnect.reason"),
+        (client, bad_status, "TcpConnectReply.status"),
+    ):
+        if dialect is Dialect.SECURE_3_1:
+            with pytest.raises(ProtocolError, match=where):
+                receiver.receive(message)
+        else:
+            assert receiver.receive(message) == []
+    assert server.is_live(theirs) and client.is_live(mine) and client.is_live(connecting)
