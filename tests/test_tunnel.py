@@ -130,3 +130,17 @@ def test_half_close_still_gets_the_whole_reply(workdir):
     target.shutdown()
     client.stop()
     server.stop()
+
+
+def greet_and_close(sock: socket.socket) -> None:
+    sock.sendall(b"220 greeting from remote; closing now\r\n")
+
+
+def test_a_target_that_speaks_first_is_heard_after_the_socks_reply(tunnel):
+    """The server's first data may arrive with its connect reply; the SOCKS reply goes first."""
+    target = serve_tcp(greet_and_close)
+    for _ in range(50):
+        with socks_connect(tunnel.port, "127.0.0.1", target.server_address[1]) as sock:
+            assert recv_exactly(sock, 39) == b"220 greeting from remote; closing now\r\n"
+            assert sock.recv(1) == b""
+    target.shutdown()

@@ -51,6 +51,7 @@ class StreamRelay:
         self._drained: Event | None = None
         self._window: Event | None = None
         self._inbound_done = Event()
+        self._running = False  # until run(): the SOCKS reply has not been sent yet
         self._peer_eof = False
         self._peer_closed: DisconnectReason | None = None
         self._failed: DisconnectReason | None = None
@@ -59,7 +60,7 @@ class StreamRelay:
     # --- called by the tunnel reader ------------------------------------------------------
 
     def deliver(self, data: bytes) -> None:
-        if self._writer is None and not self._inbound_done.is_set():
+        if self._running and self._writer is None and not self._inbound_done.is_set():
             data = self._write_without_waiting(data)
             if not data:
                 return
@@ -100,7 +101,7 @@ class StreamRelay:
     def peer_closed(self, reason: DisconnectReason) -> None:
         self._peer_closed = reason
         self.window_opened()
-        if self._inbound_done.is_set():  # our direction may still be reading: wake it
+        if self._inbound_done.is_set() and self._running:  # our reader may be waiting: wake it
             self._shutdown(socket.SHUT_RD)
         else:
             self._start_writer()
@@ -115,6 +116,9 @@ class StreamRelay:
 
     def run(self, early_data: bytes = b"") -> None:
         """Relay until the stream ends; always closes the socket and says goodbye to the peer."""
+        self._running = True
+        if self._inbound or self._peer_eof or self._ended():
+            self._start_writer()  # what arrived before the stream's socket was ready
         try:
             self._pump_out(early_data)
             self._wait_for_inbound()
@@ -205,7 +209,7 @@ class StreamRelay:
     # --- the writer greenlet --------------------------------------------------------------
 
     def _start_writer(self) -> None:
-        if self._writer is None and not self._inbound_done.is_set():
+        if self._running and self._writer is None and not self._inbound_done.is_set():
             self._writer = gevent.spawn(self._write)
 
     def _write(self) -> None:
