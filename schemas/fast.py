@@ -22,7 +22,7 @@ import construct as c
 
 from schemas import jproxy
 from schemas.errors import WireError
-from schemas.fields import StrictEnum, build, parse
+from schemas.fields import StrictEnum, build, parse, unnamed
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,6 @@ def header_of(schema: c.Construct) -> tuple[struct.Struct, tuple[object, ...]]:
     return _struct_of(fields, schema.name), tuple(field.constant for field in fields)
 
 
-def _unrenamed(field: c.Construct) -> c.Construct:
-    while isinstance(field, c.Renamed):
-        field = field.subcon
-    return field
-
-
 def _accepts(schema: c.Construct, data: bytes) -> bool:
     try:
         schema.parse(data)
@@ -100,7 +94,7 @@ def _accepts(schema: c.Construct, data: bytes) -> bool:
 
 def _optional_tails(field: c.Construct) -> frozenset[bytes]:
     """What an ``Optional`` one-byte trailer lets follow the fixed fields, asked of construct."""
-    select = _unrenamed(field)
+    select = unnamed(field)
     if not (
         isinstance(select, c.Select)
         and len(select.subcons) == 2
@@ -248,9 +242,9 @@ class ConnectRequestCodec(_ControlCodec):
         if len(rest) != 2 or rest[1] is not c.Terminated:
             raise TypeError(f"{schema.name} is not a fixed header and an address")
         address = rest[0]
-        address_header, address_rest = fixed_fields(_unrenamed(address), f"{address.name}.")
+        address_header, address_rest = fixed_fields(unnamed(address), f"{address.name}.")
         host = address_rest[0] if len(address_rest) == 1 else None
-        prefixed = getattr(_unrenamed(host), "subcon", None)
+        prefixed = getattr(unnamed(host), "subcon", None)
         if (
             not address_header
             or address_header[-1].enum_type is not jproxy.AddressType

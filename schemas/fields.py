@@ -46,6 +46,13 @@ class StrictEnum(c.Adapter):
         return member
 
 
+def unnamed(field: c.Construct) -> c.Construct:
+    """``field`` without the names and docs wrapped around it."""
+    while isinstance(field, c.Renamed):
+        field = field.subcon
+    return field
+
+
 def doc(subcon: c.Construct, text: str) -> c.Construct:
     """Attach the description that docs/protocol.md prints for this field."""
     return subcon * text

@@ -22,7 +22,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 import construct as c
 
-from schemas.fields import InRange, StrictEnum, doc, packet, parse
+from schemas.fields import InRange, StrictEnum, doc, packet, parse, unnamed
 from schemas.jproxy import AddressType
 
 VERSION = 5
@@ -296,13 +296,6 @@ def _byte_table(field: c.Construct) -> tuple[object, ...]:
     return tuple(table)
 
 
-def _unnamed(field: c.Construct) -> c.Construct:
-    """``field`` without the names and docs wrapped around it."""
-    while isinstance(field, c.Renamed):
-        field = field.subcon
-    return field
-
-
 def _is_one_byte(field: c.Construct) -> bool:
     try:
         return field.sizeof() == 1
@@ -315,7 +308,7 @@ def _leading_byte_fields(schema: c.Struct) -> tuple[list[c.Construct], bool]:
     that run is the whole of ``schema``."""
     fields: list[c.Construct] = []
     for field in schema.subcons:
-        nested = _unnamed(field)
+        nested = unnamed(field)
         if isinstance(nested, c.Struct):
             inner, whole = _leading_byte_fields(nested)
             fields += inner
@@ -418,7 +411,7 @@ class SocksMethodRequestReader(SocksReader[Greeting]):
 
     def __init__(self, schema: c.Struct) -> None:
         super().__init__(schema)
-        if not _is_one_byte(_unnamed(schema.methods).subcon):
+        if not _is_one_byte(unnamed(schema.methods).subcon):
             raise TypeError(f"{schema.name} methods are not one byte each")
 
     def _read_rest(
@@ -466,9 +459,9 @@ class SocksRequestReader(SocksReader[Request]):
 
     def __init__(self, schema: c.Struct) -> None:
         super().__init__(schema)
-        switch = _unnamed(_unnamed(schema.address).host)
+        switch = unnamed(unnamed(schema.address).host)
         self._hosts = {code: _HostField(case) for code, case in switch.cases.items()}
-        self._port = struct.Struct(_unnamed(schema.port).fmtstr)
+        self._port = struct.Struct(unnamed(schema.port).fmtstr)
 
     def _read_rest(
         self, data: bytes | bytearray, header: list[object]
