@@ -4,8 +4,6 @@ real clients (python-socks, curl) over loopback sockets."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from jproxy.socks5 import (
 from schemas import WireError, build
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import AddressType, ReplyCode, SocksReply
+from tests.peers import require_tool
 
 NO_AUTH = bytes.fromhex("050100")
 PASSWORD_AUTH = bytes.fromhex("050102")
@@ -488,13 +487,7 @@ def test_python_socks_client_wrong_password(proxy_for) -> None:
 
 
 def _run_curl(proxy: str, url: str) -> subprocess.CompletedProcess:
-    curl = shutil.which("curl")
-    if curl is None:
-        message = "curl is not installed (apt-get install curl)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    command = [curl, "-sS", "--max-time", str(TIMEOUT), "--proxy", proxy, url]
+    command = [require_tool("curl"), "-sS", "--max-time", str(TIMEOUT), "--proxy", proxy, url]
     return subprocess.run(command, capture_output=True, timeout=2 * TIMEOUT, check=False)
 
 
