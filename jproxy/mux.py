@@ -39,6 +39,7 @@ from schemas.jproxy import (
     Direction,
     DisconnectReason,
     MessageType,
+    address_for,
     parse_message,
 )
 
@@ -172,16 +173,18 @@ class Mux:
 
     # --- opening ----------------------------------------------------------------------------
 
-    def open(self, host: str, port: int, address: dict) -> tuple[Stream, bytes]:
+    def open(self, host: str, port: int) -> tuple[Stream, bytes]:
         """Client side: a new stream to ``host:port`` and the connect request that asks for it.
 
-        ``address`` is the request's address fields (``{"type": AddressType, "host": str}``).
+        An IP literal travels as an IPv4 or IPv6 address, anything else as a name the server
+        resolves.
         """
         if len(self.streams) >= min(self.max_streams, ID_SPACE):
             raise ProtocolError("too many streams on this tunnel")
         stream_id = self._free_id()
         stream = self._add(Stream(stream_id, host, port))
-        request = TCP_CONNECT_REQUEST.build(stream_id, port, address["type"], address["host"])
+        address = address_for(host)
+        request = TCP_CONNECT_REQUEST.build(stream_id, port, address["type"], host)
         return stream, request
 
     def answer(self, stream: Stream, status: ConnectStatus, elapsed_ms: int) -> bytes | None:

@@ -47,7 +47,7 @@ def deliver(receiver: Mux, *messages: bytes | None) -> list:
 
 
 def open_stream(client: Mux, server: Mux, host: str = "127.0.0.1", port: int = 80):
-    stream, request = client.open(host, port, address_for(host))
+    stream, request = client.open(host, port)
     (requested,) = deliver(server, request)
     assert isinstance(requested, ConnectRequested)
     assert (requested.host, requested.port) == (host, port)
@@ -70,7 +70,7 @@ def test_data_is_split_to_fit_one_frame(dialect):
 
 def test_failed_connect_forgets_the_stream_on_both_sides():
     client, server = pair()
-    stream, request = client.open("10.9.9.9", 9, address_for("10.9.9.9"))
+    stream, request = client.open("10.9.9.9", 9)
     (requested,) = deliver(server, request)
     reply = server.answer(requested.stream, ConnectStatus.REFUSED, 3)
     (answered,) = deliver(client, reply)
@@ -190,7 +190,7 @@ def test_server_refuses_a_connect_for_an_id_in_use_and_past_its_limit():
     assert client.is_live(mine) and server.streams[mine.id].phase.value == "open"
     open_stream(client, server)
     with pytest.raises(ProtocolError):
-        client.open("127.0.0.1", 3, address_for("127.0.0.1"))
+        client.open("127.0.0.1", 3)
     third = build(
         TcpConnectRequest, {"connection_id": 77, "port": 3, "address": address_for("::1")}
     )
@@ -200,7 +200,7 @@ def test_server_refuses_a_connect_for_an_id_in_use_and_past_its_limit():
 
 def test_client_gives_up_while_the_server_connects():
     client, server = pair()
-    stream, request = client.open("127.0.0.1", 80, address_for("127.0.0.1"))
+    stream, request = client.open("127.0.0.1", 80)
     (requested,) = deliver(server, request)
     deliver(server, client.disconnect(stream, DisconnectReason.GENERAL))
     goodbye = server.answer(requested.stream, ConnectStatus.OK, 5)
@@ -240,7 +240,7 @@ def test_the_java_clients_padded_disconnect_closes_the_stream():
 def test_an_unknown_reason_or_status_ends_3_1_and_is_ignored_in_3_0(dialect):
     client, server = pair(dialect)
     mine, theirs = open_stream(client, server)
-    connecting, _ = client.open("127.0.0.1", 81, address_for("127.0.0.1"))
+    connecting, _ = client.open("127.0.0.1", 81)
     bad_reason = bytes([0x41, 0, mine.id, 9])
     bad_status = bytes([0x01, 0, connecting.id, 9, 0, 0])
     for receiver, message, where in (

@@ -24,7 +24,7 @@ from jproxy.keys import ClientKey
 from jproxy.metrics import Counters
 from jproxy.mux import ConnectAnswered, Mux
 from jproxy.tuning import RelayTuning
-from schemas.jproxy import Dialect, Direction, address_for
+from schemas.jproxy import Dialect, Direction
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class TunnelClient:
         """A stream through the current tunnel; waits out an outage up to ``outage_timeout``."""
         if not self._up.wait(self.outage_timeout) or self._tunnel is None:
             raise TunnelClosed("no tunnel to the server")
-        return self._tunnel.open_stream(host, port, address_for(host), sock, timeout)
+        return self._tunnel.open_stream(host, port, sock, timeout)
 
     def _maintain(self) -> None:
         delays = backoff_delays()

@@ -125,7 +125,7 @@ class Tunnel:
     # --- streams ----------------------------------------------------------------------------
 
     def open_stream(
-        self, host: str, port: int, address: dict, sock: socket.socket, timeout: float
+        self, host: str, port: int, sock: socket.socket, timeout: float
     ) -> tuple[StreamRelay, ConnectAnswered]:
         """Client side: ask the server for a stream that will carry ``sock``.
 
@@ -135,7 +135,7 @@ class Tunnel:
         """
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
-        stream, request = self.mux.open(host, port, address)
+        stream, request = self.mux.open(host, port)
         relay = self.attach(stream, sock)
         answer = self._answers[stream] = gevent.event.AsyncResult()
         self.send_control(request)
