@@ -22,7 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gjproxy", description=__doc__.split(":")[0])
+    parser = _Parser(
+        prog="gjproxy",
+        description="An encrypted jProxy 3 tunnel: a local SOCKS5 client, the tunnel server, "
+        "and their tools.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in pkgutil.iter_modules(commands.__path__):

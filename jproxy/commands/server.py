@@ -67,7 +67,6 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["listen"] = host_port(settings["listen"], "--listen")
     settings["admin"] = host_port(settings["admin"], "--admin")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
-    settings["admin_credentials"] = load_admin_credentials(config, environ)
     for key in ("max_tunnels", "max_streams"):
         if settings[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
@@ -75,6 +74,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         settings[key] = float(settings[key])
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+    settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
     return settings
 
 
