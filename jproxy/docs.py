@@ -112,8 +112,17 @@ ERRATA = (
 )
 
 ERRATA_AFTER = """\
-The Java client also appends one zero byte to its TCP disconnect (5 bytes instead of 4); the
-schema accepts it and gjproxy never sends it."""
+Other behaviour of the Java implementation seen on the wire, and what gjproxy does instead:
+
+- The Java client appends one zero byte to its TCP disconnect (5 bytes instead of 4); the
+  schema accepts it and gjproxy never sends it.
+- The Java server accepts any minor version (a hello with minor 9 got status 0); gjproxy
+  refuses every minor but 1, and 0 without `--allow-legacy`.
+- The Java server never answers a disconnect, and its client reuses a connection id at once;
+  in 3.1 gjproxy answers every disconnect and frees an id only when both sides are done (see
+  architecture.md). In 3.0 it keeps the Java behaviour.
+- The Java server ignores a frame with n = 0 and messages it does not know; gjproxy does the
+  same in 3.0, while in 3.1 n = 0 and malformed messages end the tunnel."""
 
 
 @dataclass(frozen=True)
