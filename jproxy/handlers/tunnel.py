@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 WRITE_BATCH = 256 * 1024
 DATA_QUEUE_LIMIT = 1 << 20
+CONTROL_QUEUE_LIMIT = 16384
+"""Unsent control messages a tunnel may hold; a peer that makes us answer more but does not
+read the answers is cut off."""
 DEFAULT_IDLE_TIMEOUT = 300.0
 SOCKET_TIMEOUT = 30.0
 """A tunnel that takes no bytes from us for this long is dead; its reads poll at this pace."""
@@ -163,9 +166,14 @@ class Tunnel:
     # --- writing ----------------------------------------------------------------------------
 
     def send_control(self, message: bytes | None) -> None:
-        if message is not None and not self.closed.is_set():
-            self._control.append(message)
-            self._work.set()
+        if message is None or self.closed.is_set():
+            return
+        if len(self._control) >= CONTROL_QUEUE_LIMIT:
+            log.warning("%s: peer does not read our answers, closing the tunnel", self.name)
+            self.close()
+            return
+        self._control.append(message)
+        self._work.set()
 
     def send_after_data(self, message: bytes | None) -> None:
         """A half-close or disconnect: it must not overtake the stream's queued data.
