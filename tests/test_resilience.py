@@ -160,3 +160,33 @@ def test_client_stops_with_a_clear_message_when_the_server_refuses_its_dialect(w
     assert "server refused protocol version 3.0" in client.log()
     server.wait_for(r"legacy dialect 3\.0 not allowed .*--allow-legacy")
     server.stop()
+
+
+def test_a_bulk_transfer_does_not_starve_a_small_stream(workdir):
+    """Round trips on one stream complete while another stream is busy with a bulk download."""
+    server = start_server(workdir)
+    client = start_client(workdir, server.port)
+    bulk_target = serve_tcp(endless_sender)
+    echo_target = serve_tcp(echo)
+    stop = threading.Event()
+    received = [0]
+
+    def download() -> None:
+        with socks_connect(client.port, "127.0.0.1", bulk_target.server_address[1]) as bulk:
+            while not stop.is_set() and (chunk := bulk.recv(1 << 16)):
+                received[0] += len(chunk)
+                time.sleep(0.0005)  # a steady reader, so the 256 MB last for seconds
+
+    downloader = threading.Thread(target=download)
+    downloader.start()
+    while received[0] < 4 * 1024 * 1024:  # the bulk stream is in full swing
+        time.sleep(0.01)
+    with socks_connect(client.port, "127.0.0.1", echo_target.server_address[1]) as small:
+        for index in range(50):
+            small.sendall(b"ping %d" % index)
+            assert recv_exactly(small, len(b"ping %d" % index)) == b"ping %d" % index
+    assert downloader.is_alive(), "the round trips waited until the bulk transfer was over"
+    stop.set()
+    downloader.join(30)
+    client.stop()
+    server.stop()
