@@ -35,6 +35,7 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 20.0
 """How long a SOCKS client waits for the server's connect answer (its own timeout is 10 s)."""
 READ_SIZE = 4096
+LISTEN_BACKLOG = 1024
 
 
 class Socks5Listener:
@@ -50,7 +51,11 @@ class Socks5Listener:
         self.tunnels = tunnels
         self.users = users
         self.handshake_timeout = handshake_timeout
-        self._server = StreamServer(listen, self._handle, spawn=Pool(max_clients))
+        # A browser or a load test opens many connections at once: a listen backlog of
+        # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
+        self._server = StreamServer(
+            listen, self._handle, spawn=Pool(max_clients), backlog=LISTEN_BACKLOG
+        )
 
     @property
     def address(self) -> tuple[str, int]:
