@@ -17,9 +17,9 @@ from gevent.event import Event
 
 from jproxy.handlers.handshake import client_login
 from jproxy.handlers.relay import StreamRelay
-from jproxy.handlers.server import _keepalive
+from jproxy.handlers.sockets import tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel, TunnelClosed
-from jproxy.handshake import LoginError
+from jproxy.handshake import LoginError, version_text
 from jproxy.keys import ClientKey
 from jproxy.metrics import Counters
 from jproxy.mux import ConnectAnswered, Mux
@@ -112,7 +112,7 @@ class TunnelClient:
     def _connect(self) -> Tunnel:
         sock = gsocket.create_connection(self.server, timeout=self.login_timeout)
         try:
-            _keepalive(sock)
+            tune_tunnel_socket(sock)
             session = client_login(sock, self.key, self.dialect, self.login_timeout)
         except BaseException:
             sock.close()
@@ -130,7 +130,7 @@ class TunnelClient:
         )
 
     def _serve(self, tunnel: Tunnel) -> None:
-        log.info("%s: up (dialect 3.%d)", tunnel.name, int(self.dialect))
+        log.info("%s: up (dialect %s)", tunnel.name, version_text(self.dialect))
         self._tunnel = tunnel
         self._up.set()
         try:

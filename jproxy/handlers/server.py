@@ -21,7 +21,9 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from jproxy.handlers.handshake import server_login
+from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
+from jproxy.handshake import version_text
 from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
 from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
@@ -95,7 +97,7 @@ class TunnelServer:
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         where = f"{peer[0]}:{peer[1]}"
-        _keepalive(sock)
+        tune_tunnel_socket(sock)
         login = server_login(
             sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout
         )
@@ -103,7 +105,7 @@ class TunnelServer:
             sock.close()
             return
         user, session, pipelined = login
-        dialect = f"3.{int(session.dialect)}"
+        dialect = version_text(session.dialect)
         streams = Pool(self.limits.max_streams)
         mux = Mux(
             Direction.SERVER_TO_CLIENT,
@@ -150,7 +152,7 @@ class TunnelServer:
         if not tunnel.mux.is_live(stream):  # the client gave up while we connected
             sock.close()
             return
-        _nodelay(sock)
+        set_nodelay(sock)
         self.counters.connection_opened()
         relay = tunnel.attach(stream, sock)
         try:
@@ -186,19 +188,3 @@ def connect_outbound(host: str, port: int, timeout: float) -> socket.socket:
 
 def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
-
-
-def _nodelay(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
-def _keepalive(sock: socket.socket) -> None:
-    """Let the kernel notice a peer that vanished without a FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-    _nodelay(sock)

@@ -1,0 +1,22 @@
+"""Socket options both ends of a tunnel set, in one place."""
+
+from __future__ import annotations
+
+import socket
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Send small frames at once (a SOCKS reply, a window update) instead of batching them."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def tune_tunnel_socket(sock: socket.socket) -> None:
+    """No delay, and keepalive so the kernel notices a peer that vanished without a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    set_nodelay(sock)
