@@ -2,8 +2,8 @@
 
 Every 16-bit field is big-endian (the Java implementation's wire, not PROTOCOL.md). Tunnel
 messages start with a type byte whose low nibble names the transport (1 TCP, 2 UDP, 3 ICMP)
-and whose high nibble names the operation (0 open, 2 data, 4 close, 6 window, 8 half-close).
-Codes 0x61, 0x81 and 0x03 exist only in dialect 3.1.
+and whose high nibble names the operation (0 open, 2 data, 4 close, 6 window, 8 half-close);
+low nibble 4 is the tunnel itself. Codes 0x61, 0x81, 0x03 and 0x04 exist only in dialect 3.1.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class MessageType(enum.IntEnum):
     TCP_CONNECT = 0x01
     UDP_ASSOCIATE = 0x02
     ICMP_ECHO = 0x03
+    KEEPALIVE = 0x04
     TCP_PACKET = 0x21
     UDP_PACKET = 0x22
     TCP_DISCONNECT = 0x41
@@ -70,6 +71,11 @@ class ConnectStatus(enum.IntEnum):
     UNREACHABLE = 4
     UNKNOWN_HOST = 5
     CONNECTION_LIMIT = 6
+
+
+class KeepAliveKind(enum.IntEnum):
+    PING = 0
+    PONG = 1
 
 
 class DisconnectReason(enum.IntEnum):
@@ -332,6 +338,14 @@ TcpHalfClose = packet(
     doc_text="both directions (3.1): the sender will send no more data on this stream",
 )
 
+KeepAlive = packet(
+    "KeepAlive",
+    "type" / _message_type(MessageType.KEEPALIVE),
+    "kind" / doc(StrictEnum(c.Int8ub, KeepAliveKind), "0 ping (answer it), 1 pong (the answer)"),
+    doc_text="both directions (3.1): keeps an idle tunnel alive and proves the peer is there;"
+    " a client sends a ping right after login, which proves it holds the session key",
+)
+
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 
 MESSAGES: dict[tuple[Direction, MessageType], c.Construct] = {
@@ -350,6 +364,7 @@ MESSAGES: dict[tuple[Direction, MessageType], c.Construct] = {
             UdpDissociate,
             TcpWindowUpdate,
             TcpHalfClose,
+            KeepAlive,
         )
         for direction in Direction
     },
@@ -357,7 +372,12 @@ MESSAGES: dict[tuple[Direction, MessageType], c.Construct] = {
 """Every tunnel message, keyed by who sends it and its type byte."""
 
 SECURE_ONLY = frozenset(
-    {MessageType.ICMP_ECHO, MessageType.TCP_WINDOW_UPDATE, MessageType.TCP_HALF_CLOSE}
+    {
+        MessageType.ICMP_ECHO,
+        MessageType.TCP_WINDOW_UPDATE,
+        MessageType.TCP_HALF_CLOSE,
+        MessageType.KEEPALIVE,
+    }
 )
 """Message types that exist only in dialect 3.1."""
 
@@ -392,5 +412,6 @@ PACKETS: tuple[c.Construct, ...] = (
     TcpHalfClose,
     IcmpEchoRequest,
     IcmpEchoReply,
+    KeepAlive,
 )
 """Every top-level packet of this module, in the order docs/protocol.md presents them."""
