@@ -14,7 +14,7 @@ import ipaddress
 import construct as c
 
 from schemas.errors import WireError
-from schemas.fields import InRange, StrictEnum, doc, packet, parse
+from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse
 
 MAGIC = b"jProxy"
 MAJOR_VERSION = 3
@@ -85,10 +85,13 @@ class DisconnectReason(enum.IntEnum):
     RESET = 4
 
 
-class AddressType(enum.IntEnum):
+class AddressType(AddressKind):
+    """jProxy's address types, the same in both dialects (the Java code's ``Constants.IPv6``
+    is 2). SOCKS5 numbers IPv6 4: ``schemas.socks5.AddressType`` is a different enum."""
+
     IPV4 = 1
+    IPV6 = 2
     DOMAIN = 3
-    IPV6 = 4
 
 
 _ADDRESS_LENGTHS = {AddressType.IPV4: 4, AddressType.IPV6: 16}
@@ -146,7 +149,11 @@ class _HostAdapter(c.Adapter):
 
 
 Address = c.Struct(
-    "type" / doc(StrictEnum(c.Int8ub, AddressType), "1 IPv4, 3 DNS name, 4 IPv6"),
+    "type"
+    / doc(
+        StrictEnum(c.Int8ub, AddressType),
+        "1 IPv4, 2 IPv6, 3 DNS name; SOCKS5's 4 for IPv6 is unknown here",
+    ),
     "host"
     / doc(
         _HostAdapter(c.Prefixed(c.Int8ub, c.GreedyBytes)),
@@ -157,11 +164,7 @@ Address = c.Struct(
 
 def address_for(host: str) -> dict:
     """The ``Address`` fields for ``host``: an IP literal keeps its family, else a DNS name."""
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        return {"type": AddressType.DOMAIN, "host": host}
-    return {"type": AddressType.IPV4 if version == 4 else AddressType.IPV6, "host": host}
+    return {"type": AddressType.of(host), "host": host}
 
 
 _Magic = doc(c.Const(MAGIC), 'ASCII "jProxy"')
