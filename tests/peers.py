@@ -131,9 +131,14 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 1024  # many streams connect at once; the default backlog of 5 drops
 
 
-def serve_files(directory: Path) -> ThreadingHTTPServer:
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+def serve_files(directory: Path, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """An HTTP server for ``directory`` on ``host`` (127.0.0.1 or ::1), on a free port."""
     handler = partial(_QuietHTTPHandler, directory=str(directory))
-    server = _HTTPServer(("127.0.0.1", 0), handler)
+    server = (_HTTPServer6 if ":" in host else _HTTPServer)((host, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
