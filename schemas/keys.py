@@ -52,9 +52,11 @@ def encode_modified_utf8(text: str) -> bytes:
 def decode_modified_utf8(raw: bytes) -> str:
     """The text of bytes that ``encode_modified_utf8`` (and Java's ``writeUTF``) writes.
 
-    Anything else is a ``ValueError`` that says where and why: a raw NUL byte, an overlong or
-    broken sequence, an unpaired surrogate, and a 4-byte UTF-8 sequence, which is how gjproxy
-    wrote characters beyond U+FFFF before it followed Java (Java's ``readUTF`` rejects it too).
+    Anything else is a ``ValueError`` that says where and why. A 4-byte UTF-8 sequence, how
+    gjproxy wrote characters beyond U+FFFF before it followed Java, is refused by Java's
+    ``readUTF`` too. ``readUTF`` lets through a raw NUL byte, overlong forms and unpaired
+    surrogates, which ``writeUTF`` never writes for well-formed text; a user name is text, so
+    gjproxy refuses them.
     """
     if b"\0" in raw:
         raise ValueError(f"NUL byte at {raw.index(0)} (Java writes NUL as C0 80)")

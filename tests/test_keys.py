@@ -27,11 +27,12 @@ from schemas.keys import (
     decode_modified_utf8,
     encode_modified_utf8,
 )
-from tests.peers import start_client, start_server
+from tests.peers import require_tool, start_client, start_server
 
 JAVA = Path(__file__).parent / "vectors" / "java-3.0"
 JAVA_HASH = "E6FAE591B1497266DDF1C93343F58E9464F9A1BC144B169FE4DF18FF2A4363D3"
 USER_NAMES = json.loads((Path(__file__).parent / "vectors" / "user-names.json").read_text())
+JAVA_UTF = Path(__file__).parent / "java" / "ModifiedUtf8.java"
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +291,24 @@ def test_user_name_not_in_modified_utf8_is_refused_saying_where(entry: dict) -> 
     assert entry["error"] in caught.value.reason
 
 
+def _java_utf(*args: str) -> list[str]:
+    """What Java's own writeUTF/readUTF make of ``args`` (see tests/java/ModifiedUtf8.java)."""
+    done = subprocess.run(
+        [require_tool("java"), str(JAVA_UTF), *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_java_writes_and_reads_every_name_as_gjproxy_does() -> None:
+    names = [entry["user"].encode().hex() for entry in USER_NAMES["valid"]]
+    wire = [entry["hex"].replace(" ", "") for entry in USER_NAMES["valid"]]
+    with_length = [f"{len(raw) // 2:04x}{raw}" for raw in wire]
+    assert _java_utf("write", *names) == with_length
+    old_zoe = "7a6fc3abf09f9880"  # "zoë😀" as gjproxy wrote it before issue 9
+    assert _java_utf("read", *wire, old_zoe) == [*names, "error"]
+
+
 def test_an_unpaired_surrogate_cannot_be_written() -> None:
     with pytest.raises(WireError, match="unpaired UTF-16 surrogate U\\+D83D"):
         build(UserFile, {"user": "zo\ud83d", "salt": bytes(SALT_SIZE), "public_key": b""})
@@ -327,6 +346,8 @@ def test_keygen_writes_a_supplementary_name_as_java_does_and_the_server_knows_it
     assert user_path.read_bytes()[:12] == bytes.fromhex("000a 7a6fc3abeda0bdedb880")
     key = keys.load_client_key(tmp_path / "key.dat")
     assert keys.UserDirectory(tmp_path / "users").lookup(key.login_hash).user == user
+
+    assert _java_utf("file", str(user_path)) == [user.encode().hex(), "550"]  # salt, key
 
     server = start_server(tmp_path)
     client = start_client(tmp_path, server.port)
