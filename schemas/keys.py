@@ -65,7 +65,7 @@ def decode_modified_utf8(raw: bytes) -> str:
         raise ValueError(
             f"4-byte UTF-8 sequence at {four_byte.start()}: standard UTF-8, not Java's modified"
             " UTF-8 (which writes a character beyond U+FFFF as two 3-byte surrogates);"
-            " the Java programs reject this file too"
+            " Java's readUTF refuses it too"
         )
     parts, start = [], 0
     for part in raw.split(_JAVA_NUL):

@@ -329,7 +329,7 @@ def test_a_user_file_in_standard_utf8_is_refused_with_a_clear_error(
     assert str(caught.value) == (
         f"{path}: not a valid user file (UserFile.user: 4-byte UTF-8 sequence at 4: standard"
         " UTF-8, not Java's modified UTF-8 (which writes a character beyond U+FFFF as two"
-        " 3-byte surrogates); the Java programs reject this file too)"
+        " 3-byte surrogates); Java's readUTF refuses it too)"
     )
     with caplog.at_level(logging.WARNING, logger="jproxy.keys"):
         assert len(keys.UserDirectory(users)) == 0
