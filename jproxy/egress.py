@@ -174,12 +174,14 @@ class EgressPolicy:
         for rule in self.deny:
             if rule.matches(target, port):
                 return Verdict(False, f"denied by rule {rule.text}")
-        allowing = next((rule for rule in self.allow if rule.matches(target, port)), None)
+        allowing = [rule for rule in self.allow if rule.matches(target, port)]
         if self._is_own_listener(target, port, this_host):
-            if allowing is None or not allowing.names_port(port):
+            naming = [rule for rule in allowing if rule.names_port(port)]
+            if not naming:
                 return Verdict(False, f"the server's own listening port {port}")
-        if allowing is not None:
-            return Verdict(True, f"allowed by rule {allowing.text}")
+            allowing = naming
+        if allowing:
+            return Verdict(True, f"allowed by rule {allowing[0].text}")
         for network in SPECIAL_RANGES:
             if target in network:
                 return Verdict(False, f"in {network}, denied by default")
