@@ -124,7 +124,7 @@ class Dialer:
         policy = self.policy
         allowed, refusals = [], []
         for address in addresses:
-            this_host = policy.guards_port(port) and _is_this_host(address, port)
+            this_host = policy.guards_port(port) and is_this_host(address, port)
             verdict = policy.judge(address, port, this_host)
             if verdict.allowed:
                 allowed.append(address)
@@ -148,7 +148,7 @@ def status_for(error: OSError) -> ConnectStatus:
     return ConnectStatus.GENERAL_FAILURE
 
 
-def _is_this_host(address: str, port: int) -> bool:
+def is_this_host(address: str, port: int) -> bool:
     """Whether ``address`` is one of this host's own: the kernel would send from it to it.
 
     A UDP ``connect`` only picks the route and the source address; nothing is sent.
