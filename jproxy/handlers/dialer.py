@@ -81,6 +81,9 @@ class Dialer:
                 sock.close()
                 failure = error
                 continue
+            except BaseException:  # killed with its tunnel: the socket goes too
+                sock.close()
+                raise
             return Connected(sock, (address, port))
         if failure is None:
             raise DialError(ConnectStatus.TIMED_OUT, f"no connection in {self.connect_timeout:g} s")
