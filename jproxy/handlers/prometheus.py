@@ -11,7 +11,7 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jproxy.handlers.admin import host_port_text
+from jproxy.config import host_port_text
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from schemas.jproxy import Dialect
