@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
 
 import pytest
 
+from jproxy.cli import build_parser
 from tests.peers import start_server
 
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
@@ -100,3 +103,32 @@ def test_a_busy_port_is_one_line_naming_it_and_its_flag(workdir, command, flag):
     assert result.stderr.splitlines()[-1] == expected
     assert result.stderr.count("Address already in use") == 1
     assert "('127.0.0.1'" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bare_gjproxy_prints_usage_and_version_is_one_line(tmp_path):
+    bare = gjproxy(cwd=tmp_path)
+    assert bare.returncode == 2
+    assert bare.stderr.startswith("usage: gjproxy")
+    for command in ("admin", "client", "keygen", "quickstart", "server", "users"):
+        assert f"\n    {command} " in bare.stderr
+    version = gjproxy("--version", cwd=tmp_path)
+    assert version.returncode == 0
+    assert re.fullmatch(r"gjproxy \S+\n", version.stdout)
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    [subparsers] = [action for action in parser._actions if action.dest == "command"]
+    return {"gjproxy": parser, **subparsers.choices}
+
+
+@pytest.mark.parametrize("name", sorted(subcommand_parsers()))
+def test_every_command_has_a_description_and_every_option_its_default(name):
+    parser = subcommand_parsers()[name]
+    assert parser.description, f"{name} has no description"
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        assert "(default: " in (action.help or ""), f"{name} {action.option_strings[0]}"

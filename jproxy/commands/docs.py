@@ -12,7 +12,10 @@ DEFAULT_OUT = Path("docs/protocol.md")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "docs", help="write the protocol description generated from the schemas"
+        "docs",
+        help="write the protocol description generated from the schemas",
+        description="Write docs/protocol.md, the byte layouts of every packet, generated from"
+        " the construct schemas in schemas/ (the one definition of each layout).",
     )
     parser.add_argument(
         "--out",
