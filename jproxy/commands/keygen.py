@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "keygen",
         help="generate a key pair: a client key file and a server user file",
         description="Generate an RSA-2048 key pair for USER: the client key file (private,"
-        " mode 0600) and the server's user file <UPPERHEX login hash>.dat. Existing files are"
-        " never overwritten.",
+        " mode 0600) and the server's user file, named after the login hash in upper-case hex"
+        " (HASH.dat). Existing files are never overwritten.",
     )
     parser.add_argument("user", metavar="USER", help="user name the server logs for this key")
     parser.add_argument(
