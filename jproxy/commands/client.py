@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 
 import gevent
 
@@ -35,6 +36,7 @@ DEFAULTS = {
     "dialect": "3.1",
     "socks_user": "",
     "socks_password": "",
+    "metrics": "",
 }
 
 
@@ -62,6 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
         f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
+    )
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -72,6 +79,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         raise ConfigError("config: [client] server must name at least one HOST:PORT")
     settings["server"] = [host_port(server, "--server") for server in settings["server"]]
     settings["socks"] = host_port(settings["socks"], "--socks")
+    settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
@@ -93,13 +101,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tunnels = TunnelClient(settings["server"], key, settings["dialect"])
     listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
+    services = []
     try:
         listening("--socks", settings["socks"], listener.start)
+        services.append(listener)
+        if settings["metrics"]:
+            # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
+            from jproxy.handlers.prometheus import serve_client_metrics
+
+            metrics = partial(serve_client_metrics, settings["metrics"], tunnels)
+            services.append(listening("--metrics", settings["metrics"], metrics))
     except ListenError as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
+        for service in services:
+            service.stop()
         return 1
     tunnels.start()
-    return serve_until_stopped(tunnels, listener, termination)
+    status = serve_until_stopped(tunnels, listener, termination)
+    for service in services[1:]:
+        service.stop()
+    return status
 
 
 def serve_until_stopped(

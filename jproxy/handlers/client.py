@@ -89,6 +89,15 @@ class TunnelClient:
         """The server in use, or tried next while no tunnel is up."""
         return self.servers[self._server_index]
 
+    @property
+    def server_number(self) -> int:
+        """``server``'s place in the list, from 1."""
+        return self._server_index + 1
+
+    @property
+    def up(self) -> bool:
+        return self._up.is_set()
+
     def wait_until_up(self, timeout: float) -> bool:
         return self._up.wait(timeout)
 
