@@ -12,6 +12,8 @@ from importlib import metadata
 from jproxy import commands
 
 USAGE_ERROR = 2
+INTERRUPTED = 130
+"""128 + SIGINT, the status a shell reports for a command ended by Ctrl-C."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        # Ctrl-C at a prompt or during a wait; the servers handle SIGINT themselves.
+        sys.stderr.write(f"\ngjproxy {args.command}: interrupted\n")  # first ends a prompt's line
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

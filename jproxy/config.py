@@ -72,15 +72,15 @@ def show_defaults(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
     """Append "(default: ...)" to the help of each option whose key is in ``defaults``.
 
     The options themselves default to None (so that the config file can tell a flag from no
-    flag); ``defaults`` is the one place each default is written.
+    flag); ``defaults`` is the one place each default is written. ``--config`` has none.
     """
     for action in parser._actions:
         if action.option_strings and action.help not in (None, argparse.SUPPRESS):
             if action.dest in defaults or action.dest == "config":
-                action.help += f" (default: {default_text(defaults.get(action.dest))})"
+                action.help += f" (default: {_default_text(defaults.get(action.dest))})"
 
 
-def default_text(value: Any) -> str:
+def _default_text(value: Any) -> str:
     if value is None:
         return "none"
     if value is False or value in ("", []):

@@ -41,7 +41,6 @@ class ExitStatus(enum.IntEnum):
     LOGIN_FAILED = 3
     PROTOCOL_ERROR = 4
     UNREACHABLE = 5
-    INTERRUPTED = 130
 
 
 EPILOG = """\
@@ -53,7 +52,7 @@ exit status:
   3  login refused: bad user name or password
   4  protocol error: the server speaks another admin protocol version or replied garbage
   5  cannot connect, connection lost, or no reply within 10 seconds
-130  interrupted (Ctrl-C at the password prompt)
+130  interrupted (Ctrl-C, at the password prompt or while waiting for the server)
 
 The server's address: --host and --port, else [admin] host and port in the config file, else
 its [server] admin (the address the server listens on), else 127.0.0.1:8080.
@@ -197,9 +196,6 @@ def _prompt(text: str) -> str:
         raise AdminCommandError(
             ExitStatus.USAGE, f"no password: set ${PASSWORD_VARIABLE} or type it at the prompt"
         ) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")  # end the prompt's line
-        raise AdminCommandError(ExitStatus.INTERRUPTED, "interrupted") from None
 
 
 def _password(environ: Mapping[str, str]) -> str:
@@ -225,11 +221,12 @@ def _sockets_to_try(family: int) -> Iterator[socket.socket]:
 
 
 def _connect(host: str, port: int) -> socket.socket:
+    where = host_port_text((host, port))
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
         raise AdminCommandError(
-            ExitStatus.UNREACHABLE, f"{host_port_text((host, port))}: cannot resolve: {error}"
+            ExitStatus.UNREACHABLE, f"{where}: cannot resolve: {error}"
         ) from None
     last_error: OSError | None = None
     for family, _, _, _, address in addresses:
@@ -241,10 +238,7 @@ def _connect(host: str, port: int) -> socket.socket:
             except OSError as error:
                 sock.close()
                 last_error = error
-    raise AdminCommandError(
-        ExitStatus.UNREACHABLE,
-        f"{host_port_text((host, port))}: cannot connect: {_why(last_error)}",
-    )
+    raise AdminCommandError(ExitStatus.UNREACHABLE, f"{where}: cannot connect: {_why(last_error)}")
 
 
 def _why(error: OSError | None) -> str:

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     tunnels.start()
     status = serve_until_stopped(tunnels, listener, termination)
-    for service in services[1:]:
+    for service in services[1:]:  # serve_until_stopped stopped the listener
         service.stop()
     return status
 
