@@ -156,7 +156,9 @@ class ServerHandshake(_Core):
         login_hash = parse(LoginRequest, message).login_hash
         user = self.users.lookup(login_hash)
         if user is None:
-            return self._refuse(f"unknown login hash {login_hash.hex()[:16]}...", _LOGIN_FAILED)
+            # The hash in full and in upper case: the name of the user file the server lacks.
+            name = login_hash.hex().upper()
+            return self._refuse(f"unknown login hash {name}: no users/{name}.dat", _LOGIN_FAILED)
         session_key = new_session_key()
         wrapped = wrap_key(user.public_key, session_key, self.dialect)
         self.user = user

@@ -27,7 +27,7 @@ from schemas.keys import (
     decode_modified_utf8,
     encode_modified_utf8,
 )
-from tests.peers import require_tool, start_client, start_server
+from tests.peers import Process, require_tool, start_client, start_server
 
 JAVA = Path(__file__).parent / "vectors" / "java-3.0"
 JAVA_HASH = "E6FAE591B1497266DDF1C93343F58E9464F9A1BC144B169FE4DF18FF2A4363D3"
@@ -356,3 +356,69 @@ def test_keygen_writes_a_supplementary_name_as_java_does_and_the_server_knows_it
     finally:
         client.stop()
         server.stop()
+
+
+def test_keygen_adds_a_user_to_an_existing_server_directory(tmp_path: Path) -> None:
+    assert _keygen("alice", "--out", "server", cwd=tmp_path).returncode == 0
+    done = _keygen("bob", "--key-out", "bob/key.dat", "--users-dir", "server/users", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    bob = keys.load_client_key(tmp_path / "bob" / "key.dat")
+    assert _mode(tmp_path / "bob" / "key.dat") == 0o600
+    users = keys.UserDirectory(tmp_path / "server" / "users")
+    assert [record.user for record in users.records()] == ["alice", "bob"]
+    assert users.lookup(bob.login_hash).user == "bob"
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "jproxy", "users", "server/users"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        f"{record.login_hash.hex().upper()}  {record.user}" for record in users.records()
+    ]
+    assert f"{bob.login_hash.hex().upper()}  bob" in listed.stdout
+
+
+def _client(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jproxy", "client", "--socks", "127.0.0.1:0", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_client_refuses_a_key_file_others_can_read(workdir: Path) -> None:
+    (workdir / "key.dat").chmod(0o640)
+    refused = _client("--key", "key.dat", cwd=workdir)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "gjproxy client: key.dat: mode 0640 lets group or others read it; a private key must"
+        " be private to its owner: chmod 600 key.dat\n"
+    )
+
+
+def test_a_server_user_file_given_as_the_key_is_named_as_such(workdir: Path) -> None:
+    [user_file] = (workdir / "users").glob("*.dat")
+    refused = _client("--key", str(user_file), cwd=workdir)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"gjproxy client: {user_file} is a server user file (user 'alice'), not a client key:"
+        " the client needs the key.dat that `gjproxy keygen` wrote with it\n"
+    )
+
+
+def test_the_server_logs_an_unknown_hash_as_the_user_file_name_it_lacks(workdir: Path) -> None:
+    [user_file] = (workdir / "users").glob("*.dat")
+    user_file.rename(workdir / user_file.name)  # the server no longer knows this key
+    server = start_server(workdir)
+    client = Process(
+        "client", "--server", f"127.0.0.1:{server.port}", "--socks", "127.0.0.1:0", cwd=workdir
+    )
+    server.wait_for(re.escape(f"unknown login hash {user_file.stem}: no users/{user_file.name}"))
+    client.stop()
+    server.stop()

@@ -6,8 +6,17 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 
-from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.config import (
+    ConfigError,
+    ListenError,
+    host_port,
+    listening,
+    load,
+    resolve,
+    show_defaults,
+)
 from jproxy.egress import EgressPolicy, RuleError
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
@@ -16,7 +25,7 @@ from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
-from jproxy.passwords import load_admin_credentials
+from jproxy.passwords import PASSWORD_VARIABLE, load_admin_credentials
 
 log = logging.getLogger("gjproxy.server")
 
@@ -41,9 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the tunnel server",
         description="Serve jProxy tunnels: log clients in by key and open their connections.",
     )
-    parser.add_argument("--config", help="TOML file; its [server] keys are the flags' names")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:16384")
-    parser.add_argument("--users", metavar="DIR", help="user files directory (default ./users)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file; its [server] keys are the flags' names"
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="where tunnels come in")
+    parser.add_argument("--users", metavar="DIR", help="user files directory")
     parser.add_argument(
         "--allow-legacy",
         action="store_const",
@@ -53,29 +64,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--admin",
         metavar="HOST:PORT",
-        help="admin protocol listener (default 127.0.0.1:8080; on only with admin credentials)",
+        help="admin protocol listener; it needs an admin account ([admin] password_hash or"
+        f" ${PASSWORD_VARIABLE}) and is on whenever there is one",
+    )
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    parser.add_argument("--max-tunnels", type=int, metavar="N", help="tunnels served at once")
+    parser.add_argument("--max-streams", type=int, metavar="N", help="streams per tunnel")
+    parser.add_argument(
+        "--idle-timeout", type=float, metavar="S", help="seconds before an idle stream ends"
     )
     parser.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics over HTTP here (off)"
+        "--connect-timeout", type=float, metavar="S", help="outbound connect timeout (s)"
     )
-    parser.add_argument("--max-tunnels", type=int, help="tunnels served at once (default 64)")
-    parser.add_argument("--max-streams", type=int, help="streams per tunnel (default 1024)")
-    parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
-    parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
-    parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
     parser.add_argument(
         "--allow-egress",
         action="append",
         metavar="CIDR[:PORTS]",
         help="let streams reach this network (repeatable; e.g. 127.0.0.0/8, [::1]/128:8000-8999)."
-        " Loopback, private, link-local and multicast ranges are denied unless allowed",
+        " Loopback, private, link-local and multicast ranges are denied unless allowed"
+        " (default: none)",
     )
     parser.add_argument(
         "--deny-egress",
         action="append",
         metavar="CIDR[:PORTS]",
-        help="never let streams reach this network (repeatable; beats every allow rule)",
+        help="never let streams reach this network (repeatable; beats every allow rule)"
+        " (default: none)",
     )
+    show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
 
@@ -93,7 +109,13 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
     settings["egress"] = egress_policy(args, config)
-    settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
+    settings["admin_credentials"] = load_admin_credentials(config, environ)
+    admin_asked = args.admin is not None or "admin" in config.get("server", {})
+    if admin_asked and settings["admin_credentials"] is None:
+        raise ConfigError(
+            "--admin needs an admin account: [admin] user and password_hash in the config file,"
+            f" or ${PASSWORD_VARIABLE} (see docs/admin.md)"
+        )
     return settings
 
 
@@ -136,24 +158,23 @@ def run(args: argparse.Namespace) -> int:
     )
     services: list = []
     try:
-        server.start()
+        listening("--listen", settings["listen"], server.start)
         services.append(server)
+        page = (server.counters, server.tuning)
         if settings["admin_credentials"] is not None:
-            services.append(
-                serve_admin(
-                    settings["admin"], settings["admin_credentials"], server.counters, server.tuning
-                )
-            )
+            admin = partial(serve_admin, settings["admin"], settings["admin_credentials"], *page)
+            services.append(listening("--admin", settings["admin"], admin))
         if settings["metrics"]:
             # Imported only when asked for: prometheus_client pulls in http, email and wsgiref,
             # about 5 MB of memory in every gjproxy process that would otherwise load it.
             from jproxy.handlers.prometheus import serve_metrics
 
-            services.append(serve_metrics(settings["metrics"], server.counters, server.tuning))
+            metrics = partial(serve_metrics, settings["metrics"], *page)
+            services.append(listening("--metrics", settings["metrics"], metrics))
         dialer.policy = dialer.policy.listening_on([service.address for service in services])
         _log_egress(dialer.policy)
-    except OSError as error:
-        sys.stderr.write(f"gjproxy server: cannot listen: {error}\n")
+    except ListenError as error:
+        sys.stderr.write(f"gjproxy server: {error}\n")
         for service in services:
             service.stop()
         return 1

@@ -25,6 +25,7 @@ from jproxy.admin import (
     ServerOutput,
     server_methods,
 )
+from jproxy.config import host_port_text
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.metrics import Counters
 from jproxy.passwords import AdminCredentials, LoginThrottle
@@ -45,11 +46,6 @@ def stream_socket(family: int) -> tuple[socket.socket, str, OSError | None]:
         return socket.socket(family, socket.SOCK_STREAM, IPPROTO_SCTP), "SCTP", None
     except OSError as error:
         return socket.socket(family, socket.SOCK_STREAM), "TCP", error
-
-
-def host_port_text(address: tuple) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class AdminServer(Acceptor):

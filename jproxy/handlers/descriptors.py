@@ -31,7 +31,7 @@ def raise_fd_limit(max_tunnels: int) -> FdBudget:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     budget = FdBudget.for_server(soft, max_tunnels)
     log.info(
-        "file descriptors: limit %d (hard %s); streams may use %d, %d kept for logins and admin",
+        "file descriptors: limit %d (hard %s); streams may use %d, %d kept for listeners",
         soft,
         "unlimited" if hard == resource.RLIM_INFINITY else hard,
         budget.for_streams,
