@@ -2455,7 +2455,7 @@ end
 
 -- ---- one protocol's dissector --------------------------------------------------------------
 
-local function open_frame(state, dir, header, body, keylog_path)
+local function open_frame(state, dir, counter, header, body, keylog_path)
   if state.key == nil and state.wrapped_prefix then
     state.key = session_key(state.wrapped_prefix, keylog_path)
   end
@@ -2463,7 +2463,7 @@ local function open_frame(state, dir, header, body, keylog_path)
   state.cipher = state.cipher or new_cipher(state.key)
   local padded
   if state.dialect == "gcm" then
-    local nonce = SCHEMA.nonce_prefix[dir] .. be64(state.counter[dir])
+    local nonce = SCHEMA.nonce_prefix[dir] .. be64(counter)
     padded = gcm_open(state.cipher, nonce, body, header)
     if padded == nil then
       return nil, "authentication failed (tampered, replayed, reordered or dropped frame)"
@@ -2509,7 +2509,8 @@ local function next_pdu(spec, state, dir, data, at, prefs)
   entry.counter = state.counter[dir]
   state.counter[dir] = state.counter[dir] + 1
   if values.ciphertext == nil or result.problems > 0 then return entry end
-  local message, failure = open_frame(state, dir, data:sub(at, at), values.ciphertext, prefs.keylog)
+  local message, failure = open_frame(state, dir, entry.counter, data:sub(at, at), values.ciphertext,
+    prefs.keylog)
   entry.failure = failure
   if message == nil then
     entry.no_key = failure == nil
@@ -2580,7 +2581,8 @@ local function register(spec)
   function proto.dissector(tvb, pinfo, tree)
     local state, dir = conversation(states, pinfo)
     local data = tvb:raw()
-    local prefs = { keylog = proto.prefs.keylog, key_size = proto.prefs.key_size }
+    local prefs = {}
+    if spec.frames then prefs = { keylog = proto.prefs.keylog, key_size = proto.prefs.key_size } end
     local root = tree:add(proto, tvb())
     local labels = {}
     local at = 1

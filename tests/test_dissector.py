@@ -15,8 +15,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from jproxy import dissector, keylog
-from schemas import introspect, jproxy, parse
-from schemas.jproxy import Direction
+from jproxy.crypto import MAX_MESSAGE, EcbSealer, GcmSealer
+from schemas import admin, build, introspect, jproxy, parse
+from schemas.jproxy import Dialect, Direction
 from tests.pcap import CLIENT, write_pcap
 from tests.peers import require_tool
 
@@ -122,14 +123,22 @@ def _expert(item: ET.Element) -> bool:
     return item.get("name", "").startswith("_ws.expert") and item.get("name") == "_ws.expert"
 
 
-def _value(item: ET.Element) -> object:
-    show, raw = item.get("show"), item.get("value")
-    if ":" in (show or "") and raw and len(show) == 3 * len(raw) // 2 - 1:
-        return raw  # bytes
-    try:
-        return int(show, 0)
-    except (TypeError, ValueError):
-        return show
+class Shown(tuple):
+    """A field as PDML shows it, ``(show, value)``; equal to the schema's value it displays."""
+
+    def __eq__(self, other: object) -> bool:
+        show, raw = self
+        if isinstance(other, bytes):
+            return bytes.fromhex(raw or "") == other
+        if isinstance(other, int):
+            return show is not None and int(show, 0) == other
+        return show == other
+
+    __hash__ = tuple.__hash__
+
+
+def _value(item: ET.Element) -> Shown:
+    return Shown((item.get("show"), item.get("value")))
 
 
 def expected(protocol: str, schema, data: bytes, **params) -> tuple:
@@ -153,8 +162,6 @@ def expected(protocol: str, schema, data: bytes, **params) -> tuple:
 
 
 def _plain(value: object) -> object:
-    if isinstance(value, bytes):
-        return value.hex() if value else ""
     return int(value) if isinstance(value, int) else value
 
 
@@ -204,3 +211,144 @@ def test_java_capture_decrypted_with_its_key_matches_the_schemas(tmp_path: Path)
             want.append(expected("jproxy", schema, data, key_size=256))
         assert shown[direction] == want
     assert len(shown["c2s"]) + len(shown["s2c"]) == len(vectors["tunnel"]["messages"])
+
+
+def _vector_messages() -> list[tuple[str, object, bytes]]:
+    """Every tunnel message of tests/vectors: ``(direction, schema, bytes)``."""
+    messages = []
+    for vector in json.loads((VECTORS / "jproxy-messages.json").read_text()):
+        schema = getattr(jproxy, vector["schema"])
+        data = bytes.fromhex(vector["hex"].replace(" ", ""))
+        if schema in jproxy.MESSAGES.values() and len(data) <= MAX_MESSAGE[Dialect.SECURE_3_1]:
+            messages.append((vector["direction"], schema, data))
+    return messages
+
+
+def _tunnel(dialect: jproxy.Dialect, messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The chunks of a tunnel in ``dialect`` that carries ``messages`` after its login."""
+    hello = build(jproxy.Hello, {"major": 3, "minor": int(dialect)})
+    reply = build(jproxy.LoginReply, {"status": "OK", "wrapped_key": WRAPPED}, key_size=256)
+    chunks = [
+        ("c2s", hello),
+        ("s2c", build(jproxy.HelloReply, {"status": "OK"})),
+        ("c2s", build(jproxy.LoginRequest, {"login_hash": bytes(32)})),
+        ("s2c", reply),
+    ]
+    sealers = {
+        "c2s": GcmSealer(KEY, Direction.CLIENT_TO_SERVER)
+        if dialect is jproxy.Dialect.SECURE_3_1
+        else EcbSealer(KEY),
+        "s2c": GcmSealer(KEY, Direction.SERVER_TO_CLIENT)
+        if dialect is jproxy.Dialect.SECURE_3_1
+        else EcbSealer(KEY),
+    }
+    for direction, data in messages:
+        chunks.append((direction, sealers[direction].seal(data)))
+    return chunks
+
+
+def test_secure_tunnel_every_message_decrypted_by_the_lua_aes_gcm(tmp_path: Path) -> None:
+    vectors = _vector_messages()
+    big = build(jproxy.TcpPacket, {"connection_id": 7, "data": bytes(range(256)) * 15})
+    messages = [(direction, data) for direction, _, data in vectors] + [("s2c", big)]
+    chunks = _tunnel(jproxy.Dialect.SECURE_3_1, messages)
+    # Several frames in one segment, and one frame across segments (the big one).
+    joined = [*chunks[:4], ("c2s", b"".join(d for x, d in chunks[4:] if x == "c2s"))]
+    joined += [(x, d) for x, d in chunks[4:] if x == "s2c"]
+    pcap = tmp_path / "secure.pcap"
+    write_pcap(pcap, joined)
+    key_log = _key_log(tmp_path / "keys.log", WRAPPED, KEY)
+
+    shown = dissected(tshark_pdml(pcap, "-o", f"jproxy.keylog:{key_log}"))
+
+    for direction in ("c2s", "s2c"):
+        sequence = dissector.PROTOCOLS[0].sequence[Direction(direction)]
+        want = [
+            expected("jproxy", schema, data, key_size=256)
+            for schema, (_, data) in zip(
+                sequence, [c for c in chunks[:4] if c[0] == direction], strict=True
+            )
+        ]
+        for x, data in messages:
+            if x == direction:
+                schema, _ = jproxy.parse_message(data, Direction(direction))
+                want.append(expected("jproxy", schema, data))
+        assert shown[direction] == want
+    names = {name for direction in shown.values() for name, _, _ in direction}
+    assert {schema.name for schema in jproxy.MESSAGES.values()} <= names
+
+
+def test_secure_tunnel_altered_frame_fails_authentication(tmp_path: Path) -> None:
+    first = build(jproxy.TcpPacket, {"connection_id": 1, "data": b"GET / HTTP/1.1\r\n\r\n"})
+    second = build(jproxy.TcpHalfClose, {"connection_id": 1})
+    chunks = _tunnel(jproxy.Dialect.SECURE_3_1, [("c2s", first), ("c2s", second)])
+    direction, frame = chunks[4]
+    chunks[4] = (direction, frame[:5] + bytes([frame[5] ^ 0x01]) + frame[6:])
+    pcap = tmp_path / "tampered.pcap"
+    write_pcap(pcap, chunks)
+    key_log = _key_log(tmp_path / "keys.log", WRAPPED, KEY)
+
+    root = tshark_pdml(pcap, "-o", f"jproxy.keylog:{key_log}")
+
+    altered, intact = frames(root)
+    assert any("authentication failed" in text for text in experts(altered))
+    assert not experts(intact)
+    assert [name for name, _, _ in dissected(root)["c2s"]] == [
+        "Hello",
+        "LoginRequest",
+        "TcpHalfClose",
+    ]
+
+
+def test_without_its_key_a_frame_says_so(tmp_path: Path) -> None:
+    message = build(jproxy.TcpHalfClose, {"connection_id": 1})
+    pcap = tmp_path / "nokey.pcap"
+    write_pcap(pcap, _tunnel(jproxy.Dialect.SECURE_3_1, [("c2s", message)]))
+    (frame,) = frames(tshark_pdml(pcap))
+    assert any("set the key log preference" in text for text in experts(frame))
+
+
+def test_malformed_messages_get_expert_info(tmp_path: Path) -> None:
+    short = bytes([jproxy.MessageType.TCP_PACKET, 0, 1, 0, 9]) + b"abc"
+    unknown = bytes([0x77, 0, 1])
+    bad_enum = build(jproxy.TcpHalfClose, {"connection_id": 1})[:3]
+    bad_enum = bytes([jproxy.MessageType.TCP_DISCONNECT]) + bad_enum[1:] + bytes([9])
+    trailing = build(jproxy.TcpHalfClose, {"connection_id": 1}) + b"!"
+    chunks = _tunnel(
+        jproxy.Dialect.LEGACY_3_0,
+        [("c2s", short), ("c2s", unknown), ("c2s", bad_enum), ("c2s", trailing)],
+    )
+    pcap = tmp_path / "malformed.pcap"
+    write_pcap(pcap, chunks)
+    key_log = _key_log(tmp_path / "keys.log", WRAPPED, KEY)
+
+    found = [
+        experts(frame) for frame in frames(tshark_pdml(pcap, "-o", f"jproxy.keylog:{key_log}"))
+    ]
+
+    assert any("message ends early" in text for text in found[0])
+    assert any("unknown message type 0x77" in text for text in found[1])
+    assert any("unknown DisconnectReason value 9" in text for text in found[2])
+    assert any("1 trailing bytes" in text for text in found[3])
+
+
+def test_admin_exchange_dissected(tmp_path: Path) -> None:
+    packets = [
+        ("c2s", admin.AdminAuthRequest, {"version": 1, "user": b"ops", "password": b"secret"}),
+        ("s2c", admin.AdminAuthReply, {"version": 1, "status": "OK"}),
+        ("c2s", admin.AdminRequest, {"method": 3, "params": [{"data": b"65536"}, {"data": b""}]}),
+        ("s2c", admin.AdminReply, {"code": "SET_BUFFER_SIZE", "data": "65536"}),
+    ]
+    chunks = [(direction, build(schema, fields)) for direction, schema, fields in packets]
+    pcap = tmp_path / "admin.pcap"
+    write_pcap(pcap, chunks, port=dissector.ADMIN_PORT)
+
+    shown = dissected(tshark_pdml(pcap), "jproxy_admin")
+
+    for direction in ("c2s", "s2c"):
+        want = [
+            expected("jproxy_admin", schema, data)
+            for (x, schema, _), (_, data) in zip(packets, chunks, strict=True)
+            if x == direction
+        ]
+        assert shown[direction] == want
