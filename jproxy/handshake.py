@@ -62,6 +62,8 @@ class _Core:
     def __init__(self) -> None:
         self.phase = Phase.HELLO
         self.session: Session | None = None
+        self.key_log_entry: tuple[bytes, bytes] | None = None
+        """on success: the wrapped and the plain session key, for a key log"""
         self.leftover = b""
         self._buffer = bytearray()
 
@@ -155,6 +157,7 @@ class ServerHandshake(_Core):
         wrapped = wrap_key(user.public_key, session_key, self.dialect)
         self.user = user
         self.session = Session(self.dialect, session_key, Role.SERVER)
+        self.key_log_entry = (wrapped, session_key)
         self.phase = Phase.DONE
         return build(
             LoginReply, {"status": LoginStatus.OK, "wrapped_key": wrapped}, key_size=len(wrapped)
@@ -258,6 +261,7 @@ class ClientHandshake(_Core):
             raise KeyRejected()
         session_key = self._unwrap(reply.wrapped_key)
         self.session = Session(self.dialect, session_key, Role.CLIENT)
+        self.key_log_entry = (reply.wrapped_key, session_key)
         self.phase = Phase.DONE
 
     def _unwrap(self, wrapped: bytes) -> bytes:

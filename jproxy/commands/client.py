@@ -11,6 +11,7 @@ import gevent
 
 from jproxy.config import ConfigError, host_port, load, resolve
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import Socks5Listener
 from jproxy.keys import KeyFileError, load_client_key
@@ -27,6 +28,7 @@ DEFAULTS = {
     "dialect": "3.1",
     "socks_user": "",
     "socks_password": "",
+    "keylog": "",
 }
 
 
@@ -47,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
         f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
     )
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
+        f" also ${ENVIRONMENT} (off)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -57,6 +65,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
+    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
     password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
     if settings["socks_user"] and not password:
         raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
@@ -69,10 +78,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         key = load_client_key(settings["key"])
+        key_log = open_key_log(settings["keylog"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
         return 2
-    tunnels = TunnelClient(settings["server"], key, settings["dialect"])
+    except OSError as error:
+        sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
+        return 2
+    tunnels = TunnelClient(settings["server"], key, settings["dialect"], key_log=key_log)
     listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
     try:
         listener.start()

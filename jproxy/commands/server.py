@@ -9,6 +9,7 @@ import sys
 
 from jproxy.config import ConfigError, host_port, load, resolve
 from jproxy.handlers.admin import serve_admin
+from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
@@ -27,6 +28,7 @@ DEFAULTS = {
     "idle_timeout": ServerLimits.idle_timeout,
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
+    "keylog": "",
 }
 
 
@@ -58,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
     parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
     parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
+        f" also ${ENVIRONMENT} (off)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -74,6 +82,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         settings[key] = float(settings[key])
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
     settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
     return settings
 
@@ -83,8 +92,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         users = UserDirectory(settings["users"])
+        key_log = open_key_log(settings["keylog"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
+        return 2
+    except OSError as error:
+        sys.stderr.write(f"gjproxy server: cannot open the key log: {error}\n")
         return 2
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
@@ -94,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
         handshake_timeout=settings["handshake_timeout"],
     )
     server = TunnelServer(
-        settings["listen"], users, allow_legacy=settings["allow_legacy"], limits=limits
+        settings["listen"],
+        users,
+        allow_legacy=settings["allow_legacy"],
+        limits=limits,
+        key_log=key_log,
     )
     services: list = []
     try:
