@@ -281,18 +281,10 @@ def _checks(shape: introspect.Integer) -> dict[str, Any]:
     if shape.bounds is not None:
         return {"low": shape.bounds[0], "high": shape.bounds[1]}
     if shape.size == 1 and shape.enum_type is None and not shape.reproduced:
-        allowed = [value for value in range(256) if _accepts(shape.construct, bytes([value]))]
+        allowed = introspect.byte_values(shape.construct)
         if len(allowed) < 256:
             return {"valid": {value: True for value in allowed}}
     return {}
-
-
-def _accepts(construct: c.Construct, data: bytes) -> bool:
-    try:
-        construct.parse(data)
-    except c.ConstructError:
-        return False
-    return True
 
 
 _LUA_OPERATORS = {"==": "==", "!=": "~=", "*": "*", "+": "+", "-": "-", "<": "<", ">": ">"}
@@ -306,9 +298,6 @@ def _expression(expr: Any) -> Lua:
             raise TypeError(f"operator {name} has no Lua form")
         return _LUA_OPERATORS[name]
 
-    def computed() -> str:
-        raise TypeError("a computed length has no Lua form")
-
     body = introspect.render_expression(
         expr,
         path=lambda parts, param: ("p" if param else "v") + "".join(f'["{p}"]' for p in parts),
@@ -318,7 +307,7 @@ def _expression(expr: Any) -> Lua:
         length=lambda text: f"#{text}",
     )
     if "__computed__" in body:
-        computed()
+        raise TypeError("a computed length has no Lua form")
     return Lua(f"function(v, p) return {body} end")
 
 

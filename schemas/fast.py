@@ -38,14 +38,6 @@ def header_of(schema: c.Construct) -> tuple[struct.Struct, tuple[object, ...]]:
     return _struct_of(fields, schema.name), tuple(field.constant for field in fields)
 
 
-def _accepts(schema: c.Construct, data: bytes) -> bool:
-    try:
-        schema.parse(data)
-    except c.ConstructError:
-        return False
-    return True
-
-
 def _optional_tails(field: Field) -> frozenset[bytes]:
     """What an ``Optional`` one-byte trailer lets follow the fixed fields, asked of construct."""
     shape = field.shape
@@ -56,9 +48,8 @@ def _optional_tails(field: Field) -> frozenset[bytes]:
         and shape.options[0].size == 1
     ):
         raise TypeError(f"{field.path} is not an optional one-byte trailer")
-    candidates = (bytes([value]) for value in range(256))
-    option = shape.options[0].construct
-    return frozenset([b"", *(tail for tail in candidates if _accepts(option, tail))])
+    accepted = introspect.byte_values(shape.options[0].construct)
+    return frozenset([b"", *(bytes([value]) for value in accepted)])
 
 
 def _decoder(field: Integer) -> Callable[[int], Any]:

@@ -140,10 +140,6 @@ class Field:
     """descriptions of the nested structs this field is the first of, outermost first"""
 
     @property
-    def name(self) -> str:
-        return self.path.rpartition(".")[2]
-
-    @property
     def size(self) -> int | None:
         return self.shape.size
 
@@ -299,6 +295,21 @@ def field(schema: c.Construct, path: str) -> Field:
         if candidate.path == path:
             return candidate
     raise KeyError(f"{getattr(schema, 'name', schema)} has no field {path}")
+
+
+def byte_values(construct: c.Construct) -> dict[int, Any]:
+    """What a one-byte ``construct`` parses each byte value to; values it refuses are left out.
+
+    Asking construct about all 256 values gives a derived reader the field's checks
+    (constants, enums, ranges, validators) without writing them a second time.
+    """
+    values = {}
+    for value in range(256):
+        try:
+            values[value] = construct.parse(bytes([value]))
+        except c.ConstructError:
+            continue
+    return values
 
 
 def packed_size(schema: c.Construct) -> int:

@@ -284,18 +284,9 @@ _REFUSED = object()
 
 
 def _byte_table(field: c.Construct) -> tuple[object, ...]:
-    """What the one-byte ``field`` decodes each byte value to, or ``_REFUSED``.
-
-    Parsing all 256 values once with the schema's own field gives the fast path its checks
-    (constants, enums, ranges) without writing them a second time.
-    """
-    table: list[object] = []
-    for value in range(256):
-        try:
-            table.append(field.parse(bytes([value])))
-        except c.ConstructError:
-            table.append(_REFUSED)
-    return tuple(table)
+    """What the one-byte ``field`` decodes each byte value to, or ``_REFUSED``."""
+    values = introspect.byte_values(field)
+    return tuple(values.get(value, _REFUSED) for value in range(256))
 
 
 class _ByteHeader:
