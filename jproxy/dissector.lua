@@ -253,6 +253,9 @@ end
 --   items: what to show, {field, at, len, value, problem}
 --   values: field values by name (what later length rules and conditions read)
 --   stop: nil when every field was read, "short" when the data ended early, "bad" on a defect
+-- `whole` says that the packet must end where the data ends (a decrypted message), rather
+-- than be followed by the next one (a stream). Fields of nested structs are flattened, so
+-- `values` holds the latest field of each name: what construct's `this` sees in a struct.
 
 local run_fields
 
@@ -330,7 +333,7 @@ local function read_item(item, data, at, values, params, result)
   elseif kind == "nothing" then
     return at
   elseif kind == "end" then
-    if at <= #data then
+    if result.whole and at <= #data then
       result.items[#result.items + 1] = {
         at = at, len = #data - at + 1, problem = (#data - at + 1) .. " trailing bytes after the end of the packet",
       }
@@ -351,10 +354,8 @@ run_fields = function(fields, data, at, values, params, result)
 end
 
 local function run(program, data, at, params, whole)
-  local result = { items = {}, values = {}, problems = 0 }
-  local fields = program.fields
-  if not whole then fields = program.stream_fields end
-  local after, stop = run_fields(fields, data, at, result.values, params, result)
+  local result = { items = {}, values = {}, problems = 0, whole = whole }
+  local after, stop = run_fields(program.fields, data, at, result.values, params, result)
   result.stop, result.after = stop, after
   return result
 end
@@ -610,7 +611,6 @@ local function register(spec)
   local proto, fields, experts = new_protocol(spec)
   for _, program in pairs(spec.programs) do
     bind(fields, program.fields)
-    bind(fields, program.stream_fields)
   end
   proto.prefs.port = Pref.uint("TCP port", spec.port, "the TCP port of the " .. spec.description)
   if spec.frames then

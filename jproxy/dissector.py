@@ -180,10 +180,7 @@ def _protocol(protocol: Protocol, enums: dict[str, type[enum.IntEnum]]) -> dict[
             for f in introspect.fields(schema)
             if f.path or f.size != 0 or f.construct is c.Terminated
         ]
-        programs[schema.name] = {
-            "fields": items,
-            "stream_fields": [item for item in items if item["kind"] != "end"],
-        }
+        programs[schema.name] = {"fields": items}
     messages = {DIRECTIONS[d]: {} for d in Direction}
     for (direction, code), schema in protocol.messages.items():
         messages[DIRECTIONS[direction]][int(code)] = schema.name
@@ -340,6 +337,9 @@ def _lua(value: Any, depth: int) -> str:
         raw = value.encode("utf-8") if isinstance(value, str) else value
         return '"' + "".join(_lua_char(b) for b in raw) + '"'
     pad, inner = "  " * depth, "  " * (depth + 1)
+    flat = _flat_table(value)
+    if flat is not None and len(inner) + len(flat) <= 140:
+        return flat
     if isinstance(value, list | tuple):
         if not value:
             return "{}"
@@ -351,6 +351,18 @@ def _lua(value: Any, depth: int) -> str:
     else:
         raise TypeError(f"{value!r} has no Lua form")
     return "{\n" + "\n".join(parts) + f"\n{pad}}}"
+
+
+def _flat_table(value: Any) -> str | None:
+    """``value`` as a one-line Lua table when it holds only numbers, strings and booleans."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    if any(isinstance(item, list | tuple | dict) for _, item in items):
+        return None
+    if isinstance(value, dict):
+        parts = [f"{_key(k)} = {_lua(v, 0)}" for k, v in value.items()]
+    else:
+        parts = [_lua(item, 0) for item in value]
+    return "{ " + ", ".join(parts) + " }" if parts else "{}"
 
 
 def _key(key: Any) -> str:
