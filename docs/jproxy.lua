@@ -707,7 +707,9 @@ local function words(block)
   }
 end
 
--- H * x^i for i = 0..127: a product is then the XOR of the entries of the bits set.
+-- Byte tables of the multiplication by H: entry [j][b] is the product of H with a block whose
+-- only non-zero byte is b at position j (built from H * x^i for i = 0..127), so a product is
+-- the XOR of 16 entries.
 local function ghash_table(h)
   local v = words(h)
   local powers = {}
@@ -720,24 +722,31 @@ local function ghash_table(h)
     v[1] = rshift(v[1], 1)
     if carry == 1 then v[1] = bxor(v[1], 0xe1000000) end
   end
-  return powers
+  local tables = {}
+  for j = 0, 15 do
+    local t = { [0] = { 0, 0, 0, 0 } }
+    for b = 1, 255 do
+      local bit = 0
+      while not btest(b, lshift(1, bit)) do bit = bit + 1 end
+      local rest, p = t[b - lshift(1, bit)], powers[j * 8 + 7 - bit]
+      t[b] = { bxor(rest[1], p[1]), bxor(rest[2], p[2]), bxor(rest[3], p[3]), bxor(rest[4], p[4]) }
+    end
+    tables[j + 1] = t
+  end
+  return tables
 end
 
-local function ghash(powers, data)
+local function ghash(tables, data)
   local y1, y2, y3, y4 = 0, 0, 0, 0
   for start = 1, #data, 16 do
-    local x = words(data:sub(start, start + 15))
-    x[1], x[2], x[3], x[4] = bxor(x[1], y1), bxor(x[2], y2), bxor(x[3], y3), bxor(x[4], y4)
+    local b = { byte(data, start, start + 15) }
+    local y = { y1, y2, y3, y4 }
     y1, y2, y3, y4 = 0, 0, 0, 0
-    for word = 1, 4 do
-      local value = x[word]
-      local base = (word - 1) * 32
-      for bit = 0, 31 do
-        if btest(value, lshift(1, 31 - bit)) then
-          local p = powers[base + bit]
-          y1, y2, y3, y4 = bxor(y1, p[1]), bxor(y2, p[2]), bxor(y3, p[3]), bxor(y4, p[4])
-        end
-      end
+    for j = 1, 16 do
+      local word = y[rshift(j - 1, 2) + 1]
+      local shift = 24 - 8 * ((j - 1) % 4)
+      local e = tables[j][bxor(b[j], band(rshift(word, shift), 0xff))]
+      y1, y2, y3, y4 = bxor(y1, e[1]), bxor(y2, e[2]), bxor(y3, e[3]), bxor(y4, e[4])
     end
   end
   local out = {}
@@ -774,7 +783,7 @@ local function gcm_open(cipher, nonce, body, aad)
     end
     return char(unpack(c))
   end
-  local s = ghash(cipher.powers, zero_padded(aad) .. zero_padded(ciphertext)
+  local s = ghash(cipher.tables, zero_padded(aad) .. zero_padded(ciphertext)
     .. be64(#aad * 8) .. be64(#ciphertext * 8))
   local expected = xor_strings(encrypt_block(cipher.w, counter), s)
   if expected ~= tag then return nil end
@@ -795,7 +804,7 @@ end
 
 local function new_cipher(key)
   local w = expand_key(key)
-  return { w = w, powers = ghash_table(encrypt_block(w, string.rep("\0", 16))) }
+  return { w = w, tables = ghash_table(encrypt_block(w, string.rep("\0", 16))) }
 end
 
 local function unpad(padded)
