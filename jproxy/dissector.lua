@@ -528,7 +528,7 @@ local function open_frame(state, dir, counter, header, body, keylog_path)
   elseif state.dialect == "ecb" then
     padded = ecb_open(state.cipher, body)
   else
-    return nil, "unknown dialect: the hello was not seen"
+    return nil, "no dialect: the hello was not captured, or named an unknown minor version"
   end
   local message = unpad(padded)
   if message == nil then return nil, "bad PKCS#7 padding" end

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 from jproxy import dissector, keylog
 from jproxy.crypto import MAX_MESSAGE, EcbSealer, GcmSealer
@@ -83,7 +86,7 @@ def tshark_pdml(pcap: Path, *options: str) -> ET.Element:
         env={**os.environ, "HOME": str(pcap.parent)},
     )
     assert run.returncode == 0, run.stderr
-    assert "Lua: Error" not in run.stderr, run.stderr
+    assert "Lua Error" not in run.stderr + run.stdout, run.stderr
     return ET.fromstring(run.stdout)
 
 
@@ -352,3 +355,26 @@ def test_admin_exchange_dissected(tmp_path: Path) -> None:
             if x == direction
         ]
         assert shown[direction] == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_damaged_tunnels_never_break_the_dissector(tmp_path: Path, seed: int) -> None:
+    """Bytes changed or cut anywhere: the tunnel is still shown, and never a Lua error."""
+    generator = random.Random(seed)
+    dialect = list(Dialect)[seed % 2]
+    messages = [(direction, data) for direction, _, data in _vector_messages()]
+    chunks = [list(chunk) for chunk in _tunnel(dialect, messages)]
+    for _ in range(4):
+        chunk = generator.choice(chunks)
+        damaged = bytearray(chunk[1])
+        damaged[generator.randrange(len(damaged))] ^= 1 + generator.randrange(255)
+        chunk[1] = bytes(damaged)
+    cut = generator.choice(chunks)
+    cut[1] = cut[1][: generator.randrange(len(cut[1]) + 1)]
+    pcap = tmp_path / "damaged.pcap"
+    write_pcap(pcap, [(direction, data) for direction, data in chunks])
+    key_log = _key_log(tmp_path / "keys.log", WRAPPED, KEY)
+
+    root = tshark_pdml(pcap, "-o", f"jproxy.keylog:{key_log}")
+
+    assert root.findall(".//proto[@name='jproxy']")
