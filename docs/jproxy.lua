@@ -581,6 +581,7 @@ local DECODERS
 local band, bxor, bor = bit32.band, bit32.bxor, bit32.bor
 local lshift, rshift, btest = bit32.lshift, bit32.rshift, bit32.btest
 local byte, char, concat = string.byte, string.char, table.concat
+local unpack = table.unpack or unpack
 
 -- ---- AES-128 -------------------------------------------------------------------------------
 
@@ -1049,15 +1050,23 @@ end
 
 -- ---- the key log ---------------------------------------------------------------------------
 
-local key_log = { path = nil, keys = {} }
+-- Read again only when the file has grown: a live capture may see a tunnel before its line.
+local key_log = { path = nil, keys = {}, size = -1 }
 
 local function session_key(wrapped_prefix, path)
   if path == nil or path == "" then return nil end
-  if key_log.path ~= path then key_log.path, key_log.keys = path, {} end
+  if key_log.path ~= path then key_log.path, key_log.keys, key_log.size = path, {}, -1 end
   local found = key_log.keys[wrapped_prefix]
   if found then return found end
   local file = io.open(path, "r")
   if not file then return nil end
+  local size = file:seek("end")
+  if size == key_log.size then
+    file:close()
+    return nil
+  end
+  key_log.size = size
+  file:seek("set")
   for line in file:lines() do
     local label, id, key = line:match("^(%S+) (%x+) (%x+)%s*$")
     if label == SCHEMA.key_log.label and #key == 32 then key_log.keys[id:lower()] = unhex(key) end
