@@ -62,7 +62,10 @@ PROTOCOLS = (
         },
         frames=jproxy.Frame,
         messages=jproxy.MESSAGES,
-        learn={"Hello": {"minor": "dialect"}, "LoginReply": {"wrapped_key": "wrapped_key"}},
+        learn={
+            jproxy.Hello.name: {"minor": "dialect"},
+            jproxy.LoginReply.name: {"wrapped_key": "wrapped_key"},
+        },
     ),
     Protocol(
         name="jproxy_admin",
