@@ -45,7 +45,7 @@ local SCHEMA = {
           kind = "uint",
           size = 1,
           enum = "ConnectStatus",
-          blurb = "connect status; associate status; 0 reply received, 3 timed out, ...",
+          blurb = "connect status (7 is gjproxy's, 3.1 only: a 3.0 peer gets 1 instead); associate status; 0 reply received, 3 timed out, ...",
         },
         {
           abbr = "jproxy.wrapped_key",
@@ -90,7 +90,7 @@ local SCHEMA = {
           kind = "uint",
           size = 1,
           enum = "AddressType",
-          blurb = "1 IPv4, 3 DNS name, 4 IPv6",
+          blurb = "1 IPv4, 2 IPv6, 3 DNS name; SOCKS5's 4 for IPv6 is unknown here",
         },
         {
           abbr = "jproxy.address.host",
@@ -527,7 +527,7 @@ local SCHEMA = {
     },
   },
   enums = {
-    AddressType = { [1] = "IPV4", [3] = "DOMAIN", [4] = "IPV6" },
+    AddressType = { [1] = "IPV4", [2] = "IPV6", [3] = "DOMAIN" },
     AuthStatus = { [0] = "OK", [1] = "BAD_CREDENTIALS", [2] = "BAD_VERSION", [3] = "INTERNAL_ERROR" },
     ConnectStatus = {
       [0] = "OK",
@@ -537,6 +537,7 @@ local SCHEMA = {
       [4] = "UNREACHABLE",
       [5] = "UNKNOWN_HOST",
       [6] = "CONNECTION_LIMIT",
+      [7] = "NOT_ALLOWED",
     },
     DisconnectReason = { [1] = "GENERAL", [2] = "CLIENT_CLOSED", [3] = "BROKEN_PIPE", [4] = "RESET" },
     HandshakeStatus = { [0] = "OK", [1] = "REFUSED" },
@@ -568,7 +569,7 @@ local SCHEMA = {
   },
   dialects = { [0] = "ecb", [1] = "gcm" },
   nonce_prefix = { c2s = "\000\000\000\001", s2c = "\000\000\000\002" },
-  address_sizes = { [1] = 4, [4] = 16 },
+  address_sizes = { [1] = 4, [2] = 16 },
   key_log = { label = "JPROXY_SESSION_KEY", prefix_bytes = 16 },
 }
 

@@ -201,8 +201,9 @@ class KeyRejected(FatalLoginError):
 class LegacyServer(FatalLoginError):
     def __init__(self) -> None:
         super().__init__(
-            "this server looks like a jProxy 3.0 server: use --dialect 3.0"
-            " (and the server needs --allow-legacy)"
+            "this server looks like a jProxy 3.0 server: for the Java server, use"
+            " --dialect 3.0; for a gjproxy server, start it with --allow-legacy and use"
+            " --dialect 3.0"
         )
 
 

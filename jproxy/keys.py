@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from schemas import WireError, build, parse
-from schemas.keys import SALT_SIZE, ClientKeyFile, UserFile
+from schemas.keys import SALT_SIZE, ClientKeyFile, UserFile, encode_modified_utf8
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,10 @@ class UserRecord:
 def _check_user_name(user: str) -> None:
     if not user or not user.isprintable():
         raise ValueError("a user name must be non-empty printable text")
-    if len(user.encode("utf-8")) > MAX_USER_NAME_SIZE:
-        raise ValueError(f"a user name must be at most {MAX_USER_NAME_SIZE} bytes of UTF-8")
+    if len(encode_modified_utf8(user)) > MAX_USER_NAME_SIZE:
+        raise ValueError(
+            f"a user name must be at most {MAX_USER_NAME_SIZE} bytes in Java's modified UTF-8"
+        )
 
 
 def _check_rsa_size(key: rsa.RSAPrivateKey | rsa.RSAPublicKey, where: str) -> None:

@@ -91,7 +91,9 @@ def test_live_tunnel_decrypted_from_the_key_log(workdir: Path, tmp_path: Path, d
     (site / "page").write_bytes(os.urandom(BODY_SIZE))
     web = serve_files(site)
     server_log, client_log = workdir / "server-keys.log", workdir / "client-keys.log"
-    server = start_server(workdir, "--allow-legacy", "--keylog", str(server_log))
+    server = start_server(
+        workdir, "--allow-legacy", "--allow-egress", "127.0.0.1/32", "--keylog", str(server_log)
+    )
     pcap = tmp_path / "live.pcap"
     capture = Capture(pcap, server.port)
     client = start_client(

@@ -55,7 +55,8 @@ def test_rows_of_jproxy_packets() -> None:
             "5",
             "1",
             "address.type",
-            "destination: 1 IPv4, 3 DNS name, 4 IPv6; values: IPV4 = 1, DOMAIN = 3, IPV6 = 4",
+            "destination: 1 IPv4, 2 IPv6, 3 DNS name; SOCKS5's 4 for IPv6 is unknown here;"
+            " values: IPV4 = 1, IPV6 = 2, DOMAIN = 3",
         ),
         docs.Row(
             "6",

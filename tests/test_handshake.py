@@ -159,8 +159,8 @@ def test_secure_client_says_when_the_server_looks_like_java() -> None:
     with pytest.raises(handshake.LegacyServer) as caught:
         _feed_bytewise(client, _java_server_replies())
     assert str(caught.value) == (
-        "this server looks like a jProxy 3.0 server: use --dialect 3.0"
-        " (and the server needs --allow-legacy)"
+        "this server looks like a jProxy 3.0 server: for the Java server, use --dialect 3.0;"
+        " for a gjproxy server, start it with --allow-legacy and use --dialect 3.0"
     )
     assert caught.value.fatal
 

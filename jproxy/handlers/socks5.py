@@ -13,10 +13,11 @@ from collections.abc import Mapping
 
 import gevent
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.tunnel import TunnelClosed
+from jproxy.hostnames import for_log
 from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
     ConnectRequested,
@@ -53,7 +54,7 @@ class Socks5Listener:
         self.handshake_timeout = handshake_timeout
         # A browser or a load test opens many connections at once: a listen backlog of
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
-        self._server = StreamServer(
+        self._server = Acceptor(
             listen, self._handle, spawn=Pool(max_clients), backlog=LISTEN_BACKLOG
         )
 
@@ -104,7 +105,7 @@ class Socks5Listener:
                         return event
 
     def _connect(self, sock: socket.socket, core: Socks5Server, request: ConnectRequested) -> None:
-        target = f"{request.host}:{request.port}"
+        target = f"{for_log(request.host)}:{request.port}"
         try:
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
