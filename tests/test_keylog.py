@@ -31,8 +31,9 @@ def test_off_unless_asked_for_and_the_flag_beats_environment_and_file(tmp_path: 
 def test_lines_are_appended_to_a_file_only_its_owner_reads(tmp_path: Path) -> None:
     path = tmp_path / "keys.log"
     path.write_text("earlier line\n")
-    path.chmod(0o600)
+    path.chmod(0o644)
     key_log = open_key_log(str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     key_log.record(bytes(range(256)), bytes(range(16)))
     assert path.read_text().splitlines() == [
         "earlier line",

@@ -1,8 +1,8 @@
 """The key log file: session keys of tunnels, for decrypting captures (docs/dissector.md).
 
 Off unless asked for (``--keylog FILE``, ``GJPROXY_KEYLOG``, ``keylog`` in the config file).
-Anyone who reads the file can read the tunnels it names, so it is created with mode 0600 and
-written to by appending only.
+Anyone who reads the file can read the tunnels it names, so it is kept at mode 0600 (also
+when it existed before) and written to by appending only.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class KeyLog:
     def __init__(self, path: str) -> None:
         self.path = path
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(descriptor, 0o600)  # a file made beforehand may have let others read it
         self._file = os.fdopen(descriptor, "a", encoding="ascii")
         log.warning("key log on: session keys of every tunnel are written to %s", path)
 
