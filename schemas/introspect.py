@@ -56,7 +56,6 @@ class Blob(Shape):
     constant: bytes | None = None
     encoding: str | None = None
     """text encoding when the bytes are a string (``StringEncoded``)"""
-    padding: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def shape_of(construct: c.Construct) -> Shape:
             return Blob(inner, size, blob.length, encoding=inner.encoding)
         return blob
     if isinstance(inner, c.Padded) and inner.subcon is c.Pass:
-        return Blob(inner, size, inner.length, padding=True)
+        return Blob(inner, size, inner.length)  # reserved bytes (``Padding``)
     if isinstance(inner, c.Bytes):
         return Blob(inner, size, inner.length)
     if inner is c.GreedyBytes:
