@@ -1125,12 +1125,12 @@ local function next_pdu(spec, state, dir, data, at, prefs)
   local phase = state.phase[dir]
   local name = sequence[phase] or spec.frames
   if name == nil then
-    return { name = "data", length = #data - at + 1, problem = "data after the last message" }
+    return { name = "data", at = at, length = #data - at + 1, problem = "data after the last message" }
   end
   local program = spec.programs[name]
   local result = run(program, data, at, { key_size = prefs.key_size }, false)
   if result.stop == "short" then return nil end
-  local entry = { name = name, result = result, length = (result.after or #data + 1) - at }
+  local entry = { name = name, result = result, at = at, length = (result.after or #data + 1) - at }
   if result.stop then entry.length = #data - at + 1 end
   local values = result.values
   if sequence[phase] then
@@ -1175,7 +1175,7 @@ local function show_pdu(spec, fields, experts, entry, tvb, offset, tree, dir)
   local subtree = tree:add(fields[spec.name .. ".message"], tvb(offset, entry.length), entry.name)
   subtree:set_text(entry.name .. (entry.counter and string.format(" #%d (%s)", entry.counter, dir) or ""))
   if entry.problem then subtree:add_proto_expert_info(experts.malformed, entry.problem) return label end
-  show(entry.result, tvb, 0, subtree, experts.malformed, entry.name)
+  show(entry.result, tvb, offset - entry.at + 1, subtree, experts.malformed, entry.name)
   if entry.counter == nil then return label end
   if entry.no_key then
     subtree:add_proto_expert_info(experts.no_key, "no key for this tunnel: set the key log preference")
@@ -1212,10 +1212,27 @@ local function register(spec)
     proto.prefs.key_size = Pref.uint("RSA key bytes", 256,
       "length of the wrapped session key in the login reply (the RSA modulus, 256 for 2048 bits)")
   end
-  local states, cache = {}, {}
+  -- What the first pass found, by the packet where each PDU ends: later passes (a click in
+  -- the GUI, tshark -2) get the same PDUs, though not always in the same tvb, and must not
+  -- run the stream state (phases, GCM counters) again.
+  local states, found = {}, {}
 
   function proto.init()
-    states, cache = {}, {}
+    states, found = {}, {}
+  end
+
+  local function fingerprint(data, at, length)
+    if at + length - 1 > #data then return nil end
+    return data:sub(at, at + math.min(length, 16) - 1) .. data:sub(math.max(at, at + length - 16), at + length - 1)
+  end
+
+  local function recall(pinfo, data, at, taken)
+    for index, known in ipairs(found[pinfo.number] or {}) do
+      if not taken[index] and fingerprint(data, at, known.entry.length) == known.fingerprint then
+        taken[index] = true
+        return known.entry
+      end
+    end
   end
 
   function proto.dissector(tvb, pinfo, tree)
@@ -1223,15 +1240,20 @@ local function register(spec)
     local data = tvb:raw()
     local prefs = {}
     if spec.frames then prefs = { keylog = proto.prefs.keylog, key_size = proto.prefs.key_size } end
-    local root = tree:add(proto, tvb())
+    local root  -- added with the first whole PDU: a segment that only starts one shows none
     local labels = {}
-    local at = 1
+    local at, taken = 1, {}
     while at <= #data do
-      local key = pinfo.number .. ":" .. #data .. ":" .. at
-      local entry = cache[key]
-      if entry == nil and not pinfo.visited then
+      local entry
+      if pinfo.visited then
+        entry = recall(pinfo, data, at, taken)
+      else
         entry = next_pdu(spec, state, dir, data, at, prefs)
-        cache[key] = entry
+        if entry then
+          found[pinfo.number] = found[pinfo.number] or {}
+          local list = found[pinfo.number]
+          list[#list + 1] = { entry = entry, fingerprint = fingerprint(data, at, entry.length) }
+        end
       end
       if entry == nil then
         pinfo.desegment_offset = at - 1
@@ -1239,6 +1261,7 @@ local function register(spec)
         at = #data + 1
         break
       end
+      root = root or tree:add(proto, tvb())
       labels[#labels + 1] = show_pdu(spec, fields, experts, entry, tvb, at - 1, root, dir)
       at = at + entry.length
     end
