@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import enum
 import importlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import construct as c
-from construct.expr import BinExpr, opnames
 
 from jproxy.crypto import MAX_MESSAGE
-from schemas import jproxy
+from schemas import introspect, jproxy
 from schemas.fast import TCP_PACKET
-from schemas.fields import StrictEnum
 
 SCHEMA_MODULES = ("schemas.jproxy", "schemas.keys", "schemas.admin", "schemas.socks5")
 """Documented in this order; a module not written yet is left out until it lands."""
@@ -238,105 +235,70 @@ def _table_line(cells: Sequence[str]) -> str:
 
 def packet_rows(schema: c.Construct) -> list[Row]:
     """One row per field of a top-level packet, nested structs flattened to dotted names."""
-    rows, _ = _struct_rows(schema, prefix="", context="", offset=0)
-    return rows
-
-
-def _struct_rows(
-    struct: c.Struct, prefix: str, context: str, offset: int | None
-) -> tuple[list[Row], int | None]:
-    """Rows of ``struct``'s fields; ``context`` (the enclosing field's doc) opens the first."""
-    rows: list[Row] = []
-    for field in struct.subcons:
-        size = _fixed_size(field)
-        if not field.name and (field is c.Terminated or size == 0):
+    rows = []
+    for field in introspect.fields(schema):
+        if not field.path and field.size == 0:
             continue  # checks that occupy no bytes, like the end-of-packet check
-        name = f"{prefix}{field.name or '(unnamed)'}"
-        meaning = f"{context}: {field.docs}" if context and not rows else field.docs
-        inner = _unrenamed(field)
-        if isinstance(inner, c.Struct):
-            nested, offset = _struct_rows(inner, f"{name}.", meaning, offset)
-            rows += nested
-            continue
-        values = _enum_values(field)
+        meaning = ": ".join((*field.opens, field.description)) if field.opens else field.description
+        values = _enum_values(field.shape)
         rows.append(
             Row(
-                offset="var" if offset is None else str(offset),
-                length=_length(field),
-                name=name,
+                offset="var" if field.offset is None else str(field.offset),
+                length=_length(field.shape),
+                name=field.path or "(unnamed)",
                 meaning=f"{meaning}; values: {values}" if values else meaning,
             )
         )
-        offset = None if offset is None or size is None else offset + size
-    return rows, offset
+    return rows
 
 
-def _unrenamed(field: c.Construct) -> c.Construct:
-    while isinstance(field, c.Renamed):
-        field = field.subcon
-    return field
-
-
-def _enum_values(field: c.Construct) -> str:
+def _enum_values(shape: introspect.Shape) -> str:
     """``"OK = 0, REFUSED = 1"`` for a StrictEnum field, else ``""``."""
-    while isinstance(field, c.Subconstruct):
-        if isinstance(field, StrictEnum):
-            return ", ".join(f"{member.name} = {member.value}" for member in field.enum_type)
-        field = field.subcon
+    if isinstance(shape, introspect.Integer) and shape.enum_type is not None:
+        return ", ".join(f"{member.name} = {member.value}" for member in shape.enum_type)
     return ""
 
 
-def _fixed_size(field: c.Construct) -> int | None:
-    try:
-        return field.sizeof()
-    except (c.SizeofError, LookupError):  # depends on earlier fields or parameters
-        return None
-
-
-def _length(field: c.Construct) -> str:
+def _length(shape: introspect.Shape) -> str:
     """The field's length in bytes, or the expression that gives it."""
-    size = _fixed_size(field)
-    if size is not None:
-        return str(size)
-    if isinstance(field, c.Bytes):
-        return expression(field.length)
-    if field is c.GreedyBytes:
+    if shape.size is not None:
+        return str(shape.size)
+    if isinstance(shape, introspect.Blob):
+        return expression(shape.length)
+    if isinstance(shape, introspect.Rest):
         return "rest"
-    if isinstance(field, c.Prefixed):
-        return f"{_length(field.lengthfield)} + n"
-    if isinstance(field, c.Array):
-        return _times(expression(field.count), _length(field.subcon))
-    if isinstance(field, c.IfThenElse):
+    if isinstance(shape, introspect.Prefixed):
+        return f"{_length(shape.length)} + n"
+    if isinstance(shape, introspect.Repeat):
+        return _times(expression(shape.count), _length(shape.element))
+    if isinstance(shape, introspect.Conditional):
         return (
-            f"{_length(field.thensubcon)} if {expression(field.condfunc)},"
-            f" else {_length(field.elsesubcon)}"
+            f"{_length(shape.then)} if {expression(shape.condition)},"
+            f" else {_length(shape.otherwise)}"
         )
-    if isinstance(field, c.Select):
-        return " or ".join(_length(choice) for choice in field.subcons)
-    if isinstance(field, c.Switch):
-        return _switch_length(field)
-    if isinstance(field, c.Struct | c.Sequence | c.FocusedSeq):
-        return _sum(field.subcons)
-    if isinstance(field, c.Subconstruct):
-        return _length(field.subcon)
+    if isinstance(shape, introspect.Choice):
+        return " or ".join(_length(option) for option in shape.options)
+    if isinstance(shape, introspect.Switch):
+        return _switch_length(shape)
+    if isinstance(shape, introspect.Record):
+        return _sum([field.shape for field in shape.fields])
     return "var"
 
 
-def _switch_length(field: c.Switch) -> str:
-    cases = [f"{_length(sub)} if {_value(key)}" for key, sub in field.cases.items()]
-    if field.default is not c.Error:
-        cases.append(f"else {_length(field.default)}")
-    return f"by {expression(field.keyfunc)}: {', '.join(cases)}"
+def _switch_length(shape: introspect.Switch) -> str:
+    cases = [f"{_length(case)} if {_value(key)}" for key, case in shape.cases.items()]
+    if shape.default is not None:
+        cases.append(f"else {_length(shape.default)}")
+    return f"by {expression(shape.key)}: {', '.join(cases)}"
 
 
-def _sum(fields: list[c.Construct]) -> str:
+def _sum(shapes: list[introspect.Shape]) -> str:
     fixed, terms = 0, []
-    for field in fields:
-        size = _fixed_size(field)
-        if size is None:
-            terms.append(_length(field))
+    for shape in shapes:
+        if shape.size is None:
+            terms.append(_length(shape))
         else:
-            fixed += size
+            fixed += shape.size
     return " + ".join(([str(fixed)] if fixed else []) + terms) or "0"
 
 
@@ -346,30 +308,16 @@ def _times(count: str, each: str) -> str:
     return f"{count}*{each}" if each.isdigit() else f"{count}*({each})"
 
 
-_CONTEXT_PATH = re.compile(r"this((?:\['\w+'\])+)")
-_ENUM_REPR = re.compile(r"<\w+\.(\w+): -?\d+>")
-_HIDDEN_PATH_PARTS = {"_params", "_", "_root"}
-
-
 def expression(expr: Any) -> str:
     """A construct expression as a reader writes it: ``this.blocks * 16`` -> ``blocks * 16``."""
-    if isinstance(expr, BinExpr):
-        operands = [
-            f"({expression(side)})" if isinstance(side, BinExpr) else expression(side)
-            for side in (expr.lhs, expr.rhs)
-        ]
-        return f"{operands[0]} {opnames[expr.op]} {operands[1]}"
-    if isinstance(expr, int | str | bytes):
-        return _value(expr)
-    if callable(expr) and not isinstance(expr, c.ExprMixin):
-        return "computed"
-    text = _CONTEXT_PATH.sub(_dotted_path, repr(expr))
-    return _ENUM_REPR.sub(r"\1", text).replace("len_(", "len(")
-
-
-def _dotted_path(match: re.Match[str]) -> str:
-    parts = re.findall(r"\['(\w+)'\]", match.group(1))
-    return ".".join(part for part in parts if part not in _HIDDEN_PATH_PARTS)
+    return introspect.render_expression(
+        expr,
+        path=lambda parts, _param: ".".join(parts),
+        value=_value,
+        operator=lambda name: name,
+        computed="computed",
+        length=lambda text: f"len({text})",
+    )
 
 
 def _value(value: Any) -> str:

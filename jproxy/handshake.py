@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import enum
 
-import construct as c
-
 from jproxy.crypto import KeyUnwrapError, new_session_key, unwrap_key, wrap_key
 from jproxy.keys import ClientKey, UserDirectory, UserRecord
 from jproxy.session import Role, Session
 from schemas import WireError, build, parse
+from schemas.introspect import field, packed_size
 from schemas.jproxy import (
     MAJOR_VERSION,
     Dialect,
@@ -29,15 +28,10 @@ from schemas.jproxy import (
     LoginStatus,
 )
 
-
-def _fixed_size(schema: c.Construct) -> int:
-    return sum(field.sizeof() for field in schema.subcons if field is not c.Terminated)
-
-
-HELLO_SIZE = _fixed_size(Hello)
-HELLO_REPLY_SIZE = _fixed_size(HelloReply)
-LOGIN_REQUEST_SIZE = _fixed_size(LoginRequest)
-LOGIN_STATUS_SIZE = LoginReply.subcons[0].sizeof()
+HELLO_SIZE = packed_size(Hello)
+HELLO_REPLY_SIZE = packed_size(HelloReply)
+LOGIN_REQUEST_SIZE = packed_size(LoginRequest)
+LOGIN_STATUS_SIZE = field(LoginReply, "status").size
 
 _HELLO_ACCEPTED = build(HelloReply, {"status": HandshakeStatus.OK})
 _HELLO_REFUSED = build(HelloReply, {"status": HandshakeStatus.REFUSED})
@@ -68,6 +62,8 @@ class _Core:
     def __init__(self) -> None:
         self.phase = Phase.HELLO
         self.session: Session | None = None
+        self.key_log_entry: tuple[bytes, bytes] | None = None
+        """on success: the wrapped and the plain session key, for a key log"""
         self.leftover = b""
         self._buffer = bytearray()
 
@@ -163,6 +159,7 @@ class ServerHandshake(_Core):
         wrapped = wrap_key(user.public_key, session_key, self.dialect)
         self.user = user
         self.session = Session(self.dialect, session_key, Role.SERVER)
+        self.key_log_entry = (wrapped, session_key)
         self.phase = Phase.DONE
         return build(
             LoginReply, {"status": LoginStatus.OK, "wrapped_key": wrapped}, key_size=len(wrapped)
@@ -267,6 +264,7 @@ class ClientHandshake(_Core):
             raise KeyRejected()
         session_key = self._unwrap(reply.wrapped_key)
         self.session = Session(self.dialect, session_key, Role.CLIENT)
+        self.key_log_entry = (reply.wrapped_key, session_key)
         self.phase = Phase.DONE
 
     def _unwrap(self, wrapped: bytes) -> bytes:

@@ -15,6 +15,7 @@ import construct as c
 
 from schemas.errors import WireError
 from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse
+from schemas.introspect import field
 
 MAGIC = b"jProxy"
 MAJOR_VERSION = 3
@@ -385,7 +386,7 @@ MESSAGES: dict[tuple[Direction, MessageType], c.Construct] = {
     (C2S, MessageType.ICMP_ECHO): IcmpEchoRequest,
     (S2C, MessageType.ICMP_ECHO): IcmpEchoReply,
     **{
-        (direction, MessageType(schema.subcons[0].subcon.value)): schema
+        (direction, MessageType(field(schema, "type").integer.constant)): schema
         for schema in (
             TcpPacket,
             TcpDisconnect,

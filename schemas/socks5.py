@@ -16,13 +16,15 @@ import enum
 import functools
 import io
 import ipaddress
+import itertools
 import operator
 import struct
 from typing import Generic, NamedTuple, TypeVar
 
 import construct as c
 
-from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse, unnamed
+from schemas import introspect
+from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse
 
 VERSION = 5
 PASSWORD_AUTH_VERSION = 1
@@ -290,51 +292,17 @@ _REFUSED = object()
 
 
 def _byte_table(field: c.Construct) -> tuple[object, ...]:
-    """What the one-byte ``field`` decodes each byte value to, or ``_REFUSED``.
-
-    Parsing all 256 values once with the schema's own field gives the fast path its checks
-    (constants, enums, ranges) without writing them a second time.
-    """
-    table: list[object] = []
-    for value in range(256):
-        try:
-            table.append(field.parse(bytes([value])))
-        except c.ConstructError:
-            table.append(_REFUSED)
-    return tuple(table)
-
-
-def _is_one_byte(field: c.Construct) -> bool:
-    try:
-        return field.sizeof() == 1
-    except c.SizeofError:  # the size depends on earlier fields
-        return False
-
-
-def _leading_byte_fields(schema: c.Struct) -> tuple[list[c.Construct], bool]:
-    """The run of one-byte fields ``schema`` starts with (nested structs entered), and whether
-    that run is the whole of ``schema``."""
-    fields: list[c.Construct] = []
-    for field in schema.subcons:
-        nested = unnamed(field)
-        if isinstance(nested, c.Struct):
-            inner, whole = _leading_byte_fields(nested)
-            fields += inner
-            if not whole:
-                return fields, False
-        elif _is_one_byte(field):
-            fields.append(field)
-        else:
-            return fields, False
-    return fields, True
+    """What the one-byte ``field`` decodes each byte value to, or ``_REFUSED``."""
+    values = introspect.byte_values(field)
+    return tuple(values.get(value, _REFUSED) for value in range(256))
 
 
 class _ByteHeader:
     """The one-byte fields a packet starts with, each checked against its byte table."""
 
     def __init__(self, schema: c.Struct) -> None:
-        fields, _ = _leading_byte_fields(schema)
-        self.tables = tuple(_byte_table(field) for field in fields)
+        fields = itertools.takewhile(lambda field: field.size == 1, introspect.fields(schema))
+        self.tables = tuple(_byte_table(field.construct) for field in fields)
         self.size = len(self.tables)
 
     def decode(self, data: bytes | bytearray) -> list[object] | None:
@@ -419,7 +387,8 @@ class SocksMethodRequestReader(SocksReader[Greeting]):
 
     def __init__(self, schema: c.Struct) -> None:
         super().__init__(schema)
-        if not _is_one_byte(unnamed(schema.methods).subcon):
+        methods = introspect.field(schema, "methods").shape
+        if not (isinstance(methods, introspect.Repeat) and methods.element.size == 1):
             raise TypeError(f"{schema.name} methods are not one byte each")
 
     def _read_rest(
@@ -454,12 +423,12 @@ class SocksPasswordRequestReader(SocksReader[Login]):
 class _HostField:
     """One case of the address switch: its size (``None``: a length byte says) and decoder."""
 
-    def __init__(self, case: c.Adapter) -> None:
-        self.decode = case._decode
-        prefixed = isinstance(case.subcon, c.Prefixed)
-        if prefixed and not _is_one_byte(case.subcon.lengthfield):
-            raise TypeError(f"{case!r} is not prefixed by one length byte")
-        self.size = None if prefixed else case.sizeof()
+    def __init__(self, case: introspect.Shape) -> None:
+        self.decode = case.construct._decode
+        prefixed = isinstance(case, introspect.Prefixed)
+        if prefixed and case.length.size != 1:
+            raise TypeError(f"{case.construct!r} is not prefixed by one length byte")
+        self.size = None if prefixed else case.size
 
 
 class SocksRequestReader(SocksReader[Request]):
@@ -467,9 +436,9 @@ class SocksRequestReader(SocksReader[Request]):
 
     def __init__(self, schema: c.Struct) -> None:
         super().__init__(schema)
-        switch = unnamed(unnamed(schema.address).host)
+        switch = introspect.field(schema, "address.host").shape
         self._hosts = {code: _HostField(case) for code, case in switch.cases.items()}
-        self._port = struct.Struct(unnamed(schema.port).fmtstr)
+        self._port = struct.Struct(introspect.field(schema, "port").integer.format)
 
     def _read_rest(
         self, data: bytes | bytearray, header: list[object]

@@ -26,5 +26,6 @@ def test_every_command_and_every_option_is_in_the_reference() -> None:
         assert subparser.description in section
         for action in subparser._actions:
             if action.option_strings and not isinstance(action, argparse._HelpAction):
-                assert f"- `{action.option_strings[-1]}" in section, (name, action.dest)
+                flags = ", ".join(action.option_strings)
+                assert f"- `{flags}" in section, (name, action.dest)
                 assert action.help in section

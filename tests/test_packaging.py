@@ -58,6 +58,7 @@ def test_a_built_wheel_installs_working_schemas_and_the_command(tmp_path):
         entry_points = next(name for name in names if name.endswith("entry_points.txt"))
         assert "gjproxy = jproxy.cli:main" in archive.read(entry_points).decode()
     assert not any(name.startswith("tests/") for name in names)
+    assert "jproxy/dissector.lua" in names  # `gjproxy dissector` reads it
     probe = (
         "import schemas.jproxy, schemas.fast, schemas.keys, schemas.admin, schemas.socks5, "
         "jproxy.cli; print(schemas.jproxy.__file__)"

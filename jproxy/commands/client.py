@@ -20,6 +20,7 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import Socks5Listener
 from jproxy.keys import KeyFileError, load_client_key, require_private
@@ -37,6 +38,7 @@ DEFAULTS = {
     "socks_user": "",
     "socks_password": "",
     "metrics": "",
+    "keylog": "",
 }
 
 
@@ -69,6 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
     )
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
+        f" also ${ENVIRONMENT}",
+    )
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -83,6 +91,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
+    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
     password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
     if settings["socks_user"] and not password:
         raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
@@ -96,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from(args)
         key = load_client_key(settings["key"])
         require_private(settings["key"])
+        key_log = open_key_log(settings["keylog"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
         return 2
-    tunnels = TunnelClient(settings["server"], key, settings["dialect"])
+    except OSError as error:
+        sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
+        return 2
+    tunnels = TunnelClient(settings["server"], key, settings["dialect"], key_log=key_log)
     listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
     services = []
     try:

@@ -21,6 +21,7 @@ from jproxy.egress import EgressPolicy, RuleError
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
 from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
 from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
@@ -40,6 +41,7 @@ DEFAULTS = {
     "idle_timeout": ServerLimits.idle_timeout,
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
+    "keylog": "",
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -91,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="never let streams reach this network (repeatable; beats every allow rule)"
         " (default: none)",
     )
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
+        f" also ${ENVIRONMENT}",
+    )
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -109,6 +117,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
     settings["egress"] = egress_policy(args, config)
+    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
     settings["admin_credentials"] = load_admin_credentials(config, environ)
     admin_asked = args.admin is not None or "admin" in config.get("server", {})
     if admin_asked and settings["admin_credentials"] is None:
@@ -137,8 +146,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         users = UserDirectory(settings["users"])
+        key_log = open_key_log(settings["keylog"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
+        return 2
+    except OSError as error:
+        sys.stderr.write(f"gjproxy server: cannot open the key log: {error}\n")
         return 2
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
@@ -155,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         allow_legacy=settings["allow_legacy"],
         limits=limits,
         dialer=dialer,
+        key_log=key_log,
     )
     services: list = []
     try:

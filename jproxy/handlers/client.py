@@ -19,6 +19,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 
 from jproxy.handlers.handshake import client_login
+from jproxy.handlers.keylog import KeyLog
 from jproxy.handlers.relay import StreamRelay
 from jproxy.handlers.sockets import tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel, TunnelClosed
@@ -55,11 +56,13 @@ class TunnelClient:
         login_timeout: float = 10.0,
         outage_timeout: float = 10.0,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        key_log: KeyLog | None = None,
     ) -> None:
         if not servers:
             raise ValueError("a tunnel client needs at least one server")
         self.servers = list(servers)
         self._server_index = 0
+        self.key_log = key_log
         self.key = key
         self.dialect = dialect
         self.counters = counters or Counters()
@@ -140,7 +143,7 @@ class TunnelClient:
         sock = gsocket.create_connection(self.server, timeout=self.login_timeout)
         try:
             tune_tunnel_socket(sock)
-            session = client_login(sock, self.key, self.dialect, self.login_timeout)
+            session = client_login(sock, self.key, self.dialect, self.login_timeout, self.key_log)
         except BaseException:
             sock.close()
             raise

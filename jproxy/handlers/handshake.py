@@ -13,6 +13,7 @@ import socket
 
 import gevent
 
+from jproxy.handlers.keylog import KeyLog
 from jproxy.handshake import ClientHandshake, LoginError, Phase, ServerHandshake
 from jproxy.keys import ClientKey, UserDirectory
 from jproxy.session import Session
@@ -43,7 +44,11 @@ def _run(sock: socket.socket, core: ClientHandshake | ServerHandshake, read_size
 
 
 def client_login(
-    sock: socket.socket, key: ClientKey, dialect: Dialect, timeout: float = HANDSHAKE_TIMEOUT
+    sock: socket.socket,
+    key: ClientKey,
+    dialect: Dialect,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    key_log: KeyLog | None = None,
 ) -> Session:
     """Log in on a connected socket; ``LoginError`` (message for the user) if that fails.
 
@@ -55,6 +60,8 @@ def client_login(
         sock.sendall(core.start())
         if not _run(sock, core, read_size=0):
             raise LoginError("the server closed the connection during login")
+    if key_log is not None:
+        key_log.record(*core.key_log_entry)
     return core.session
 
 
@@ -64,6 +71,7 @@ def server_login(
     users: UserDirectory,
     allow_legacy: bool,
     timeout: float = HANDSHAKE_TIMEOUT,
+    key_log: KeyLog | None = None,
 ) -> tuple[str, Session, bytes] | None:
     """Serve one client's handshake and login: ``(user name, session, pipelined)``.
 
@@ -91,4 +99,6 @@ def server_login(
     if core.phase is Phase.REFUSED:
         log.warning("%s: %s", peer, core.refusal)
         return None
+    if key_log is not None:
+        key_log.record(*core.key_log_entry)
     return core.user.user, core.session, core.leftover

@@ -20,6 +20,7 @@ from jproxy.egress import EgressPolicy
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.dialer import Dialer, DialError
 from jproxy.handlers.handshake import server_login
+from jproxy.handlers.keylog import KeyLog
 from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
@@ -54,9 +55,11 @@ class TunnelServer:
         limits: ServerLimits | None = None,
         counters: Counters | None = None,
         tuning: RelayTuning | None = None,
+        key_log: KeyLog | None = None,
         dialer: Dialer | None = None,
     ) -> None:
         self.users = users
+        self.key_log = key_log
         self.allow_legacy = allow_legacy
         self.limits = limits or ServerLimits()
         self.counters = counters or Counters()
@@ -90,7 +93,7 @@ class TunnelServer:
         where = f"{peer[0]}:{peer[1]}"
         tune_tunnel_socket(sock)
         login = server_login(
-            sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout
+            sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout, self.key_log
         )
         if login is None:
             sock.close()
