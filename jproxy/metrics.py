@@ -19,6 +19,13 @@ class Counters:
     tunnels_open: int = 0
     tunnels_by_dialect: dict[str, int] = field(default_factory=dict)
     users_connected: dict[str, int] = field(default_factory=dict)
+    doh_lookups: int = 0
+    """Names looked up over DNS over HTTPS (A and AAAA together count once)."""
+    doh_failures: int = 0
+    doh_lookup_seconds: float = 0.0
+    """Time spent in those lookups, summed."""
+    dns_cache_hits: int = 0
+    dns_cache_misses: int = 0
 
     def connection_opened(self) -> None:
         self.connections_total += 1

@@ -27,6 +27,8 @@ DEFAULTS = {
     "idle_timeout": ServerLimits.idle_timeout,
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
+    "doh": "",
+    "doh_ca": "",
 }
 
 
@@ -58,6 +60,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
     parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
     parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
+    parser.add_argument(
+        "--doh",
+        metavar="URL",
+        help="resolve names over DNS over HTTPS (RFC 8484), e.g. https://1.1.1.1/dns-query;"
+        " a host name in the URL is resolved once, at start (default: the system resolver)",
+    )
+    parser.add_argument(
+        "--doh-ca", metavar="FILE", help="PEM CA certificates for the DoH server (default: system)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -74,8 +85,24 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         settings[key] = float(settings[key])
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+    check_doh(settings)
     settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
     return settings
+
+
+def check_doh(settings: dict) -> None:
+    """A usable ``--doh`` URL, and a ``--doh-ca`` only with it and only when readable."""
+    if settings["doh"]:
+        from jproxy.handlers.doh import parse_doh_url  # dnspython and h2: only when asked for
+
+        try:
+            parse_doh_url(settings["doh"])
+        except ValueError as error:
+            raise ConfigError(f"--doh: {error}") from None
+    elif settings["doh_ca"]:
+        raise ConfigError("--doh-ca needs --doh")
+    if settings["doh_ca"] and not os.access(settings["doh_ca"], os.R_OK):
+        raise ConfigError(f"--doh-ca: cannot read {settings['doh_ca']}")
 
 
 def run(args: argparse.Namespace) -> int:
