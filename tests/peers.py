@@ -94,8 +94,22 @@ class Process:
         raise AssertionError("no VmRSS")
 
 
-def start_server(workdir: Path, *extra: str, listen: str = "127.0.0.1:0", env=None) -> Process:
-    server = Process("server", "--listen", listen, "--users", "users", *extra, cwd=workdir, env=env)
+LOOPBACK_EGRESS = ("--allow-egress", "127.0.0.0/8", "--allow-egress", "::1/128")
+"""The targets of these tests listen on loopback, which the server denies unless allowed."""
+
+
+def start_server(
+    workdir: Path,
+    *extra: str,
+    listen: str = "127.0.0.1:0",
+    env=None,
+    allow_loopback: bool = True,
+) -> Process:
+    """A server; ``allow_loopback`` passes ``LOOPBACK_EGRESS`` (tests of denial turn it off)."""
+    egress = LOOPBACK_EGRESS if allow_loopback else ()
+    server = Process(
+        "server", "--listen", listen, "--users", "users", *egress, *extra, cwd=workdir, env=env
+    )
     server.port = int(server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1))
     return server
 

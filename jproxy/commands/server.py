@@ -8,10 +8,15 @@ import os
 import sys
 
 from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.egress import EgressPolicy, RuleError
 from jproxy.handlers.admin import serve_admin
+from jproxy.handlers.descriptors import raise_fd_limit
+from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
+from jproxy.metrics import Counters
 from jproxy.passwords import load_admin_credentials
 
 log = logging.getLogger("gjproxy.server")
@@ -30,6 +35,7 @@ DEFAULTS = {
     "doh": "",
     "doh_ca": "",
 }
+EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +75,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--doh-ca", metavar="FILE", help="PEM CA certificates for the DoH server (default: system)"
     )
+    parser.add_argument(
+        "--allow-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="let streams reach this network (repeatable; e.g. 127.0.0.0/8, [::1]/128:8000-8999)."
+        " Loopback, private, link-local and multicast ranges are denied unless allowed",
+    )
+    parser.add_argument(
+        "--deny-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="never let streams reach this network (repeatable; beats every allow rule)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -86,6 +105,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
     check_doh(settings)
+    settings["egress"] = egress_policy(args, config)
     settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
     return settings
 
@@ -105,6 +125,19 @@ def check_doh(settings: dict) -> None:
         raise ConfigError(f"--doh-ca: cannot read {settings['doh_ca']}")
 
 
+def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
+    """``[egress]`` allow/deny lists, each replaced by its flags when any is given."""
+    flags = argparse.Namespace(allow=args.allow_egress, deny=args.deny_egress)
+    rules = resolve(flags, config, "egress", EGRESS_DEFAULTS)
+    for key, texts in rules.items():
+        if not all(isinstance(text, str) for text in texts):
+            raise ConfigError(f"config: [egress] {key} must be a list of strings")
+    try:
+        return EgressPolicy.from_rules(rules["allow"], rules["deny"])
+    except RuleError as error:
+        raise ConfigError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     termination = Termination()
     try:
@@ -120,8 +153,21 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout=settings["connect_timeout"],
         handshake_timeout=settings["handshake_timeout"],
     )
+    counters = Counters()
+    try:
+        resolver = make_resolver(settings, counters)
+    except ResolveError as error:
+        sys.stderr.write(f"gjproxy server: --doh: {error}\n")
+        return 1
+    fds = raise_fd_limit(limits.max_tunnels)
+    dialer = Dialer(resolver, settings["egress"], limits.connect_timeout, fds)
     server = TunnelServer(
-        settings["listen"], users, allow_legacy=settings["allow_legacy"], limits=limits
+        settings["listen"],
+        users,
+        allow_legacy=settings["allow_legacy"],
+        limits=limits,
+        counters=counters,
+        dialer=dialer,
     )
     services: list = []
     try:
@@ -139,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
             from jproxy.handlers.prometheus import serve_metrics
 
             services.append(serve_metrics(settings["metrics"], server.counters, server.tuning))
+        dialer.policy = dialer.policy.listening_on([service.address for service in services])
+        _log_egress(dialer.policy)
     except OSError as error:
         sys.stderr.write(f"gjproxy server: cannot listen: {error}\n")
         for service in services:
@@ -151,3 +199,29 @@ def run(args: argparse.Namespace) -> int:
     for service in reversed(services):
         service.stop()
     return 0
+
+
+def make_resolver(settings: dict, counters: Counters) -> Resolver:
+    """DNS over HTTPS when ``--doh`` names a server (its host resolved now), else the system's."""
+    if not settings["doh"]:
+        return SystemResolver()
+    from jproxy.handlers.doh import DohResolver
+
+    return DohResolver.start(
+        settings["doh"],
+        ca_file=settings["doh_ca"] or None,
+        counters=counters,
+        timeout=settings["connect_timeout"],
+    )
+
+
+def _log_egress(policy: EgressPolicy) -> None:
+    allow = ", ".join(rule.text for rule in policy.allow) or "none"
+    deny = ", ".join(rule.text for rule in policy.deny) or "none"
+    ports = ", ".join(str(port) for port in sorted({port for _, port in policy.listeners}))
+    log.info(
+        "egress: allow %s; deny %s; this host's own ports %s and private ranges denied by default",
+        allow,
+        deny,
+        ports,
+    )
