@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import re
@@ -357,3 +358,26 @@ remote-control:
             check=True,
         ).stdout
         return len(out.splitlines())
+
+
+def curl_socks(
+    socks: str, url: str, *extra: str, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """curl through the SOCKS5 proxy at ``socks`` (``HOST:PORT``), the name resolved by the
+    proxy (``--socks5-hostname``); the result as it is, failures included."""
+    return subprocess.run(
+        [require_tool("curl"), "-sS", "--max-time", str(timeout), "--socks5-hostname", socks]
+        + [*extra, url],
+        capture_output=True,
+        timeout=timeout + 5,
+    )
+
+
+def read_json_lines(path: Path, count: int, timeout: float = 10.0) -> list[dict]:
+    """Every JSON line of ``path``, once there are at least ``count`` (or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)

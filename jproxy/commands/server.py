@@ -9,6 +9,7 @@ import sys
 
 from jproxy.config import ConfigError, host_port, load, resolve
 from jproxy.egress import EgressPolicy, RuleError
+from jproxy.handlers.accesslog import AccessLog
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
 from jproxy.handlers.dialer import Dialer
@@ -34,6 +35,7 @@ DEFAULTS = {
     "handshake_timeout": ServerLimits.handshake_timeout,
     "doh": "",
     "doh_ca": "",
+    "access_log": "",
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -74,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--doh-ca", metavar="FILE", help="PEM CA certificates for the DoH server (default: system)"
+    )
+    parser.add_argument(
+        "--access-log",
+        metavar="FILE|-",
+        help="one JSON line per connection to FILE (reopened on SIGHUP) or - for stdout"
+        " (default: the gjproxy.access logger)",
     )
     parser.add_argument(
         "--allow-egress",
@@ -143,8 +151,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         users = UserDirectory(settings["users"])
+        access_log = AccessLog(settings["access_log"] or None)
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
+        return 2
+    except OSError as error:
+        sys.stderr.write(f"gjproxy server: --access-log: {error}\n")
         return 2
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
@@ -168,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         limits=limits,
         counters=counters,
         dialer=dialer,
+        access_log=access_log,
     )
     services: list = []
     try:
@@ -192,12 +205,14 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             service.stop()
         return 1
-    sighup = reload_on_sighup(users)
+    sighups = [reload_on_sighup(users), access_log.reopen_on_sighup()]
     signal_name = termination.wait()
     log.info("%s: shutting down", signal_name)
-    sighup.cancel()
+    for sighup in sighups:
+        sighup.cancel()
     for service in reversed(services):
         service.stop()
+    access_log.close()
     return 0
 
 

@@ -1,0 +1,86 @@
+"""gjproxy server resolving over DoH (unbound on loopback) and writing its JSON access log,
+driven end to end by curl through the tunnel."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.peers import curl_socks, read_json_lines, start_client, start_server
+
+
+def doh_flags(unbound) -> tuple[str, ...]:
+    return ("--doh", unbound.doh_url, "--doh-ca", str(unbound.cert))
+
+
+@pytest.fixture
+def doh_tunnel(workdir, unbound):
+    server = start_server(workdir, *doh_flags(unbound), "--access-log", "access.jsonl")
+    client = start_client(workdir, server.port)
+    client.socks = f"127.0.0.1:{client.port}"
+    client.server = server
+    yield client
+    assert client.stop() == 0, client.log()
+    assert server.stop() == 0, server.log()
+
+
+def test_a_name_only_the_doh_server_knows_works_through_the_tunnel(doh_tunnel, web, workdir):
+    url = f"http://web.tunnel.test:{web.server_port}/f4080"
+    result = curl_socks(doh_tunnel.socks, url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (web.root / "f4080").read_bytes()
+    [line] = read_json_lines(workdir / "access.jsonl", 1)
+    assert line["service"] == "tunnel"
+    assert line["user"] == "alice"
+    assert line["client"].startswith("127.0.0.1:")
+    assert line["target"] == f"web.tunnel.test:{web.server_port}"
+    assert line["connected"] == f"127.0.0.1:{web.server_port}"
+    assert line["status"] == "OK"
+    assert line["ended"] == "closed"
+    assert line["reason"] == ""
+    assert line["bytes_down"] > 4080  # the file and the HTTP headers
+    assert 0 < line["bytes_up"] < 1000  # curl's request
+    assert 0 <= line["connect_ms"] <= line["duration"] * 1000 + 1
+    assert line["time"].endswith("+00:00")
+    assert list(line) == [
+        "time",
+        "service",
+        "user",
+        "client",
+        "target",
+        "connected",
+        "status",
+        "connect_ms",
+        "bytes_up",
+        "bytes_down",
+        "duration",
+        "ended",
+        "reason",
+    ]
+
+
+def test_unknown_names_and_egress_refusals_are_logged_with_why(doh_tunnel, web, workdir):
+    result = curl_socks(doh_tunnel.socks, f"http://nope.tunnel.test:{web.server_port}/")
+    assert result.returncode == 97, result.stderr  # curl: the proxy refused the connect
+    result = curl_socks(doh_tunnel.socks, f"http://10.1.2.3:{web.server_port}/")
+    assert result.returncode == 97, result.stderr
+    unknown, refused = read_json_lines(workdir / "access.jsonl", 2)
+    assert (unknown["status"], unknown["ended"]) == ("UNKNOWN_HOST", "failed")
+    assert "nope.tunnel.test: NXDOMAIN" in unknown["reason"]
+    assert unknown["connected"] == "" and unknown["bytes_up"] == unknown["bytes_down"] == 0
+    assert (refused["status"], refused["ended"]) == ("NOT_ALLOWED", "refused")
+    assert "10.1.2.3" in refused["reason"]
+
+
+def test_the_access_log_is_reopened_on_sighup(doh_tunnel, web, workdir):
+    url = f"http://web.tunnel.test:{web.server_port}/f1"
+    assert curl_socks(doh_tunnel.socks, url).returncode == 0
+    read_json_lines(workdir / "access.jsonl", 1)
+    os.rename(workdir / "access.jsonl", workdir / "access.jsonl.1")  # what logrotate does
+    doh_tunnel.server.proc.send_signal(signal.SIGHUP)
+    doh_tunnel.server.wait_for("access log access.jsonl reopened")
+    assert curl_socks(doh_tunnel.socks, url).returncode == 0
+    assert len(read_json_lines(workdir / "access.jsonl", 1)) == 1
+    assert len(read_json_lines(workdir / "access.jsonl.1", 1)) == 1
