@@ -10,6 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SERVICES = ("tunnel", "socks")
+"""What a connection belongs to: a tunnel stream, or the server's plain SOCKS5 port."""
+
+
+@dataclass
+class ServiceCounters:
+    connections_total: int = 0
+    connections_open: int = 0
+    bytes_transferred: int = 0
+
 
 @dataclass
 class Counters:
@@ -27,15 +37,23 @@ class Counters:
     dns_cache_hits: int = 0
     dns_cache_misses: int = 0
 
-    def connection_opened(self) -> None:
+    by_service: dict[str, ServiceCounters] = field(
+        default_factory=lambda: {service: ServiceCounters() for service in SERVICES}
+    )
+
+    def connection_opened(self, service: str = "tunnel") -> None:
         self.connections_total += 1
         self.connections_open += 1
+        self.by_service[service].connections_total += 1
+        self.by_service[service].connections_open += 1
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, service: str = "tunnel") -> None:
         self.connections_open -= 1
+        self.by_service[service].connections_open -= 1
 
-    def transferred(self, count: int) -> None:
+    def transferred(self, count: int, service: str = "tunnel") -> None:
         self.bytes_transferred += count
+        self.by_service[service].bytes_transferred += count
 
     def tunnel_opened(self, user: str, dialect: str) -> None:
         self.tunnels_open += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ from jproxy.passwords import (
     LoginThrottle,
     hash_password,
     load_admin_credentials,
+    load_socks_users,
     verify_password,
 )
 
@@ -165,3 +167,25 @@ def test_throttle_table_is_bounded_and_drops_the_quietest() -> None:
     assert throttle.delay("10.0.3.200") == 0.25  # among the newest 100
     assert throttle.delay("10.0.3.231") == 0.5
     assert len(throttle._failures) == 100
+
+
+def test_socks_users_check_name_and_password_and_refuse_unknown_names() -> None:
+    table = load_socks_users({"socks_users": {"carol": hash_password("pw", **FAST)}})
+    assert table.check(b"carol", b"pw")
+    assert not table.check(b"carol", b"pW")
+    assert not table.check(b"mallory", b"pw")
+    assert not table.check(b"\xff", b"pw")
+    assert "pw" not in repr(table) and "scrypt" not in repr(table)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"carol": 1}, "[socks_users] carol must be a string"),
+        ({"x" * 256: "scrypt$"}, "a user name must be 1..255 bytes"),
+        ("x", "[socks_users] must be a table"),
+    ],
+)
+def test_bad_socks_users_are_config_errors(table, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_socks_users({"socks_users": table})

@@ -28,6 +28,13 @@ def gjproxy(*args: str, cwd) -> subprocess.CompletedProcess:
         (["server"], "[server]\nallow_legacy = 'yes'\n", "allow_legacy must be a bool"),
         (["server", "--doh", "http://127.0.0.1/dns-query"], None, "--doh: expected https://"),
         (["server", "--doh-ca", "ca.pem"], None, "--doh-ca needs --doh"),
+        (["server"], "[socks_users]\ncarol = 'plain'\n", "[socks_users] carol: expected scrypt$"),
+        (
+            ["server", "--socks", "127.0.0.1:0"],
+            "[server]\nsocks_no_auth = true\n[socks_users]\nc = 'x'\n",
+            "[socks_users] c: expected scrypt$",
+        ),
+        (["server", "--socks", "localhost"], None, "--socks: expected HOST:PORT"),
         (["server"], "[server]\ndoh = 'https://[::1]/'\ndoh_ca = 'no.pem'\n", "cannot read no.pem"),
         (["client"], "not toml [", "is not valid TOML"),
         (["client", "--key", "missing.dat"], None, "missing.dat: no such client key file"),

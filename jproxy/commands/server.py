@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -13,12 +14,13 @@ from jproxy.handlers.accesslog import AccessLog
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
 from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.plain_socks import PlainSocks5Port
 from jproxy.handlers.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
 from jproxy.metrics import Counters
-from jproxy.passwords import load_admin_credentials
+from jproxy.passwords import PasswordTable, load_admin_credentials, load_socks_users
 
 log = logging.getLogger("gjproxy.server")
 
@@ -36,6 +38,8 @@ DEFAULTS = {
     "doh": "",
     "doh_ca": "",
     "access_log": "",
+    "socks": "",
+    "socks_no_auth": False,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -78,6 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--doh-ca", metavar="FILE", help="PEM CA certificates for the DoH server (default: system)"
     )
     parser.add_argument(
+        "--socks",
+        metavar="HOST:PORT",
+        help="also serve plain SOCKS5 here, straight out (off; users from [socks_users],"
+        " or no authentication with [server] socks_no_auth = true)",
+    )
+    parser.add_argument(
         "--access-log",
         metavar="FILE|-",
         help="one JSON line per connection to FILE (reopened on SIGHUP) or - for stdout"
@@ -113,9 +123,27 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
     check_doh(settings)
+    settings["socks"] = settings["socks"] and host_port(settings["socks"], "--socks")
+    settings["socks_users"] = socks_users(settings, config)
     settings["egress"] = egress_policy(args, config)
     settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
     return settings
+
+
+def socks_users(settings: dict, config: dict) -> PasswordTable | None:
+    """The plain SOCKS port's users; None for no authentication, which must be asked for."""
+    users = load_socks_users(config)
+    if not settings["socks"]:
+        return None
+    if settings["socks_no_auth"]:
+        if users.hashes:
+            raise ConfigError("--socks: [socks_users] and socks_no_auth = true exclude each other")
+        return None
+    if not users.hashes:
+        raise ConfigError(
+            "--socks needs users ([socks_users] in the config file) or socks_no_auth = true"
+        )
+    return users
 
 
 def check_doh(settings: dict) -> None:
@@ -198,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
             from jproxy.handlers.prometheus import serve_metrics
 
             services.append(serve_metrics(settings["metrics"], server.counters, server.tuning))
+        if settings["socks"]:
+            services.append(plain_socks_port(settings, dialer, server, access_log))
         dialer.policy = dialer.policy.listening_on([service.address for service in services])
         _log_egress(dialer.policy)
     except OSError as error:
@@ -214,6 +244,27 @@ def run(args: argparse.Namespace) -> int:
         service.stop()
     access_log.close()
     return 0
+
+
+def plain_socks_port(
+    settings: dict, dialer: Dialer, server: TunnelServer, access_log: AccessLog
+) -> PlainSocks5Port:
+    port = PlainSocks5Port(
+        settings["socks"],
+        dialer,
+        users=settings["socks_users"],
+        counters=server.counters,
+        tuning=server.tuning,
+        access_log=access_log,
+        idle_timeout=server.limits.idle_timeout,
+    )
+    port.start()
+    if settings["socks_users"] is None and not ipaddress.ip_address(port.address[0]).is_loopback:
+        log.warning(
+            "plain SOCKS5 on %s without authentication: anyone who reaches it can use it",
+            port.address[0],
+        )
+    return port
 
 
 def make_resolver(settings: dict, counters: Counters) -> Resolver:
