@@ -3,10 +3,12 @@ unbound, RFC 1929 users from [socks_users], the JSON access log, admin and Prome
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -20,7 +22,10 @@ from tests.conftest import DNS_RECORDS
 from tests.peers import (
     Unbound,
     curl_socks,
+    digest_after_eof,
+    echo,
     read_json_lines,
+    serve_tcp,
     start_client,
     start_server,
 )
@@ -252,3 +257,66 @@ def test_admin_and_prometheus_count_each_service_and_the_dns_cache(workdir, unbo
     finally:
         assert client.stop() == 0
         assert server.stop() == 0
+
+
+def socks_connect(port: int, host: str, target_port: int) -> socket.socket:
+    """A no-auth SOCKS5 CONNECT to ``host``:``target_port``, by name; the ready socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    name = host.encode()
+    sock.sendall(bytes([5, 1, 0, 3, len(name)]) + name + target_port.to_bytes(2, "big"))
+    reply = sock.recv(10)
+    assert reply[:2] == b"\x05\x00", reply
+    return sock
+
+
+def reset_after_reading(sock: socket.socket) -> None:
+    sock.recv(100)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.fixture
+def open_port(workdir, unbound):
+    config = write_config(workdir, users=False, no_auth=True)
+    server = start_socks_server(workdir, unbound, "--idle-timeout", "1", config=config)
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_half_close_travels_and_the_end_is_clean(open_port, workdir):
+    target = serve_tcp(digest_after_eof)
+    data = os.urandom(1_000_000)
+    with socks_connect(open_port.socks_port, "web.tunnel.test", target.server_address[1]) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer == hashlib.sha256(data).hexdigest().encode() * 1000
+    [line] = read_json_lines(workdir / "access.jsonl", 1)
+    assert (line["ended"], line["bytes_up"], line["bytes_down"]) == ("closed", 1_000_000, 64_000)
+
+
+def test_a_reset_by_the_target_reaches_the_client_as_a_reset(open_port, workdir):
+    target = serve_tcp(reset_after_reading)
+    with socks_connect(open_port.socks_port, "web.tunnel.test", target.server_address[1]) as sock:
+        sock.sendall(b"hello")
+        with pytest.raises(ConnectionResetError):
+            sock.recv(100)
+    [line] = read_json_lines(workdir / "access.jsonl", 1)
+    assert (line["ended"], line["bytes_up"]) == ("reset", 5)
+
+
+def test_an_idle_connection_is_reset_after_the_idle_timeout(open_port, workdir):
+    target = serve_tcp(echo)
+    with socks_connect(open_port.socks_port, "web.tunnel.test", target.server_address[1]) as sock:
+        sock.sendall(b"ping")
+        assert sock.recv(4) == b"ping"
+        started = time.monotonic()
+        with pytest.raises(ConnectionResetError):
+            sock.recv(100)
+        assert 0.9 < time.monotonic() - started < 5
+    [line] = read_json_lines(workdir / "access.jsonl", 1)
+    assert (line["ended"], line["bytes_up"], line["bytes_down"]) == ("idle", 4, 4)
