@@ -206,7 +206,7 @@ UNBOUND_ZONE = "tunnel.test"
 
 
 def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """``(cert.pem, key.pem)`` for ``host`` (an IP literal, in the subjectAltName)."""
+    """``(cert.pem, key.pem)`` for ``host`` (an IP literal) and the name localhost."""
     import datetime
     import ipaddress
 
@@ -227,7 +227,9 @@ def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+            ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

@@ -25,6 +25,7 @@ from tests.peers import (
     digest_after_eof,
     echo,
     read_json_lines,
+    require_tool,
     serve_tcp,
     start_client,
     start_server,
@@ -320,3 +321,33 @@ def test_an_idle_connection_is_reset_after_the_idle_timeout(open_port, workdir):
         assert 0.9 < time.monotonic() - started < 5
     [line] = read_json_lines(workdir / "access.jsonl", 1)
     assert (line["ended"], line["bytes_up"], line["bytes_down"]) == ("idle", 4, 4)
+
+
+def test_concurrent_connects_share_one_doh_connection(workdir, tmp_path, web):
+    unbound = Unbound(tmp_path / "own-unbound", DNS_RECORDS)
+    config = write_config(workdir, users=False, no_auth=True)
+    server = start_socks_server(workdir, unbound, "--metrics", "127.0.0.1:0", config=config)
+    metrics_port = int(server.wait_for(r"metrics: .*http://127\.0\.0\.1:(\d+)/").group(1))
+    names = [f"n{index}.tunnel.test" for index in range(32)]
+    try:
+        curls = [
+            subprocess.Popen(
+                [require_tool("curl"), "-sS", "--max-time", "20", "--socks5-hostname", server.socks]
+                + [f"http://{name}:{web.server_port}/"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name in names
+        ]
+        # Nothing listens on 127.0.1.N: each connect is refused (05), after its DoH lookup.
+        assert [curl.wait(30) for curl in curls] == [97] * len(names)
+        assert unbound.https_connections() == 1
+        assert unbound.statistics()["num.query.https"] == 2 * len(names)
+        found = metrics(metrics_port)
+        assert found["gjproxy_doh_lookup_seconds_count"] == len(names)
+    finally:
+        unbound.stop()
+        assert server.stop() == 0
+    lines = read_json_lines(workdir / "access.jsonl", len(names))
+    assert sorted(line["connected"] for line in lines) == [""] * len(names)
+    assert {(line["status"], line["ended"]) for line in lines} == {("REFUSED", "failed")}

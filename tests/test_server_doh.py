@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.peers import curl_socks, read_json_lines, start_client, start_server
+from tests.peers import Process, curl_socks, read_json_lines, start_client, start_server
 
 
 def doh_flags(unbound) -> tuple[str, ...]:
@@ -84,3 +84,26 @@ def test_the_access_log_is_reopened_on_sighup(doh_tunnel, web, workdir):
     assert curl_socks(doh_tunnel.socks, url).returncode == 0
     assert len(read_json_lines(workdir / "access.jsonl", 1)) == 1
     assert len(read_json_lines(workdir / "access.jsonl.1", 1)) == 1
+
+
+def test_a_doh_host_name_is_resolved_once_at_start(workdir, unbound, web):
+    url = unbound.doh_url.replace("127.0.0.1", "localhost")
+    server = start_server(workdir, "--doh", url, "--doh-ca", str(unbound.cert))
+    try:
+        server.wait_for(rf"DoH: resolving names over {url} \(at 127\.0\.0\.1\)")
+        client = start_client(workdir, server.port)
+        result = curl_socks(
+            f"127.0.0.1:{client.port}", f"http://web.tunnel.test:{web.server_port}/f1"
+        )
+        assert result.returncode == 0, result.stderr
+        assert client.stop() == 0
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_doh_host_that_does_not_resolve_stops_the_server(workdir):
+    server = Process(
+        "server", "--users", "users", "--doh", "https://doh.invalid/dns-query", cwd=workdir
+    )
+    assert server.proc.wait(30) == 1
+    assert "gjproxy server: --doh: system resolver:" in server.log()
