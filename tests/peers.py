@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 START_TIMEOUT = 15.0
 
@@ -383,3 +385,16 @@ def read_json_lines(path: Path, count: int, timeout: float = 10.0) -> list[dict]
         if len(lines) >= count or time.monotonic() > deadline:
             return [json.loads(line) for line in lines]
         time.sleep(0.05)
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The samples of a server's Prometheus page: ``name{label=value}`` -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items())): (
+            sample.value
+        )
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

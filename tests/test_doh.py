@@ -100,9 +100,9 @@ def test_a_stalled_doh_server_fails_within_the_deadline_and_a_stopped_one_at_onc
         assert resolver.resolve("web.tunnel.test", 5) == ["127.0.0.1"]
         server.proc.send_signal(signal.SIGSTOP)
         started = time.monotonic()
-        with pytest.raises(ResolveError, match=r"no answer from https://\S+ within 1 s"):
-            resolver.resolve("n1.tunnel.test", 1)
-        assert time.monotonic() - started < 1.5
+        with pytest.raises(ResolveError, match=r"no answer from https://\S+ within 1.5 s"):
+            resolver.resolve("n1.tunnel.test", 1.5)
+        assert time.monotonic() - started < 2.0
         server.proc.send_signal(signal.SIGCONT)
         # The stalled connection was given up; a new one answers.
         assert resolver.resolve("n2.tunnel.test", 5) == ["127.0.1.2"]

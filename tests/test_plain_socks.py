@@ -12,10 +12,8 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from jproxy.passwords import hash_password
 from tests.conftest import DNS_RECORDS
@@ -26,6 +24,7 @@ from tests.peers import (
     echo,
     read_json_lines,
     require_tool,
+    scrape_metrics,
     serve_tcp,
     start_client,
     start_server,
@@ -186,18 +185,6 @@ def test_a_dead_doh_server_is_host_unreachable_in_time_and_the_log_says_why(
 ADMIN_ENV = {"GJPROXY_ADMIN_USER": "ops", "GJPROXY_ADMIN_PASSWORD": "correct horse"}
 
 
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items())): (
-            sample.value
-        )
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def admin(port: int, method: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "jproxy", "admin", "--port", str(port), "--user", "ops", method],
@@ -225,7 +212,7 @@ def test_admin_and_prometheus_count_each_service_and_the_dns_cache(workdir, unbo
             assert curl_socks(f"127.0.0.1:{client.port}", url).returncode == 0
         lines = read_json_lines(workdir / "access.jsonl", 5)
         deadline = time.monotonic() + 10
-        while (found := metrics(metrics_port))["gjproxy_connections_open"] and (
+        while (found := scrape_metrics(metrics_port))["gjproxy_connections_open"] and (
             time.monotonic() < deadline
         ):
             time.sleep(0.05)
@@ -343,7 +330,7 @@ def test_concurrent_connects_share_one_doh_connection(workdir, tmp_path, web):
         assert [curl.wait(30) for curl in curls] == [97] * len(names)
         assert unbound.https_connections() == 1
         assert unbound.statistics()["num.query.https"] == 2 * len(names)
-        found = metrics(metrics_port)
+        found = scrape_metrics(metrics_port)
         assert found["gjproxy_doh_lookup_seconds_count"] == len(names)
     finally:
         unbound.stop()

@@ -39,6 +39,9 @@ IDLE_TIMEOUT = 120.0
 MAX_HEADER_LIST_SIZE = 16384
 DEFAULT_MAX_STREAMS = 64
 """Requests in flight at once; more wait for a free stream (servers allow 100 by default)."""
+STALLED_AFTER = 1.0
+"""A request abandoned after waiting this long, with nothing at all received on the connection
+meanwhile, means the connection is dead: it is closed, and the next request opens another."""
 
 
 class Http2Error(Exception):
@@ -124,10 +127,16 @@ class _Connection:
         except h2.exceptions.NoAvailableStreamIDError:
             self.going_away = True
             raise _ConnectionLost("connection ran out of stream ids") from None
-        self._h2.send_headers(stream_id, headers, end_stream=not body)
+        try:
+            self._h2.send_headers(stream_id, headers, end_stream=not body)
+        except h2.exceptions.TooManyStreamsError:
+            raise Http2Error("the server's limit of concurrent streams is reached") from None
+        except h2.exceptions.ProtocolError as error:  # the connection is closing
+            self.going_away = True
+            raise _ConnectionLost(f"cannot send: {error}") from None
         if body:
             if self._h2.local_flow_control_window(stream_id) < len(body):
-                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                self._reset(stream_id)
                 raise Http2Error("the server's flow-control window is closed")
             self._h2.send_data(stream_id, body, end_stream=True)
         exchange = Exchange(self, stream_id, max_body)
@@ -141,13 +150,17 @@ class _Connection:
         if self._exchanges.pop(exchange.stream_id, None) is None or self.closed:
             return
         exchange.result.set_exception(Http2Error("abandoned by its caller"))  # frees the stream
-        if self._last_received < exchange.sent_at:
-            self.close("no answer from the server within the caller's deadline")
+        waited = time.monotonic() - exchange.sent_at
+        if self._last_received < exchange.sent_at and waited >= STALLED_AFTER:
+            self.close(f"nothing received for {waited:.1f} s while a request waited")
             return
-        try:  # the RST_STREAM leaves with the next frames sent; no wait here
-            self._h2.reset_stream(exchange.stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._reset(exchange.stream_id)  # the RST_STREAM leaves with the next frames sent
+
+    def _reset(self, stream_id: int) -> None:
+        try:
+            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         except h2.exceptions.StreamClosedError:
-            pass
+            pass  # it ended on its own meanwhile
 
     def close(self, reason: str) -> None:
         if self.closed is not None:
@@ -194,7 +207,7 @@ class _Connection:
                 for event in self._h2.receive_data(data):
                     self._dispatch(event)
                 self._flush()
-        except (OSError, h2.exceptions.ProtocolError) as error:
+        except (OSError, h2.exceptions.H2Error) as error:
             reason = f"{type(error).__name__}: {error}"
         self.close(reason)
 
@@ -213,7 +226,7 @@ class _Connection:
                 return
             if len(exchange.body) + len(event.data) > exchange.max_body:
                 self._fail(exchange, f"response body larger than {exchange.max_body} bytes")
-                self._h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+                self._reset(event.stream_id)
                 return
             exchange.body += event.data
         elif exchange is None:
