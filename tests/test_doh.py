@@ -10,6 +10,7 @@ import threading
 import time
 
 import dns.message
+import dns.query
 import dns.rrset
 import gevent
 import h2.config
@@ -126,6 +127,17 @@ def test_a_stalled_doh_server_fails_within_the_deadline_and_a_stopped_one_at_onc
         assert resolver.counters.doh_failures == 2
     finally:
         resolver.close()
+
+
+def test_the_same_unbound_answers_plain_dns_over_udp(unbound) -> None:
+    """For the datagram relay's tests: the same zone on a plain DNS port."""
+    reply = dns.query.udp(
+        dns.message.make_query("web.tunnel.test", "A"),
+        "127.0.0.1",
+        port=unbound.dns_port,
+        timeout=5,
+    )
+    assert [record.address for record in reply.answer[0]] == ["127.0.0.1"]
 
 
 @pytest.mark.parametrize(

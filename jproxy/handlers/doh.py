@@ -10,7 +10,6 @@ URL.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from jproxy.dnsmessage import (
 )
 from jproxy.handlers.http2 import Exchange, Http2Client, Http2Error, tls_context
 from jproxy.handlers.resolver import ResolveError, SystemResolver
+from jproxy.hostnames import ip_literal
 from jproxy.metrics import Counters
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def _why(error: Exception) -> str:
     return f"{type(error).__name__}: {error}" if isinstance(error, OSError) else str(error)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 class DohResolver:
     """``resolve(host, timeout)`` over DoH; ``start`` finds the server and makes one."""
 
@@ -111,7 +103,7 @@ class DohResolver:
     ) -> DohResolver:
         """Resolve the server's host once (unless it is an IP literal) and log where it is."""
         server = parse_doh_url(url)
-        if _is_ip(server.host):
+        if ip_literal(server.host) is not None:
             address = server.host
         else:
             address = SystemResolver().resolve(server.host, timeout)[0]
@@ -119,7 +111,7 @@ class DohResolver:
         return cls(server, address, ca_file=ca_file, counters=counters, connect_timeout=timeout)
 
     def resolve(self, host: str, timeout: float) -> list[str]:
-        if _is_ip(host):
+        if ip_literal(host) is not None:
             return [host]
         expired = ResolveError(f"DoH: no answer from {self.server.url} within {timeout:g} s")
         with gevent.Timeout(timeout, expired):

@@ -270,21 +270,23 @@ class Http2Client:
         """Send one request; its ``response()`` must be called (it frees the stream)."""
         self._streams.acquire()
         try:
-            for attempt in (1, 2):
-                connection = self._connection()
-                reused = connection.served > 0
-                try:
-                    exchange = connection.send(headers, body, max_body)
-                except _ConnectionLost:
-                    if attempt == 2 or not reused:
-                        raise
-                    continue  # the server closed an old connection just now: one more try
-                exchange.result.rawlink(lambda _: self._streams.release())
-                return exchange
+            exchange = self._send(headers, body, max_body)
         except BaseException:
             self._streams.release()
             raise
-        raise AssertionError("unreachable")
+        exchange.result.rawlink(lambda _: self._streams.release())
+        return exchange
+
+    def _send(self, headers: Sequence[tuple[str, str]], body: bytes, max_body: int) -> Exchange:
+        connection = self._connection()
+        reused = connection.served > 0
+        try:
+            return connection.send(headers, body, max_body)
+        except _ConnectionLost:
+            if not reused:
+                raise
+        # The server closed an old connection just as we sent: once more, on a new one.
+        return self._connection().send(headers, body, max_body)
 
     def close(self) -> None:
         if self._current is not None:
