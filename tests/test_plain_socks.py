@@ -114,7 +114,7 @@ def test_no_auth_only_when_configured(workdir, unbound, web):
 
     refused = Process("server", "--users", "users", "--socks", "127.0.0.1:0", cwd=workdir)
     assert refused.proc.wait(30) == 2
-    assert "--socks needs users ([socks_users] in the config file) or socks_no_auth" in (
+    assert "--socks needs users ([socks_users] in the config file) or --socks-no-auth" in (
         refused.log()
     )
     config = write_config(workdir, users=False, no_auth=True)
@@ -140,7 +140,7 @@ def socks_request(port: int, command: int) -> bytes:
 @pytest.mark.parametrize("command", [2, 3], ids=["bind", "udp-associate"])
 def test_bind_and_udp_associate_answer_07(workdir, unbound, command):
     server = start_socks_server(
-        workdir, unbound, config=write_config(workdir, users=False, no_auth=True)
+        workdir, unbound, "--socks-no-auth", config=write_config(workdir, users=False)
     )
     try:
         assert socks_request(server.socks_port, command)[:2] == b"\x05\x07"

@@ -85,7 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--socks",
         metavar="HOST:PORT",
         help="also serve plain SOCKS5 here, straight out (off; users from [socks_users],"
-        " or no authentication with [server] socks_no_auth = true)",
+        " or no authentication with --socks-no-auth)",
+    )
+    parser.add_argument(
+        "--socks-no-auth",
+        action="store_const",
+        const=True,
+        help="serve --socks without authentication (only with no [socks_users])",
     )
     parser.add_argument(
         "--access-log",
@@ -137,11 +143,11 @@ def socks_users(settings: dict, config: dict) -> PasswordTable | None:
         return None
     if settings["socks_no_auth"]:
         if users.hashes:
-            raise ConfigError("--socks: [socks_users] and socks_no_auth = true exclude each other")
+            raise ConfigError("--socks: [socks_users] and --socks-no-auth exclude each other")
         return None
     if not users.hashes:
         raise ConfigError(
-            "--socks needs users ([socks_users] in the config file) or socks_no_auth = true"
+            "--socks needs users ([socks_users] in the config file) or --socks-no-auth"
         )
     return users
 

@@ -114,6 +114,7 @@ class _Connection:
             },
         )
         self._h2.initiate_connection()
+        self._reader: gevent.Greenlet | None = None
         self._flush()
         self._reader = gevent.spawn(self._read)
 
@@ -171,7 +172,7 @@ class _Connection:
             exchange.result.set_exception(_ConnectionLost(f"connection closed: {reason}"))
         self._exchanges.clear()
         self.sock.close()
-        if gevent.getcurrent() is not self._reader:
+        if self._reader is not None and gevent.getcurrent() is not self._reader:
             self._reader.kill(block=False)
 
     def _flush(self) -> None:
