@@ -208,6 +208,8 @@ class _Connection:
                 for event in self._h2.receive_data(data):
                     self._dispatch(event)
                 self._flush()
+        except _ConnectionLost:
+            return  # a send failed and closed the connection already
         except (OSError, h2.exceptions.H2Error) as error:
             reason = f"{type(error).__name__}: {error}"
         self.close(reason)

@@ -17,6 +17,7 @@ from prometheus_client.core import (
 )
 
 from jproxy.handlers.admin import host_port_text
+from jproxy.handlers.descriptors import PausesWhenOutOfFds
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from schemas.jproxy import Dialect
@@ -119,7 +120,7 @@ def _dns(counters: Counters) -> Iterator[Metric]:
     )
 
 
-class _MetricsServer(WSGIServer):
+class _MetricsServer(PausesWhenOutOfFds, WSGIServer):
     def handle(self, sock: socket.socket, address: tuple) -> None:
         # A scraper that stops sending must not hold a greenlet forever.
         sock.settimeout(SCRAPE_TIMEOUT)

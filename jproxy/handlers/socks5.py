@@ -15,10 +15,11 @@ from collections.abc import Mapping
 
 import gevent
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.tunnel import TunnelClosed
+from jproxy.hostnames import for_log
 from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
     ConnectRequested,
@@ -66,7 +67,7 @@ class Socks5Port:
         self.handshake_timeout = handshake_timeout
         # A browser or a load test opens many connections at once: a listen backlog of
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
-        self._server = StreamServer(
+        self._server = Acceptor(
             listen, self._handle, spawn=Pool(max_clients), backlog=LISTEN_BACKLOG
         )
 
@@ -142,7 +143,7 @@ class Socks5Listener(Socks5Port):
     def _connect(
         self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple
     ) -> None:
-        target = f"{request.host}:{request.port}"
+        target = f"{for_log(request.host)}:{request.port}"
         try:
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
