@@ -3,6 +3,7 @@ driven end to end by curl through the tunnel."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -107,3 +108,18 @@ def test_a_doh_host_that_does_not_resolve_stops_the_server(workdir):
     )
     assert server.proc.wait(30) == 1
     assert "gjproxy server: --doh: system resolver:" in server.log()
+
+
+def test_access_log_dash_is_standard_output(workdir, unbound, web):
+    # Without PYTHONUNBUFFERED a pipe is block-buffered: each line must be flushed by itself.
+    unbuffered = {"PYTHONUNBUFFERED": ""}
+    server = start_server(workdir, *doh_flags(unbound), "--access-log", "-", env=unbuffered)
+    try:
+        client = start_client(workdir, server.port)
+        url = f"http://web.tunnel.test:{web.server_port}/f0"
+        assert curl_socks(f"127.0.0.1:{client.port}", url).returncode == 0
+        line = json.loads(server.wait_for(r'^\{"time":.*').group(0))
+        assert (line["service"], line["status"], line["ended"]) == ("tunnel", "OK", "closed")
+        assert client.stop() == 0
+    finally:
+        assert server.stop() == 0

@@ -93,6 +93,7 @@ class AccessLog:
             return
         try:
             self._file.write(line + "\n")
+            self._file.flush()  # a pipe (standard output) is block-buffered otherwise
         except OSError as error:  # a full disk must not end the connection's greenlet
             if not self._failing:
                 log.error("access log %s: cannot write: %s", self.path, error)
