@@ -211,7 +211,10 @@ def sha256_of(path: Path) -> str:
 
 # --- a DNS server: unbound, with DNS over HTTPS ---------------------------------------------
 
-UNBOUND_ZONE = "tunnel.test"
+
+def sbin_tool(name: str) -> str:
+    """A tool that Debian installs in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin") or require_tool(name)
 
 
 def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -266,7 +269,8 @@ def _free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 class Unbound:
     """unbound on loopback: DNS over HTTPS (``doh_url``, ``cert``) and plain DNS (``dns_port``,
-    UDP and TCP), serving ``records`` (name -> (address, ttl)) in the zone tunnel.test."""
+    UDP and TCP), serving ``records`` (name -> (address, ttl)) from static local zones (each
+    name's parent), so names it does not list there are NXDOMAIN and nothing is recursed."""
 
     def __init__(self, folder: Path, records: dict[str, tuple[str, int]]) -> None:
         self.folder = folder
@@ -285,6 +289,10 @@ class Unbound:
         return f"https://127.0.0.1:{self.https_port}/dns-query"
 
     def _config(self) -> str:
+        zones = "\n".join(
+            f'  local-zone: "{zone}." static'
+            for zone in sorted({name.partition(".")[2] for name in self.records})
+        )
         data = "\n".join(
             f'  local-data: "{name}. {ttl} IN {"AAAA" if ":" in address else "A"} {address}"'
             for name, (address, ttl) in self.records.items()
@@ -308,7 +316,7 @@ class Unbound:
   access-control: 127.0.0.0/8 allow
   extended-statistics: yes
   module-config: "iterator"
-  local-zone: "{UNBOUND_ZONE}." static
+{zones}
 {data}
 remote-control:
   control-enable: yes
@@ -322,7 +330,7 @@ remote-control:
         self.config = config
         self.stderr = (self.folder / "unbound.log").open("w")
         self.proc = subprocess.Popen(
-            [require_tool("unbound"), "-d", "-c", str(config)],
+            [sbin_tool("unbound"), "-d", "-c", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=self.stderr,
             stderr=subprocess.STDOUT,
@@ -348,7 +356,7 @@ remote-control:
     def statistics(self) -> dict[str, float]:
         """unbound's counters (``unbound-control stats_noreset``), e.g. ``num.query.https``."""
         out = subprocess.run(
-            [require_tool("unbound-control"), "-c", str(self.config), "stats_noreset"],
+            [sbin_tool("unbound-control"), "-c", str(self.config), "stats_noreset"],
             capture_output=True,
             text=True,
             timeout=10,
