@@ -124,15 +124,29 @@ class AdminCredentials:
 
 @dataclass(frozen=True)
 class PasswordTable:
-    """RFC 1929 users of the server's plain SOCKS port: name -> ``scrypt$...`` hash."""
+    """RFC 1929 users of the server's plain SOCKS port: name -> ``scrypt$...`` hash.
+
+    A browser opens many connections, each with a login, and scrypt takes tens of
+    milliseconds: once a user's password has passed scrypt, a keyed digest of it (the key is
+    random per process) lets the next logins with the same password pass at once. A wrong
+    password always pays scrypt.
+    """
 
     hashes: Mapping[str, str] = field(repr=False)
     decoy: str = field(repr=False)
     """A hash checked for unknown names, so they cost as long as known ones."""
+    _verified: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
 
     def check(self, user: bytes, password: bytes) -> bool:
-        stored = self.hashes.get(user.decode("utf-8", "replace"))
+        name = user.decode("utf-8", "replace")
+        stored = self.hashes.get(name)
+        proof = hmac.new(self._key, password, hashlib.sha256).digest()
+        if stored is not None and hmac.compare_digest(proof, self._verified.get(name, b"")):
+            return True
         matches = verify_password(password, stored or self.decoy)
+        if stored is not None and matches:
+            self._verified[name] = proof
         return stored is not None and matches
 
 

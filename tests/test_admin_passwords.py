@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from jproxy import passwords
 from jproxy.config import ConfigError
 from jproxy.passwords import (
     AdminCredentials,
@@ -167,6 +168,19 @@ def test_throttle_table_is_bounded_and_drops_the_quietest() -> None:
     assert throttle.delay("10.0.3.200") == 0.25  # among the newest 100
     assert throttle.delay("10.0.3.231") == 0.5
     assert len(throttle._failures) == 100
+
+
+def test_a_socks_password_pays_scrypt_once_and_a_wrong_one_every_time(monkeypatch) -> None:
+    table = load_socks_users({"socks_users": {"carol": hash_password("pw", **FAST)}})
+    scrypt_runs = []
+    monkeypatch.setattr(
+        passwords, "verify_password", lambda *args: scrypt_runs.append(1) or verify_password(*args)
+    )
+    assert [table.check(b"carol", b"pw") for _ in range(5)] == [True] * 5
+    assert len(scrypt_runs) == 1
+    assert [table.check(b"carol", b"pW") for _ in range(3)] == [False] * 3
+    assert len(scrypt_runs) == 4
+    assert table.check(b"carol", b"pw") and len(scrypt_runs) == 4
 
 
 def test_socks_users_check_name_and_password_and_refuse_unknown_names() -> None:
