@@ -66,7 +66,7 @@ class PlainSocks5Port(Socks5Port):
     def _connect(
         self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple
     ) -> None:
-        target = f"{request.host}:{request.port}"
+        target = host_port_text((request.host, request.port))
         record = AccessRecord(SERVICE, core.user or "", host_port_text(peer), target, time.time())
         started = time.monotonic()
         try:

@@ -133,7 +133,7 @@ class TunnelServer:
         self, tunnel: Tunnel, user: str, client: str, request: ConnectRequested
     ) -> None:
         """Open the stream's connection and relay it; one access log record either way."""
-        target = f"{request.host}:{request.port}"
+        target = host_port_text((request.host, request.port))
         record = AccessRecord("tunnel", user, client, target, time.time())
         started = time.monotonic()
         try:
