@@ -18,6 +18,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import pytest
 
 from jproxy.handlers.doh import DohResolver, parse_doh_url
@@ -175,8 +176,9 @@ class HostileDoh(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, cert, key) -> None:
+    def __init__(self, cert, key, max_streams: int = 100) -> None:
         super().__init__(("127.0.0.1", 0), HostileHandler)
+        self.max_streams = max_streams
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
         self.context.set_alpn_protocols(["h2"])
@@ -194,6 +196,12 @@ class HostileHandler(socketserver.BaseRequestHandler):
         sock = self.server.context.wrap_socket(self.request, server_side=True)
         sock.settimeout(10)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams
+            },
+        )
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
         bodies: dict[int, bytes] = {}
@@ -284,3 +292,19 @@ def test_a_misbehaving_doh_server_is_a_resolve_error_and_the_connection_lives_on
         assert resolver.http.connections_opened == (2 if name.startswith("goaway") else 1)
     finally:
         resolver.close()
+
+
+def test_lookups_wait_for_a_free_stream_under_the_servers_stream_limit(tmp_path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    server = HostileDoh(cert, key, max_streams=3)
+    resolver = DohResolver.start(server.url, ca_file=str(cert), counters=Counters())
+    try:
+        resolver.resolve("ok.bad.test", 5)  # the server's settings are known from here on
+        lookups = [gevent.spawn(resolver.resolve, f"ok{i}.bad.test", 10) for i in range(20)]
+        gevent.joinall(lookups, raise_error=True, timeout=20)
+        assert [lookup.value for lookup in lookups] == [["127.0.0.9"]] * 20
+        assert resolver.http.connections_opened == 1
+        assert resolver.counters.doh_failures == 0
+    finally:
+        resolver.close()
+        server.shutdown()

@@ -28,7 +28,7 @@ import h2.exceptions
 import h2.settings
 from gevent import socket as gsocket
 from gevent import ssl as gssl
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.lock import BoundedSemaphore, Semaphore
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ IDLE_TIMEOUT = 120.0
 """An idle connection is closed after this long; the next request opens a new one."""
 MAX_HEADER_LIST_SIZE = 16384
 DEFAULT_MAX_STREAMS = 64
-"""Requests in flight at once; more wait for a free stream (servers allow 100 by default)."""
+"""Requests in flight at once (fewer when the server allows fewer); more wait for a stream."""
 STALLED_AFTER = 1.0
 """A request abandoned after waiting this long, with nothing at all received on the connection
 meanwhile, means the connection is dead: it is closed, and the next request opens another."""
@@ -102,6 +102,7 @@ class _Connection:
         self.closed: str | None = None
         self.going_away = False
         self._exchanges: dict[int, Exchange] = {}
+        self._stream_closed = Event()
         self._send_lock = Semaphore()
         self._last_received = time.monotonic()
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
@@ -123,6 +124,7 @@ class _Connection:
         return self.closed is None and not self.going_away
 
     def send(self, headers: Sequence[tuple[str, str]], body: bytes, max_body: int) -> Exchange:
+        self._wait_for_a_stream()
         try:
             stream_id = self._h2.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
@@ -130,8 +132,6 @@ class _Connection:
             raise _ConnectionLost("connection ran out of stream ids") from None
         try:
             self._h2.send_headers(stream_id, headers, end_stream=not body)
-        except h2.exceptions.TooManyStreamsError:
-            raise Http2Error("the server's limit of concurrent streams is reached") from None
         except h2.exceptions.ProtocolError as error:  # the connection is closing
             self.going_away = True
             raise _ConnectionLost(f"cannot send: {error}") from None
@@ -145,6 +145,16 @@ class _Connection:
         self.served += 1
         self._flush()
         return exchange
+
+    def _wait_for_a_stream(self) -> None:
+        """Wait (within the caller's deadline) while the server's stream limit is reached."""
+        while self.usable and (
+            self._h2.open_outbound_streams >= self._h2.remote_settings.max_concurrent_streams
+        ):
+            self._stream_closed.clear()
+            self._stream_closed.wait()
+        if not self.usable:
+            raise _ConnectionLost(f"connection closed: {self.closed or 'the server sent GOAWAY'}")
 
     def forget(self, exchange: Exchange) -> None:
         """The caller is done with ``exchange``: reset its stream if it is still open."""
@@ -162,6 +172,7 @@ class _Connection:
             self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
         except h2.exceptions.StreamClosedError:
             pass  # it ended on its own meanwhile
+        self._stream_closed.set()
 
     def close(self, reason: str) -> None:
         if self.closed is not None:
@@ -171,6 +182,7 @@ class _Connection:
         for exchange in self._exchanges.values():
             exchange.result.set_exception(_ConnectionLost(f"connection closed: {reason}"))
         self._exchanges.clear()
+        self._stream_closed.set()  # whoever waits for a stream learns that there is none
         self.sock.close()
         if self._reader is not None and gevent.getcurrent() is not self._reader:
             self._reader.kill(block=False)
@@ -215,7 +227,10 @@ class _Connection:
         self.close(reason)
 
     def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+            self._stream_closed.set()  # one more may be opened (after this event is handled)
         if isinstance(event, h2.events.ConnectionTerminated):
+            self._stream_closed.set()
             self.going_away = True
             for stream_id in [i for i in self._exchanges if i > (event.last_stream_id or 0)]:
                 self._exchanges.pop(stream_id).result.set_exception(
