@@ -9,7 +9,16 @@ import signal
 
 import pytest
 
-from tests.peers import Process, curl_socks, read_json_lines, start_client, start_server
+from tests.peers import (
+    Process,
+    curl_socks,
+    echo,
+    read_json_lines,
+    serve_tcp,
+    start_client,
+    start_server,
+)
+from tests.test_plain_socks import socks_connect
 
 
 def doh_flags(unbound) -> tuple[str, ...]:
@@ -123,3 +132,19 @@ def test_access_log_dash_is_standard_output(workdir, unbound, web):
         assert client.stop() == 0
     finally:
         assert server.stop() == 0
+
+
+def test_a_tunnel_that_goes_away_cuts_its_streams_and_the_log_says_so(workdir, unbound):
+    target = serve_tcp(echo)
+    server = start_server(workdir, *doh_flags(unbound), "--access-log", "access.jsonl")
+    client = start_client(workdir, server.port)
+    try:
+        with socks_connect(client.port, "web.tunnel.test", target.server_address[1]) as sock:
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+            client.stop(signal.SIGKILL)  # the tunnel breaks with the stream open
+            [line] = read_json_lines(workdir / "access.jsonl", 1)
+    finally:
+        assert server.stop() == 0
+    assert (line["status"], line["ended"]) == ("OK", "cut")
+    assert (line["bytes_up"], line["bytes_down"]) == (4, 4)
