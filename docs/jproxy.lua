@@ -563,6 +563,7 @@ local SCHEMA = {
       [4] = "GET_BUFFER_SIZE",
       [5] = "USERS_CONNECTED",
       [6] = "TUNNELS_OPEN",
+      [7] = "DNS_LOOKUPS",
       [254] = "INVALID_PARAM",
       [255] = "INVALID_METHOD",
     },

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SECTIONS = ("admin", "client", "egress", "server")
+SECTIONS = ("admin", "client", "egress", "server", "socks_users")
 """Every table a config file may have; another is a misspelling, reported as unknown."""
 
 

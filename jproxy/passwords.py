@@ -1,4 +1,4 @@
-"""Admin credentials: the scrypt hash kept in the config file, and slowing password guessing.
+"""Credentials: the scrypt hashes kept in the config file, and slowing password guessing.
 
 The config file stores ``scrypt$n=16384,r=8,p=1$<salt base64>$<hash base64>`` so that a
 leaked file does not give the password away. A failed login makes the next attempts from the
@@ -117,6 +117,52 @@ class AdminCredentials:
         user_matches = hmac.compare_digest(user, self.user.encode("utf-8"))
         password_matches = verify_password(password, self.password_hash)
         return user_matches and password_matches
+
+
+@dataclass(frozen=True)
+class PasswordTable:
+    """RFC 1929 users of the server's plain SOCKS port: name -> ``scrypt$...`` hash.
+
+    A browser opens many connections, each with a login, and scrypt takes tens of
+    milliseconds: once a user's password has passed scrypt, a keyed digest of it (the key is
+    random per process) lets the next logins with the same password pass at once. A wrong
+    password always pays scrypt.
+    """
+
+    hashes: Mapping[str, str] = field(repr=False)
+    decoy: str = field(repr=False)
+    """A hash checked for unknown names, so they cost as long as known ones."""
+    _verified: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+
+    def check(self, user: bytes, password: bytes) -> bool:
+        name = user.decode("utf-8", "replace")
+        stored = self.hashes.get(name)
+        proof = hmac.new(self._key, password, hashlib.sha256).digest()
+        if stored is not None and hmac.compare_digest(proof, self._verified.get(name, b"")):
+            return True
+        matches = verify_password(password, stored or self.decoy)
+        if stored is not None and matches:
+            self._verified[name] = proof
+        return stored is not None and matches
+
+
+def load_socks_users(config: Mapping[str, Any]) -> PasswordTable:
+    """``[socks_users]``: one ``name = "scrypt$..."`` line per user (``gjproxy admin
+    hash-password`` prints the hash); a malformed entry is a ConfigError naming the user."""
+    table = config.get("socks_users", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("config: [socks_users] must be a table")
+    for name, stored in table.items():
+        check_secret_length(name, "config: [socks_users]: a user name")
+        if not isinstance(stored, str):
+            raise ConfigError(f"config: [socks_users] {name} must be a string")
+        try:
+            _parse_hash(stored)
+        except ValueError as error:
+            raise ConfigError(f"config: [socks_users] {name}: {error}") from None
+    decoy = hash_password(os.urandom(16)) if table else ""
+    return PasswordTable(dict(table), decoy)
 
 
 def _admin_string(table: Mapping[str, Any], key: str) -> str | None:

@@ -164,6 +164,22 @@ _REQUEST_REFUSALS = {
 }
 
 
+CredentialCheck = Callable[[bytes, bytes], bool]
+"""``check(user, password)``: whether an RFC 1929 login is good."""
+
+
+class _PlainPasswords:
+    """User names and passwords in the clear (the client's own SOCKS port)."""
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._passwords = {name.encode(): password.encode() for name, password in users.items()}
+
+    def check(self, user: bytes, password: bytes) -> bool:
+        expected = self._passwords.get(user)
+        matches = hmac.compare_digest(password, expected or b"")  # in constant time
+        return expected is not None and matches
+
+
 class _State(enum.Enum):
     METHODS = "method selection"
     PASSWORD = "user/password authentication"
@@ -198,15 +214,21 @@ class Socks5Server:
     """One accepted SOCKS5 client connection, from its first byte to the request's reply.
 
     ``users`` None offers only "no authentication"; a mapping of user name to password offers
-    only RFC 1929 user/password. ``user`` is the authenticated name once a login succeeded.
+    only RFC 1929 user/password, and so does ``check_login(user, password) -> bool`` (for
+    hashed passwords). ``user`` is the authenticated name once a login succeeded.
     After ``Rejected`` or ``reply()`` the handshake is over and ``receive()`` raises.
     """
 
-    def __init__(self, users: Mapping[str, str] | None = None) -> None:
-        self._passwords = {
-            name.encode(): password.encode() for name, password in (users or {}).items()
-        }
-        self._method = Method.NO_AUTH if users is None else Method.USERNAME_PASSWORD
+    def __init__(
+        self,
+        users: Mapping[str, str] | None = None,
+        *,
+        check_login: CredentialCheck | None = None,
+    ) -> None:
+        if check_login is None and users is not None:
+            check_login = _PlainPasswords(users).check
+        self._check_login = check_login
+        self._method = Method.NO_AUTH if check_login is None else Method.USERNAME_PASSWORD
         self._state = _State.METHODS
         self._buffer = bytearray()
         self.user: str | None = None
@@ -268,9 +290,7 @@ class Socks5Server:
         return _METHOD_SELECTED[self._method]
 
     def _on_password(self, login: Login) -> Event:
-        expected = self._passwords.get(login.username)
-        matches = hmac.compare_digest(login.password, expected or b"")
-        if expected is None or not matches:
+        if not self._check_login(login.username, login.password):
             raise _Refusal(_PASSWORD_REFUSED, "wrong user name or password")
         self.user = login.username.decode()
         self._state = _State.REQUEST

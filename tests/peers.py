@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import re
@@ -14,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 START_TIMEOUT = 15.0
 
@@ -209,3 +212,209 @@ def sha256_of(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- a DNS server: unbound, with DNS over HTTPS ---------------------------------------------
+
+
+def sbin_tool(name: str) -> str:
+    """A tool that Debian installs in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin") or require_tool(name)
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` for ``host`` (an IP literal) and the name localhost."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel just handed out, for a peer that cannot be told to pick one (port 0)."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Unbound:
+    """unbound on loopback: DNS over HTTPS (``doh_url``, ``cert``) and plain DNS (``dns_port``,
+    UDP and TCP), serving ``records`` (name -> (address, ttl)) from static local zones (each
+    name's parent), so names it does not list there are NXDOMAIN and nothing is recursed."""
+
+    def __init__(self, folder: Path, records: dict[str, tuple[str, int]]) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cert, self.key = self_signed_certificate(folder)
+        self.records = records
+        self.proc: subprocess.Popen | None = None
+        for _ in range(5):  # the ports are picked before unbound binds them: retry a race
+            self.https_port, self.dns_port = _free_port(), _free_port(socket.SOCK_DGRAM)
+            if self._start():
+                return
+        raise AssertionError("unbound did not start:\n" + self.log())
+
+    @property
+    def doh_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}/dns-query"
+
+    def _config(self) -> str:
+        zones = "\n".join(
+            f'  local-zone: "{zone}." static'
+            for zone in sorted({name.partition(".")[2] for name in self.records})
+        )
+        data = "\n".join(
+            f'  local-data: "{name}. {ttl} IN {"AAAA" if ":" in address else "A"} {address}"'
+            for name, (address, ttl) in self.records.items()
+        )
+        return f"""server:
+  interface: 127.0.0.1@{self.https_port}
+  interface: 127.0.0.1@{self.dns_port}
+  https-port: {self.https_port}
+  port: {self.dns_port}
+  tls-service-key: "{self.key}"
+  tls-service-pem: "{self.cert}"
+  do-daemonize: no
+  chroot: ""
+  username: ""
+  directory: "{self.folder}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 1
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  extended-statistics: yes
+  module-config: "iterator"
+{zones}
+{data}
+remote-control:
+  control-enable: yes
+  control-interface: "{self.folder / "control.sock"}"
+  control-use-cert: no
+"""
+
+    def _start(self) -> bool:
+        config = self.folder / "unbound.conf"
+        config.write_text(self._config())
+        self.config = config
+        self.stderr = (self.folder / "unbound.log").open("w")
+        self.proc = subprocess.Popen(
+            [sbin_tool("unbound"), "-d", "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=self.stderr,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if "start of service" in self.log():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        self.stop()
+        return False
+
+    def log(self) -> str:
+        return (self.folder / "unbound.log").read_text()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def statistics(self) -> dict[str, float]:
+        """unbound's counters (``unbound-control stats_noreset``), e.g. ``num.query.https``."""
+        out = subprocess.run(
+            [sbin_tool("unbound-control"), "-c", str(self.config), "stats_noreset"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return {
+            key: float(value)
+            for key, _, value in (line.partition("=") for line in out.splitlines())
+        }
+
+    def https_connections(self) -> int:
+        """TCP connections established to the DoH port right now (counted by ``ss``)."""
+        out = subprocess.run(
+            [require_tool("ss"), "-Htn", "state", "established", f"( sport = :{self.https_port} )"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return len(out.splitlines())
+
+
+def curl_socks(
+    socks: str, url: str, *extra: str, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """curl through the SOCKS5 proxy at ``socks`` (``HOST:PORT``), the name resolved by the
+    proxy (``--socks5-hostname``); the result as it is, failures included."""
+    return subprocess.run(
+        [require_tool("curl"), "-sS", "--max-time", str(timeout), "--socks5-hostname", socks]
+        + [*extra, url],
+        capture_output=True,
+        timeout=timeout + 5,
+    )
+
+
+def read_json_lines(path: Path, count: int, timeout: float = 10.0) -> list[dict]:
+    """Every JSON line of ``path``, once there are at least ``count`` (or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The samples of a server's Prometheus page: ``name{label=value}`` -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items())): (
+            sample.value
+        )
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -39,6 +39,8 @@ def gjproxy_admin(*args: str, password: str | None = PASSWORD, stdin: str = "", 
 @pytest.fixture
 def counters() -> Counters:
     counters = Counters(connections_total=41, connections_open=5, bytes_transferred=123456789)
+    counters.doh_lookups, counters.doh_lookup_seconds = 3, 0.0456
+    counters.dns_cache_hits, counters.dns_cache_misses = 9, 3
     counters.tunnel_opened("carol", "3.1")
     counters.tunnel_opened("alice", "3.0")
     return counters
@@ -61,12 +63,19 @@ def test_stats_prints_every_value(port) -> None:
         "relay buffer size: 65536",
         "tunnels open: 2",
         "connected users: alice=1,carol=1",
+        "DNS lookups: doh=3,failures=0,ms=46,hits=9,misses=3",
     ]
 
 
 @pytest.mark.parametrize(
     "method, value",
-    [("connections", "41"), ("open", "5"), ("bytes", "123456789"), ("users", "alice=1,carol=1")],
+    [
+        ("connections", "41"),
+        ("open", "5"),
+        ("bytes", "123456789"),
+        ("users", "alice=1,carol=1"),
+        ("dns", "doh=3,failures=0,ms=46,hits=9,misses=3"),
+    ],
 )
 def test_one_method_prints_the_bare_value(port, method, value) -> None:
     result = gjproxy_admin("--host", "127.0.0.1", "--port", port, "--user", USER, method)

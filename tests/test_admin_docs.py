@@ -54,6 +54,14 @@ def test_every_prometheus_metric_is_documented() -> None:
         "gjproxy_tunnels_open",
         "gjproxy_dialect_tunnels_open",
         "gjproxy_relay_buffer_size_bytes",
+        "gjproxy_service_connections_total",
+        "gjproxy_service_connections_open",
+        "gjproxy_service_transferred_bytes_total",
+        "gjproxy_doh_lookup_seconds_count",
+        "gjproxy_doh_lookup_seconds_sum",
+        "gjproxy_doh_failures_total",
+        "gjproxy_dns_cache_hits_total",
+        "gjproxy_dns_cache_misses_total",
     }
     for name in names:
         assert f"| `{name}" in DOCS, name

@@ -97,10 +97,11 @@ def test_loopback_is_denied_by_default_in_every_spelling(denying, target):
         assert socks_error(client.port, host, target.port) == code, host
     assert target.accepted == 0  # not one connection reached the target
     server.wait_for(
-        rf"gjproxy.access: alice 127\.0\.0\.1:{target.port} NOT_ALLOWED \d+ms \(not allowed: "
-        rf"127\.0\.0\.1 port {target.port}: in 127\.0\.0\.0/8, denied by default\)"
+        rf'gjproxy.access: .*"user":"alice",.*"target":"127\.0\.0\.1:{target.port}",'
+        rf'.*"status":"NOT_ALLOWED",.*"ended":"refused","reason":"not allowed: '
+        rf'127\.0\.0\.1 port {target.port}: in 127\.0\.0\.0/8, denied by default"'
     )
-    server.wait_for(rf"alice 127\.1:{target.port} UNKNOWN_HOST .*all-digit label")
+    server.wait_for(rf'"target":"127\.1:{target.port}",.*"status":"UNKNOWN_HOST",.*all-digit label')
     assert "Traceback" not in server.log()
 
 
@@ -130,7 +131,9 @@ def test_loopback_reaches_targets_when_allowed(workdir, target):
         assert target.accepted == 4 and target6.accepted == 1
         # ... but not the unspecified address, which no rule names
         assert socks_error(client.port, "0.0.0.0", target.port) == NOT_ALLOWED
-        server.wait_for(rf"alice localhost:{target.port} OK \d+ms via 127\.0\.0\.1 ")
+        server.wait_for(
+            rf'"target":"localhost:{target.port}","connected":"127\.0\.0\.1:{target.port}"'
+        )
     finally:
         client.stop()
         server.stop()
@@ -150,7 +153,9 @@ def test_the_servers_own_ports_stay_denied_when_loopback_is_allowed(workdir):
         for port in (server.port, admin_port, metrics_port):
             for host in ("127.0.0.1", "localhost", "0.0.0.0", "::ffff:127.0.0.1"):
                 assert socks_error(client.port, host, port) == NOT_ALLOWED, (host, port)
-        server.wait_for(rf"127\.0\.0\.1:{admin_port} NOT_ALLOWED .*own listening port {admin_port}")
+        server.wait_for(
+            rf'"127\.0\.0\.1:{admin_port}",.*"NOT_ALLOWED",.*own listening port {admin_port}'
+        )
     finally:
         client.stop()
         server.stop()
@@ -186,7 +191,7 @@ def test_a_deny_rule_beats_the_allow_rules(workdir, target):
         assert socks_error(client.port, "localhost", target.port) == NOT_ALLOWED
         assert echoes(client.port, "127.0.0.1", other.port)
         assert target.accepted == 0
-        server.wait_for(rf"NOT_ALLOWED .*denied by rule 127\.0\.0\.1/32:{target.port}")
+        server.wait_for(rf'"NOT_ALLOWED",.*denied by rule 127\.0\.0\.1/32:{target.port}')
     finally:
         client.stop()
         server.stop()
@@ -214,7 +219,7 @@ def test_a_legacy_tunnel_gets_general_failure_for_a_refused_target(workdir, targ
         # the Java 3.0 client drops a SOCKS connection on a status it does not know: 1 instead
         assert socks_error(client.port, "127.0.0.1", target.port) == GENERAL_FAILURE
         assert target.accepted == 0
-        server.wait_for(rf"alice 127\.0\.0\.1:{target.port} NOT_ALLOWED")
+        server.wait_for(rf'"target":"127\.0\.0\.1:{target.port}",.*"status":"NOT_ALLOWED"')
     finally:
         client.stop()
         server.stop()

@@ -57,7 +57,7 @@ def test_streams_are_refused_before_the_fds_run_out_and_logins_still_work(workdi
         assert refused is not None and refused.error_code == NOT_ALLOWED, len(held)
         assert 64 < len(held) < FD_LIMIT // 2
         assert open_fds(server.proc.pid) < FD_LIMIT - 64  # the reserve is still free
-        server.wait_for(r"CONNECTION_LIMIT \d+ms \(file descriptors running short")
+        server.wait_for(r'"CONNECTION_LIMIT",.*"reason":"file descriptors running short')
 
         second = start_client(workdir, server.port)  # a login still finds an fd
         assert admin(admin_port, "tunnels").stdout.strip() == "2"

@@ -75,6 +75,13 @@ def test_metric_types(metrics) -> None:
         "gjproxy_tunnels_open": "gauge",
         "gjproxy_dialect_tunnels_open": "gauge",
         "gjproxy_relay_buffer_size_bytes": "gauge",
+        "gjproxy_service_connections": "counter",
+        "gjproxy_service_connections_open": "gauge",
+        "gjproxy_service_transferred_bytes": "counter",
+        "gjproxy_doh_lookup_seconds": "summary",
+        "gjproxy_doh_failures": "counter",
+        "gjproxy_dns_cache_hits": "counter",
+        "gjproxy_dns_cache_misses": "counter",
     }
 
 

@@ -65,6 +65,7 @@ QUERIES: dict[str, tuple[Method, str]] = {
     "get-buffer": (Method.GET_BUFFER_SIZE, "relay buffer size"),
     "tunnels": (Method.TUNNELS_OPEN, "tunnels open"),
     "users": (Method.USERS_CONNECTED, "connected users"),
+    "dns": (Method.DNS_LOOKUPS, "DNS lookups"),
 }
 """Methods without a parameter: command-line name -> (method, label in ``stats``)."""
 
@@ -99,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f" password comes from ${PASSWORD_VARIABLE} or a prompt. METHOD is one of:"
         " stats (every value), connections (since start), open (connections open now),"
         " bytes (transferred), tunnels (open now), users (connected tunnel users),"
+        " dns (DoH lookups, failures, their milliseconds, cache hits and misses),"
         " get-buffer, set-buffer N (relay buffer size in bytes), hash-password (print the"
         " password_hash line for the server's [admin] config section).",
         epilog=EPILOG,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -18,15 +19,23 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.egress import EgressPolicy, RuleError
+from jproxy.handlers.accesslog import AccessLog
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
 from jproxy.handlers.dialer import Dialer
 from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
-from jproxy.handlers.resolver import SystemResolver
+from jproxy.handlers.plain_socks import PlainSocks5Port
+from jproxy.handlers.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
-from jproxy.passwords import PASSWORD_VARIABLE, load_admin_credentials
+from jproxy.metrics import Counters
+from jproxy.passwords import (
+    PASSWORD_VARIABLE,
+    PasswordTable,
+    load_admin_credentials,
+    load_socks_users,
+)
 
 log = logging.getLogger("gjproxy.server")
 
@@ -42,6 +51,11 @@ DEFAULTS = {
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
     "keylog": "",
+    "doh": "",
+    "doh_ca": "",
+    "access_log": "",
+    "socks": "",
+    "socks_no_auth": False,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -77,6 +91,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--connect-timeout", type=float, metavar="S", help="outbound connect timeout (s)"
+    )
+    parser.add_argument(
+        "--doh",
+        metavar="URL",
+        help="resolve names over DNS over HTTPS (RFC 8484), e.g. https://1.1.1.1/dns-query;"
+        " a host name in the URL is resolved once, at start (default: the system resolver)",
+    )
+    parser.add_argument(
+        "--doh-ca", metavar="FILE", help="PEM CA certificates for the DoH server (default: system)"
+    )
+    parser.add_argument(
+        "--socks",
+        metavar="HOST:PORT",
+        help="also serve plain SOCKS5 here, straight out (off; users from [socks_users],"
+        " or no authentication with --socks-no-auth)",
+    )
+    parser.add_argument(
+        "--socks-no-auth",
+        action="store_const",
+        const=True,
+        help="serve --socks without authentication (only with no [socks_users])",
+    )
+    parser.add_argument(
+        "--access-log",
+        metavar="FILE|-",
+        help="one JSON line per connection to FILE (reopened on SIGHUP) or - for stdout"
+        " (default: the gjproxy.access logger)",
     )
     parser.add_argument(
         "--allow-egress",
@@ -116,6 +157,9 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         settings[key] = float(settings[key])
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+    check_doh(settings)
+    settings["socks"] = settings["socks"] and host_port(settings["socks"], "--socks")
+    settings["socks_users"] = socks_users(settings, config)
     settings["egress"] = egress_policy(args, config)
     settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
     settings["admin_credentials"] = load_admin_credentials(config, environ)
@@ -126,6 +170,37 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
             f" or ${PASSWORD_VARIABLE} (see docs/admin.md)"
         )
     return settings
+
+
+def socks_users(settings: dict, config: dict) -> PasswordTable | None:
+    """The plain SOCKS port's users; None for no authentication, which must be asked for."""
+    users = load_socks_users(config)
+    if not settings["socks"]:
+        return None
+    if settings["socks_no_auth"]:
+        if users.hashes:
+            raise ConfigError("--socks: [socks_users] and --socks-no-auth exclude each other")
+        return None
+    if not users.hashes:
+        raise ConfigError(
+            "--socks needs users ([socks_users] in the config file) or --socks-no-auth"
+        )
+    return users
+
+
+def check_doh(settings: dict) -> None:
+    """A usable ``--doh`` URL, and a ``--doh-ca`` only with it and only when readable."""
+    if settings["doh"]:
+        from jproxy.handlers.doh import parse_doh_url  # dnspython and h2: only when asked for
+
+        try:
+            parse_doh_url(settings["doh"])
+        except ValueError as error:
+            raise ConfigError(f"--doh: {error}") from None
+    elif settings["doh_ca"]:
+        raise ConfigError("--doh-ca needs --doh")
+    if settings["doh_ca"] and not os.access(settings["doh_ca"], os.R_OK):
+        raise ConfigError(f"--doh-ca: cannot read {settings['doh_ca']}")
 
 
 def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
@@ -146,12 +221,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         users = UserDirectory(settings["users"])
-        key_log = open_key_log(settings["keylog"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
         return 2
+    try:
+        key_log = open_key_log(settings["keylog"])
     except OSError as error:
         sys.stderr.write(f"gjproxy server: cannot open the key log: {error}\n")
+        return 2
+    try:
+        access_log = AccessLog(settings["access_log"] or None)
+    except OSError as error:
+        sys.stderr.write(f"gjproxy server: --access-log: {error}\n")
         return 2
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
@@ -160,15 +241,23 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout=settings["connect_timeout"],
         handshake_timeout=settings["handshake_timeout"],
     )
+    counters = Counters()
+    try:
+        resolver = make_resolver(settings, counters)
+    except ResolveError as error:
+        sys.stderr.write(f"gjproxy server: --doh: {error}\n")
+        return 1
     fds = raise_fd_limit(limits.max_tunnels)
-    dialer = Dialer(SystemResolver(), settings["egress"], limits.connect_timeout, fds)
+    dialer = Dialer(resolver, settings["egress"], limits.connect_timeout, fds)
     server = TunnelServer(
         settings["listen"],
         users,
         allow_legacy=settings["allow_legacy"],
         limits=limits,
+        counters=counters,
         dialer=dialer,
         key_log=key_log,
+        access_log=access_log,
     )
     services: list = []
     try:
@@ -185,6 +274,9 @@ def run(args: argparse.Namespace) -> int:
 
             metrics = partial(serve_metrics, settings["metrics"], *page)
             services.append(listening("--metrics", settings["metrics"], metrics))
+        if settings["socks"]:
+            socks = partial(plain_socks_port, settings, dialer, server, access_log)
+            services.append(listening("--socks", settings["socks"], socks))
         dialer.policy = dialer.policy.listening_on([service.address for service in services])
         _log_egress(dialer.policy)
     except ListenError as error:
@@ -192,13 +284,50 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             service.stop()
         return 1
-    sighup = reload_on_sighup(users)
+    sighups = [reload_on_sighup(users), access_log.reopen_on_sighup()]
     signal_name = termination.wait()
     log.info("%s: shutting down", signal_name)
-    sighup.cancel()
+    for sighup in sighups:
+        sighup.cancel()
     for service in reversed(services):
         service.stop()
+    access_log.close()
     return 0
+
+
+def plain_socks_port(
+    settings: dict, dialer: Dialer, server: TunnelServer, access_log: AccessLog
+) -> PlainSocks5Port:
+    port = PlainSocks5Port(
+        settings["socks"],
+        dialer,
+        users=settings["socks_users"],
+        counters=server.counters,
+        tuning=server.tuning,
+        access_log=access_log,
+        idle_timeout=server.limits.idle_timeout,
+    )
+    port.start()
+    if settings["socks_users"] is None and not ipaddress.ip_address(port.address[0]).is_loopback:
+        log.warning(
+            "plain SOCKS5 on %s without authentication: anyone who reaches it can use it",
+            port.address[0],
+        )
+    return port
+
+
+def make_resolver(settings: dict, counters: Counters) -> Resolver:
+    """DNS over HTTPS when ``--doh`` names a server (its host resolved now), else the system's."""
+    if not settings["doh"]:
+        return SystemResolver()
+    from jproxy.handlers.doh import DohResolver
+
+    return DohResolver.start(
+        settings["doh"],
+        ca_file=settings["doh_ca"] or None,
+        counters=counters,
+        timeout=settings["connect_timeout"],
+    )
 
 
 def _log_egress(policy: EgressPolicy) -> None:

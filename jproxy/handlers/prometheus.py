@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 
 from jproxy.config import host_port_text
 from jproxy.handlers.client import TunnelClient
@@ -48,6 +53,8 @@ class CountersCollector:
         for dialect in sorted({*DIALECTS, *counters.tunnels_by_dialect}):
             by_dialect.add_metric([dialect], counters.tunnels_by_dialect.get(dialect, 0))
         yield by_dialect
+        yield from _by_service(counters)
+        yield from _dns(counters)
         yield GaugeMetricFamily(
             "gjproxy_relay_buffer_size_bytes",
             "Bytes a relay reads from a socket at once (admin method 3 changes it)",
@@ -91,6 +98,53 @@ def _traffic(counters: Counters) -> Iterator[Metric]:
         "gjproxy_transferred_bytes",
         "Payload bytes relayed since start, both directions",
         value=counters.bytes_transferred,
+    )
+
+
+def _by_service(counters: Counters) -> Iterator[Metric]:
+    """The connection counters again, split by service (tunnel streams, plain SOCKS5)."""
+    families = (
+        (
+            CounterMetricFamily,
+            "gjproxy_service_connections",
+            "Connections since start, by service",
+            "connections_total",
+        ),
+        (
+            GaugeMetricFamily,
+            "gjproxy_service_connections_open",
+            "Connections open now, by service",
+            "connections_open",
+        ),
+        (
+            CounterMetricFamily,
+            "gjproxy_service_transferred_bytes",
+            "Payload bytes relayed since start, by service",
+            "bytes_transferred",
+        ),
+    )
+    for kind, name, text, attribute in families:
+        family = kind(name, text, labels=["service"])
+        for service, values in sorted(counters.by_service.items()):
+            family.add_metric([service], getattr(values, attribute))
+        yield family
+
+
+def _dns(counters: Counters) -> Iterator[Metric]:
+    yield SummaryMetricFamily(
+        "gjproxy_doh_lookup_seconds",
+        "Names looked up over DNS over HTTPS (A and AAAA together), and the time they took",
+        count_value=counters.doh_lookups,
+        sum_value=counters.doh_lookup_seconds,
+    )
+    yield CounterMetricFamily(
+        "gjproxy_doh_failures", "DoH lookups that got no usable answer", value=counters.doh_failures
+    )
+    yield CounterMetricFamily(
+        "gjproxy_dns_cache_hits", "Names answered from the DNS cache", value=counters.dns_cache_hits
+    )
+    yield CounterMetricFamily(
+        "gjproxy_dns_cache_misses", "Names not in the DNS cache", value=counters.dns_cache_misses
     )
 
 

@@ -57,6 +57,17 @@ class StreamRelay:
         self._failed: DisconnectReason | None = None
         self._last_activity = time.monotonic()
 
+    @property
+    def ending(self) -> str:
+        """How the stream ended, for the access log: closed, reset, idle or cut."""
+        if self._failed is not None:
+            return "idle" if self._failed is DisconnectReason.GENERAL else "reset"
+        if self.tunnel.closed.is_set():
+            return "cut"
+        if self._peer_closed in (DisconnectReason.RESET, DisconnectReason.BROKEN_PIPE):
+            return "reset"
+        return "closed"
+
     # --- called by the tunnel reader ------------------------------------------------------
 
     def deliver(self, data: bytes) -> None:

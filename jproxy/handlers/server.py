@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from gevent.pool import Pool
 
 from jproxy.egress import EgressPolicy
+from jproxy.handlers.accesslog import AccessLog, AccessRecord
+from jproxy.handlers.admin import host_port_text
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.dialer import Dialer, DialError
 from jproxy.handlers.handshake import server_login
@@ -25,7 +27,6 @@ from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
 from jproxy.handshake import version_text
-from jproxy.hostnames import for_log
 from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
 from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
@@ -33,7 +34,6 @@ from jproxy.tuning import RelayTuning
 from schemas.jproxy import ConnectStatus, Direction, status_for_dialect
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("gjproxy.access")
 
 
 @dataclass
@@ -57,12 +57,14 @@ class TunnelServer:
         tuning: RelayTuning | None = None,
         key_log: KeyLog | None = None,
         dialer: Dialer | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.users = users
         self.key_log = key_log
         self.allow_legacy = allow_legacy
         self.limits = limits or ServerLimits()
         self.counters = counters or Counters()
+        self.access_log = access_log or AccessLog(None)
         self.tuning = tuning or RelayTuning()
         self.dialer = dialer or Dialer(
             SystemResolver(), EgressPolicy(), self.limits.connect_timeout
@@ -90,7 +92,7 @@ class TunnelServer:
         self._server.stop(timeout)
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
-        where = f"{peer[0]}:{peer[1]}"
+        where = host_port_text(peer)
         tune_tunnel_socket(sock)
         login = server_login(
             sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout, self.key_log
@@ -114,7 +116,7 @@ class TunnelServer:
             counters=self.counters,
             tuning=self.tuning,
             on_connect_request=lambda t, request: streams.spawn(
-                self._serve_stream, t, user, request
+                self._serve_stream, t, user, where, request
             ),
             idle_timeout=self.limits.idle_timeout,
             name=f"tunnel {user}@{where}",
@@ -130,25 +132,44 @@ class TunnelServer:
             self._tunnels.discard(tunnel)
             log.info("%s: closed", tunnel.name)
 
-    def _serve_stream(self, tunnel: Tunnel, user: str, request: ConnectRequested) -> None:
-        stream, target = request.stream, f"{for_log(request.host)}:{request.port}"
+    def _serve_stream(
+        self, tunnel: Tunnel, user: str, client: str, request: ConnectRequested
+    ) -> None:
+        """Open the stream's connection and relay it; one access log record either way."""
+        target = host_port_text((request.host, request.port))
+        record = AccessRecord("tunnel", user, client, target, time.time())
         started = time.monotonic()
+        try:
+            self._open_stream(tunnel, request, record, started)
+        except BaseException:
+            record.ended, record.reason = record.ended or "cut", record.reason or "tunnel ended"
+            raise
+        finally:
+            record.duration = time.monotonic() - started
+            self.access_log.write(record)
+
+    def _open_stream(
+        self, tunnel: Tunnel, request: ConnectRequested, record: AccessRecord, started: float
+    ) -> None:
+        stream = request.stream
         try:
             sock, address = self.dialer.connect(request.host, request.port)
         except DialError as error:
             status = status_for_dialect(error.status, tunnel.mux.dialect)
-            elapsed = _ms_since(started)
-            tunnel.send_control(tunnel.mux.answer(stream, status, elapsed))
-            reason = for_log(error.reason)
-            access_log.info("%s %s %s %dms (%s)", user, target, error.status.name, elapsed, reason)
+            record.connect_ms = _ms_since(started)
+            tunnel.send_control(tunnel.mux.answer(stream, status, record.connect_ms))
+            record.status, record.reason = error.status.name, error.reason
+            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
             return
         except BaseException:
             tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.GENERAL_FAILURE, 0))
             raise
-        elapsed = _ms_since(started)
-        tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, elapsed))
+        record.connect_ms = _ms_since(started)
+        record.status, record.connected = ConnectStatus.OK.name, host_port_text(address)
+        tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, record.connect_ms))
         if not tunnel.mux.is_live(stream):  # the client gave up while we connected
             sock.close()
+            record.ended, record.reason = "closed", "the client gave up while we connected"
             return
         set_nodelay(sock)
         self.counters.connection_opened()
@@ -157,16 +178,8 @@ class TunnelServer:
             relay.run()
         finally:
             self.counters.connection_closed()
-            access_log.info(
-                "%s %s OK %dms via %s sent=%d received=%d %.1fs",
-                user,
-                target,
-                elapsed,
-                address[0],
-                relay.bytes_in,
-                relay.bytes_out,
-                time.monotonic() - started,
-            )
+            record.bytes_up, record.bytes_down = relay.bytes_in, relay.bytes_out
+            record.ended = relay.ending
 
 
 def _ms_since(started: float) -> int:

@@ -1,8 +1,10 @@
-"""The client's local SOCKS5 port: each accepted connection becomes one tunnel stream.
+"""SOCKS5 ports: the listener both ends share, and the client's port on top of it.
 
-The SOCKS5 state machine (``jproxy.socks5``) reads the greeting and the request; the target
-travels to the server unresolved (no DNS leak here). The tunnel's connect status becomes the
-matching SOCKS reply, and then the socket is relayed as the stream.
+The SOCKS5 state machine (``jproxy.socks5``) reads the greeting and the request. On the
+client's port each accepted connection becomes one tunnel stream: the target travels to the
+server unresolved (no DNS leak here), the tunnel's connect status becomes the matching SOCKS
+reply, and then the socket is relayed as the stream. The server's plain port
+(``jproxy.handlers.plain_socks``) connects straight out instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from jproxy.hostnames import for_log
 from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
     ConnectRequested,
+    CredentialCheck,
     Rejected,
     Send,
     Socks5Server,
@@ -39,18 +42,28 @@ READ_SIZE = 4096
 LISTEN_BACKLOG = 1024
 
 
-class Socks5Listener:
+class Socks5Port:
+    """A SOCKS5 listener: accepts clients (at most ``max_clients`` at once) and runs the
+    SOCKS5 core on each under the handshake deadline. Subclasses say what CONNECT does;
+    UDP ASSOCIATE is answered 07 (command not supported) unless a subclass serves it.
+
+    ``users`` (clear-text passwords) or ``check_login`` turn on RFC 1929; without either, the
+    port offers "no authentication".
+    """
+
+    name = "SOCKS5"
+
     def __init__(
         self,
         listen: tuple[str, int],
-        tunnels: TunnelClient,
         *,
         users: Mapping[str, str] | None = None,
+        check_login: CredentialCheck | None = None,
         max_clients: int = 1024,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
-        self.tunnels = tunnels
         self.users = users
+        self.check_login = check_login
         self.handshake_timeout = handshake_timeout
         # A browser or a load test opens many connections at once: a listen backlog of
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
@@ -64,14 +77,16 @@ class Socks5Listener:
 
     def start(self) -> None:
         self._server.start()
-        auth = "user/password" if self.users else "no authentication"
-        log.info("SOCKS5 listening on %s:%d (%s)", *self.address, auth)
+        auth = "no authentication"
+        if self.users is not None or self.check_login is not None:
+            auth = "user/password"
+        log.info("%s listening on %s:%d (%s)", self.name, *self.address, auth)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._server.stop(timeout)
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
-        core = Socks5Server(self.users)
+        core = Socks5Server(self.users, check_login=self.check_login)
         try:
             request = self._negotiate(sock, core, peer)
         except (OSError, gevent.Timeout) as error:
@@ -84,7 +99,7 @@ class Socks5Listener:
         if isinstance(request, UdpAssociateRequested):
             self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
             return
-        self._connect(sock, core, request)
+        self._connect(sock, core, request, peer)
 
     def _negotiate(
         self, sock: socket.socket, core: Socks5Server, peer: tuple
@@ -104,7 +119,30 @@ class Socks5Listener:
                     else:
                         return event
 
-    def _connect(self, sock: socket.socket, core: Socks5Server, request: ConnectRequested) -> None:
+    def _connect(
+        self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple
+    ) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
+        try:
+            sock.sendall(core.reply(code))
+        except OSError:
+            pass
+        sock.close()
+
+
+class Socks5Listener(Socks5Port):
+    """The client's SOCKS port: each CONNECT becomes one stream of the tunnel."""
+
+    def __init__(self, listen: tuple[str, int], tunnels: TunnelClient, **options) -> None:
+        super().__init__(listen, **options)
+        self.tunnels = tunnels
+
+    def _connect(
+        self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple
+    ) -> None:
         target = f"{for_log(request.host)}:{request.port}"
         try:
             relay, answer = self.tunnels.open_stream(
@@ -128,11 +166,3 @@ class Socks5Listener:
             relay.run(core.early_data)
         finally:
             counters.connection_closed()
-
-    @staticmethod
-    def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
-        try:
-            sock.sendall(core.reply(code))
-        except OSError:
-            pass
-        sock.close()
