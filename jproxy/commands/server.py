@@ -23,6 +23,9 @@ DEFAULTS = {
     "admin": "127.0.0.1:8080",
     "metrics": "",
     "max_tunnels": ServerLimits.max_tunnels,
+    "max_tunnels_per_user": ServerLimits.max_tunnels_per_user,
+    "max_prelogin": ServerLimits.max_prelogin,
+    "max_prelogin_per_address": ServerLimits.max_prelogin_per_address,
     "max_streams": ServerLimits.max_streams,
     "idle_timeout": ServerLimits.idle_timeout,
     "connect_timeout": ServerLimits.connect_timeout,
@@ -54,6 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics over HTTP here (off)"
     )
     parser.add_argument("--max-tunnels", type=int, help="tunnels served at once (default 64)")
+    parser.add_argument(
+        "--max-tunnels-per-user", type=int, help="proven tunnels one user may hold (default 8)"
+    )
+    parser.add_argument(
+        "--max-prelogin",
+        type=int,
+        help="connections waiting for login at once (default 128; the oldest gives way)",
+    )
+    parser.add_argument(
+        "--max-prelogin-per-address",
+        type=int,
+        help="of those, from one source address (IPv6: one /64; default 16)",
+    )
     parser.add_argument("--max-streams", type=int, help="streams per tunnel (default 1024)")
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
     parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
@@ -67,7 +83,13 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["listen"] = host_port(settings["listen"], "--listen")
     settings["admin"] = host_port(settings["admin"], "--admin")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
-    for key in ("max_tunnels", "max_streams"):
+    for key in (
+        "max_tunnels",
+        "max_tunnels_per_user",
+        "max_prelogin",
+        "max_prelogin_per_address",
+        "max_streams",
+    ):
         if settings[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
     for key in ("idle_timeout", "connect_timeout", "handshake_timeout"):
@@ -88,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
+        max_tunnels_per_user=settings["max_tunnels_per_user"],
+        max_prelogin=settings["max_prelogin"],
+        max_prelogin_per_address=settings["max_prelogin_per_address"],
         max_streams=settings["max_streams"],
         idle_timeout=settings["idle_timeout"],
         connect_timeout=settings["connect_timeout"],

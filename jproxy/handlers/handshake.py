@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import dataclass
 
 import gevent
 
-from jproxy.handshake import ClientHandshake, LoginError, Phase, ServerHandshake
+from jproxy.handshake import ClientHandshake, LoginError, LoginProof, Phase, ServerHandshake
 from jproxy.keys import ClientKey, UserDirectory
 from jproxy.session import Session
-from schemas.jproxy import Dialect
+from schemas import WireError, build
+from schemas.jproxy import Dialect, KeepAlive, KeepAliveKind
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,9 @@ HANDSHAKE_TIMEOUT = 10.0
 
 SERVER_READ_SIZE = 4096
 """Bytes the server reads at once during login: bounds what it can hold as pipelined."""
+
+
+_PING = build(KeepAlive, {"kind": KeepAliveKind.PING})
 
 
 def _run(sock: socket.socket, core: ClientHandshake | ServerHandshake, read_size: int) -> bool:
@@ -55,7 +60,24 @@ def client_login(
         sock.sendall(core.start())
         if not _run(sock, core, read_size=0):
             raise LoginError("the server closed the connection during login")
-    return core.session
+        session = core.session
+        if dialect is Dialect.SECURE_3_1:
+            # The first frame proves to the server that we could unwrap the session key.
+            sock.sendall(session.seal(_PING))
+    return session
+
+
+@dataclass
+class ServerLogin:
+    """A login the server answered: ``proof.received`` are the session's first bytes."""
+
+    user: str
+    session: Session
+    proof: LoginProof
+
+    @property
+    def proven(self) -> bool:
+        return self.proof.proven
 
 
 def server_login(
@@ -64,26 +86,36 @@ def server_login(
     users: UserDirectory,
     allow_legacy: bool,
     timeout: float = HANDSHAKE_TIMEOUT,
-) -> tuple[str, Session, bytes] | None:
-    """Serve one client's handshake and login: ``(user name, session, pipelined)``.
+) -> ServerLogin | None:
+    """Serve one client's handshake and login, and in 3.1 wait for its proof of the key.
 
-    ``pipelined`` is what the client sent after its login hash (usually nothing): raw frame
-    bytes to feed the session before anything else read from the socket. None when the client
-    did not log in (refused, silent, too slow, gone); the reason is logged with ``peer`` and any
-    refusal reply was sent. The caller closes the socket.
+    Everything, including a 3.1 client's first frame, must arrive within ``timeout``. A 3.0
+    login comes back unproven unless its first frame came along (``prove`` waits for it).
+    None when the client did not log in (refused, silent, too slow, gone, no proof); the
+    reason is logged with ``peer`` and any refusal reply was sent. The caller closes the socket.
     """
     core = ServerHandshake(users, allow_legacy)
     deadline = gevent.Timeout(timeout)
     try:
         with deadline:
             completed = _run(sock, core, read_size=SERVER_READ_SIZE)
+            if completed and core.phase is Phase.DONE:
+                login = ServerLogin(core.user.user, core.session, core.proof)
+                _check_proof(login.proof, core.leftover)
+                if core.dialect is Dialect.SECURE_3_1 and not _await_proof(sock, login.proof):
+                    log.info("%s: closed the connection before proving its key", peer)
+                    return None
     except gevent.Timeout as error:
         if error is not deadline:
             raise
-        log.info("%s: dropped: no complete login within %g s", peer, timeout)
+        what = "proof of the key" if core.phase is Phase.DONE else "login"
+        log.info("%s: dropped: no complete %s within %g s", peer, what, timeout)
         return None
     except OSError as error:
         log.info("%s: connection lost during login: %s", peer, error)
+        return None
+    except WireError as error:
+        log.warning("%s: %s logged in without the key: %s", peer, core.user.user, error)
         return None
     if not completed:
         log.info("%s: closed the connection during login", peer)
@@ -91,4 +123,38 @@ def server_login(
     if core.phase is Phase.REFUSED:
         log.warning("%s: %s", peer, core.refusal)
         return None
-    return core.user.user, core.session, core.leftover
+    return login
+
+
+def prove(sock: socket.socket, peer: str, login: ServerLogin, timeout: float) -> bool:
+    """Wait up to ``timeout`` for the first frame of an unproven (3.0) login; False: close it."""
+    deadline = gevent.Timeout(timeout)
+    try:
+        with deadline:
+            if _await_proof(sock, login.proof):
+                return True
+            log.info("%s: %s closed the tunnel before its first frame", peer, login.user)
+    except gevent.Timeout as error:
+        if error is not deadline:
+            raise
+        log.info("%s: %s sent no frame within %g s", peer, login.user, timeout)
+    except OSError as error:
+        log.info("%s: %s: connection lost: %s", peer, login.user, error)
+    except WireError as error:
+        log.warning("%s: %s logged in without the key: %s", peer, login.user, error)
+    return False
+
+
+def _check_proof(proof: LoginProof, leftover: bytes) -> None:
+    if leftover:
+        proof.receive(leftover)
+
+
+def _await_proof(sock: socket.socket, proof: LoginProof) -> bool:
+    """Read until ``proof`` is complete; False if the peer closed first."""
+    while not proof.proven:
+        data = sock.recv(SERVER_READ_SIZE)
+        if not data:
+            return False
+        proof.receive(data)
+    return True

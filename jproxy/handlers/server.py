@@ -1,8 +1,12 @@
 """``gjproxy server``'s tunnel endpoint: log in each tunnel, then open its streams for real.
 
-Each accepted tunnel runs in a greenlet of a bounded pool (the tunnel limit). Each stream the
-client asks for gets a greenlet that resolves and connects without blocking the others (gevent's
-resolver), answers with the wire's status and the milliseconds it took, and relays. When a
+Each accepted connection runs in its own greenlet, counted first in the pre-login budget (per
+source address and in total; the oldest waiting connection gives way to a newcomer) and, once
+logged in, in the tunnel slots (in all and per user). A 3.1 login counts as logged in only
+when its first frame proves that it holds the key; a 3.0 login holds an unproven slot, which
+any other login may take, until its first well-formed frame. Each stream the client asks for
+gets a greenlet that resolves and connects without blocking the others (gevent's resolver),
+answers with the wire's status and the milliseconds it took, and relays. When a
 tunnel ends, every outbound socket it owned is closed with it.
 """
 
@@ -20,7 +24,9 @@ from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from jproxy.handlers.handshake import server_login
+from jproxy.admission import Refused, TunnelSlots
+from jproxy.handlers.admission import Doorway, Evicted
+from jproxy.handlers.handshake import ServerLogin, prove, server_login
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
 from jproxy.handshake import version_text
@@ -36,9 +42,15 @@ access_log = logging.getLogger("gjproxy.access")
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 
 
+LISTEN_BACKLOG = 1024
+
+
 @dataclass
 class ServerLimits:
     max_tunnels: int = 64
+    max_tunnels_per_user: int = 8
+    max_prelogin: int = 128
+    max_prelogin_per_address: int = 16
     max_streams: int = DEFAULT_MAX_STREAMS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     connect_timeout: float = 10.0
@@ -75,7 +87,12 @@ class TunnelServer:
         self.counters = counters or Counters()
         self.tuning = tuning or RelayTuning()
         self._tunnels: set[Tunnel] = set()
-        self._server = StreamServer(listen, self._handle, spawn=Pool(self.limits.max_tunnels))
+        limits = self.limits
+        self._doorway = Doorway("tunnel port", limits.max_prelogin, limits.max_prelogin_per_address)
+        self._slots = TunnelSlots(limits.max_tunnels, limits.max_tunnels_per_user)
+        # Every connection gets a greenlet at once: the pre-login budget and the tunnel slots
+        # bound them, so a full pool can never leave a newcomer unanswered in the backlog.
+        self._server = StreamServer(listen, self._handle, backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -97,14 +114,44 @@ class TunnelServer:
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         where = f"{peer[0]}:{peer[1]}"
-        tune_tunnel_socket(sock)
-        login = server_login(
-            sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout
-        )
-        if login is None:
+        try:
+            with self._doorway.waiting(peer[0]):
+                tune_tunnel_socket(sock)
+                login = server_login(
+                    sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout
+                )
+                if login is None:
+                    return
+                self._doorway.logged_in()
+            self._hold_slot(sock, where, login)
+        except Evicted:
+            log.info("%s: dropped before login: newer connections needed the room", where)
+        finally:
             sock.close()
-            return
-        user, session, pipelined = login
+
+    def _hold_slot(self, sock: socket.socket, where: str, login: ServerLogin) -> None:
+        """Take a tunnel slot (a 3.0 login first proves itself in it), then serve the tunnel."""
+        me = gevent.getcurrent()
+        decision = self._slots.claim(me, login.user, proven=login.proven)
+        try:
+            if isinstance(decision, Refused):
+                log.warning("%s: %s refused: %s", where, login.user, decision.reason)
+                return
+            for victim in decision.evict:
+                victim.kill(Evicted, block=False)
+            if not login.proven:
+                if not prove(sock, where, login, self.limits.idle_timeout):
+                    return
+                decision = self._slots.prove(me)
+                if isinstance(decision, Refused):
+                    log.warning("%s: %s refused: %s", where, login.user, decision.reason)
+                    return
+            self._serve_tunnel(sock, where, login)
+        finally:
+            self._slots.release(me)
+
+    def _serve_tunnel(self, sock: socket.socket, where: str, login: ServerLogin) -> None:
+        user, session = login.user, login.session
         dialect = version_text(session.dialect)
         streams = Pool(self.limits.max_streams)
         mux = Mux(
@@ -129,7 +176,7 @@ class TunnelServer:
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
         try:
-            tunnel.run(pipelined)
+            tunnel.run(login.proof.received)
         finally:
             streams.kill(block=True, timeout=5)
             self.counters.tunnel_closed(user, dialect)
