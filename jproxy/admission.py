@@ -2,11 +2,12 @@
 
 A connection that has not logged in costs a socket and a greenlet but proves nothing, so such
 connections get their own small budget, per source address and in total, apart from the
-logged-in tunnels (``PreLoginBudget``). A newcomer is always admitted: when the budget is full,
-the oldest waiting connection of its own address (when that address is at its limit) or of the
-busiest address is dropped instead. A flood of idle or trickling connections thus costs the
-flooder its own oldest connections and cannot keep out a real client, whose login takes
-milliseconds.
+logged-in tunnels (``PreLoginBudget``). A newcomer is always admitted: when its address holds
+its share of connections that have waited ``grace`` seconds or more, the oldest of them is
+dropped; when the whole budget is full, the oldest of the busiest address is. A flood of idle or
+trickling connections thus costs the flooder its own oldest connections and cannot keep out a
+real client, whose login takes milliseconds, while a burst of fresh connections from one
+address (a browser, a NAT) is not cut by the per-address share.
 
 Logged-in tunnels (``TunnelSlots``) are capped in all and per user. A 3.0 login proves nothing
 until its first frame (the login hash travels in clear and ECB has no MAC): such an unproven
@@ -36,14 +37,16 @@ def source_of(host: str) -> str:
 
 
 class PreLoginBudget:
-    """At most ``total`` connections waiting for login, at most ``per_address`` from one source."""
+    """At most ``total`` connections waiting for login; one source keeps ``per_address`` of them
+    once they waited ``grace`` seconds."""
 
-    def __init__(self, total: int, per_address: int) -> None:
+    def __init__(self, total: int, per_address: int, grace: float = 1.0) -> None:
         if total < 1 or per_address < 1:
             raise ValueError("pre-login budgets must be at least 1")
         self.total = total
         self.per_address = per_address
-        self._waiting: dict[str, OrderedDict[Hashable, None]] = {}
+        self.grace = grace
+        self._waiting: dict[str, OrderedDict[Hashable, float]] = {}
         self._source: dict[Hashable, str] = {}
 
     def __len__(self) -> int:
@@ -52,20 +55,22 @@ class PreLoginBudget:
     def waiting_from(self, source: str) -> int:
         return len(self._waiting.get(source, ()))
 
-    def admit(self, key: Hashable, source: str) -> Hashable | None:
-        """Count ``key`` as waiting; returns the waiting connection to drop for it, if any."""
+    def admit(self, key: Hashable, source: str, now: float) -> Hashable | None:
+        """Count ``key`` as waiting since ``now``; returns the connection to drop for it, if any."""
         if key in self._source:
             raise ValueError(f"{key!r} is already admitted")
         victim = None
         own = self._waiting.get(source)
         if own is not None and len(own) >= self.per_address:
-            victim = next(iter(own))
-        elif len(self._source) >= self.total:
+            oldest, since = next(iter(own.items()))
+            if now - since >= self.grace:
+                victim = oldest
+        if victim is None and len(self._source) >= self.total:
             busiest = max(self._waiting.values(), key=len)
             victim = next(iter(busiest))
         if victim is not None:
             self.release(victim)
-        self._waiting.setdefault(source, OrderedDict())[key] = None
+        self._waiting.setdefault(source, OrderedDict())[key] = now
         self._source[key] = source
         return victim
 

@@ -16,28 +16,30 @@ def test_source_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
 
 def test_budget_admits_within_limits() -> None:
     budget = PreLoginBudget(total=3, per_address=2)
-    assert [budget.admit(key, "a") for key in (1, 2)] == [None, None]
-    assert budget.admit(3, "b") is None
+    assert [budget.admit(key, "a", 0.0) for key in (1, 2)] == [None, None]
+    assert budget.admit(3, "b", 0.0) is None
     assert len(budget) == 3 and budget.waiting_from("a") == 2
 
 
-def test_a_full_address_drops_its_own_oldest() -> None:
-    budget = PreLoginBudget(total=100, per_address=2)
-    budget.admit("flood-1", "attacker")
-    budget.admit("flood-2", "attacker")
-    budget.admit("user", "user")
-    assert budget.admit("flood-3", "attacker") == "flood-1"
-    assert budget.admit("flood-4", "attacker") == "flood-2"
-    assert budget.waiting_from("user") == 1
+def test_a_full_address_drops_its_own_oldest_once_it_waited_the_grace() -> None:
+    budget = PreLoginBudget(total=100, per_address=2, grace=1.0)
+    budget.admit("flood-1", "attacker", 0.0)
+    budget.admit("flood-2", "attacker", 0.5)
+    budget.admit("user", "user", 0.5)
+    assert budget.admit("burst", "attacker", 0.9) is None  # a burst of fresh ones is let in
+    assert budget.admit("flood-3", "attacker", 1.0) == "flood-1"
+    assert budget.admit("flood-4", "attacker", 1.2) is None
+    assert budget.admit("flood-5", "attacker", 1.5) == "flood-2"
+    assert budget.waiting_from("user") == 1 and budget.waiting_from("attacker") == 4
 
 
 def test_a_full_budget_drops_the_oldest_of_the_busiest_address() -> None:
     budget = PreLoginBudget(total=4, per_address=3)
     for key in ("a1", "b1", "b2", "b3"):
-        budget.admit(key, key[0])
-    assert budget.admit("user", "u") == "b1"
-    assert budget.admit("c1", "c") == "b2"  # a, b and u now hold one each
-    assert budget.admit("c2", "c") == "a1"  # a tie: the address that came first gives way
+        budget.admit(key, key[0], 0.0)
+    assert budget.admit("user", "u", 0.0) == "b1"
+    assert budget.admit("c1", "c", 0.0) == "b2"  # a, b and u now hold one each
+    assert budget.admit("c2", "c", 0.0) == "a1"  # a tie: the address that came first gives way
     assert budget.waiting_from("u") == 1
 
 
@@ -45,21 +47,21 @@ def test_a_flood_never_drops_a_newcomer_before_limit_more_arrive() -> None:
     """1,000 connections from 100 addresses: a real client's stays until its address is busiest."""
     budget = PreLoginBudget(total=128, per_address=16)
     for n in range(1000):
-        budget.admit(n, f"10.0.0.{n % 100}")
-    budget.admit("real", "192.0.2.1")
-    dropped = [budget.admit(("late", n), f"10.0.0.{n % 100}") for n in range(1000)]
+        budget.admit(n, f"10.0.0.{n % 100}", n / 100)
+    budget.admit("real", "192.0.2.1", 10.0)
+    dropped = [budget.admit(("late", n), f"10.0.0.{n % 100}", 10.0) for n in range(1000)]
     assert "real" not in dropped and budget.waiting_from("192.0.2.1") == 1
     assert len(budget) == 128
 
 
 def test_release_frees_the_place_and_tolerates_unknown_keys() -> None:
     budget = PreLoginBudget(total=1, per_address=1)
-    budget.admit("a", "x")
+    budget.admit("a", "x", 0.0)
     budget.release("a")
     budget.release("a")
-    assert budget.admit("b", "x") is None and len(budget) == 1
+    assert budget.admit("b", "x", 0.0) is None and len(budget) == 1
     with pytest.raises(ValueError):
-        budget.admit("b", "x")
+        budget.admit("b", "x", 0.0)
 
 
 def test_proven_tunnels_respect_the_per_user_cap() -> None:

@@ -12,7 +12,7 @@ import gevent
 from jproxy.config import ConfigError, host_port, load, resolve
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.signals import Termination
-from jproxy.handlers.socks5 import Socks5Listener
+from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
 from jproxy.keys import KeyFileError, load_client_key
 from schemas.jproxy import Dialect
 
@@ -27,6 +27,7 @@ DEFAULTS = {
     "dialect": "3.1",
     "socks_user": "",
     "socks_password": "",
+    "max_socks": MAX_CLIENTS,
 }
 
 
@@ -47,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
         f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
     )
+    parser.add_argument(
+        "--max-socks",
+        type=int,
+        metavar="N",
+        help=f"SOCKS connections served at once (default {MAX_CLIENTS}); the next one gets"
+        " reply 0x01 (general failure)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -57,6 +65,8 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
+    if settings["max_socks"] < 1:
+        raise ConfigError("--max-socks must be at least 1")
     password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
     if settings["socks_user"] and not password:
         raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
@@ -73,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gjproxy client: {error}\n")
         return 2
     tunnels = TunnelClient(settings["server"], key, settings["dialect"])
-    listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
+    listener = Socks5Listener(
+        settings["socks"],
+        tunnels,
+        users=settings["socks_users"],
+        max_clients=settings["max_socks"],
+    )
     try:
         listener.start()
     except OSError as error:

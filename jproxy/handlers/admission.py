@@ -1,7 +1,7 @@
 """A listener's pre-login budget on greenlets: a connection that must give way is killed.
 
 Each handler greenlet counts as waiting from the time it enters ``Doorway.waiting()`` until it
-leaves that block or calls ``logged_in()``. When ``jproxy.admission.PreLoginBudget`` picks an
+leaves that block or calls ``done_waiting()``. When ``jproxy.admission.PreLoginBudget`` picks an
 older waiting connection to make room, its greenlet gets ``Evicted`` (a ``GreenletExit``, so
 the handler's ``finally`` blocks close its socket and nothing logs a traceback).
 """
@@ -9,6 +9,7 @@ the handler's ``finally`` blocks close its socket and nothing logs a traceback).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,7 +36,7 @@ class Doorway:
     def waiting(self, host: str) -> Iterator[None]:
         """Count the current greenlet as a connection from ``host`` that has not logged in."""
         me = gevent.getcurrent()
-        victim = self.budget.admit(me, source_of(host))
+        victim = self.budget.admit(me, source_of(host), time.monotonic())
         if victim is not None:
             self.dropped += 1
             self._doomed.add(victim)
@@ -47,7 +48,7 @@ class Doorway:
             self.budget.release(me)
             self._doomed.discard(me)
 
-    def logged_in(self) -> None:
+    def done_waiting(self) -> None:
         """The current greenlet leaves the budget early; ``Evicted`` if it was just dropped."""
         me = gevent.getcurrent()
         if me in self._doomed:

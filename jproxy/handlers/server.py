@@ -122,7 +122,7 @@ class TunnelServer:
                 )
                 if login is None:
                     return
-                self._doorway.logged_in()
+                self._doorway.done_waiting()
             self._hold_slot(sock, where, login)
         except Evicted:
             log.info("%s: dropped before login: newer connections needed the room", where)
