@@ -9,6 +9,7 @@ import pkgutil
 import sys
 
 from jproxy import commands
+from jproxy.handlers.logs import repeat_limited
 
 USAGE_ERROR = 2
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[repeat_limited(logging.StreamHandler())],
     )
     return args.handler(args)
 
