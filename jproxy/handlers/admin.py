@@ -20,6 +20,7 @@ from functools import partial
 
 import gevent
 from gevent.lock import Semaphore
+from gevent.pool import Pool
 from gevent.server import StreamServer
 from gevent.threadpool import ThreadPool
 
@@ -70,7 +71,7 @@ class _Turns:
 
 
 class AdminServer(StreamServer):
-    """Accepts admin connections (at most ``pool_size`` at once) and runs one exchange each."""
+    """Runs one exchange per connection; at most ``pool_size`` at once, the oldest giving way."""
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class AdminServer(StreamServer):
         throttle: LoginThrottle,
         deadline: float,
     ) -> None:
-        super().__init__(listener)
+        super().__init__(listener, spawn=Pool())  # unbounded: the doorway bounds it
         self.transport = transport
         self._doorway = Doorway(
             "admin port", pool_size, min(pool_size, MAX_CONNECTIONS_PER_ADDRESS)

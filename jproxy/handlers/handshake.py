@@ -4,6 +4,11 @@ The client reads exactly the bytes its core still needs, so nothing after the lo
 taken off the socket. The server reads in chunks and hands whatever followed the login hash
 (a client may pipeline) to its caller, so one recv serves a client that sends hello and hash
 together, and a refusal closes a socket with nothing left unread (no reset hides the reply).
+
+The login hash travels in clear, so a 3.1 client's first frame (a keep-alive ping, sent by
+``client_login``) proves that it holds the key; the server waits for it within the same
+deadline before it counts the tunnel as logged in (``LoginProof``). A 3.0 login can prove
+itself only with the first frame its client chooses to send (``prove``).
 """
 
 from __future__ import annotations
@@ -101,7 +106,8 @@ def server_login(
             completed = _run(sock, core, read_size=SERVER_READ_SIZE)
             if completed and core.phase is Phase.DONE:
                 login = ServerLogin(core.user.user, core.session, core.proof)
-                _check_proof(login.proof, core.leftover)
+                if core.leftover:
+                    login.proof.receive(core.leftover)
                 if core.dialect is Dialect.SECURE_3_1 and not _await_proof(sock, login.proof):
                     log.info("%s: closed the connection before proving its key", peer)
                     return None
@@ -143,11 +149,6 @@ def prove(sock: socket.socket, peer: str, login: ServerLogin, timeout: float) ->
     except WireError as error:
         log.warning("%s: %s logged in without the key: %s", peer, login.user, error)
     return False
-
-
-def _check_proof(proof: LoginProof, leftover: bytes) -> None:
-    if leftover:
-        proof.receive(leftover)
 
 
 def _await_proof(sock: socket.socket, proof: LoginProof) -> bool:

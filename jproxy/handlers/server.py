@@ -92,7 +92,7 @@ class TunnelServer:
         self._slots = TunnelSlots(limits.max_tunnels, limits.max_tunnels_per_user)
         # Every connection gets a greenlet at once: the pre-login budget and the tunnel slots
         # bound them, so a full pool can never leave a newcomer unanswered in the backlog.
-        self._server = StreamServer(listen, self._handle, backlog=LISTEN_BACKLOG)
+        self._server = StreamServer(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Mapping
 
 import gevent
+from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from jproxy.handlers.admission import Doorway, Evicted
@@ -66,7 +67,7 @@ class Socks5Listener:
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
         # Every connection gets its greenlet at once (bounded by the handshake budget and
         # max_clients), so none waits unanswered in the backlog for a pool slot.
-        self._server = StreamServer(listen, self._handle, backlog=LISTEN_BACKLOG)
+        self._server = StreamServer(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
