@@ -18,7 +18,9 @@ from typing import Any
 import construct as c
 from construct.expr import BinExpr, opnames
 
+from jproxy.crypto import MAX_MESSAGE
 from schemas import jproxy
+from schemas.fast import TCP_PACKET
 from schemas.fields import StrictEnum
 
 SCHEMA_MODULES = ("schemas.jproxy", "schemas.keys", "schemas.admin", "schemas.socks5")
@@ -81,7 +83,8 @@ DIALECTS_AFTER = """\
 A server accepts 3.0 only when started with `--allow-legacy`; otherwise, and for any unknown
 minor version, it answers the hello with status 1 and logs the reason. A 3.1 client never
 falls back to 3.0 on its own: when it cannot unwrap the session key it reports that the server
-looks like a 3.0 server and names the option that selects that dialect."""
+looks like a 3.0 server and says what to do: for the Java server, use `--dialect 3.0`; for a
+gjproxy server, start it with `--allow-legacy` and use `--dialect 3.0`."""
 
 ERRATA_TEXT = """\
 ## Errata: PROTOCOL.md and KEYS.md against the wire
@@ -111,18 +114,49 @@ ERRATA = (
     ),
 )
 
-ERRATA_AFTER = """\
-Other behaviour of the Java implementation seen on the wire, and what gjproxy does instead:
+_MOST_DATA = {dialect: MAX_MESSAGE[dialect] - TCP_PACKET.header_size for dialect in jproxy.Dialect}
+"""The most stream data gjproxy puts in one TCP packet: what one frame carries, per dialect."""
+
+ERRATA_AFTER = f"""\
+Other behaviour of the Java implementation, seen on the wire and by running its client, server
+and keygen against gjproxy, and what gjproxy does instead:
 
 - The Java client appends one zero byte to its TCP disconnect (5 bytes instead of 4); the
   schema accepts it and gjproxy never sends it.
 - The Java server accepts any minor version (a hello with minor 9 got status 0); gjproxy
   refuses every minor but 1, and 0 without `--allow-legacy`.
+- The Java server logs a refused version as "MINOR VERSION MISMATCH" followed by the major
+  byte, not the minor; gjproxy's log names the minor version it refused.
 - The Java server never answers a disconnect, and its client reuses a connection id at once;
   in 3.1 gjproxy answers every disconnect and frees an id only when both sides are done (see
   architecture.md). In 3.0 it keeps the Java behaviour.
+- The Java client frees a connection id twice when its local side closes before the server's
+  disconnect arrives; two later streams then get the same id and receive each other's data
+  (reproduced between the Java client and the Java server). In gjproxy an id belongs to one
+  stream until that stream is forgotten, once, and ids are handed out in rotation, so a freed
+  id is the last to be used again.
+- The Java server takes a connect for an id that is still open as a new stream in place of
+  the old one; gjproxy refuses it with status 1 (general failure), logs a warning and keeps
+  the old stream.
+- The Java server never answers a connect it fails to process (it logged "Unknown address
+  type: 4" for one), and the Java client has no time limit for the answer, so its SOCKS
+  client waits forever. The gjproxy client gives up after 20 s and
+  answers its SOCKS client with reply 1.
 - The Java server ignores a frame with n = 0 and messages it does not know; gjproxy does the
-  same in 3.0, while in 3.1 n = 0 and malformed messages end the tunnel."""
+  same in 3.0, while in 3.1 n = 0 and malformed messages end the tunnel.
+- The Java programs put at most 2048 data bytes in a TCP packet; gjproxy fills its frames (up
+  to {_MOST_DATA[jproxy.Dialect.LEGACY_3_0]} data bytes in 3.0,\
+ {_MOST_DATA[jproxy.Dialect.SECURE_3_1]} in 3.1), and the Java programs read those packets.
+- The Java client exits with status 0 whenever its tunnel ends, and when its login is
+  refused, and never reconnects. The gjproxy client rebuilds a broken tunnel by itself, and
+  exits with status 1 only on a login error that retrying cannot fix.
+- Both Java programs listen on all interfaces. By default the gjproxy client's SOCKS port
+  and the server's admin port listen on 127.0.0.1 only; the tunnel server listens on all
+  interfaces, as it is meant to be reached.
+- The Java keygen writes the user file's name with `DataOutputStream.writeUTF`, and the
+  server reads it with `readUTF`: Java's modified UTF-8, in which a character beyond U+FFFF
+  takes 6 bytes (two surrogates) and NUL is C0 80. gjproxy reads and writes the same, and
+  refuses a name in standard UTF-8 (4-byte sequences) with a message that says so."""
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,9 @@ class ServerHandshake(_Core):
         login_hash = parse(LoginRequest, message).login_hash
         user = self.users.lookup(login_hash)
         if user is None:
-            return self._refuse(f"unknown login hash {login_hash.hex()[:16]}...", _LOGIN_FAILED)
+            # The hash in full and in upper case: the name of the user file the server lacks.
+            name = login_hash.hex().upper()
+            return self._refuse(f"unknown login hash {name}: no users/{name}.dat", _LOGIN_FAILED)
         session_key = new_session_key()
         wrapped = wrap_key(user.public_key, session_key, self.dialect)
         self.user = user
@@ -248,8 +250,9 @@ class KeyRejected(FatalLoginError):
 class LegacyServer(FatalLoginError):
     def __init__(self) -> None:
         super().__init__(
-            "this server looks like a jProxy 3.0 server: use --dialect 3.0"
-            " (and the server needs --allow-legacy)"
+            "this server looks like a jProxy 3.0 server: for the Java server, use"
+            " --dialect 3.0; for a gjproxy server, start it with --allow-legacy and use"
+            " --dialect 3.0"
         )
 
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from schemas import WireError, build, parse
-from schemas.keys import SALT_SIZE, ClientKeyFile, UserFile
+from schemas.keys import SALT_SIZE, ClientKeyFile, UserFile, encode_modified_utf8
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,10 @@ class UserRecord:
 def _check_user_name(user: str) -> None:
     if not user or not user.isprintable():
         raise ValueError("a user name must be non-empty printable text")
-    if len(user.encode("utf-8")) > MAX_USER_NAME_SIZE:
-        raise ValueError(f"a user name must be at most {MAX_USER_NAME_SIZE} bytes of UTF-8")
+    if len(encode_modified_utf8(user)) > MAX_USER_NAME_SIZE:
+        raise ValueError(
+            f"a user name must be at most {MAX_USER_NAME_SIZE} bytes in Java's modified UTF-8"
+        )
 
 
 def _check_rsa_size(key: rsa.RSAPrivateKey | rsa.RSAPublicKey, where: str) -> None:
@@ -152,9 +154,43 @@ def _write_new(path: Path, data: bytes) -> None:
         file.write(data)
 
 
+def require_private(path: str | Path) -> None:
+    """Refuse a key file that group or others may read or write, as ssh refuses one."""
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot read client key file: {error.strerror}") from None
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{path}: mode {mode:04o} lets group or others read it; a private key must be"
+            f" private to its owner: chmod 600 {path}"
+        )
+
+
+def _user_file_name(data: bytes) -> str | None:
+    """The user name when ``data`` is a valid server user file, else None."""
+    try:
+        fields = parse(UserFile, data)
+        _rsa_public_key(fields.public_key, "user file")
+    except (WireError, KeyFileError):
+        return None
+    return fields.user
+
+
 def load_client_key(path: str | Path) -> ClientKey:
     path = Path(path)
-    fields = _parse(ClientKeyFile, _read(path, "client key file"), path, "client key file")
+    data = _read(path, "client key file")
+    try:
+        fields = parse(ClientKeyFile, data)
+    except WireError as error:
+        user = _user_file_name(data)
+        if user is not None:
+            raise KeyFileError(
+                f"{path} is a server user file (user {user!r}), not a client key: the client"
+                " needs the key.dat that `gjproxy keygen` wrote with it"
+            ) from None
+        raise KeyFileError(f"{path}: not a valid client key file ({error})") from None
     try:
         private_key = serialization.load_der_private_key(fields.private_key, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -210,6 +246,10 @@ class UserDirectory:
 
     def __len__(self) -> int:
         return len(self._users)
+
+    def records(self) -> list[UserRecord]:
+        """Every user loaded, by name."""
+        return sorted(self._users.values(), key=lambda record: (record.user, record.file_name))
 
     def lookup(self, login_hash: bytes) -> UserRecord | None:
         return self._users.get(login_hash)

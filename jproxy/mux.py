@@ -21,6 +21,7 @@ import enum
 import logging
 from dataclasses import dataclass, field
 
+from jproxy.hostnames import for_log
 from schemas.errors import WireError
 from schemas.fast import (
     TCP_CONNECT_REPLY,
@@ -322,7 +323,9 @@ class Mux:
             log.warning("refused connect: connection id %d is still in use", stream_id)
             return [Send(self._connect_reply(stream_id, ConnectStatus.GENERAL_FAILURE, 0))]
         if len(self.streams) >= self.max_streams:
-            log.warning("refused connect to %s:%d: %d streams open", host, port, self.max_streams)
+            log.warning(
+                "refused connect to %s:%d: %d streams open", for_log(host), port, self.max_streams
+            )
             return [Send(self._connect_reply(stream_id, ConnectStatus.CONNECTION_LIMIT, 0))]
         stream = self._add(Stream(stream_id, host, port))
         return [ConnectRequested(stream, host, port)]

@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import logging
 import os
 import re
 import time
@@ -22,8 +21,6 @@ from typing import Any
 
 from jproxy.config import ConfigError
 from schemas.admin import MAX_FIELD_LENGTH
-
-log = logging.getLogger(__name__)
 
 SCRYPT_N = 1 << 14
 SCRYPT_R = 8
@@ -142,8 +139,8 @@ def load_admin_credentials(
 
     ``[admin] password_hash`` wins over GJPROXY_ADMIN_PASSWORD, which is hashed here at once.
     The user name comes from ``[admin] user``, else GJPROXY_ADMIN_USER. Without a password
-    there is no admin account (None; the reason is logged); a password without a user, or a
-    malformed hash, is a ConfigError.
+    there is no admin account (None: the caller decides whether that is an error); a password
+    without a user, or a malformed hash, is a ConfigError.
     """
     table = config.get("admin", {})
     if not isinstance(table, Mapping):
@@ -152,11 +149,6 @@ def load_admin_credentials(
     stored = _admin_string(table, "password_hash")
     plain = environ.get(PASSWORD_VARIABLE)
     if stored is None and not plain:
-        log.warning(
-            "admin: no admin password ([admin] password_hash in the config file or %s);"
-            " the admin listener stays off",
-            PASSWORD_VARIABLE,
-        )
         return None
     if user is None:
         raise ConfigError(

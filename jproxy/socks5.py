@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hmac
-import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -114,6 +113,7 @@ _REPLY_FOR_STATUS = {
     ConnectStatus.UNREACHABLE: ReplyCode.NETWORK_UNREACHABLE,
     ConnectStatus.UNKNOWN_HOST: ReplyCode.HOST_UNREACHABLE,
     ConnectStatus.CONNECTION_LIMIT: ReplyCode.NOT_ALLOWED,
+    ConnectStatus.NOT_ALLOWED: ReplyCode.NOT_ALLOWED,
 }
 
 
@@ -124,11 +124,7 @@ def reply_code_for(status: ConnectStatus) -> ReplyCode:
 
 def _address(host: str) -> dict[str, Any]:
     """The SOCKS address of ``host``: an IP literal as IPv4 or IPv6, anything else as a name."""
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        return {"type": AddressType.DOMAIN, "host": host}
-    return {"type": AddressType.IPV4 if version == 4 else AddressType.IPV6, "host": host}
+    return {"type": AddressType.of(host), "host": host}
 
 
 def _reply_bytes(code: ReplyCode, host: str = "0.0.0.0", port: int = 0) -> bytes:

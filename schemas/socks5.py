@@ -1,9 +1,9 @@
 """SOCKS5 on the wire: RFC 1928 (methods, requests, replies, UDP) and RFC 1929 (user/password).
 
-Every 16-bit field is big-endian ("network order"). The address types are jProxy's own codes
-(jProxy copied them from SOCKS), but a SOCKS address has no length byte before an IPv4 or IPv6
-address: only a domain name carries one. Reserved bytes are sent as zero and ignored when
-received, as RFC 1928 gives them no meaning.
+Every 16-bit field is big-endian ("network order"). The address types are SOCKS5's own
+(1 IPv4, 3 domain name, 4 IPv6; jProxy numbers IPv6 2), and a SOCKS address has no length byte
+before an IPv4 or IPv6 address: only a domain name carries one. Reserved bytes are sent as
+zero and ignored when received, as RFC 1928 gives them no meaning.
 
 The strict enums make an unknown command or address type a ``WireError`` whose ``field`` is
 ``"command"`` or ``"address.type"``, so a server can still answer it with reply 7 or 8.
@@ -22,13 +22,21 @@ from typing import Generic, NamedTuple, TypeVar
 
 import construct as c
 
-from schemas.fields import InRange, StrictEnum, doc, packet, parse, unnamed
-from schemas.jproxy import AddressType
+from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse, unnamed
 
 VERSION = 5
 PASSWORD_AUTH_VERSION = 1
 MAX_FIELD_LENGTH = 255
 """Every SOCKS count and length is one byte: methods, user name, password, domain name."""
+
+
+class AddressType(AddressKind):
+    """ATYP (RFC 1928 section 4). jProxy numbers IPv6 2, not 4: ``schemas.jproxy.AddressType``
+    is a different enum, and a host crosses from one to the other as text."""
+
+    IPV4 = 1
+    DOMAIN = 3
+    IPV6 = 4
 
 
 class Method(enum.IntEnum):

@@ -7,10 +7,13 @@ from pathlib import Path
 
 from jproxy import metrics
 from jproxy.commands.admin import METHODS, ExitStatus
-from jproxy.handlers.prometheus import CountersCollector
+from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.prometheus import ClientCollector, CountersCollector
+from jproxy.keys import generate
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from schemas.admin import Method
+from schemas.jproxy import Dialect
 
 DOCS = (Path(__file__).parent.parent / "docs" / "admin.md").read_text(encoding="utf-8")
 
@@ -54,3 +57,13 @@ def test_every_prometheus_metric_is_documented() -> None:
     }
     for name in names:
         assert f"| `{name}" in DOCS, name
+
+
+def test_every_client_metric_is_documented() -> None:
+    key, _ = generate("alice")
+    collector = ClientCollector(TunnelClient([("127.0.0.1", 1)], key, Dialect.SECURE_3_1))
+    client_docs = DOCS.split("### The client's page", 1)[1]
+    names = {sample.name for family in collector.collect() for sample in family.samples}
+    assert names >= {"gjproxy_client_tunnel_up", "gjproxy_client_server"}
+    for name in names:
+        assert f"| `{name}" in client_docs, name

@@ -150,7 +150,9 @@ def test_server_core_refuses_an_unknown_hash_like_java(users: UserDirectory) -> 
     assert server.receive(bytes.fromhex(hello["hex"])).hex() == hello_reply["hex"]
     assert _feed_bytewise(server, bytes.fromhex(login["hex"])).hex() == login_reply["hex"]
     assert server.phase is Phase.REFUSED
-    assert server.refusal == "unknown login hash 6382b3cc881412b7..."
+    name = bytes.fromhex(login["hex"])[-32:].hex().upper()
+    assert name.startswith("6382B3CC881412B7")
+    assert server.refusal == f"unknown login hash {name}: no users/{name}.dat"
 
 
 def _java_server_replies() -> bytes:
@@ -170,8 +172,8 @@ def test_secure_client_says_when_the_server_looks_like_java() -> None:
     with pytest.raises(handshake.LegacyServer) as caught:
         _feed_bytewise(client, _java_server_replies())
     assert str(caught.value) == (
-        "this server looks like a jProxy 3.0 server: use --dialect 3.0"
-        " (and the server needs --allow-legacy)"
+        "this server looks like a jProxy 3.0 server: for the Java server, use --dialect 3.0;"
+        " for a gjproxy server, start it with --allow-legacy and use --dialect 3.0"
     )
     assert caught.value.fatal
 
@@ -383,7 +385,11 @@ def test_pipelined_client_bytes_reach_the_session(users: UserDirectory) -> None:
             "refused minor version 0: legacy dialect 3.0 not allowed"
             " (start the server with --allow-legacy)",
         ),
-        (b"jProxy\x03\x01" + bytes(32), b"jProxy\x00\x01", "unknown login hash 0000000000000000"),
+        (
+            b"jProxy\x03\x01" + bytes(32),
+            b"jProxy\x00\x01",
+            f"unknown login hash {'0' * 64}: no users/{'0' * 64}.dat",
+        ),
     ],
     ids=["bad-magic", "http", "major-2", "minor-9", "legacy-not-allowed", "unknown-hash"],
 )

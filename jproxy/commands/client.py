@@ -6,14 +6,23 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 
 import gevent
 
-from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.config import (
+    ConfigError,
+    ListenError,
+    host_port,
+    listening,
+    load,
+    resolve,
+    show_defaults,
+)
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
-from jproxy.keys import KeyFileError, load_client_key
+from jproxy.keys import KeyFileError, load_client_key, require_private
 from schemas.jproxy import Dialect
 
 log = logging.getLogger("gjproxy.client")
@@ -21,13 +30,14 @@ log = logging.getLogger("gjproxy.client")
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
 SOCKS_PASSWORD_ENV = "GJPROXY_SOCKS_PASSWORD"
 DEFAULTS = {
-    "server": "127.0.0.1:16384",
+    "server": ["127.0.0.1:16384"],
     "key": "key.dat",
     "socks": "127.0.0.1:1080",
     "dialect": "3.1",
     "socks_user": "",
     "socks_password": "",
     "max_socks": MAX_CLIENTS,
+    "metrics": "",
 }
 
 
@@ -37,11 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the local SOCKS5 proxy that tunnels to a gjproxy server",
         description="Serve SOCKS5 locally and carry every connection through one jProxy tunnel.",
     )
-    parser.add_argument("--config", help="TOML file; its [client] keys are the flags' names")
-    parser.add_argument("--server", metavar="HOST:PORT", help="default 127.0.0.1:16384")
-    parser.add_argument("--key", metavar="FILE", help="client key file (default ./key.dat)")
-    parser.add_argument("--socks", metavar="HOST:PORT", help="default 127.0.0.1:1080")
-    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="default 3.1")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file; its [client] keys are the flags' names"
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        action="append",
+        help="the tunnel server; give it again for more servers, tried in order when one fails",
+    )
+    parser.add_argument("--key", metavar="FILE", help="client key file, mode 0600")
+    parser.add_argument("--socks", metavar="HOST:PORT", help="the local SOCKS5 port")
+    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="jProxy dialect")
     parser.add_argument(
         "--socks-user",
         metavar="USER",
@@ -52,16 +69,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-socks",
         type=int,
         metavar="N",
-        help=f"SOCKS connections served at once (default {MAX_CLIENTS}); the next one gets"
-        " reply 0x01 (general failure)",
+        help="SOCKS connections served at once; the next one gets reply 0x01 (general failure)",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
+    )
+    show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
 
 def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings = resolve(args, load(args.config), "client", DEFAULTS)
-    settings["server"] = host_port(settings["server"], "--server")
+    if not settings["server"]:
+        raise ConfigError("config: [client] server must name at least one HOST:PORT")
+    settings["server"] = [host_port(server, "--server") for server in settings["server"]]
     settings["socks"] = host_port(settings["socks"], "--socks")
+    settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
@@ -79,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         key = load_client_key(settings["key"])
+        require_private(settings["key"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
         return 2
@@ -89,13 +115,26 @@ def run(args: argparse.Namespace) -> int:
         users=settings["socks_users"],
         max_clients=settings["max_socks"],
     )
+    services = []
     try:
-        listener.start()
-    except OSError as error:
-        sys.stderr.write(f"gjproxy client: cannot listen on {settings['socks']}: {error}\n")
+        listening("--socks", settings["socks"], listener.start)
+        services.append(listener)
+        if settings["metrics"]:
+            # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
+            from jproxy.handlers.prometheus import serve_client_metrics
+
+            metrics = partial(serve_client_metrics, settings["metrics"], tunnels)
+            services.append(listening("--metrics", settings["metrics"], metrics))
+    except ListenError as error:
+        sys.stderr.write(f"gjproxy client: {error}\n")
+        for service in services:
+            service.stop()
         return 1
     tunnels.start()
-    return serve_until_stopped(tunnels, listener, termination)
+    status = serve_until_stopped(tunnels, listener, termination)
+    for service in services[1:]:  # serve_until_stopped stopped the listener
+        service.stop()
+    return status
 
 
 def serve_until_stopped(

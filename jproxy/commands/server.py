@@ -6,13 +6,26 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 
-from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.config import (
+    ConfigError,
+    ListenError,
+    host_port,
+    listening,
+    load,
+    resolve,
+    show_defaults,
+)
+from jproxy.egress import EgressPolicy, RuleError
 from jproxy.handlers.admin import serve_admin
+from jproxy.handlers.descriptors import raise_fd_limit
+from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
-from jproxy.passwords import load_admin_credentials
+from jproxy.passwords import PASSWORD_VARIABLE, load_admin_credentials
 
 log = logging.getLogger("gjproxy.server")
 
@@ -31,6 +44,7 @@ DEFAULTS = {
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
 }
+EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the tunnel server",
         description="Serve jProxy tunnels: log clients in by key and open their connections.",
     )
-    parser.add_argument("--config", help="TOML file; its [server] keys are the flags' names")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:16384")
-    parser.add_argument("--users", metavar="DIR", help="user files directory (default ./users)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file; its [server] keys are the flags' names"
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="where tunnels come in")
+    parser.add_argument("--users", metavar="DIR", help="user files directory")
     parser.add_argument(
         "--allow-legacy",
         action="store_const",
@@ -51,29 +67,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--admin",
         metavar="HOST:PORT",
-        help="admin protocol listener (default 127.0.0.1:8080; on only with admin credentials)",
+        help="admin protocol listener; it needs an admin account ([admin] password_hash or"
+        f" ${PASSWORD_VARIABLE}) and is on whenever there is one",
+    )
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    parser.add_argument("--max-tunnels", type=int, metavar="N", help="tunnels served at once")
+    parser.add_argument("--max-streams", type=int, metavar="N", help="streams per tunnel")
+    parser.add_argument(
+        "--idle-timeout", type=float, metavar="S", help="seconds before an idle stream ends"
     )
     parser.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics over HTTP here (off)"
+        "--connect-timeout", type=float, metavar="S", help="outbound connect timeout (s)"
     )
-    parser.add_argument("--max-tunnels", type=int, help="tunnels served at once (default 64)")
     parser.add_argument(
-        "--max-tunnels-per-user", type=int, help="proven tunnels one user may hold (default 8)"
+        "--handshake-timeout",
+        type=float,
+        metavar="S",
+        help="seconds for hello, login and (3.1) the first frame",
+    )
+    parser.add_argument(
+        "--max-tunnels-per-user", type=int, metavar="N", help="proven tunnels one user may hold"
     )
     parser.add_argument(
         "--max-prelogin",
         type=int,
-        help="connections waiting for login at once (default 128; the oldest gives way)",
+        metavar="N",
+        help="connections waiting for login at once (the oldest gives way to a newcomer)",
     )
     parser.add_argument(
         "--max-prelogin-per-address",
         type=int,
-        help="of those, from one source address (IPv6: one /64; default 16)",
+        metavar="N",
+        help="of those, from one source address (IPv6: one /64) once they waited 1 s",
     )
-    parser.add_argument("--max-streams", type=int, help="streams per tunnel (default 1024)")
-    parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
-    parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
-    parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
+    parser.add_argument(
+        "--allow-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="let streams reach this network (repeatable; e.g. 127.0.0.0/8, [::1]/128:8000-8999)."
+        " Loopback, private, link-local and multicast ranges are denied unless allowed"
+        " (default: none)",
+    )
+    parser.add_argument(
+        "--deny-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="never let streams reach this network (repeatable; beats every allow rule)"
+        " (default: none)",
+    )
+    show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
 
@@ -96,8 +138,28 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         settings[key] = float(settings[key])
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
-    settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
+    settings["egress"] = egress_policy(args, config)
+    settings["admin_credentials"] = load_admin_credentials(config, environ)
+    admin_asked = args.admin is not None or "admin" in config.get("server", {})
+    if admin_asked and settings["admin_credentials"] is None:
+        raise ConfigError(
+            "--admin needs an admin account: [admin] user and password_hash in the config file,"
+            f" or ${PASSWORD_VARIABLE} (see docs/admin.md)"
+        )
     return settings
+
+
+def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
+    """``[egress]`` allow/deny lists, each replaced by its flags when any is given."""
+    flags = argparse.Namespace(allow=args.allow_egress, deny=args.deny_egress)
+    rules = resolve(flags, config, "egress", EGRESS_DEFAULTS)
+    for key, texts in rules.items():
+        if not all(isinstance(text, str) for text in texts):
+            raise ConfigError(f"config: [egress] {key} must be a list of strings")
+    try:
+        return EgressPolicy.from_rules(rules["allow"], rules["deny"])
+    except RuleError as error:
+        raise ConfigError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,27 +180,34 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout=settings["connect_timeout"],
         handshake_timeout=settings["handshake_timeout"],
     )
+    fds = raise_fd_limit(limits.max_tunnels + limits.max_prelogin)
+    dialer = Dialer(SystemResolver(), settings["egress"], limits.connect_timeout, fds)
     server = TunnelServer(
-        settings["listen"], users, allow_legacy=settings["allow_legacy"], limits=limits
+        settings["listen"],
+        users,
+        allow_legacy=settings["allow_legacy"],
+        limits=limits,
+        dialer=dialer,
     )
     services: list = []
     try:
-        server.start()
+        listening("--listen", settings["listen"], server.start)
         services.append(server)
+        page = (server.counters, server.tuning)
         if settings["admin_credentials"] is not None:
-            services.append(
-                serve_admin(
-                    settings["admin"], settings["admin_credentials"], server.counters, server.tuning
-                )
-            )
+            admin = partial(serve_admin, settings["admin"], settings["admin_credentials"], *page)
+            services.append(listening("--admin", settings["admin"], admin))
         if settings["metrics"]:
             # Imported only when asked for: prometheus_client pulls in http, email and wsgiref,
             # about 5 MB of memory in every gjproxy process that would otherwise load it.
             from jproxy.handlers.prometheus import serve_metrics
 
-            services.append(serve_metrics(settings["metrics"], server.counters, server.tuning))
-    except OSError as error:
-        sys.stderr.write(f"gjproxy server: cannot listen: {error}\n")
+            metrics = partial(serve_metrics, settings["metrics"], *page)
+            services.append(listening("--metrics", settings["metrics"], metrics))
+        dialer.policy = dialer.policy.listening_on([service.address for service in services])
+        _log_egress(dialer.policy)
+    except ListenError as error:
+        sys.stderr.write(f"gjproxy server: {error}\n")
         for service in services:
             service.stop()
         return 1
@@ -149,3 +218,15 @@ def run(args: argparse.Namespace) -> int:
     for service in reversed(services):
         service.stop()
     return 0
+
+
+def _log_egress(policy: EgressPolicy) -> None:
+    allow = ", ".join(rule.text for rule in policy.allow) or "none"
+    deny = ", ".join(rule.text for rule in policy.deny) or "none"
+    ports = ", ".join(str(port) for port in sorted({port for _, port in policy.listeners}))
+    log.info(
+        "egress: allow %s; deny %s; this host's own ports %s and private ranges denied by default",
+        allow,
+        deny,
+        ports,
+    )

@@ -21,7 +21,6 @@ from functools import partial
 import gevent
 from gevent.lock import Semaphore
 from gevent.pool import Pool
-from gevent.server import StreamServer
 from gevent.threadpool import ThreadPool
 
 from jproxy.admin import (
@@ -33,7 +32,9 @@ from jproxy.admin import (
     ServerOutput,
     server_methods,
 )
+from jproxy.config import host_port_text
 from jproxy.handlers.admission import Doorway, Evicted
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.metrics import Counters
 from jproxy.passwords import AdminCredentials, LoginThrottle
 from jproxy.tuning import RelayTuning
@@ -57,11 +58,6 @@ def stream_socket(family: int) -> tuple[socket.socket, str, OSError | None]:
         return socket.socket(family, socket.SOCK_STREAM), "TCP", error
 
 
-def host_port_text(address: tuple) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class _Turns:
     """One login attempt at a time for one (address, user name); forgotten when nobody waits."""
 
@@ -70,7 +66,7 @@ class _Turns:
         self.users = 0
 
 
-class AdminServer(StreamServer):
+class AdminServer(Acceptor):
     """Runs one exchange per connection; at most ``pool_size`` at once, the oldest giving way."""
 
     def __init__(

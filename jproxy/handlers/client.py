@@ -1,8 +1,10 @@
 """``gjproxy client``'s side of the tunnel: keep one tunnel up, reconnecting when it breaks.
 
-The tunnel is (re)built in one greenlet with exponential backoff and jitter. Streams of a dead
-tunnel end with it (their SOCKS sockets are closed); a stream asked for during an outage waits
-up to ``outage_timeout`` for the next tunnel and then fails.
+The tunnel is (re)built in one greenlet with exponential backoff and jitter. With several
+servers, each failed attempt moves on to the next one in the list (wrapping around); a tunnel
+that was up is rebuilt to the same server first. Streams of a dead tunnel end with it (their
+SOCKS sockets are closed); a stream asked for during an outage waits up to ``outage_timeout``
+for the next tunnel and then fails.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+from collections.abc import Sequence
 
 import gevent
 from gevent import socket as gsocket
@@ -43,7 +46,7 @@ def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_CAP):
 class TunnelClient:
     def __init__(
         self,
-        server: tuple[str, int],
+        servers: Sequence[tuple[str, int]],
         key: ClientKey,
         dialect: Dialect,
         *,
@@ -53,7 +56,10 @@ class TunnelClient:
         outage_timeout: float = 10.0,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
-        self.server = server
+        if not servers:
+            raise ValueError("a tunnel client needs at least one server")
+        self.servers = list(servers)
+        self._server_index = 0
         self.key = key
         self.dialect = dialect
         self.counters = counters or Counters()
@@ -77,6 +83,20 @@ class TunnelClient:
         if self._greenlet is not None:
             self._greenlet.join(timeout=5)
             self._greenlet.kill()
+
+    @property
+    def server(self) -> tuple[str, int]:
+        """The server in use, or tried next while no tunnel is up."""
+        return self.servers[self._server_index]
+
+    @property
+    def server_number(self) -> int:
+        """``server``'s place in the list, from 1."""
+        return self._server_index + 1
+
+    @property
+    def up(self) -> bool:
+        return self._up.is_set()
 
     def wait_until_up(self, timeout: float) -> bool:
         return self._up.wait(timeout)
@@ -103,15 +123,22 @@ class TunnelClient:
                     self.fatal = error
                     self.stopped.set()
                     return
-                log.warning("tunnel login failed: %s", error)
+                log.warning("tunnel login at %s:%d failed: %s", *self.server, error)
+                self._next_server()
             except (OSError, gevent.Timeout) as error:
                 log.warning("cannot reach the server %s:%d: %s", *self.server, error)
+                self._next_server()
             else:
                 delays = backoff_delays()
                 logged_in_before = True
                 self._serve(tunnel)
             if self.stopped.wait(next(delays)):
                 return
+
+    def _next_server(self) -> None:
+        if len(self.servers) > 1:
+            self._server_index = (self._server_index + 1) % len(self.servers)
+            log.info("next attempt: server %s:%d", *self.server)
 
     def _connect(self) -> Tunnel:
         sock = gsocket.create_connection(self.server, timeout=self.login_timeout)

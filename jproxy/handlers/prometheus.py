@@ -11,7 +11,9 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jproxy.handlers.admin import host_port_text
+from jproxy.config import host_port_text
+from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.descriptors import PausesWhenOutOfFds
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from schemas.jproxy import Dialect
@@ -34,19 +36,7 @@ class CountersCollector:
 
     def collect(self) -> Iterator[Metric]:
         counters = self._counters
-        yield CounterMetricFamily(
-            "gjproxy_connections",
-            "Connections since start (tunnel streams, UDP associations, plain SOCKS5)",
-            value=counters.connections_total,
-        )
-        yield GaugeMetricFamily(
-            "gjproxy_connections_open", "Connections open now", value=counters.connections_open
-        )
-        yield CounterMetricFamily(
-            "gjproxy_transferred_bytes",
-            "Payload bytes relayed since start, both directions",
-            value=counters.bytes_transferred,
-        )
+        yield from _traffic(counters)
         yield GaugeMetricFamily(
             "gjproxy_tunnels_open", "jProxy tunnels open now", value=counters.tunnels_open
         )
@@ -65,7 +55,46 @@ class CountersCollector:
         )
 
 
-class _MetricsServer(WSGIServer):
+class ClientCollector:
+    """The client's page: its SOCKS traffic, and whether its tunnel is up and to which server."""
+
+    def __init__(self, tunnels: TunnelClient) -> None:
+        self._tunnels = tunnels
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _traffic(self._tunnels.counters)
+        yield GaugeMetricFamily(
+            "gjproxy_client_tunnel_up",
+            "1 while the tunnel to the server is up, else 0",
+            value=int(self._tunnels.up),
+        )
+        server = GaugeMetricFamily(
+            "gjproxy_client_server",
+            "The server in use (or tried next while the tunnel is down) and its place in the list",
+            labels=["server"],
+        )
+        server.add_metric([host_port_text(self._tunnels.server)], self._tunnels.server_number)
+        yield server
+
+
+def _traffic(counters: Counters) -> Iterator[Metric]:
+    """Connections and bytes: the same three metrics on the server's page and the client's."""
+    yield CounterMetricFamily(
+        "gjproxy_connections",
+        "Connections since start (tunnel streams, UDP associations, plain SOCKS5)",
+        value=counters.connections_total,
+    )
+    yield GaugeMetricFamily(
+        "gjproxy_connections_open", "Connections open now", value=counters.connections_open
+    )
+    yield CounterMetricFamily(
+        "gjproxy_transferred_bytes",
+        "Payload bytes relayed since start, both directions",
+        value=counters.bytes_transferred,
+    )
+
+
+class _MetricsServer(PausesWhenOutOfFds, WSGIServer):
     def handle(self, sock: socket.socket, address: tuple) -> None:
         # A scraper that stops sending must not hold a greenlet forever.
         sock.settimeout(SCRAPE_TIMEOUT)
@@ -73,9 +102,18 @@ class _MetricsServer(WSGIServer):
 
 
 def serve_metrics(listen: tuple[str, int], counters: Counters, tuning: RelayTuning) -> WSGIServer:
-    """Start the HTTP page for Prometheus on ``listen``; ``.address`` is where, ``.stop()``."""
+    """Start the server's HTTP page for Prometheus on ``listen``; ``.address``, ``.stop()``."""
+    return _serve(listen, CountersCollector(counters, tuning))
+
+
+def serve_client_metrics(listen: tuple[str, int], tunnels: TunnelClient) -> WSGIServer:
+    """Start the client's HTTP page for Prometheus on ``listen``; ``.address``, ``.stop()``."""
+    return _serve(listen, ClientCollector(tunnels))
+
+
+def _serve(listen: tuple[str, int], collector: CountersCollector | ClientCollector) -> WSGIServer:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CountersCollector(counters, tuning))
+    registry.register(collector)
     server = _MetricsServer(
         listen,
         make_wsgi_app(registry),

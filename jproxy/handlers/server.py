@@ -5,41 +5,41 @@ source address and in total; the oldest waiting connection gives way to a newcom
 logged in, in the tunnel slots (in all and per user). A 3.1 login counts as logged in only
 when its first frame proves that it holds the key; a 3.0 login holds an unproven slot, which
 any other login may take, until its first well-formed frame. Each stream the client asks for
-gets a greenlet that resolves and connects without blocking the others (gevent's resolver),
-answers with the wire's status and the milliseconds it took, and relays. When a
+gets a greenlet that opens it through the server's one ``Dialer`` (host check, resolver,
+egress policy, fd budget), answers with the wire's status and the milliseconds it took, and
+relays; every failure is answered, so the stream id is freed on both ends. When a
 tunnel ends, every outbound socket it owned is closed with it.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import logging
 import socket
 import time
 from dataclasses import dataclass
 
 import gevent
-from gevent import socket as gsocket
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from jproxy.admission import Refused, TunnelSlots
+from jproxy.egress import EgressPolicy
 from jproxy.handlers.admission import Doorway, Evicted
+from jproxy.handlers.descriptors import Acceptor
+from jproxy.handlers.dialer import Dialer, DialError
 from jproxy.handlers.handshake import ServerLogin, prove, server_login
+from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
 from jproxy.handshake import version_text
+from jproxy.hostnames import for_log
 from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
 from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
 from jproxy.tuning import RelayTuning
-from schemas.jproxy import ConnectStatus, Direction
+from schemas.jproxy import ConnectStatus, Direction, status_for_dialect
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gjproxy.access")
-
-_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 
 
 LISTEN_BACKLOG = 1024
@@ -57,19 +57,6 @@ class ServerLimits:
     handshake_timeout: float = 10.0
 
 
-def status_for(error: BaseException) -> ConnectStatus:
-    """The wire's connect status for an outbound connect failure."""
-    if isinstance(error, socket.gaierror):
-        return ConnectStatus.UNKNOWN_HOST
-    if isinstance(error, (TimeoutError, gevent.Timeout)):
-        return ConnectStatus.TIMED_OUT
-    if isinstance(error, ConnectionRefusedError):
-        return ConnectStatus.REFUSED
-    if isinstance(error, OSError) and error.errno in _UNREACHABLE:
-        return ConnectStatus.UNREACHABLE
-    return ConnectStatus.GENERAL_FAILURE
-
-
 class TunnelServer:
     def __init__(
         self,
@@ -80,19 +67,23 @@ class TunnelServer:
         limits: ServerLimits | None = None,
         counters: Counters | None = None,
         tuning: RelayTuning | None = None,
+        dialer: Dialer | None = None,
     ) -> None:
         self.users = users
         self.allow_legacy = allow_legacy
         self.limits = limits or ServerLimits()
         self.counters = counters or Counters()
         self.tuning = tuning or RelayTuning()
+        self.dialer = dialer or Dialer(
+            SystemResolver(), EgressPolicy(), self.limits.connect_timeout
+        )
         self._tunnels: set[Tunnel] = set()
         limits = self.limits
         self._doorway = Doorway("tunnel port", limits.max_prelogin, limits.max_prelogin_per_address)
         self._slots = TunnelSlots(limits.max_tunnels, limits.max_tunnels_per_user)
         # Every connection gets a greenlet at once: the pre-login budget and the tunnel slots
         # bound them, so a full pool can never leave a newcomer unanswered in the backlog.
-        self._server = StreamServer(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
+        self._server = Acceptor(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -100,6 +91,7 @@ class TunnelServer:
 
     def start(self) -> None:
         self._server.start()
+        self.dialer.policy = self.dialer.policy.listening_on([self.address])
         log.info(
             "tunnel server listening on %s:%d (dialect 3.1%s)",
             *self.address,
@@ -184,16 +176,20 @@ class TunnelServer:
             log.info("%s: closed", tunnel.name)
 
     def _serve_stream(self, tunnel: Tunnel, user: str, request: ConnectRequested) -> None:
-        stream, target = request.stream, f"{request.host}:{request.port}"
+        stream, target = request.stream, f"{for_log(request.host)}:{request.port}"
         started = time.monotonic()
         try:
-            sock = connect_outbound(request.host, request.port, self.limits.connect_timeout)
-        except (OSError, gevent.Timeout) as error:
-            status = status_for(error)
+            sock, address = self.dialer.connect(request.host, request.port)
+        except DialError as error:
+            status = status_for_dialect(error.status, tunnel.mux.dialect)
             elapsed = _ms_since(started)
             tunnel.send_control(tunnel.mux.answer(stream, status, elapsed))
-            access_log.info("%s %s %s %dms (%s)", user, target, status.name, elapsed, error)
+            reason = for_log(error.reason)
+            access_log.info("%s %s %s %dms (%s)", user, target, error.status.name, elapsed, reason)
             return
+        except BaseException:
+            tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.GENERAL_FAILURE, 0))
+            raise
         elapsed = _ms_since(started)
         tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, elapsed))
         if not tunnel.mux.is_live(stream):  # the client gave up while we connected
@@ -207,30 +203,15 @@ class TunnelServer:
         finally:
             self.counters.connection_closed()
             access_log.info(
-                "%s %s OK %dms sent=%d received=%d %.1fs",
+                "%s %s OK %dms via %s sent=%d received=%d %.1fs",
                 user,
                 target,
                 elapsed,
+                address[0],
                 relay.bytes_in,
                 relay.bytes_out,
                 time.monotonic() - started,
             )
-
-
-def connect_outbound(host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection to ``host``; IP literals skip the resolver and its thread hop."""
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return gsocket.create_connection((host, port), timeout=timeout)
-    sock = gsocket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _ms_since(started: float) -> int:

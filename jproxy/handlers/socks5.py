@@ -13,11 +13,12 @@ from collections.abc import Mapping
 
 import gevent
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.tunnel import TunnelClosed
+from jproxy.hostnames import for_log
 from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
     ConnectRequested,
@@ -67,7 +68,7 @@ class Socks5Listener:
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
         # Every connection gets its greenlet at once (bounded by the handshake budget and
         # max_clients), so none waits unanswered in the backlog for a pool slot.
-        self._server = StreamServer(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
+        self._server = Acceptor(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -131,7 +132,7 @@ class Socks5Listener:
                         return event
 
     def _connect(self, sock: socket.socket, core: Socks5Server, request: ConnectRequested) -> None:
-        target = f"{request.host}:{request.port}"
+        target = f"{for_log(request.host)}:{request.port}"
         try:
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
