@@ -41,6 +41,7 @@ from tests.peers import Flood, Process, echo, serve_tcp, start_client, start_ser
 FLOOD_SOURCES = [f"127.0.0.{n}" for n in range(2, 12)]
 ADMIN_USER, ADMIN_PASSWORD = "operator", "bench-password-1"
 SAMPLES = 15
+PHASES = ("tunnel", "socks", "admin", "guesses", "logs")
 
 
 def _table(title: str, rows: list[tuple[str, list[float]]]) -> None:
@@ -174,11 +175,10 @@ def _empty_frames(port: int, key) -> Callable[[float], None]:
         sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=20)
         with sock:
             session = client_login(sock, key, Dialect.SECURE_3_1, timeout=20)
-            batch = b"".join(session.seal(b"") for _ in range(1000))
             stop = time.monotonic() + seconds
             try:
-                while time.monotonic() < stop:
-                    sock.sendall(batch)
+                while time.monotonic() < stop:  # fresh frames: each nonce is used once
+                    sock.sendall(b"".join(session.seal(b"") for _ in range(1000)))
             except OSError:
                 pass  # a server that closes on them ends the flood early: fine
 
@@ -202,7 +202,13 @@ def main() -> int:
     parser.add_argument("--tunnel-flood", type=int, default=2000)
     parser.add_argument("--socks-flood", type=int, default=2100)
     parser.add_argument("--admin-flood", type=int, default=200)
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated, of {','.join(PHASES)} (default: all)",
+    )
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="gjproxy-flood-"))
     key, record = generate("alice")
     save_client_key(key, workdir / "key.dat")
@@ -216,56 +222,70 @@ def main() -> int:
     target_port = target.server_address[1]
     print(f"jproxy from {sys.modules['jproxy'].__file__}")
     try:
-        quiet = _timed(lambda: _login(server.port, key))
-        with Flood(server.port, args.tunnel_flood, FLOOD_SOURCES) as flood:
-            time.sleep(3)
-            flooded = _timed(lambda: _login(server.port, key))
-        _table(
-            f"tunnel logins ({args.tunnel_flood} idle/trickling, {flood.opened} opened,"
-            f" {flood.dropped} dropped by the server)",
-            [("no flood", quiet), ("flood", flooded)],
-        )
-
-        quiet = _timed(lambda: _socks_connect(client.port, target_port))
-        idle = _idle(client.port, args.socks_flood)
-        time.sleep(1.5)
-        flooded = _timed(lambda: _socks_connect(client.port, target_port))
-        for sock in idle:
-            sock.close()
-        _table(
-            f"SOCKS connects ({len(idle)} idle on the SOCKS port)",
-            [("no flood", quiet), ("flood", flooded)],
-        )
-
-        quiet = _timed(lambda: _admin_ok(admin_port), count=8)
-        idle = _idle(admin_port, args.admin_flood)
-        time.sleep(1.5)
-        flooded = _timed(lambda: _admin_ok(admin_port), count=8)
-        for sock in idle:
-            sock.close()
-        _table(
-            f"admin logins ({len(idle)} idle on the admin port, same address)",
-            [("no flood", quiet), ("flood", flooded)],
-        )
-
-        answered, checked = _checked_guesses(server, admin_port, 15)
-        print(
-            f"\nadmin guesses in 15 s by 32 parallel connections: {answered} answered,"
-            f" {checked} checked"
-        )
-        print(
-            "server log lines in 10 s of frames with an empty message:",
-            _log_lines(server, _empty_frames(server.port, key), 10),
-        )
-        print(
-            "server log lines in 10 s of unknown login hashes:",
-            _log_lines(server, _unknown_hashes(server.port), 10),
-        )
+        if "tunnel" in phases:
+            _tunnel_phase(server, key, args.tunnel_flood)
+        if "socks" in phases:
+            _socks_phase(client, target_port, args.socks_flood)
+        if "admin" in phases:
+            _admin_phase(admin_port, args.admin_flood)
+        if "guesses" in phases:
+            answered, checked = _checked_guesses(server, admin_port, 15)
+            print(
+                f"\nadmin guesses in 15 s by 32 parallel connections: {answered} answered,"
+                f" {checked} checked"
+            )
+        if "logs" in phases:
+            print(
+                "server log lines in 10 s of frames with an empty message:",
+                _log_lines(server, _empty_frames(server.port, key), 10),
+            )
+            print(
+                "server log lines in 10 s of unknown login hashes:",
+                _log_lines(server, _unknown_hashes(server.port), 10),
+            )
     finally:
         target.shutdown()
         client.stop()
         server.stop()
     return 0
+
+
+def _tunnel_phase(server: Process, key, connections: int) -> None:
+    quiet = _timed(lambda: _login(server.port, key))
+    with Flood(server.port, connections, FLOOD_SOURCES) as flood:
+        time.sleep(3)
+        flooded = _timed(lambda: _login(server.port, key))
+    _table(
+        f"tunnel logins ({connections} idle/trickling, {flood.opened} opened,"
+        f" {flood.dropped} dropped by the server)",
+        [("no flood", quiet), ("flood", flooded)],
+    )
+
+
+def _socks_phase(client: Process, target_port: int, connections: int) -> None:
+    quiet = _timed(lambda: _socks_connect(client.port, target_port))
+    idle = _idle(client.port, connections)
+    time.sleep(1.5)
+    flooded = _timed(lambda: _socks_connect(client.port, target_port))
+    for sock in idle:
+        sock.close()
+    _table(
+        f"SOCKS connects ({len(idle)} idle on the SOCKS port)",
+        [("no flood", quiet), ("flood", flooded)],
+    )
+
+
+def _admin_phase(admin_port: int, connections: int) -> None:
+    quiet = _timed(lambda: _admin_ok(admin_port), count=8)
+    idle = _idle(admin_port, connections)
+    time.sleep(1.5)
+    flooded = _timed(lambda: _admin_ok(admin_port), count=8)
+    for sock in idle:
+        sock.close()
+    _table(
+        f"admin logins ({len(idle)} idle on the admin port, same address)",
+        [("no flood", quiet), ("flood", flooded)],
+    )
 
 
 if __name__ == "__main__":
