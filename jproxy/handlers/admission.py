@@ -26,10 +26,11 @@ class Evicted(gevent.GreenletExit):
 
 
 class Doorway:
+    """The pre-login budget of one listener, over the greenlets of its connections."""
+
     def __init__(self, name: str, total: int, per_address: int) -> None:
         self.name = name
         self.budget = PreLoginBudget(total, per_address)
-        self.dropped = 0
         self._doomed: set[Greenlet] = set()
 
     @contextmanager
@@ -38,7 +39,6 @@ class Doorway:
         me = gevent.getcurrent()
         victim = self.budget.admit(me, source_of(host), time.monotonic())
         if victim is not None:
-            self.dropped += 1
             self._doomed.add(victim)
             victim.kill(Evicted, block=False)
             log.debug("%s: dropped a waiting connection to admit one from %s", self.name, host)
