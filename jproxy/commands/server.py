@@ -170,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
         return 2
+    # From here on SIGHUP reloads the users: before any port is announced, so a reload sent as
+    # soon as the log says "listening" never meets SIGHUP's default action (exit).
+    sighup = reload_on_sighup(users)
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
         max_tunnels_per_user=settings["max_tunnels_per_user"],
@@ -208,10 +211,10 @@ def run(args: argparse.Namespace) -> int:
         _log_egress(dialer.policy)
     except ListenError as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
+        sighup.cancel()
         for service in services:
             service.stop()
         return 1
-    sighup = reload_on_sighup(users)
     signal_name = termination.wait()
     log.info("%s: shutting down", signal_name)
     sighup.cancel()
