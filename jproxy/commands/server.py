@@ -71,35 +71,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f" ${PASSWORD_VARIABLE}) and is on whenever there is one",
     )
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
-    parser.add_argument("--max-tunnels", type=int, metavar="N", help="tunnels served at once")
-    parser.add_argument("--max-streams", type=int, metavar="N", help="streams per tunnel")
-    parser.add_argument(
-        "--idle-timeout", type=float, metavar="S", help="seconds before an idle stream ends"
-    )
-    parser.add_argument(
-        "--connect-timeout", type=float, metavar="S", help="outbound connect timeout (s)"
-    )
-    parser.add_argument(
-        "--handshake-timeout",
-        type=float,
-        metavar="S",
-        help="seconds for hello, login and (3.1) the first frame",
-    )
-    parser.add_argument(
-        "--max-tunnels-per-user", type=int, metavar="N", help="proven tunnels one user may hold"
-    )
-    parser.add_argument(
-        "--max-prelogin",
-        type=int,
-        metavar="N",
-        help="connections waiting for login at once (the oldest gives way to a newcomer)",
-    )
-    parser.add_argument(
-        "--max-prelogin-per-address",
-        type=int,
-        metavar="N",
-        help="of those, from one source address (IPv6: one /64) once they waited 1 s",
-    )
+    for flag, kind, metavar, text in (
+        ("--max-tunnels", int, "N", "tunnels served at once"),
+        ("--max-tunnels-per-user", int, "N", "proven tunnels one user may hold"),
+        ("--max-prelogin", int, "N", "connections waiting for login (the oldest gives way)"),
+        ("--max-prelogin-per-address", int, "N", "of those, from one address (IPv6: a /64)"),
+        ("--max-streams", int, "N", "streams per tunnel"),
+        ("--idle-timeout", float, "S", "seconds before an idle stream ends"),
+        ("--connect-timeout", float, "S", "outbound connect timeout (s)"),
+        ("--handshake-timeout", float, "S", "seconds for hello, login and the first frame"),
+    ):
+        parser.add_argument(flag, type=kind, metavar=metavar, help=text)
     parser.add_argument(
         "--allow-egress",
         action="append",
