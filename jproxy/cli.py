@@ -10,6 +10,7 @@ import sys
 from importlib import metadata
 
 from jproxy import commands
+from jproxy.handlers.logs import repeat_limited
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[repeat_limited(logging.StreamHandler())],
     )
     try:
         return args.handler(args)

@@ -18,14 +18,19 @@ from jproxy.session import Role, Session
 from schemas import WireError, build, parse
 from schemas.introspect import field, packed_size
 from schemas.jproxy import (
+    MAGIC,
     MAJOR_VERSION,
+    SECURE_ONLY,
     Dialect,
+    Direction,
     HandshakeStatus,
     Hello,
     HelloReply,
     LoginReply,
     LoginRequest,
     LoginStatus,
+    MessageType,
+    parse_message,
 )
 
 HELLO_SIZE = packed_size(Hello)
@@ -112,6 +117,7 @@ class ServerHandshake(_Core):
         self.allow_legacy = allow_legacy
         self.dialect: Dialect | None = None
         self.user: UserRecord | None = None
+        self.proof: LoginProof | None = None
         self.refusal = ""
 
     def _message_size(self) -> int:
@@ -128,10 +134,9 @@ class ServerHandshake(_Core):
         return reply
 
     def _on_hello(self, message: bytes) -> bytes:
-        try:
-            hello = parse(Hello, message)
-        except WireError:
-            return self._refuse(f"not a jProxy hello: {message!r}", _HELLO_REFUSED)
+        if not message.startswith(MAGIC):  # a scanner learns nothing: no reply at all
+            return self._refuse(f"not a jProxy hello: {message!r}", b"")
+        hello = parse(Hello, message)
         if hello.major != MAJOR_VERSION:
             return self._refuse(f"refused major version {hello.major}", _HELLO_REFUSED)
         try:
@@ -160,10 +165,49 @@ class ServerHandshake(_Core):
         self.user = user
         self.session = Session(self.dialect, session_key, Role.SERVER)
         self.key_log_entry = (wrapped, session_key)
+        self.proof = LoginProof(self.dialect, session_key)
         self.phase = Phase.DONE
         return build(
             LoginReply, {"status": LoginStatus.OK, "wrapped_key": wrapped}, key_size=len(wrapped)
         )
+
+
+MAX_PROOF_BYTES = 4 * 4096
+"""Bytes a client may send after its login hash without completing one message (3.0 may send
+empty frames): beyond them the login is not proven."""
+
+
+class LoginProof:
+    """Checks that the first frame of a fresh session opens to a well-formed client message.
+
+    The login hash travels in clear, so only a frame sealed with the session key (which only
+    the holder of the private key can unwrap) proves who logged in. The proof opens frames with
+    its own copy of the server's session (opening the same frames twice is safe; only sealing
+    must never reuse a nonce) and keeps every byte, so the real session can open them again in
+    order: ``received`` is what the tunnel gets as its first bytes. ``WireError`` (or its
+    ``FrameError``) when the bytes cannot be a real client's.
+    """
+
+    def __init__(self, dialect: Dialect, session_key: bytes) -> None:
+        self.dialect = dialect
+        self.proven = False
+        self.received = b""
+        self._session = Session(dialect, session_key, Role.SERVER)
+
+    def receive(self, data: bytes) -> bool:
+        """Feed bytes the client sent after login; True once one well-formed message came."""
+        if self.proven:
+            raise RuntimeError("the login is already proven")
+        self.received += data
+        for message in self._session.feed(data):
+            _, fields = parse_message(message, Direction.CLIENT_TO_SERVER)
+            if self.dialect is Dialect.LEGACY_3_0 and MessageType(fields.type) in SECURE_ONLY:
+                raise WireError("Message", "type", "a 3.1 message in a 3.0 tunnel")
+            self.proven = True
+            return True
+        if len(self.received) > MAX_PROOF_BYTES:
+            raise WireError("Frame", "", f"no message in the first {MAX_PROOF_BYTES} bytes")
+        return False
 
 
 class LoginError(Exception):

@@ -116,8 +116,15 @@ def generate(user: str) -> tuple[ClientKey, UserRecord]:
 
 
 def _read(path: Path, what: str) -> bytes:
+    """The file's bytes; only a regular file is read (a FIFO or device would block or never end).
+
+    O_NONBLOCK makes even opening a FIFO return at once, so no reload can freeze the server.
+    """
     try:
-        with path.open("rb") as file:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KeyFileError(f"{path}: not a regular file, not read as a {what}")
             data = file.read(MAX_KEY_FILE_SIZE + 1)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such {what}") from None
@@ -248,13 +255,22 @@ class UserDirectory:
         return self._users.get(login_hash)
 
     def reload(self) -> None:
-        """Reread every user file; ``KeyFileError`` and no change if the directory is unusable."""
+        """Reread every user file; ``KeyFileError`` and no change if the directory is unusable.
+
+        The directory is listed with ``os.scandir``, which says when it cannot be read (a glob
+        would quietly find nothing, and every login would be refused).
+        """
         try:
-            paths = sorted(self.path.glob("*.dat")) if self.path.is_dir() else None
+            with os.scandir(self.path) as entries:
+                paths = sorted(
+                    self.path / entry.name for entry in entries if entry.name.endswith(".dat")
+                )
+        except FileNotFoundError:
+            raise KeyFileError(f"{self.path}: no such users directory") from None
         except OSError as error:
-            raise KeyFileError(f"{self.path}: cannot list users directory: {error}") from None
-        if paths is None:
-            raise KeyFileError(f"{self.path}: no such users directory")
+            raise KeyFileError(
+                f"{self.path}: cannot list users directory: {error.strerror or error}"
+            ) from None
         users = {}
         for path in paths:
             record = self._load_checked(path)
@@ -286,6 +302,6 @@ def reload_on_sighup(users: UserDirectory) -> gevent.signal_handler:
         try:
             users.reload()
         except KeyFileError as error:
-            log.error("SIGHUP: keeping the previous users: %s", error)
+            log.warning("SIGHUP: keeping the previous %d user(s): %s", len(users), error)
 
     return gevent.signal_handler(signal.SIGHUP, reload)

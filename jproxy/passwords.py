@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,7 +218,11 @@ class _Failures:
 
 
 class LoginThrottle:
-    """Per-address failed-login counts that make later attempts wait before they are checked.
+    """Failed-login counts per key that make later attempts wait before they are checked.
+
+    The admin listener keys them by (address, user name), so guesses at other names do not
+    delay the operator, and runs one attempt per key at a time, so parallel connections wait
+    their turn instead of guessing in parallel.
 
     The wait is ``base_delay * 2**(failures-1)``, at most ``max_delay``; a success or
     ``forget_after`` seconds without failure clears it. At most ``max_addresses`` are
@@ -239,10 +243,10 @@ class LoginThrottle:
         self.forget_after = forget_after
         self.max_addresses = max_addresses
         self._clock = clock
-        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        self._failures: OrderedDict[Hashable, _Failures] = OrderedDict()
 
-    def delay(self, address: str) -> float:
-        """Seconds an attempt from ``address`` waits before its credentials are checked."""
+    def delay(self, address: Hashable) -> float:
+        """Seconds an attempt for ``address`` waits before its credentials are checked."""
         entry = self._failures.get(address)
         if entry is None:
             return 0.0
@@ -252,12 +256,12 @@ class LoginThrottle:
         doublings = min(entry.count - 1, _MAX_DOUBLINGS)
         return min(self.base_delay * 2**doublings, self.max_delay)
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: Hashable) -> None:
         entry = self._failures.pop(address, None) or _Failures(0, 0.0)
         entry.count, entry.last = entry.count + 1, self._clock()
         self._failures[address] = entry
         while len(self._failures) > self.max_addresses:
             self._failures.popitem(last=False)
 
-    def succeeded(self, address: str) -> None:
+    def succeeded(self, address: Hashable) -> None:
         self._failures.pop(address, None)

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -418,3 +419,102 @@ def scrape_metrics(port: int) -> dict[str, float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+# --- floods -----------------------------------------------------------------------------------
+
+
+class Flood:
+    """Connections to ``port`` that never log in, from ``sources``, reopened when dropped.
+
+    Half stay silent; the other half trickle ``trickle`` one byte per ``pace`` seconds (a
+    hello that would take longer than any deadline). One thread drives them all, until
+    ``stop()``; ``opened`` and ``dropped`` count what happened meanwhile.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        count: int,
+        sources: list[str],
+        trickle: bytes = b"jProxy\x03\x01" + bytes(32),
+        pace: float = 0.5,
+    ) -> None:
+        self.port, self.count, self.sources = port, count, sources
+        self.trickle, self.pace = trickle, pace
+        self.opened = self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Flood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _open(self, slot: int) -> socket.socket | None:
+        sock = socket.socket()
+        try:
+            sock.bind((self.sources[slot % len(self.sources)], 0))
+            sock.settimeout(2)
+            sock.connect(("127.0.0.1", self.port))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        self.opened += 1
+        return sock
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        socks: dict[int, socket.socket | None] = {}
+        sent: dict[int, int] = {}
+
+        def reopen(slot: int) -> None:
+            old = socks.get(slot)
+            if old is not None:
+                selector.unregister(old)
+                old.close()
+            socks[slot] = sock = self._open(slot)
+            sent[slot] = 0
+            if sock is not None:
+                selector.register(sock, selectors.EVENT_READ, slot)
+
+        for slot in range(self.count):
+            if self._stop.is_set():
+                break
+            reopen(slot)
+        next_byte = time.monotonic()
+        while not self._stop.is_set():
+            for key, _ in selector.select(timeout=0.05):
+                try:
+                    alive = key.fileobj.recv(4096) != b""
+                except BlockingIOError:
+                    alive = True
+                except OSError:
+                    alive = False
+                if not alive:
+                    self.dropped += 1
+                    reopen(key.data)
+            if time.monotonic() >= next_byte:
+                next_byte += self.pace
+                for slot in range(0, self.count, 2):
+                    sock = socks.get(slot)
+                    if sock is None:
+                        reopen(slot)
+                        continue
+                    try:
+                        sock.send(self.trickle[sent[slot] % len(self.trickle) :][:1])
+                        sent[slot] += 1
+                    except OSError:
+                        self.dropped += 1
+                        reopen(slot)
+        for sock in socks.values():
+            if sock is not None:
+                sock.close()
+        selector.close()

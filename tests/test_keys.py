@@ -198,15 +198,50 @@ def test_sighup_with_a_vanished_directory_keeps_the_users(
     handler = keys.reload_on_sighup(users)
     try:
         shutil.rmtree(java_users)
-        with caplog.at_level(logging.ERROR, logger="jproxy.keys"):
+        with caplog.at_level(logging.WARNING, logger="jproxy.keys"):
             os.kill(os.getpid(), signal.SIGHUP)
             with gevent.Timeout(5):
                 while not caplog.records:
                     gevent.sleep(0.01)
-        assert "keeping the previous users" in caplog.records[0].getMessage()
+        assert "keeping the previous 1 user(s)" in caplog.records[0].getMessage()
+        assert caplog.records[0].levelname == "WARNING"
         assert users.lookup(bytes.fromhex(JAVA_HASH)).user == "alice"
     finally:
         handler.cancel()
+
+
+@pytest.mark.parametrize("breakage", ["a file", "a symlink loop"])
+def test_an_unreadable_directory_keeps_the_users(
+    java_users: Path, caplog: pytest.LogCaptureFixture, breakage: str
+) -> None:
+    """A folder that cannot be listed is an error, never an empty list of users."""
+    users = keys.UserDirectory(java_users)
+    shutil.rmtree(java_users)
+    if breakage == "a file":
+        java_users.write_bytes(b"")
+    else:
+        java_users.symlink_to(java_users)
+    with pytest.raises(keys.KeyFileError, match="cannot list users directory"):
+        users.reload()
+    assert users.lookup(bytes.fromhex(JAVA_HASH)).user == "alice"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink to /dev/zero"])
+def test_only_regular_files_are_read(
+    java_users: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A FIFO named like a user file once froze the whole server on SIGHUP."""
+    odd = java_users / f"{'A' * 64}.dat"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "directory":
+        odd.mkdir()
+    else:
+        odd.symlink_to("/dev/zero")
+    with caplog.at_level(logging.WARNING, logger="jproxy.keys"), gevent.Timeout(5):
+        users = keys.UserDirectory(java_users)
+    assert len(users) == 1
+    assert f"{odd}: not a regular file" in caplog.text or f"{odd}: cannot read" in caplog.text
 
 
 def _keygen(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from jproxy.config import (
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
 from jproxy.handlers.signals import Termination
-from jproxy.handlers.socks5 import Socks5Listener
+from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
 from jproxy.keys import KeyFileError, load_client_key, require_private
 from schemas.jproxy import Dialect
 
@@ -37,6 +37,7 @@ DEFAULTS = {
     "dialect": "3.1",
     "socks_user": "",
     "socks_password": "",
+    "max_socks": MAX_CLIENTS,
     "metrics": "",
     "keylog": "",
 }
@@ -67,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
     )
     parser.add_argument(
+        "--max-socks",
+        type=int,
+        metavar="N",
+        help="SOCKS connections served at once; the next one gets reply 0x01 (general failure)",
+    )
+    parser.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
@@ -92,6 +99,8 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
     settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
+    if settings["max_socks"] < 1:
+        raise ConfigError("--max-socks must be at least 1")
     password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
     if settings["socks_user"] and not password:
         raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
@@ -113,7 +122,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
         return 2
     tunnels = TunnelClient(settings["server"], key, settings["dialect"], key_log=key_log)
-    listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
+    listener = Socks5Listener(
+        settings["socks"],
+        tunnels,
+        users=settings["socks_users"],
+        max_clients=settings["max_socks"],
+    )
     services = []
     try:
         listening("--socks", settings["socks"], listener.start)

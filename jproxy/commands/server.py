@@ -46,6 +46,9 @@ DEFAULTS = {
     "admin": "127.0.0.1:8080",
     "metrics": "",
     "max_tunnels": ServerLimits.max_tunnels,
+    "max_tunnels_per_user": ServerLimits.max_tunnels_per_user,
+    "max_prelogin": ServerLimits.max_prelogin,
+    "max_prelogin_per_address": ServerLimits.max_prelogin_per_address,
     "max_streams": ServerLimits.max_streams,
     "idle_timeout": ServerLimits.idle_timeout,
     "connect_timeout": ServerLimits.connect_timeout,
@@ -84,14 +87,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f" ${PASSWORD_VARIABLE}) and is on whenever there is one",
     )
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
-    parser.add_argument("--max-tunnels", type=int, metavar="N", help="tunnels served at once")
-    parser.add_argument("--max-streams", type=int, metavar="N", help="streams per tunnel")
-    parser.add_argument(
-        "--idle-timeout", type=float, metavar="S", help="seconds before an idle stream ends"
-    )
-    parser.add_argument(
-        "--connect-timeout", type=float, metavar="S", help="outbound connect timeout (s)"
-    )
+    for flag, kind, metavar, text in (
+        ("--max-tunnels", int, "N", "tunnels served at once"),
+        ("--max-tunnels-per-user", int, "N", "proven tunnels one user may hold"),
+        ("--max-prelogin", int, "N", "connections waiting for login (the oldest gives way)"),
+        ("--max-prelogin-per-address", int, "N", "of those, from one address (IPv6: a /64)"),
+        ("--max-streams", int, "N", "streams per tunnel"),
+        ("--idle-timeout", float, "S", "seconds before an idle stream ends"),
+        ("--connect-timeout", float, "S", "outbound connect timeout (s)"),
+        ("--handshake-timeout", float, "S", "seconds for hello, login and the first frame"),
+    ):
+        parser.add_argument(flag, type=kind, metavar=metavar, help=text)
     parser.add_argument(
         "--doh",
         metavar="URL",
@@ -150,7 +156,13 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["listen"] = host_port(settings["listen"], "--listen")
     settings["admin"] = host_port(settings["admin"], "--admin")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
-    for key in ("max_tunnels", "max_streams"):
+    for key in (
+        "max_tunnels",
+        "max_tunnels_per_user",
+        "max_prelogin",
+        "max_prelogin_per_address",
+        "max_streams",
+    ):
         if settings[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
     for key in ("idle_timeout", "connect_timeout", "handshake_timeout"):
@@ -236,6 +248,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
+        max_tunnels_per_user=settings["max_tunnels_per_user"],
+        max_prelogin=settings["max_prelogin"],
+        max_prelogin_per_address=settings["max_prelogin_per_address"],
         max_streams=settings["max_streams"],
         idle_timeout=settings["idle_timeout"],
         connect_timeout=settings["connect_timeout"],
@@ -247,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     except ResolveError as error:
         sys.stderr.write(f"gjproxy server: --doh: {error}\n")
         return 1
-    fds = raise_fd_limit(limits.max_tunnels)
+    fds = raise_fd_limit(limits.max_tunnels + limits.max_prelogin)
     dialer = Dialer(resolver, settings["egress"], limits.connect_timeout, fds)
     server = TunnelServer(
         settings["listen"],
@@ -259,6 +274,9 @@ def run(args: argparse.Namespace) -> int:
         key_log=key_log,
         access_log=access_log,
     )
+    # From here on SIGHUP reloads the users: before any port is announced, so a reload sent as
+    # soon as the log says "listening" never meets SIGHUP's default action (exit).
+    sighups = [reload_on_sighup(users), access_log.reopen_on_sighup()]
     services: list = []
     try:
         listening("--listen", settings["listen"], server.start)
@@ -281,10 +299,11 @@ def run(args: argparse.Namespace) -> int:
         _log_egress(dialer.policy)
     except ListenError as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
+        for sighup in sighups:
+            sighup.cancel()
         for service in services:
             service.stop()
         return 1
-    sighups = [reload_on_sighup(users), access_log.reopen_on_sighup()]
     signal_name = termination.wait()
     log.info("%s: shutting down", signal_name)
     for sighup in sighups:

@@ -114,11 +114,14 @@ class TunnelClient:
 
     def _maintain(self) -> None:
         delays = backoff_delays()
+        logged_in_before = False
         while not self.stopped.is_set():
             try:
                 tunnel = self._connect()
             except LoginError as error:
-                if error.fatal:
+                # A refusal on the first login is a setup error; after a login that worked it
+                # is a server restarting (its users folder briefly empty): keep trying.
+                if error.fatal and not logged_in_before:
                     log.error("giving up: %s", error)
                     self.fatal = error
                     self.stopped.set()
@@ -130,6 +133,7 @@ class TunnelClient:
                 self._next_server()
             else:
                 delays = backoff_delays()
+                logged_in_before = True
                 self._serve(tunnel)
             if self.stopped.wait(next(delays)):
                 return

@@ -1,9 +1,13 @@
 """``gjproxy server``'s tunnel endpoint: log in each tunnel, then open its streams for real.
 
-Each accepted tunnel runs in a greenlet of a bounded pool (the tunnel limit). Each stream the
-client asks for gets a greenlet that opens it through the server's one ``Dialer`` (host check,
-resolver, egress policy, fd budget), answers with the wire's status and the milliseconds it
-took, and relays; every failure is answered, so the stream id is freed on both ends. When a
+Each accepted connection runs in its own greenlet, counted first in the pre-login budget (per
+source address and in total; the oldest waiting connection gives way to a newcomer) and, once
+logged in, in the tunnel slots (in all and per user). A 3.1 login counts as logged in only
+when its first frame proves that it holds the key; a 3.0 login holds an unproven slot, which
+any other login may take, until its first well-formed frame. Each stream the client asks for
+gets a greenlet that opens it through the server's one ``Dialer`` (host check, resolver,
+egress policy, fd budget), answers with the wire's status and the milliseconds it took, and
+relays; every failure is answered, so the stream id is freed on both ends. When a
 tunnel ends, every outbound socket it owned is closed with it.
 """
 
@@ -14,14 +18,17 @@ import socket
 import time
 from dataclasses import dataclass
 
+import gevent
 from gevent.pool import Pool
 
+from jproxy.admission import Refused, TunnelSlots
 from jproxy.egress import EgressPolicy
 from jproxy.handlers.accesslog import AccessLog, AccessRecord
 from jproxy.handlers.admin import host_port_text
+from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.dialer import Dialer, DialError
-from jproxy.handlers.handshake import server_login
+from jproxy.handlers.handshake import ServerLogin, prove, server_login
 from jproxy.handlers.keylog import KeyLog
 from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
@@ -36,9 +43,15 @@ from schemas.jproxy import ConnectStatus, Direction, status_for_dialect
 log = logging.getLogger(__name__)
 
 
+LISTEN_BACKLOG = 1024
+
+
 @dataclass
 class ServerLimits:
     max_tunnels: int = 64
+    max_tunnels_per_user: int = 8
+    max_prelogin: int = 128
+    max_prelogin_per_address: int = 16
     max_streams: int = DEFAULT_MAX_STREAMS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     connect_timeout: float = 10.0
@@ -70,7 +83,12 @@ class TunnelServer:
             SystemResolver(), EgressPolicy(), self.limits.connect_timeout
         )
         self._tunnels: set[Tunnel] = set()
-        self._server = Acceptor(listen, self._handle, spawn=Pool(self.limits.max_tunnels))
+        limits = self.limits
+        self._doorway = Doorway("tunnel port", limits.max_prelogin, limits.max_prelogin_per_address)
+        self._slots = TunnelSlots(limits.max_tunnels, limits.max_tunnels_per_user)
+        # Every connection gets a greenlet at once: the pre-login budget and the tunnel slots
+        # bound them, so a full pool can never leave a newcomer unanswered in the backlog.
+        self._server = Acceptor(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -93,14 +111,49 @@ class TunnelServer:
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         where = host_port_text(peer)
-        tune_tunnel_socket(sock)
-        login = server_login(
-            sock, where, self.users, self.allow_legacy, self.limits.handshake_timeout, self.key_log
-        )
-        if login is None:
+        try:
+            with self._doorway.waiting(peer[0]):
+                tune_tunnel_socket(sock)
+                login = server_login(
+                    sock,
+                    where,
+                    self.users,
+                    self.allow_legacy,
+                    self.limits.handshake_timeout,
+                    self.key_log,
+                )
+                if login is None:
+                    return
+                self._doorway.done_waiting()
+            self._hold_slot(sock, where, login)
+        except Evicted:
+            log.info("%s: dropped before login: newer connections needed the room", where)
+        finally:
             sock.close()
-            return
-        user, session, pipelined = login
+
+    def _hold_slot(self, sock: socket.socket, where: str, login: ServerLogin) -> None:
+        """Take a tunnel slot (a 3.0 login first proves itself in it), then serve the tunnel."""
+        me = gevent.getcurrent()
+        decision = self._slots.claim(me, login.user, proven=login.proven)
+        try:
+            if isinstance(decision, Refused):
+                log.warning("%s: %s refused: %s", where, login.user, decision.reason)
+                return
+            for victim in decision.evict:
+                victim.kill(Evicted, block=False)
+            if not login.proven:
+                if not prove(sock, where, login, self.limits.idle_timeout):
+                    return
+                decision = self._slots.prove(me)
+                if isinstance(decision, Refused):
+                    log.warning("%s: %s refused: %s", where, login.user, decision.reason)
+                    return
+            self._serve_tunnel(sock, where, login)
+        finally:
+            self._slots.release(me)
+
+    def _serve_tunnel(self, sock: socket.socket, where: str, login: ServerLogin) -> None:
+        user, session = login.user, login.session
         dialect = version_text(session.dialect)
         streams = Pool(self.limits.max_streams)
         mux = Mux(
@@ -125,7 +178,7 @@ class TunnelServer:
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
         try:
-            tunnel.run(pipelined)
+            tunnel.run(login.proof.received)
         finally:
             streams.kill(block=True, timeout=5)
             self.counters.tunnel_closed(user, dialect)

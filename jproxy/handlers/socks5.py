@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import gevent
 from gevent.pool import Pool
 
+from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.tunnel import TunnelClosed
@@ -35,7 +36,15 @@ from schemas.socks5 import ReplyCode
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0
+"""Seconds a SOCKS client gets for its greeting, login and request (local apps need ms)."""
+MAX_CLIENTS = 1024
+"""Connections past their SOCKS request served at once; the next one is refused (0x01)."""
+MAX_WAITING = 512
+MAX_WAITING_PER_ADDRESS = 256
+"""Connections still in their SOCKS handshake, in all and from one address: the oldest gives
+way to a newcomer, so idle connections cannot delay a real one. Generous, because a browser
+opens a hundred connections at once from one address."""
 CONNECT_TIMEOUT = 20.0
 """How long a SOCKS client waits for the server's connect answer (its own timeout is 10 s)."""
 READ_SIZE = 4096
@@ -59,17 +68,20 @@ class Socks5Port:
         *,
         users: Mapping[str, str] | None = None,
         check_login: CredentialCheck | None = None,
-        max_clients: int = 1024,
+        max_clients: int = MAX_CLIENTS,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.users = users
         self.check_login = check_login
+        self.max_clients = max_clients
         self.handshake_timeout = handshake_timeout
+        self._clients = 0
+        self._doorway = Doorway("SOCKS port", MAX_WAITING, MAX_WAITING_PER_ADDRESS)
         # A browser or a load test opens many connections at once: a listen backlog of
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
-        self._server = Acceptor(
-            listen, self._handle, spawn=Pool(max_clients), backlog=LISTEN_BACKLOG
-        )
+        # Every connection gets its greenlet at once (bounded by the handshake budget and
+        # max_clients), so none waits unanswered in the backlog for a pool slot.
+        self._server = Acceptor(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -88,9 +100,11 @@ class Socks5Port:
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         core = Socks5Server(self.users, check_login=self.check_login)
         try:
-            request = self._negotiate(sock, core, peer)
-        except (OSError, gevent.Timeout) as error:
-            log.debug("SOCKS client %s:%d gave up: %s", peer[0], peer[1], error)
+            with self._doorway.waiting(peer[0]):
+                request = self._negotiate(sock, core, peer)
+                self._doorway.done_waiting()
+        except (OSError, gevent.Timeout, Evicted) as error:
+            log.debug("SOCKS client %s:%d gave up: %r", peer[0], peer[1], error)
             sock.close()
             return
         if request is None:
@@ -99,7 +113,20 @@ class Socks5Port:
         if isinstance(request, UdpAssociateRequested):
             self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
             return
-        self._connect(sock, core, request, peer)
+        if self._clients >= self.max_clients:
+            log.warning(
+                "SOCKS client %s:%d refused: %d connections open (the limit)",
+                peer[0],
+                peer[1],
+                self.max_clients,
+            )
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        self._clients += 1
+        try:
+            self._connect(sock, core, request, peer)
+        finally:
+            self._clients -= 1
 
     def _negotiate(
         self, sock: socket.socket, core: Socks5Server, peer: tuple
