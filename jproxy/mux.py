@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from schemas.errors import WireError
@@ -162,6 +163,8 @@ class Mux:
         self.max_streams = max_streams
         self.max_data = max_message - TCP_PACKET.header_size
         self.streams: dict[int, Stream] = {}
+        self.other_channels: Container[int] = ()
+        """Ids that UDP associations and ICMP echoes hold (the wire's id space is shared)."""
         self._next_id = 0
         # The messages this end acts on, by type byte; ``_on_other`` looks at the rest.
         self._receivers = {
@@ -318,7 +321,7 @@ class Mux:
     def _on_connect_request(
         self, stream_id: int, port: int, _address_type: AddressType, host: str
     ) -> list[Event]:
-        if stream_id in self.streams:
+        if stream_id in self.streams or stream_id in self.other_channels:
             log.warning("refused connect: connection id %d is still in use", stream_id)
             return [Send(self._connect_reply(stream_id, ConnectStatus.GENERAL_FAILURE, 0))]
         if len(self.streams) >= self.max_streams:
@@ -403,6 +406,6 @@ class Mux:
         for _ in range(ID_SPACE):
             candidate = self._next_id
             self._next_id = (self._next_id + 1) % ID_SPACE
-            if candidate not in self.streams:
+            if candidate not in self.streams and candidate not in self.other_channels:
                 return candidate
         raise ProtocolError("no free connection id")

@@ -348,6 +348,9 @@ TCP_CONNECT_REPLY = FixedMessageCodec(jproxy.TcpConnectReply)
 TCP_DISCONNECT = FixedMessageCodec(jproxy.TcpDisconnect)
 TCP_WINDOW_UPDATE = FixedMessageCodec(jproxy.TcpWindowUpdate)
 TCP_HALF_CLOSE = FixedMessageCodec(jproxy.TcpHalfClose)
+UDP_ASSOCIATE_REQUEST = ConnectRequestCodec(jproxy.UdpAssociateRequest)
+UDP_ASSOCIATE_REPLY = FixedMessageCodec(jproxy.UdpAssociateReply)
+UDP_DISSOCIATE = FixedMessageCodec(jproxy.UdpDissociate)
 CONTROL_CODECS = (
     TCP_CONNECT_REQUEST,
     TCP_CONNECT_REPLY,
@@ -356,3 +359,5 @@ CONTROL_CODECS = (
     TCP_HALF_CLOSE,
 )
 """The codecs of the stream control messages, each sent at least once per stream."""
+DATAGRAM_CODECS = (UDP_ASSOCIATE_REQUEST, UDP_ASSOCIATE_REPLY, UDP_DISSOCIATE)
+"""The codecs of the UDP association control messages, sent once per association."""
