@@ -21,7 +21,13 @@ from construct.expr import BinExpr, opnames
 from schemas import jproxy
 from schemas.fields import StrictEnum
 
-SCHEMA_MODULES = ("schemas.jproxy", "schemas.keys", "schemas.admin", "schemas.socks5")
+SCHEMA_MODULES = (
+    "schemas.jproxy",
+    "schemas.keys",
+    "schemas.admin",
+    "schemas.socks5",
+    "schemas.icmp",
+)
 """Documented in this order; a module not written yet is left out until it lands."""
 
 INTRO = """\

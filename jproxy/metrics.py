@@ -3,7 +3,9 @@
 What counts as a connection (docs/admin.md says the same): every tunnel stream (a TCP connect
 the server accepted), every UDP association and every plain SOCKS5 connection the server
 itself serves. Tunnels are counted separately. Bytes are payload bytes relayed, both
-directions summed. gevent runs one greenlet at a time, so plain integers need no lock.
+directions summed (datagram payloads too). Datagrams dropped (a full queue, a fragment, a
+stranger's source address, ...) are counted by reason. gevent runs one greenlet at a time, so
+plain integers need no lock.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class Counters:
     tunnels_open: int = 0
     tunnels_by_dialect: dict[str, int] = field(default_factory=dict)
     users_connected: dict[str, int] = field(default_factory=dict)
+    datagrams_dropped: dict[str, int] = field(default_factory=dict)
 
     def connection_opened(self) -> None:
         self.connections_total += 1
@@ -29,6 +32,9 @@ class Counters:
 
     def transferred(self, count: int) -> None:
         self.bytes_transferred += count
+
+    def datagram_dropped(self, reason: str) -> None:
+        self.datagrams_dropped[reason] = self.datagrams_dropped.get(reason, 0) + 1
 
     def tunnel_opened(self, user: str, dialect: str) -> None:
         self.tunnels_open += 1

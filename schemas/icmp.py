@@ -43,5 +43,12 @@ IcmpEcho = packet(
     doc_text="server <-> pinged host, the payload of an ICMP or ICMPv6 datagram",
 )
 
+Ipv4HeaderStart = c.BitStruct(
+    "version" / doc(c.BitsInteger(4), "4"),
+    "words" / doc(c.BitsInteger(4), "IHL: header length in 32-bit words (5..15)"),
+)
+"""The first byte of an IPv4 header, which an IPv4 raw socket hands over before the ICMP
+message: how many bytes to skip."""
+
 PACKETS: tuple[c.Construct, ...] = (IcmpEcho,)
 """Every top-level packet of this module."""

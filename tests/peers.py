@@ -18,6 +18,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import dns.message
 import pytest
 
 START_TIMEOUT = 15.0
@@ -183,3 +184,85 @@ def sha256_of(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class UdpEcho:
+    """A UDP echo server on ``host`` (127.0.0.1 or ::1) in a thread; ``sources`` records who
+    sent what."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()[:2]
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.received += 1
+            self.sock.sendto(data, source)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+UNBOUND_ZONE = "gjproxy.test."
+UNBOUND_ANSWER = "192.0.2.7"
+
+
+def start_unbound(workdir: Path) -> tuple[subprocess.Popen, int]:
+    """unbound on 127.0.0.1, answering ``www.gjproxy.test. A 192.0.2.7`` from a local zone
+    (nothing recursive, nothing leaves the host); returns the process and its UDP port."""
+    unbound = shutil.which("unbound", path="/usr/sbin") or require_tool("unbound")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # unbound takes no port 0
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = workdir / "unbound.conf"
+    config.write_text(
+        f"""server:
+    interface: 127.0.0.1@{port}
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{workdir}"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    module-config: "iterator"
+    local-zone: "{UNBOUND_ZONE}" static
+    local-data: "www.{UNBOUND_ZONE} 60 IN A {UNBOUND_ANSWER}"
+remote-control:
+    control-enable: no
+"""
+    )
+    process = subprocess.Popen(
+        [unbound, "-d", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as check:
+        check.settimeout(0.2)
+        while True:  # any answer (to a query of the root) means it listens
+            check.sendto(dns.message.make_query(".", "NS").to_wire(), ("127.0.0.1", port))
+            try:
+                check.recvfrom(512)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    process.kill()
+                    raise AssertionError("unbound did not start") from None
+    return process, port

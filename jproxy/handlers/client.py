@@ -15,6 +15,8 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from jproxy.datagrams import Datagrams
+from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.handshake import client_login
 from jproxy.handlers.relay import StreamRelay
 from jproxy.handlers.sockets import tune_tunnel_socket
@@ -89,6 +91,12 @@ class TunnelClient:
             raise TunnelClosed("no tunnel to the server")
         return self._tunnel.open_stream(host, port, sock, timeout)
 
+    def datagrams(self) -> TunnelDatagrams:
+        """The current tunnel's datagram channels; waits out an outage like ``open_stream``."""
+        if not self._up.wait(self.outage_timeout) or self._tunnel is None:
+            raise TunnelClosed("no tunnel to the server")
+        return self._tunnel.datagrams
+
     def _maintain(self) -> None:
         delays = backoff_delays()
         while not self.stopped.is_set():
@@ -110,23 +118,14 @@ class TunnelClient:
                 return
 
     def _connect(self) -> Tunnel:
-        sock = gsocket.create_connection(self.server, timeout=self.login_timeout)
-        try:
-            tune_tunnel_socket(sock)
-            session = client_login(sock, self.key, self.dialect, self.login_timeout)
-        except BaseException:
-            sock.close()
-            raise
-        mux = Mux(Direction.CLIENT_TO_SERVER, session.dialect, max_message=session.max_message)
-        where = f"{self.server[0]}:{self.server[1]}"
-        return Tunnel(
-            sock,
-            session,
-            mux,
+        return open_tunnel(
+            self.server,
+            self.key,
+            self.dialect,
+            login_timeout=self.login_timeout,
             counters=self.counters,
             tuning=self.tuning,
             idle_timeout=self.idle_timeout,
-            name=f"tunnel to {where}",
         )
 
     def _serve(self, tunnel: Tunnel) -> None:
@@ -140,3 +139,38 @@ class TunnelClient:
             self._tunnel = None
             if not self.stopped.is_set():
                 log.warning("%s: lost, reconnecting", tunnel.name)
+
+
+def open_tunnel(
+    server: tuple[str, int],
+    key: ClientKey,
+    dialect: Dialect,
+    *,
+    login_timeout: float,
+    counters: Counters,
+    tuning: RelayTuning | None = None,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+) -> Tunnel:
+    """A logged-in tunnel to ``server``, with its streams and datagram channels; not running
+    yet (``Tunnel.run`` serves it)."""
+    sock = gsocket.create_connection(server, timeout=login_timeout)
+    try:
+        tune_tunnel_socket(sock)
+        session = client_login(sock, key, dialect, login_timeout)
+    except BaseException:
+        sock.close()
+        raise
+    mux = Mux(Direction.CLIENT_TO_SERVER, session.dialect, max_message=session.max_message)
+    tunnel = Tunnel(
+        sock,
+        session,
+        mux,
+        counters=counters,
+        tuning=tuning or RelayTuning(),
+        idle_timeout=idle_timeout,
+        name=f"tunnel to {server[0]}:{server[1]}",
+    )
+    core = Datagrams(Direction.CLIENT_TO_SERVER, session.dialect, streams=mux.streams)
+    tunnel.datagrams = TunnelDatagrams(tunnel, core, counters)
+    mux.other_channels = core.channels
+    return tunnel

@@ -20,7 +20,12 @@ from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from jproxy.datagrams import DEFAULT_MAX_ASSOCIATIONS, AssociateRequested, Datagrams, EchoRequested
+from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.handshake import server_login
+from jproxy.handlers.icmp import IcmpUnavailable, ping
+from jproxy.handlers.outbound_udp import LocalPortTaken, OutboundAssociation, open_udp
+from jproxy.handlers.resolver import ResolveError, SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
 from jproxy.handshake import version_text
@@ -28,6 +33,8 @@ from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
 from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
 from jproxy.tuning import RelayTuning
+from jproxy.udp import DEFAULT_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
+from jproxy.udp import MAX_DATAGRAM
 from schemas.jproxy import ConnectStatus, Direction
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,9 @@ class ServerLimits:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    """UDP associations per tunnel."""
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
 
 
 def status_for(error: BaseException) -> ConnectStatus:
@@ -125,6 +135,21 @@ class TunnelServer:
             idle_timeout=self.limits.idle_timeout,
             name=f"tunnel {user}@{where}",
         )
+        tunnel.datagrams = TunnelDatagrams(
+            tunnel,
+            Datagrams(
+                Direction.SERVER_TO_CLIENT,
+                session.dialect,
+                streams=mux.streams,
+                max_associations=self.limits.max_associations,
+            ),
+            self.counters,
+            on_associate=lambda d, request: streams.spawn(
+                self._serve_association, d, user, request
+            ),
+            on_echo=lambda d, request: streams.spawn(self._serve_echo, d, user, request),
+        )
+        mux.other_channels = tunnel.datagrams.core.channels
         log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
@@ -168,6 +193,73 @@ class TunnelServer:
                 relay.bytes_out,
                 time.monotonic() - started,
             )
+
+    def _serve_association(
+        self, datagrams: TunnelDatagrams, user: str, request: AssociateRequested
+    ) -> None:
+        channel, target = request.channel, f"udp {request.channel.host}:{request.channel.port}"
+        started = time.monotonic()
+        try:
+            address = resolve_one(channel.host, self.limits.connect_timeout)
+            sock = open_udp(address, channel.port, request.local_port)
+        except (OSError, ResolveError) as error:
+            status = _association_status(error)
+            datagrams.send_control(datagrams.core.answer(channel, status, 0))
+            access_log.info("%s %s %s (%s)", user, target, status.name, error)
+            return
+        bound_port = sock.getsockname()[1]
+        datagrams.send_control(datagrams.core.answer(channel, ConnectStatus.OK, bound_port))
+        association = OutboundAssociation(
+            datagrams,
+            channel,
+            sock,
+            max_payload=MAX_DATAGRAM[datagrams.core.dialect],
+            idle_timeout=self.limits.udp_idle_timeout,
+        )
+        self.counters.connection_opened()
+        try:
+            association.run()
+        finally:
+            self.counters.connection_closed()
+            access_log.info(
+                "%s %s OK port=%d sent=%d received=%d %.1fs",
+                user,
+                target,
+                bound_port,
+                association.bytes_out,
+                association.bytes_in,
+                time.monotonic() - started,
+            )
+
+    def _serve_echo(self, datagrams: TunnelDatagrams, user: str, request: EchoRequested) -> None:
+        channel, timeout = request.channel, request.timeout_ms / 1000
+        try:
+            address = resolve_one(channel.host, timeout or 1.0)
+            status, elapsed, data = ping(address, request.data, timeout, channel.id)
+        except ResolveError as error:
+            status, elapsed, data = ConnectStatus.UNKNOWN_HOST, 0, b""
+            log.info("echo to %s: %s", channel.host, error)
+        except IcmpUnavailable as error:
+            status, elapsed, data = ConnectStatus.GENERAL_FAILURE, 0, b""
+            log.warning("echo to %s: %s", channel.host, error)
+        datagrams.send_control(datagrams.core.echo_reply(channel, status, elapsed, data))
+        access_log.info("%s icmp %s %s %dms", user, channel.host, status.name, elapsed)
+
+
+def _association_status(error: BaseException) -> ConnectStatus:
+    if isinstance(error, ResolveError):
+        return ConnectStatus.UNKNOWN_HOST
+    if isinstance(error, LocalPortTaken):
+        return ConnectStatus.GENERAL_FAILURE
+    return status_for(error)
+
+
+def resolve_one(host: str, timeout: float) -> str:
+    """The first address of ``host`` (an IP literal as it is), off the event loop."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return SystemResolver().resolve(host, timeout)[0]
 
 
 def connect_outbound(host: str, port: int, timeout: float) -> socket.socket:

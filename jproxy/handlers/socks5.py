@@ -1,4 +1,5 @@
-"""The client's local SOCKS5 port: each accepted connection becomes one tunnel stream.
+"""The client's local SOCKS5 port: each CONNECT becomes one tunnel stream, each UDP ASSOCIATE
+one ``SocksUdpRelay``.
 
 The SOCKS5 state machine (``jproxy.socks5``) reads the greeting and the request; the target
 travels to the server unresolved (no DNS leak here). The tunnel's connect status becomes the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Mapping
 
 import gevent
@@ -16,6 +18,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
@@ -81,7 +84,7 @@ class Socks5Listener:
             sock.close()
             return
         if isinstance(request, UdpAssociateRequested):
-            self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
+            self._associate(sock, core, request)
             return
         self._connect(sock, core, request)
 
@@ -127,6 +130,39 @@ class Socks5Listener:
             relay.run(core.early_data)
         finally:
             counters.connection_closed()
+
+    def _associate(
+        self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested
+    ) -> None:
+        try:
+            datagrams = self.tunnels.datagrams()
+        except TunnelClosed as error:
+            log.info("UDP ASSOCIATE failed: %s", error)
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        if datagrams.udp_unsupported:
+            log.info("UDP ASSOCIATE refused: the server ignores UDP (a 3.0 server, see above)")
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        rules = association_for(
+            sock, request.host, request.port, datagrams.core.dialect, time.monotonic()
+        )
+        relay = SocksUdpRelay(sock, datagrams, rules, self.tunnels.counters)
+        try:
+            sock.sendall(core.reply(ReplyCode.SUCCEEDED, *relay.address))
+        except OSError:
+            relay.udp.close()
+            sock.close()
+            return
+        counters = self.tunnels.counters
+        counters.connection_opened()
+        try:
+            relay.run()
+        finally:
+            counters.connection_closed()
+            if relay.unsupported:
+                datagrams.udp_unsupported = True
+            sock.close()
 
     @staticmethod
     def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import gevent
 from gevent.event import Event
 
+from jproxy.datagrams import TYPES as DATAGRAM_TYPES
 from jproxy.handlers.relay import LEGACY_INBOUND_LIMIT, StreamRelay
 from jproxy.metrics import Counters
 from jproxy.mux import (
@@ -80,6 +81,8 @@ class Tunnel:
         self.name = name
         self.closed = Event()
         self._on_connect_request = on_connect_request
+        self.datagrams = None
+        """The tunnel's UDP associations and ICMP echoes (``TunnelDatagrams``), when served."""
         self._relays: dict[Stream, StreamRelay] = {}
         self._answers: dict[Stream, gevent.event.AsyncResult] = {}
         self._control: deque[bytes] = deque()
@@ -103,6 +106,8 @@ class Tunnel:
             self.closed.set()
             writer.kill()
             self._end_streams()
+            if self.datagrams is not None:
+                self.datagrams.close()
             self.sock.close()
 
     def close(self) -> None:
@@ -196,6 +201,16 @@ class Tunnel:
         self._data_bytes += sum(map(len, messages))
         self._work.set()
 
+    def send_datagram(self, message: bytes) -> bool:
+        """Queue one datagram's message without waiting; ``False`` (the caller drops it and
+        counts) while the data queue is full or the tunnel is closed."""
+        if self._data_bytes >= DATA_QUEUE_LIMIT or self.closed.is_set():
+            return False
+        self._data.append([message])
+        self._data_bytes += len(message)
+        self._work.set()
+        return True
+
     def _write_loop(self) -> None:
         seal, sendall = self.session.seal, self.sock.sendall
         control, data = self._control, self._data
@@ -222,10 +237,15 @@ class Tunnel:
 
     def _read_loop(self, pipelined: bytes) -> None:
         chunk = pipelined
+        datagrams = self.datagrams
+        datagram_types = DATAGRAM_TYPES if datagrams is not None else frozenset()
         try:
             while not self.closed.is_set():
                 if chunk:
                     for message in self.session.feed(chunk):
+                        if message[:1] and message[0] in datagram_types:
+                            datagrams.receive(message)
+                            continue
                         for event in self.mux.receive(message):
                             self._dispatch(event)
                 chunk = self._recv()
@@ -243,7 +263,8 @@ class Tunnel:
         try:
             data = self.sock.recv(READ_SIZE)
         except TimeoutError:
-            if not self.mux.streams and time.monotonic() - self._last_received > self.idle_timeout:
+            busy = self.mux.streams or self.mux.other_channels
+            if not busy and time.monotonic() - self._last_received > self.idle_timeout:
                 log.info("%s: idle for %ss, closing", self.name, self.idle_timeout)
                 return b""
             return None

@@ -1,0 +1,79 @@
+"""The server's ICMP echo: one ping socket per echo, for the tunnel's ICMP echo messages.
+
+Unprivileged ping sockets (``SOCK_DGRAM`` with ``IPPROTO_ICMP``/``IPPROTO_ICMPV6``) work where
+``net.ipv4.ping_group_range`` includes the process's group; their kernel picks the identifier
+and hands over only the replies to it. Otherwise a raw socket (root or CAP_NET_RAW) sends with
+an identifier of our own and reads every echo reply, keeping those that match. With neither,
+echoes are answered "ICMP unavailable" (general failure), said once in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+
+from gevent import socket as gsocket
+
+from jproxy.icmp import echo_request, read_echo_reply
+from schemas.jproxy import ConnectStatus
+
+log = logging.getLogger(__name__)
+
+RECV_SIZE = 65535
+_PROTOCOL = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+class IcmpUnavailable(OSError):
+    """Neither a ping socket nor a raw socket may be opened by this process."""
+
+
+def open_ping_socket(version: int) -> tuple[gsocket.socket, bool]:
+    """A socket for echoes over IP ``version`` and whether it is raw (chooses identifiers)."""
+    family, protocol = _FAMILY[version], _PROTOCOL[version]
+    try:
+        return gsocket.socket(family, socket.SOCK_DGRAM, protocol), False
+    except PermissionError:
+        pass
+    try:
+        return gsocket.socket(family, socket.SOCK_RAW, protocol), True
+    except PermissionError:
+        raise IcmpUnavailable(
+            "ICMP unavailable: no ping socket (net.ipv4.ping_group_range excludes this group)"
+            " and no raw socket (not root, no CAP_NET_RAW)"
+        ) from None
+
+
+def ping(
+    address: str, data: bytes, timeout: float, sequence: int
+) -> tuple[ConnectStatus, int, bytes]:
+    """One echo to the IP ``address``: ``(status, elapsed_ms, reply data)``.
+
+    Raises ``IcmpUnavailable``; other socket errors become "unreachable".
+    """
+    version = 6 if ":" in address else 4
+    sock, raw = open_ping_socket(version)
+    identifier = random.getrandbits(16)
+    started = time.monotonic()
+    try:
+        sock.settimeout(timeout)
+        sock.sendto(echo_request(version, identifier, sequence, data), (address, 0))
+        deadline = started + timeout
+        while True:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            packet, source = sock.recvfrom(RECV_SIZE)
+            reply = read_echo_reply(version, packet, with_ip_header=raw and version == 4)
+            if reply is None or reply.sequence != sequence:
+                continue
+            if raw and (reply.identifier != identifier or source[0] != address):
+                continue  # a raw socket sees every echo reply of the host
+            return ConnectStatus.OK, int((time.monotonic() - started) * 1000), reply.data
+    except TimeoutError:
+        return ConnectStatus.TIMED_OUT, int((time.monotonic() - started) * 1000), b""
+    except OSError as error:
+        log.debug("echo to %s failed: %s", address, error)
+        return ConnectStatus.UNREACHABLE, int((time.monotonic() - started) * 1000), b""
+    finally:
+        sock.close()
