@@ -308,6 +308,7 @@ _CONTROL_VALUES = {
     "TcpDisconnect": st.tuples(_IDS, st.sampled_from(jproxy.DisconnectReason) | st.integers(-1, 6)),
     "TcpWindowUpdate": st.tuples(_IDS, st.integers(0, 0xFFFFFFFF) | st.sampled_from([-1, 1 << 32])),
     "TcpHalfClose": st.tuples(_IDS),
+    "KeepAlive": st.tuples(st.sampled_from(jproxy.KeepAliveKind) | st.integers(-1, 3)),
 }
 """Values for each control message, valid about half the time."""
 
