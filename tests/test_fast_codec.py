@@ -315,6 +315,7 @@ _CONTROL_VALUES = {
         _IDS, st.sampled_from(jproxy.ConnectStatus) | st.integers(-1, 8), _IDS
     ),
     "UdpDissociate": st.tuples(_IDS, st.sampled_from(jproxy.DisconnectReason) | st.integers(-1, 6)),
+    "KeepAlive": st.tuples(st.sampled_from(jproxy.KeepAliveKind) | st.integers(-1, 3)),
 }
 """Values for each control message, valid about half the time."""
 
