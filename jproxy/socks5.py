@@ -115,6 +115,7 @@ _REPLY_FOR_STATUS = {
     ConnectStatus.UNREACHABLE: ReplyCode.NETWORK_UNREACHABLE,
     ConnectStatus.UNKNOWN_HOST: ReplyCode.HOST_UNREACHABLE,
     ConnectStatus.CONNECTION_LIMIT: ReplyCode.NOT_ALLOWED,
+    ConnectStatus.NOT_ALLOWED: ReplyCode.NOT_ALLOWED,
 }
 
 

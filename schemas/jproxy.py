@@ -62,7 +62,12 @@ class Direction(enum.Enum):
 
 
 class ConnectStatus(enum.IntEnum):
-    """Status of a TCP connect, UDP associate or ICMP echo (the wire's values, not the spec's)."""
+    """Status of a TCP connect, UDP associate or ICMP echo (the wire's values, not the spec's).
+
+    0-6 are the Java implementation's. ``NOT_ALLOWED`` (7) is a gjproxy addition, dialect 3.1
+    only: the server's egress policy refused the target (a SOCKS client sees reply 0x02,
+    "connection not allowed by ruleset"). See ``status_for_dialect`` for 3.0.
+    """
 
     OK = 0
     GENERAL_FAILURE = 1
@@ -71,6 +76,23 @@ class ConnectStatus(enum.IntEnum):
     UNREACHABLE = 4
     UNKNOWN_HOST = 5
     CONNECTION_LIMIT = 6
+    NOT_ALLOWED = 7
+
+
+SECURE_ONLY_STATUSES = frozenset({ConnectStatus.NOT_ALLOWED})
+"""Statuses that exist only in dialect 3.1."""
+
+
+def status_for_dialect(status: ConnectStatus, dialect: Dialect) -> ConnectStatus:
+    """The status to send to a peer of ``dialect``.
+
+    The Java 3.0 client answers a status it does not know by closing the SOCKS connection
+    without a reply, so a 3.0 tunnel gets GENERAL_FAILURE (SOCKS 0x01) instead of a 3.1-only
+    status.
+    """
+    if dialect is Dialect.LEGACY_3_0 and status in SECURE_ONLY_STATUSES:
+        return ConnectStatus.GENERAL_FAILURE
+    return status
 
 
 class KeepAliveKind(enum.IntEnum):
@@ -242,7 +264,11 @@ TcpConnectReply = packet(
     "TcpConnectReply",
     "type" / _message_type(MessageType.TCP_CONNECT),
     "connection_id" / _ConnectionId,
-    "status" / doc(StrictEnum(c.Int8ub, ConnectStatus), "connect status"),
+    "status"
+    / doc(
+        StrictEnum(c.Int8ub, ConnectStatus),
+        "connect status (7 is gjproxy's, 3.1 only: a 3.0 peer gets 1 instead)",
+    ),
     "elapsed_ms" / doc(c.Int16ub, "milliseconds the server spent connecting (capped at 65535)"),
     doc_text="server -> client",
 )

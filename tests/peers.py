@@ -38,12 +38,14 @@ def require_tool(name: str) -> str:
 class Process:
     """A ``gjproxy`` subcommand in its own process, its log lines collected as they come."""
 
-    def __init__(self, *args: str, cwd: Path, env: dict | None = None) -> None:
+    def __init__(
+        self, *args: str, cwd: Path, env: dict | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.args = args
         self.lines: list[str] = []
         self._new = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jproxy", *args],
+            [*prefix, sys.executable, "-m", "jproxy", *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
@@ -95,8 +97,27 @@ class Process:
         raise AssertionError("no VmRSS")
 
 
-def start_server(workdir: Path, *extra: str, listen: str = "127.0.0.1:0", env=None) -> Process:
-    server = Process("server", "--listen", listen, "--users", "users", *extra, cwd=workdir, env=env)
+LOOPBACK_EGRESS = ("--allow-egress", "127.0.0.0/8", "--allow-egress", "::1/128")
+"""The targets of these tests listen on loopback, which the server denies unless allowed."""
+
+
+def start_server(
+    workdir: Path,
+    *extra: str,
+    listen: str = "127.0.0.1:0",
+    env=None,
+    allow_loopback: bool = True,
+    prefix: tuple[str, ...] = (),
+) -> Process:
+    """A server; ``allow_loopback`` passes ``LOOPBACK_EGRESS`` (tests of denial turn it off);
+    ``prefix`` runs it under a wrapper such as ``prlimit``."""
+    egress = LOOPBACK_EGRESS if allow_loopback else ()
+    server = Process(
+        *("server", "--listen", listen, "--users", "users", *egress, *extra),
+        cwd=workdir,
+        env=env,
+        prefix=prefix,
+    )
     server.port = int(server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1))
     return server
 

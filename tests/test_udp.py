@@ -179,7 +179,7 @@ def test_association_ends_with_its_tcp_connection(tunnel31) -> None:
         sock.sendto(build_udp_request(*echo.address, b"x"), association.relay)
         assert sock.recvfrom(100)[0].endswith(b"x")
         association.close()
-        tunnel31.server.wait_for(r"alice udp 127\.0\.0\.1:\d+ OK port=\d+ sent=1 received=1")
+        tunnel31.server.wait_for(r"alice udp 127\.0\.0\.1:\d+ OK .* sent=1 received=1")
         time.sleep(0.2)
         sock.sendto(build_udp_request(*echo.address, b"y"), association.relay)
         with pytest.raises((TimeoutError, ConnectionRefusedError)):

@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 from jproxy.config import ConfigError, host_port
+from jproxy.egress import EgressPolicy
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.client import TunnelClient
-from jproxy.handlers.server import TunnelServer
+from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.resolver import SystemResolver
+from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import Socks5Listener
 from jproxy.keys import (
@@ -29,6 +32,8 @@ from jproxy.passwords import AdminCredentials, hash_password
 from schemas.jproxy import Dialect
 
 TUNNEL_UP_TIMEOUT = 15.0
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+"""Everything runs on this host, so the quickstart lets streams reach its loopback."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, KeyFileError, OSError) as error:
         sys.stderr.write(f"gjproxy quickstart: {error}\n")
         return 2
-    server = TunnelServer(listen, users)
+    loopback = EgressPolicy.from_rules(LOOPBACK, [])
+    dialer = Dialer(SystemResolver(), loopback, ServerLimits.connect_timeout)
+    server = TunnelServer(listen, users, dialer=dialer)
     started = []
     try:
         server.start()
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         started.append(listener)
         credentials = AdminCredentials("admin", password_hash, str(folder / "admin-password-hash"))
         started.append(serve_admin(admin, credentials, server.counters, server.tuning))
+        dialer.policy = dialer.policy.listening_on([service.address for service in started])
     except OSError as error:
         sys.stderr.write(f"gjproxy quickstart: cannot listen: {error}\n")
         for service in started:
@@ -105,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
             f"admin: gjproxy admin --port {admin_port} --user admin stats"
             f"   (password, shown once: {new_password})"
         )
+    print(
+        f"egress: loopback allowed ({', '.join(LOOPBACK)}): this machine's own services are "
+        "reachable through the proxy"
+    )
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
     sys.stdout.flush()
     termination.wait()

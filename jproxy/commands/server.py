@@ -8,7 +8,11 @@ import os
 import sys
 
 from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.egress import EgressPolicy, RuleError
 from jproxy.handlers.admin import serve_admin
+from jproxy.handlers.descriptors import raise_fd_limit
+from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
@@ -28,6 +32,7 @@ DEFAULTS = {
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
 }
+EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +63,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
     parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
     parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
+    parser.add_argument(
+        "--allow-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="let streams reach this network (repeatable; e.g. 127.0.0.0/8, [::1]/128:8000-8999)."
+        " Loopback, private, link-local and multicast ranges are denied unless allowed",
+    )
+    parser.add_argument(
+        "--deny-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="never let streams reach this network (repeatable; beats every allow rule)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -74,8 +92,22 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         settings[key] = float(settings[key])
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+    settings["egress"] = egress_policy(args, config)
     settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
     return settings
+
+
+def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
+    """``[egress]`` allow/deny lists, each replaced by its flags when any is given."""
+    flags = argparse.Namespace(allow=args.allow_egress, deny=args.deny_egress)
+    rules = resolve(flags, config, "egress", EGRESS_DEFAULTS)
+    for key, texts in rules.items():
+        if not all(isinstance(text, str) for text in texts):
+            raise ConfigError(f"config: [egress] {key} must be a list of strings")
+    try:
+        return EgressPolicy.from_rules(rules["allow"], rules["deny"])
+    except RuleError as error:
+        raise ConfigError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,8 +125,14 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout=settings["connect_timeout"],
         handshake_timeout=settings["handshake_timeout"],
     )
+    fds = raise_fd_limit(limits.max_tunnels)
+    dialer = Dialer(SystemResolver(), settings["egress"], limits.connect_timeout, fds)
     server = TunnelServer(
-        settings["listen"], users, allow_legacy=settings["allow_legacy"], limits=limits
+        settings["listen"],
+        users,
+        allow_legacy=settings["allow_legacy"],
+        limits=limits,
+        dialer=dialer,
     )
     services: list = []
     try:
@@ -112,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
             from jproxy.handlers.prometheus import serve_metrics
 
             services.append(serve_metrics(settings["metrics"], server.counters, server.tuning))
+        dialer.policy = dialer.policy.listening_on([service.address for service in services])
+        _log_egress(dialer.policy)
     except OSError as error:
         sys.stderr.write(f"gjproxy server: cannot listen: {error}\n")
         for service in services:
@@ -124,3 +164,15 @@ def run(args: argparse.Namespace) -> int:
     for service in reversed(services):
         service.stop()
     return 0
+
+
+def _log_egress(policy: EgressPolicy) -> None:
+    allow = ", ".join(rule.text for rule in policy.allow) or "none"
+    deny = ", ".join(rule.text for rule in policy.deny) or "none"
+    ports = ", ".join(str(port) for port in sorted({port for _, port in policy.listeners}))
+    log.info(
+        "egress: allow %s; deny %s; this host's own ports %s and private ranges denied by default",
+        allow,
+        deny,
+        ports,
+    )

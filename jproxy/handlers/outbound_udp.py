@@ -19,8 +19,9 @@ from gevent.socket import wait_read
 
 from jproxy.datagrams import Channel
 from jproxy.handlers.datagrams import TunnelDatagrams
+from jproxy.handlers.dialer import Dialer, DialError, status_for
 from jproxy.udp import Drop
-from schemas.jproxy import DisconnectReason
+from schemas.jproxy import ConnectStatus, DisconnectReason
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +29,22 @@ RECV_SIZE = 65535
 LOCAL_PORT_TAKEN = "local port not available"
 
 
-class LocalPortTaken(OSError):
-    """The requested local port is bound already."""
-
-
-def open_udp(address: str, port: int, local_port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to ``local_port`` and connected to ``address:port``."""
+def open_udp(dialer: Dialer, address: str, port: int, local_port: int) -> socket.socket:
+    """A non-blocking UDP socket (within the dialer's fd budget) bound to ``local_port`` and
+    connected to ``address:port``; ``DialError`` otherwise (a taken port: general failure,
+    "local port not available")."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock = dialer.open_socket(family, socket.SOCK_DGRAM)
     try:
-        try:
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise LocalPortTaken(
-                    errno.EADDRINUSE, f"{LOCAL_PORT_TAKEN}: {local_port}"
-                ) from None
-            raise
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
         sock.connect((address, port))
-        sock.setblocking(False)
-    except BaseException:
+    except OSError as error:
         sock.close()
-        raise
+        if error.errno == errno.EADDRINUSE:
+            status, reason = ConnectStatus.GENERAL_FAILURE, f"{LOCAL_PORT_TAKEN}: {local_port}"
+            raise DialError(status, reason) from None
+        raise DialError(status_for(error), f"UDP to {address} port {port}: {error}") from None
+    sock.setblocking(False)
     return sock
 
 

@@ -1,46 +1,44 @@
 """``gjproxy server``'s tunnel endpoint: log in each tunnel, then open its streams for real.
 
 Each accepted tunnel runs in a greenlet of a bounded pool (the tunnel limit). Each stream the
-client asks for gets a greenlet that resolves and connects without blocking the others (gevent's
-resolver), answers with the wire's status and the milliseconds it took, and relays. When a
+client asks for gets a greenlet that opens it through the server's one ``Dialer`` (host check,
+resolver, egress policy, fd budget), answers with the wire's status and the milliseconds it
+took, and relays; every failure is answered, so the stream id is freed on both ends. When a
 tunnel ends, every outbound socket it owned is closed with it.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import logging
 import socket
 import time
 from dataclasses import dataclass
 
-import gevent
-from gevent import socket as gsocket
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from jproxy.datagrams import DEFAULT_MAX_ASSOCIATIONS, AssociateRequested, Datagrams, EchoRequested
+from jproxy.egress import EgressPolicy
 from jproxy.handlers.datagrams import TunnelDatagrams
+from jproxy.handlers.descriptors import Acceptor
+from jproxy.handlers.dialer import Dialer, DialError
 from jproxy.handlers.handshake import server_login
 from jproxy.handlers.icmp import IcmpUnavailable, ping
-from jproxy.handlers.outbound_udp import LocalPortTaken, OutboundAssociation, open_udp
-from jproxy.handlers.resolver import ResolveError, SystemResolver
+from jproxy.handlers.outbound_udp import OutboundAssociation, open_udp
+from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
 from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
 from jproxy.handshake import version_text
+from jproxy.hostnames import for_log
 from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
 from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
 from jproxy.tuning import RelayTuning
 from jproxy.udp import DEFAULT_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from jproxy.udp import MAX_DATAGRAM
-from schemas.jproxy import ConnectStatus, Direction
+from schemas.jproxy import ConnectStatus, Direction, status_for_dialect
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gjproxy.access")
-
-_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 
 
 @dataclass
@@ -55,19 +53,6 @@ class ServerLimits:
     udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
 
 
-def status_for(error: BaseException) -> ConnectStatus:
-    """The wire's connect status for an outbound connect failure."""
-    if isinstance(error, socket.gaierror):
-        return ConnectStatus.UNKNOWN_HOST
-    if isinstance(error, (TimeoutError, gevent.Timeout)):
-        return ConnectStatus.TIMED_OUT
-    if isinstance(error, ConnectionRefusedError):
-        return ConnectStatus.REFUSED
-    if isinstance(error, OSError) and error.errno in _UNREACHABLE:
-        return ConnectStatus.UNREACHABLE
-    return ConnectStatus.GENERAL_FAILURE
-
-
 class TunnelServer:
     def __init__(
         self,
@@ -78,14 +63,18 @@ class TunnelServer:
         limits: ServerLimits | None = None,
         counters: Counters | None = None,
         tuning: RelayTuning | None = None,
+        dialer: Dialer | None = None,
     ) -> None:
         self.users = users
         self.allow_legacy = allow_legacy
         self.limits = limits or ServerLimits()
         self.counters = counters or Counters()
         self.tuning = tuning or RelayTuning()
+        self.dialer = dialer or Dialer(
+            SystemResolver(), EgressPolicy(), self.limits.connect_timeout
+        )
         self._tunnels: set[Tunnel] = set()
-        self._server = StreamServer(listen, self._handle, spawn=Pool(self.limits.max_tunnels))
+        self._server = Acceptor(listen, self._handle, spawn=Pool(self.limits.max_tunnels))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -93,6 +82,7 @@ class TunnelServer:
 
     def start(self) -> None:
         self._server.start()
+        self.dialer.policy = self.dialer.policy.listening_on([self.address])
         log.info(
             "tunnel server listening on %s:%d (dialect 3.1%s)",
             *self.address,
@@ -162,16 +152,20 @@ class TunnelServer:
             log.info("%s: closed", tunnel.name)
 
     def _serve_stream(self, tunnel: Tunnel, user: str, request: ConnectRequested) -> None:
-        stream, target = request.stream, f"{request.host}:{request.port}"
+        stream, target = request.stream, f"{for_log(request.host)}:{request.port}"
         started = time.monotonic()
         try:
-            sock = connect_outbound(request.host, request.port, self.limits.connect_timeout)
-        except (OSError, gevent.Timeout) as error:
-            status = status_for(error)
+            sock, address = self.dialer.connect(request.host, request.port)
+        except DialError as error:
+            status = status_for_dialect(error.status, tunnel.mux.dialect)
             elapsed = _ms_since(started)
             tunnel.send_control(tunnel.mux.answer(stream, status, elapsed))
-            access_log.info("%s %s %s %dms (%s)", user, target, status.name, elapsed, error)
+            reason = for_log(error.reason)
+            access_log.info("%s %s %s %dms (%s)", user, target, error.status.name, elapsed, reason)
             return
+        except BaseException:
+            tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.GENERAL_FAILURE, 0))
+            raise
         elapsed = _ms_since(started)
         tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, elapsed))
         if not tunnel.mux.is_live(stream):  # the client gave up while we connected
@@ -185,10 +179,11 @@ class TunnelServer:
         finally:
             self.counters.connection_closed()
             access_log.info(
-                "%s %s OK %dms sent=%d received=%d %.1fs",
+                "%s %s OK %dms via %s sent=%d received=%d %.1fs",
                 user,
                 target,
                 elapsed,
+                address[0],
                 relay.bytes_in,
                 relay.bytes_out,
                 time.monotonic() - started,
@@ -197,15 +192,16 @@ class TunnelServer:
     def _serve_association(
         self, datagrams: TunnelDatagrams, user: str, request: AssociateRequested
     ) -> None:
-        channel, target = request.channel, f"udp {request.channel.host}:{request.channel.port}"
+        channel = request.channel
+        target = f"udp {for_log(channel.host)}:{channel.port}"
         started = time.monotonic()
         try:
-            address = resolve_one(channel.host, self.limits.connect_timeout)
-            sock = open_udp(address, channel.port, request.local_port)
-        except (OSError, ResolveError) as error:
-            status = _association_status(error)
+            address = self.dialer.addresses_for(channel.host, channel.port)[0]
+            sock = open_udp(self.dialer, address, channel.port, request.local_port)
+        except DialError as error:
+            status = status_for_dialect(error.status, datagrams.core.dialect)
             datagrams.send_control(datagrams.core.answer(channel, status, 0))
-            access_log.info("%s %s %s (%s)", user, target, status.name, error)
+            access_log.info("%s %s %s (%s)", user, target, error.status.name, for_log(error.reason))
             return
         bound_port = sock.getsockname()[1]
         datagrams.send_control(datagrams.core.answer(channel, ConnectStatus.OK, bound_port))
@@ -222,60 +218,31 @@ class TunnelServer:
         finally:
             self.counters.connection_closed()
             access_log.info(
-                "%s %s OK port=%d sent=%d received=%d %.1fs",
+                "%s %s OK port=%d via %s sent=%d received=%d %.1fs",
                 user,
                 target,
                 bound_port,
+                address,
                 association.bytes_out,
                 association.bytes_in,
                 time.monotonic() - started,
             )
 
     def _serve_echo(self, datagrams: TunnelDatagrams, user: str, request: EchoRequested) -> None:
+        """One ICMP echo, through the egress policy like every other way out (judged as
+        port 0)."""
         channel, timeout = request.channel, request.timeout_ms / 1000
         try:
-            address = resolve_one(channel.host, timeout or 1.0)
+            address = self.dialer.addresses_for(channel.host, 0)[0]
             status, elapsed, data = ping(address, request.data, timeout, channel.id)
-        except ResolveError as error:
-            status, elapsed, data = ConnectStatus.UNKNOWN_HOST, 0, b""
-            log.info("echo to %s: %s", channel.host, error)
+        except DialError as error:
+            status, elapsed, data = error.status, 0, b""
+            log.info("echo to %s: %s", for_log(channel.host), for_log(error.reason))
         except IcmpUnavailable as error:
             status, elapsed, data = ConnectStatus.GENERAL_FAILURE, 0, b""
-            log.warning("echo to %s: %s", channel.host, error)
+            log.warning("echo to %s: %s", for_log(channel.host), error)
         datagrams.send_control(datagrams.core.echo_reply(channel, status, elapsed, data))
-        access_log.info("%s icmp %s %s %dms", user, channel.host, status.name, elapsed)
-
-
-def _association_status(error: BaseException) -> ConnectStatus:
-    if isinstance(error, ResolveError):
-        return ConnectStatus.UNKNOWN_HOST
-    if isinstance(error, LocalPortTaken):
-        return ConnectStatus.GENERAL_FAILURE
-    return status_for(error)
-
-
-def resolve_one(host: str, timeout: float) -> str:
-    """The first address of ``host`` (an IP literal as it is), off the event loop."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return SystemResolver().resolve(host, timeout)[0]
-
-
-def connect_outbound(host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection to ``host``; IP literals skip the resolver and its thread hop."""
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return gsocket.create_connection((host, port), timeout=timeout)
-    sock = gsocket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+        access_log.info("%s icmp %s %s %dms", user, for_log(channel.host), status.name, elapsed)
 
 
 def _ms_since(started: float) -> int:

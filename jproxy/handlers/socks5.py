@@ -20,6 +20,7 @@ from gevent.server import StreamServer
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.tunnel import TunnelClosed
+from jproxy.hostnames import for_log
 from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
     ConnectRequested,
@@ -107,7 +108,7 @@ class Socks5Listener:
                         return event
 
     def _connect(self, sock: socket.socket, core: Socks5Server, request: ConnectRequested) -> None:
-        target = f"{request.host}:{request.port}"
+        target = f"{for_log(request.host)}:{request.port}"
         try:
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
