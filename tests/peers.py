@@ -218,6 +218,7 @@ class UdpEcho:
         self.sock.settimeout(0.2)
         self.address = self.sock.getsockname()[:2]
         self.received = 0
+        self.sources: list[tuple] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -229,6 +230,7 @@ class UdpEcho:
             except TimeoutError:
                 continue
             self.received += 1
+            self.sources.append(source[:2])
             self.sock.sendto(data, source)
 
     def close(self) -> None:

@@ -108,6 +108,7 @@ def _explain(status: ConnectStatus) -> str:
         ConnectStatus.UNKNOWN_HOST: "unknown host",
         ConnectStatus.UNREACHABLE: "unreachable",
         ConnectStatus.CONNECTION_LIMIT: "refused: over the server's echo rate limit",
+        ConnectStatus.NOT_ALLOWED: "not allowed by the server's egress policy",
         ConnectStatus.GENERAL_FAILURE: "the server cannot ping (ICMP unavailable: see its log)",
     }.get(status, status.name)
 

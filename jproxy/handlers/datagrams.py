@@ -73,13 +73,16 @@ class TunnelDatagrams:
 
     # --- client side ----------------------------------------------------------------------------
 
-    def associate(self, host: str, port: int, sink: Sink, timeout: float) -> Channel:
-        """A UDP association with ``host:port`` whose datagrams go to ``sink``.
+    def associate(
+        self, host: str, port: int, sink: Sink, timeout: float, local_port: int = 0
+    ) -> Channel:
+        """A UDP association with ``host:port`` whose datagrams go to ``sink``; the server binds
+        ``local_port`` (0: any).
 
         Raises ``AssociateFailed``, ``gevent.Timeout`` (no answer: a 3.0 Java server ignores
         UDP) or ``TunnelClosed``.
         """
-        channel, request = self.core.associate(host, port)
+        channel, request = self.core.associate(host, port, local_port)
         self._sinks[channel] = sink
         answer = self._answers[channel] = AsyncResult()
         self.tunnel.send_control(request)

@@ -13,6 +13,7 @@ import logging
 import random
 import socket
 import time
+from typing import NamedTuple
 
 from gevent import socket as gsocket
 
@@ -46,16 +47,23 @@ def open_ping_socket(version: int) -> tuple[gsocket.socket, bool]:
         ) from None
 
 
-def ping(
-    address: str, data: bytes, timeout: float, sequence: int
-) -> tuple[ConnectStatus, int, bytes]:
-    """One echo to the IP ``address``: ``(status, elapsed_ms, reply data)``.
+class Echo(NamedTuple):
+    status: ConnectStatus
+    elapsed_ms: int
+    data: bytes
+    via: str
+    """How it went out ("ping socket", "raw socket") or why not, for the access log."""
+
+
+def ping(address: str, data: bytes, timeout: float, sequence: int) -> Echo:
+    """One echo to the IP ``address`` and its outcome.
 
     Raises ``IcmpUnavailable``; other socket errors become "unreachable".
     """
     version = 6 if ":" in address else 4
     sock, raw = open_ping_socket(version)
     identifier = random.getrandbits(16)
+    via = "raw socket" if raw else "ping socket"
     started = time.monotonic()
     try:
         sock.settimeout(timeout)
@@ -69,11 +77,15 @@ def ping(
                 continue
             if raw and (reply.identifier != identifier or source[0] != address):
                 continue  # a raw socket sees every echo reply of the host
-            return ConnectStatus.OK, int((time.monotonic() - started) * 1000), reply.data
+            return Echo(ConnectStatus.OK, _ms_since(started), reply.data, via)
     except TimeoutError:
-        return ConnectStatus.TIMED_OUT, int((time.monotonic() - started) * 1000), b""
+        return Echo(ConnectStatus.TIMED_OUT, _ms_since(started), b"", via)
     except OSError as error:
         log.debug("echo to %s failed: %s", address, error)
-        return ConnectStatus.UNREACHABLE, int((time.monotonic() - started) * 1000), b""
+        return Echo(ConnectStatus.UNREACHABLE, _ms_since(started), b"", via)
     finally:
         sock.close()
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

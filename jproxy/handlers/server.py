@@ -22,7 +22,7 @@ from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.dialer import Dialer, DialError
 from jproxy.handlers.handshake import server_login
-from jproxy.handlers.icmp import IcmpUnavailable, ping
+from jproxy.handlers.icmp import Echo, IcmpUnavailable, ping
 from jproxy.handlers.outbound_udp import OutboundAssociation, open_udp
 from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
@@ -234,15 +234,23 @@ class TunnelServer:
         channel, timeout = request.channel, request.timeout_ms / 1000
         try:
             address = self.dialer.addresses_for(channel.host, 0)[0]
-            status, elapsed, data = ping(address, request.data, timeout, channel.id)
+            echo = ping(address, request.data, timeout, channel.id)
         except DialError as error:
-            status, elapsed, data = error.status, 0, b""
-            log.info("echo to %s: %s", for_log(channel.host), for_log(error.reason))
+            status = status_for_dialect(error.status, datagrams.core.dialect)
+            echo = Echo(status, 0, b"", for_log(error.reason))
         except IcmpUnavailable as error:
-            status, elapsed, data = ConnectStatus.GENERAL_FAILURE, 0, b""
             log.warning("echo to %s: %s", for_log(channel.host), error)
-        datagrams.send_control(datagrams.core.echo_reply(channel, status, elapsed, data))
-        access_log.info("%s icmp %s %s %dms", user, for_log(channel.host), status.name, elapsed)
+            echo = Echo(ConnectStatus.GENERAL_FAILURE, 0, b"", "ICMP unavailable")
+        reply = datagrams.core.echo_reply(channel, echo.status, echo.elapsed_ms, echo.data)
+        datagrams.send_control(reply)
+        access_log.info(
+            "%s icmp %s %s %dms (%s)",
+            user,
+            for_log(channel.host),
+            echo.status.name,
+            echo.elapsed_ms,
+            echo.via,
+        )
 
 
 def _ms_since(started: float) -> int:

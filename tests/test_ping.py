@@ -1,0 +1,99 @@
+"""``gjproxy ping`` through a real server: ping sockets (net.ipv4.ping_group_range opened by
+the test, as root, and restored), raw sockets, the egress policy, and dialect 3.0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jproxy.icmp import checksum, echo_request, read_echo_reply
+from tests.peers import start_server
+
+PING_GROUP_RANGE = Path("/proc/sys/net/ipv4/ping_group_range")
+
+
+def gjproxy_ping(workdir: Path, server_port: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jproxy", "ping", *args, "--server", f"127.0.0.1:{server_port}"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def ping_sockets_allowed():
+    """Every group may open ping sockets while the test runs (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("setting net.ipv4.ping_group_range needs root")
+    saved = PING_GROUP_RANGE.read_text()
+    PING_GROUP_RANGE.write_text("0 2147483647\n")
+    yield
+    PING_GROUP_RANGE.write_text(saved)
+
+
+@pytest.fixture
+def ping_sockets_denied():
+    """No group may open ping sockets: only root's raw sockets are left."""
+    if os.geteuid() != 0:
+        pytest.skip("setting net.ipv4.ping_group_range needs root")
+    saved = PING_GROUP_RANGE.read_text()
+    PING_GROUP_RANGE.write_text("1 0\n")
+    yield
+    PING_GROUP_RANGE.write_text(saved)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_ping_through_ping_sockets(workdir, ping_sockets_allowed, host: str) -> None:
+    server = start_server(workdir)
+    result = gjproxy_ping(workdir, server.port, host, "-c", "3", "-i", "0.2")
+    assert result.returncode == 0, result.stdout + result.stderr + server.log()
+    lines = result.stdout.splitlines()
+    for sequence in (1, 2, 3):
+        assert any(f"56 bytes from {host}: seq={sequence} time=" in line for line in lines)
+    assert "3 packets transmitted, 3 received, 0% packet loss" in result.stdout
+    assert "rtt min/avg/max = " in result.stdout
+    server.wait_for(rf"alice icmp {host} OK \d+ms \(ping socket\)")
+    assert server.stop() == 0
+
+
+def test_ping_through_raw_sockets_as_root(workdir, ping_sockets_denied) -> None:
+    server = start_server(workdir)
+    result = gjproxy_ping(workdir, server.port, "127.0.0.1", "-c", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    server.wait_for(r"alice icmp 127\.0\.0\.1 OK \d+ms \(raw socket\)")
+    assert server.stop() == 0
+
+
+def test_ping_obeys_the_egress_policy(workdir) -> None:
+    server = start_server(workdir, allow_loopback=False)
+    result = gjproxy_ping(workdir, server.port, "127.0.0.1", "-c", "2", "-i", "0")
+    assert result.returncode == 1
+    assert result.stdout.count("not allowed by the server's egress policy") == 2
+    assert "2 packets transmitted, 0 received, 100% packet loss" in result.stdout
+    assert server.stop() == 0
+
+
+def test_ping_needs_dialect_31(workdir) -> None:
+    server = start_server(workdir, "--allow-legacy")
+    result = gjproxy_ping(workdir, server.port, "127.0.0.1", "--dialect", "3.0")
+    assert result.returncode == 1
+    assert "dialect 3.1" in result.stderr
+    assert server.stop() == 0
+
+
+def test_echo_request_checksum_and_reply_reading() -> None:
+    request = echo_request(4, 0x1234, 7, b"abc")
+    assert checksum(request) == 0  # a correct checksum sums to zero
+    reply = bytes([0]) + request[1:]  # type 0: the echo reply (checksum not rechecked)
+    ip_header = bytes([0x45]) + bytes(19)
+    assert read_echo_reply(4, ip_header + reply, with_ip_header=True) == (0x1234, 7, b"abc")
+    assert read_echo_reply(4, reply, with_ip_header=False) == (0x1234, 7, b"abc")
+    assert read_echo_reply(4, request, with_ip_header=False) is None  # our own request
+    assert read_echo_reply(6, reply, with_ip_header=False) is None  # not ICMPv6's reply type
+    assert read_echo_reply(4, b"\x00", with_ip_header=False) is None
