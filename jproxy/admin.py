@@ -280,6 +280,7 @@ def server_methods(counters: Counters, tuning: RelayTuning) -> dict[Method, Meth
         Method.GET_BUFFER_SIZE: _reading(lambda: tuning.buffer_size),
         Method.USERS_CONNECTED: _reading(lambda: format_users(counters.users_connected)),
         Method.TUNNELS_OPEN: _reading(lambda: counters.tunnels_open),
+        Method.DATAGRAMS_DROPPED: _reading(lambda: format_users(counters.datagrams_dropped)),
     }
 
 

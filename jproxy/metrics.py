@@ -2,8 +2,8 @@
 
 What counts as a connection (docs/admin.md says the same): every tunnel stream (a TCP connect
 the server accepted), every UDP association and every plain SOCKS5 connection the server
-itself serves. Tunnels are counted separately. Bytes are payload bytes relayed, both
-directions summed (datagram payloads too). Datagrams dropped (a full queue, a fragment, a
+itself serves. Tunnels are counted separately. Bytes are payload bytes relayed (for UDP, the
+datagrams' payloads), both directions summed. Datagrams dropped (a full queue, a fragment, a
 stranger's source address, ...) are counted by reason. gevent runs one greenlet at a time, so
 plain integers need no lock.
 """

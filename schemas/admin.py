@@ -35,6 +35,7 @@ class Method(enum.IntEnum):
     GET_BUFFER_SIZE = 4
     USERS_CONNECTED = 5
     TUNNELS_OPEN = 6
+    DATAGRAMS_DROPPED = 7
     INVALID_PARAM = 254
     INVALID_METHOD = 255
 

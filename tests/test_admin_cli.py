@@ -39,6 +39,9 @@ def counters() -> Counters:
     counters = Counters(connections_total=41, connections_open=5, bytes_transferred=123456789)
     counters.tunnel_opened("carol", "3.1")
     counters.tunnel_opened("alice", "3.0")
+    counters.datagram_dropped("queue_full")
+    counters.datagram_dropped("fragment")
+    counters.datagram_dropped("fragment")
     return counters
 
 
@@ -59,6 +62,7 @@ def test_stats_prints_every_value(port) -> None:
         "relay buffer size: 65536",
         "tunnels open: 2",
         "connected users: alice=1,carol=1",
+        "datagrams dropped: fragment=2,queue_full=1",
     ]
 
 

@@ -51,6 +51,7 @@ def test_every_prometheus_metric_is_documented() -> None:
         "gjproxy_tunnels_open",
         "gjproxy_dialect_tunnels_open",
         "gjproxy_relay_buffer_size_bytes",
+        "gjproxy_datagrams_dropped_total",
     }
     for name in names:
         assert f"| `{name}" in DOCS, name

@@ -61,6 +61,7 @@ QUERIES: dict[str, tuple[Method, str]] = {
     "get-buffer": (Method.GET_BUFFER_SIZE, "relay buffer size"),
     "tunnels": (Method.TUNNELS_OPEN, "tunnels open"),
     "users": (Method.USERS_CONNECTED, "connected users"),
+    "drops": (Method.DATAGRAMS_DROPPED, "datagrams dropped"),
 }
 """Methods without a parameter: command-line name -> (method, label in ``stats``)."""
 

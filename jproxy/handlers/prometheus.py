@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from jproxy.handlers.admin import host_port_text
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
+from jproxy.udp import Drop
 from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,14 @@ class CountersCollector:
         for dialect in sorted({*DIALECTS, *counters.tunnels_by_dialect}):
             by_dialect.add_metric([dialect], counters.tunnels_by_dialect.get(dialect, 0))
         yield by_dialect
+        dropped = CounterMetricFamily(
+            "gjproxy_datagrams_dropped",
+            "UDP datagrams dropped since start, by reason",
+            labels=["reason"],
+        )
+        for reason in sorted({*(drop.value for drop in Drop), *counters.datagrams_dropped}):
+            dropped.add_metric([reason], counters.datagrams_dropped.get(reason, 0))
+        yield dropped
         yield GaugeMetricFamily(
             "gjproxy_relay_buffer_size_bytes",
             "Bytes a relay reads from a socket at once (admin method 3 changes it)",
