@@ -270,12 +270,14 @@ remote-control:
     control-enable: no
 """
     )
-    process = subprocess.Popen(
-        [unbound, "-d", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
+    log = workdir / "unbound.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [unbound, "-d", "-c", str(config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     deadline = time.monotonic() + START_TIMEOUT
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as check:
         check.settimeout(0.2)
@@ -284,8 +286,8 @@ remote-control:
             try:
                 check.recvfrom(512)
                 break
-            except TimeoutError:
+            except (TimeoutError, ConnectionRefusedError):
                 if time.monotonic() > deadline or process.poll() is not None:
                     process.kill()
-                    raise AssertionError("unbound did not start") from None
+                    raise AssertionError("unbound did not start:\n" + log.read_text()) from None
     return process, port

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import socket
-import struct
+import threading
 import time
+from pathlib import Path
 
 import dns.message
 import dns.query
 import pytest
 import socks
 
+from jproxy.handshake import ServerHandshake
+from jproxy.keys import UserDirectory
 from jproxy.socks5 import build_udp_request
-from schemas.fields import parse
-from schemas.socks5 import SocksReply
+from schemas.fields import build, parse
+from schemas.jproxy import AddressType
+from schemas.socks5 import SocksMethodRequest, SocksReply, SocksRequest
 from tests.peers import (
     UNBOUND_ANSWER,
     UNBOUND_ZONE,
+    Process,
     UdpEcho,
     start_client,
     start_server,
@@ -37,9 +42,11 @@ def tunnel(request, workdir):
     assert server.stop() == 0, server.log()
 
 
-def _socks_udp(socks_port: int, family: int = socket.AF_INET) -> socks.socksocket:
+def _socks_udp(
+    socks_port: int, family: int = socket.AF_INET, proxy: str = "127.0.0.1"
+) -> socks.socksocket:
     sock = socks.socksocket(family, socket.SOCK_DGRAM)
-    sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port)
+    sock.set_proxy(socks.SOCKS5, proxy, socks_port)
     sock.settimeout(10)
     return sock
 
@@ -77,19 +84,23 @@ def test_dns_query_through_the_tunnel_to_unbound(tunnel, workdir) -> None:
 class RawAssociation:
     """A SOCKS5 UDP ASSOCIATE by hand: the control connection and the relay's address."""
 
-    def __init__(self, socks_port: int, named: tuple[str, int] = ("0.0.0.0", 0)) -> None:
-        self.control = socket.create_connection(("127.0.0.1", socks_port), timeout=10)
-        self.control.sendall(b"\x05\x01\x00")
+    def __init__(
+        self, socks_port: int, named: tuple[str, int] = ("0.0.0.0", 0), proxy: str = "127.0.0.1"
+    ) -> None:
+        self.family = socket.AF_INET6 if ":" in proxy else socket.AF_INET
+        self.control = socket.create_connection((proxy, socks_port), timeout=10)
+        self.control.sendall(build(SocksMethodRequest, {"methods": [0]}))
         assert self.control.recv(2) == b"\x05\x00"
-        host = socket.inet_aton(named[0])
-        self.control.sendall(b"\x05\x03\x00\x01" + host + struct.pack(">H", named[1]))
-        reply = parse(SocksReply, self.control.recv(10))
+        address = {"type": AddressType.IPV6 if ":" in named[0] else AddressType.IPV4}
+        request = {"command": 3, "address": {**address, "host": named[0]}, "port": named[1]}
+        self.control.sendall(build(SocksRequest, request))
+        reply = parse(SocksReply, self.control.recv(22))
         assert reply.reply == 0
         self.relay = (reply.address.host, reply.port)
 
     def udp(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        sock.bind((self.control.getsockname()[0], 0))
         sock.settimeout(2)
         return sock
 
@@ -187,3 +198,85 @@ def test_association_ends_with_its_tcp_connection(tunnel31) -> None:
     finally:
         sock.close()
         echo.close()
+
+
+class UdpIgnoringServer:
+    """A 3.0 server that logs clients in and then ignores every message, as the Java jProxy
+    server ignores UDP (thread-based, so blocking SOCKS calls in the test do not stall it)."""
+
+    def __init__(self, users: Path) -> None:
+        self.users = UserDirectory(users)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        core = ServerHandshake(self.users, allow_legacy=True)
+        with sock:
+            sock.settimeout(60)
+            try:
+                while not core.finished:
+                    data = sock.recv(core.bytes_needed)
+                    if not data:
+                        return
+                    if reply := core.receive(data):
+                        sock.sendall(reply)
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_30_server_that_ignores_udp_gets_a_failure_and_a_log_line(workdir) -> None:
+    server = UdpIgnoringServer(workdir / "users")
+    client = start_client(workdir, server.port, "--dialect", "3.0")
+    echo = UdpEcho()
+    try:
+        sock = _socks_udp(client.port)
+        sock.sendto(b"lost", echo.address)  # the associate for it is never answered
+        client.wait_for(r"did not answer the associate within 10 s; a 3\.0 server", 30)
+        sock.close()
+        again = _socks_udp(client.port)
+        with pytest.raises(socks.ProxyError):  # refused at once from now on
+            again.sendto(b"x", echo.address)
+        again.close()
+        client.wait_for(r"UDP ASSOCIATE refused: the server ignores UDP")
+        assert echo.received == 0
+    finally:
+        assert client.stop() == 0, client.log()
+        server.close()
+        echo.close()
+
+
+def test_socks_port_on_ipv6_binds_its_udp_relay_on_ipv6(workdir) -> None:
+    server = start_server(workdir)
+    client = Process(
+        *("client", "--server", f"127.0.0.1:{server.port}", "--socks", "[::1]:0"),
+        cwd=workdir,
+    )
+    port = int(client.wait_for(r"SOCKS5 listening on ::1:(\d+)").group(1))
+    client.wait_for(r"tunnel to .* up")
+    echo = UdpEcho("::1")
+    association = RawAssociation(port, ("::", 0), proxy="::1")
+    sock = association.udp()
+    try:
+        assert association.relay[0] == "::1"  # bound beside the SOCKS connection
+        sock.sendto(build_udp_request(*echo.address, b"six"), association.relay)
+        assert sock.recvfrom(100)[0] == build_udp_request(*echo.address, b"six")
+    finally:
+        sock.close()
+        association.close()
+        echo.close()
+        assert client.stop() == 0, client.log()
+        assert server.stop() == 0, server.log()
