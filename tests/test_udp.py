@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import dns.message
@@ -15,20 +17,23 @@ import socks
 from jproxy.handshake import ServerHandshake
 from jproxy.keys import UserDirectory
 from jproxy.socks5 import build_udp_request
+from jproxy.udp import MAX_DATAGRAM
 from schemas.fields import build, parse
-from schemas.jproxy import AddressType
+from schemas.jproxy import AddressType, Dialect
 from schemas.socks5 import SocksMethodRequest, SocksReply, SocksRequest
 from tests.peers import (
     UNBOUND_ANSWER,
     UNBOUND_ZONE,
     Process,
     UdpEcho,
+    require_tool,
     start_client,
     start_server,
     start_unbound,
 )
 
 DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
+DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
 
 
 @pytest.fixture(params=sorted(DIALECT_FLAGS))
@@ -37,6 +42,7 @@ def tunnel(request, workdir):
     server = start_server(workdir, *server_flags)
     client = start_client(workdir, server.port, *client_flags)
     client.server = server
+    client.dialect = DIALECTS[request.param]
     yield client
     assert client.stop() == 0, client.log()
     assert server.stop() == 0, server.log()
@@ -55,16 +61,48 @@ def _socks_udp(
 def test_pysocks_udp_echo(tunnel, host: str) -> None:
     echo = UdpEcho(host)
     sock = _socks_udp(tunnel.port)
+    largest = MAX_DATAGRAM[tunnel.dialect]
     try:
-        for size in (0, 1, 64, 1400, 4058):
+        for size in (0, 1, 64, 1400, largest):
             payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
             sock.sendto(payload, echo.address)
             data, source = sock.recvfrom(65535)
             assert data == payload
             assert source[:2] == echo.address  # the real source in the SOCKS UDP header
+        sock.sendto(bytes(largest + 1), echo.address)  # too large for one frame: dropped
+        sock.sendto(b"after", echo.address)
+        assert sock.recvfrom(65535)[0] == b"after"
+        assert echo.received == 6
     finally:
         sock.close()
         echo.close()
+
+
+def test_server_drops_and_counts_replies_too_large_for_a_frame(workdir) -> None:
+    server = start_server(workdir, "--metrics", "127.0.0.1:0")
+    metrics = server.wait_for(r"Prometheus metrics on (http://[\d.:]+/metrics)").group(1)
+    client = start_client(workdir, server.port)
+    big = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    big.bind(("127.0.0.1", 0))
+    answer_big = threading.Thread(
+        target=lambda: big.sendto(bytes(5000), big.recvfrom(100)[1]), daemon=True
+    )
+    answer_big.start()
+    sock = _socks_udp(client.port)
+    try:
+        sock.sendto(b"x", big.getsockname())
+        with pytest.raises(TimeoutError):
+            sock.settimeout(1)
+            sock.recvfrom(65535)
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            page = response.read().decode()
+        assert 'gjproxy_datagrams_dropped_total{reason="too_large"} 1.0' in page
+        assert "gjproxy_connections_open 1.0" in page  # the association counts as one
+    finally:
+        sock.close()
+        big.close()
+        assert client.stop() == 0, client.log()
+        assert server.stop() == 0, server.log()
 
 
 def test_dns_query_through_the_tunnel_to_unbound(tunnel, workdir) -> None:
@@ -280,3 +318,43 @@ def test_socks_port_on_ipv6_binds_its_udp_relay_on_ipv6(workdir) -> None:
         echo.close()
         assert client.stop() == 0, client.log()
         assert server.stop() == 0, server.log()
+
+
+def test_a_udp_flood_never_stalls_a_tcp_stream(tunnel31, web) -> None:
+    """Datagrams as fast as a thread can send them, to a socket that never reads, while a
+    1 MB download runs through the same tunnel: the download completes intact."""
+    black_hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    black_hole.bind(("127.0.0.1", 0))
+    association = RawAssociation(tunnel31.port)
+    sender = association.udp()
+    datagram = build_udp_request(*black_hole.getsockname(), bytes(1400))
+    stop, flooding = threading.Event(), threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        while sent[0] < 200_000 and not stop.is_set():  # bounded; stopped after the download
+            sender.sendto(datagram, association.relay)
+            sent[0] += 1
+            if sent[0] == 2000:
+                flooding.set()
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        assert flooding.wait(30)
+        url = f"http://127.0.0.1:{web.server_address[1]}/f1000000"
+        result = subprocess.run(
+            [require_tool("curl"), "-sS", "--fail", "--max-time", "60"]
+            + ["--socks5-hostname", f"127.0.0.1:{tunnel31.port}", url],
+            capture_output=True,
+            timeout=65,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == (web.root / "f1000000").read_bytes()
+        assert flooder.is_alive()  # the whole download ran during the flood
+    finally:
+        stop.set()
+        flooder.join(10)
+        sender.close()
+        association.close()
+        black_hole.close()
