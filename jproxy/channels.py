@@ -344,6 +344,8 @@ class Channels:
         """The local socket sent EOF: a 3.1 half-close; in 3.0 (no half-close) the disconnect."""
         if not self._owns(channel) or channel.ours is not Side.OPEN:
             return []
+        if channel.theirs is Side.CLOSED:
+            return []  # the peer is gone: the disconnect, not a half-close, answers it
         if not self.flow_control:
             return self.close(channel, Ending.CLOSED)
         channel.ours = _step(channel, channel.ours, Move.EOF)

@@ -10,21 +10,22 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from jproxy.channels import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, Channels
 from jproxy.handlers.handshake import client_login
 from jproxy.handlers.relay import StreamRelay
 from jproxy.handlers.sockets import tune_tunnel_socket
-from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel, TunnelClosed
+from jproxy.handlers.tunnel import Tunnel, TunnelClosed
 from jproxy.handshake import LoginError, version_text
 from jproxy.keys import ClientKey
 from jproxy.metrics import Counters
-from jproxy.mux import ConnectAnswered, Mux
 from jproxy.tuning import RelayTuning
-from schemas.jproxy import Dialect, Direction
+from schemas.jproxy import ConnectStatus, Dialect, Direction
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class TunnelClient:
         login_timeout: float = 10.0,
         outage_timeout: float = 10.0,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.server = server
         self.key = key
@@ -61,6 +63,7 @@ class TunnelClient:
         self.login_timeout = login_timeout
         self.outage_timeout = outage_timeout
         self.idle_timeout = idle_timeout
+        self.window = window
         self.fatal: LoginError | None = None
         self.stopped = Event()
         self._tunnel: Tunnel | None = None
@@ -83,7 +86,7 @@ class TunnelClient:
 
     def open_stream(
         self, host: str, port: int, sock: socket.socket, timeout: float
-    ) -> tuple[StreamRelay, ConnectAnswered]:
+    ) -> tuple[StreamRelay, tuple[ConnectStatus, int]]:
         """A stream through the current tunnel; waits out an outage up to ``outage_timeout``."""
         if not self._up.wait(self.outage_timeout) or self._tunnel is None:
             raise TunnelClosed("no tunnel to the server")
@@ -117,15 +120,21 @@ class TunnelClient:
         except BaseException:
             sock.close()
             raise
-        mux = Mux(Direction.CLIENT_TO_SERVER, session.dialect, max_message=session.max_message)
+        channels = Channels(
+            Direction.CLIENT_TO_SERVER,
+            session.dialect,
+            max_message=session.max_message,
+            now=time.monotonic(),
+            window=self.window,
+            idle_timeout=self.idle_timeout,
+        )
         where = f"{self.server[0]}:{self.server[1]}"
         return Tunnel(
             sock,
             session,
-            mux,
+            channels,
             counters=self.counters,
             tuning=self.tuning,
-            idle_timeout=self.idle_timeout,
             name=f"tunnel to {where}",
         )
 
@@ -133,10 +142,14 @@ class TunnelClient:
         log.info("%s: up (dialect %s)", tunnel.name, version_text(self.dialect))
         self._tunnel = tunnel
         self._up.set()
+        channels = tunnel.channels
+        # 3.1: a ping is the first frame, the proof that we hold the session key.
+        first = channels.ping(time.monotonic()).value if channels.flow_control else None
         try:
-            tunnel.run()
+            tunnel.run(first=first)
         finally:
             self._up.clear()
             self._tunnel = None
             if not self.stopped.is_set():
-                log.warning("%s: lost, reconnecting", tunnel.name)
+                level = logging.INFO if tunnel.planned else logging.WARNING
+                log.log(level, "%s: lost, reconnecting", tunnel.name)

@@ -20,13 +20,19 @@ from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from jproxy.channels import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CHANNELS,
+    DEFAULT_WINDOW,
+    Channel,
+    Channels,
+)
 from jproxy.handlers.handshake import server_login
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
-from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
+from jproxy.handlers.tunnel import Tunnel
 from jproxy.handshake import version_text
 from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
-from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
 from jproxy.tuning import RelayTuning
 from schemas.jproxy import ConnectStatus, Direction
 
@@ -39,8 +45,9 @@ _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errn
 @dataclass
 class ServerLimits:
     max_tunnels: int = 64
-    max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams: int = DEFAULT_MAX_CHANNELS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    window: int = DEFAULT_WINDOW
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
 
@@ -107,22 +114,24 @@ class TunnelServer:
         user, session, pipelined = login
         dialect = version_text(session.dialect)
         streams = Pool(self.limits.max_streams)
-        mux = Mux(
+        channels = Channels(
             Direction.SERVER_TO_CLIENT,
             session.dialect,
             max_message=session.max_message,
-            max_streams=self.limits.max_streams,
+            now=time.monotonic(),
+            window=self.limits.window,
+            max_channels=self.limits.max_streams,
+            idle_timeout=self.limits.idle_timeout,
         )
         tunnel = Tunnel(
             sock,
             session,
-            mux,
+            channels,
             counters=self.counters,
             tuning=self.tuning,
-            on_connect_request=lambda t, request: streams.spawn(
-                self._serve_stream, t, user, request
+            on_connect_request=lambda t, channel: streams.spawn(
+                self._serve_stream, t, user, channel
             ),
-            idle_timeout=self.limits.idle_timeout,
             name=f"tunnel {user}@{where}",
         )
         log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
@@ -136,37 +145,37 @@ class TunnelServer:
             self._tunnels.discard(tunnel)
             log.info("%s: closed", tunnel.name)
 
-    def _serve_stream(self, tunnel: Tunnel, user: str, request: ConnectRequested) -> None:
-        stream, target = request.stream, f"{request.host}:{request.port}"
+    def _serve_stream(self, tunnel: Tunnel, user: str, channel: Channel) -> None:
+        target = f"{channel.host}:{channel.port}"
         started = time.monotonic()
         try:
-            sock = connect_outbound(request.host, request.port, self.limits.connect_timeout)
+            sock = connect_outbound(channel.host, channel.port, self.limits.connect_timeout)
         except (OSError, gevent.Timeout) as error:
             status = status_for(error)
             elapsed = _ms_since(started)
-            tunnel.send_control(tunnel.mux.answer(stream, status, elapsed))
-            access_log.info("%s %s %s %dms (%s)", user, target, status.name, elapsed, error)
+            tunnel.answer(channel, status, elapsed)
+            access_log.info("%s %s %s %dms failed (%s)", user, target, status.name, elapsed, error)
             return
         elapsed = _ms_since(started)
-        tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, elapsed))
-        if not tunnel.mux.is_live(stream):  # the client gave up while we connected
+        if not tunnel.answer(channel, ConnectStatus.OK, elapsed):  # the client gave up
             sock.close()
             return
         set_nodelay(sock)
         self.counters.connection_opened()
-        relay = tunnel.attach(stream, sock)
+        relay = tunnel.attach(channel, sock)
         try:
             relay.run()
         finally:
             self.counters.connection_closed()
             access_log.info(
-                "%s %s OK %dms sent=%d received=%d %.1fs",
+                "%s %s OK %dms sent=%d received=%d %.1fs %s",
                 user,
                 target,
                 elapsed,
                 relay.bytes_in,
                 relay.bytes_out,
                 time.monotonic() - started,
+                relay.ending.value,
             )
 
 
