@@ -1,10 +1,11 @@
 """UDP associations and ICMP echoes of one tunnel, sans-I/O: tunnel messages in, events out.
 
-Both ends run one ``Datagrams`` beside the stream multiplexer. On the wire UDP associations
-and ICMP echoes take their ids from the same 16-bit connection-id space as TCP streams, so
-this core skips the ids in ``streams`` (the multiplexer's) and the multiplexer skips the ids
-in ``channels`` (this core's). Ids are handed out in rotation, so a released id is the last to
-be reused: a datagram still in flight for an old association does not reach a new one.
+Both ends run one ``Datagrams`` beside the channel core of the tunnel's streams
+(``jproxy.channels``). On the wire UDP associations and ICMP echoes take their ids from the
+same 16-bit connection-id space as TCP streams, so this core skips the ids in ``streams`` (the
+channel core's) and the channel core skips the ids in ``channels`` (this core's). Ids are
+handed out in rotation, so a released id is the last to be reused: a datagram still in flight
+for an old association does not reach a new one.
 
 An association lives from its request until a dissociate goes either way (or its request is
 refused); an echo from its request until its reply (or until the client stops waiting and
@@ -19,7 +20,7 @@ import enum
 from collections.abc import Container
 from dataclasses import dataclass
 
-from jproxy.mux import ID_SPACE, MAX_ELAPSED_MS, ProtocolError
+from jproxy.channels import ID_SPACE, MAX_ELAPSED_MS, Exhausted, ProtocolViolation
 from schemas.errors import WireError
 from schemas.fast import (
     UDP_ASSOCIATE_REPLY,
@@ -125,10 +126,6 @@ class Refused:
 
 Event = AssociateRequested | AssociateAnswered | DatagramReceived | Dissociated
 Event |= EchoRequested | EchoAnswered | Refused
-
-
-class Exhausted(Exception):
-    """This end ran out of connection ids."""
 
 
 @dataclass
@@ -274,7 +271,7 @@ class Datagrams:
     def receive(self, message: bytes, now: float) -> list[Event]:
         """Events for one decrypted message of a type in ``TYPES``.
 
-        Raises ``ProtocolError`` for a malformed message in 3.1 (3.0 tolerates them).
+        Raises ``ProtocolViolation`` for a malformed message in 3.1 (3.0 tolerates them).
         """
         try:
             if message[0] == _UDP_PACKET:
@@ -283,7 +280,7 @@ class Datagrams:
             return [] if receiver is None else receiver(message, now)
         except WireError as error:
             if self.strict:
-                raise ProtocolError(str(error)) from None
+                raise ProtocolViolation(str(error)) from None
             return []
 
     def _on_packet(self, channel_id: int, data: bytes) -> list[Event]:

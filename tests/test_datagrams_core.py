@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from jproxy.channels import Channels, Do, ProtocolViolation
 from jproxy.datagrams import (
     AssociateAnswered,
     AssociateRequested,
@@ -18,7 +19,6 @@ from jproxy.datagrams import (
     RateLimit,
     Refused,
 )
-from jproxy.mux import Mux, ProtocolError
 from schemas.fast import UDP_PACKET
 from schemas.jproxy import ConnectStatus, Dialect, Direction, DisconnectReason
 
@@ -91,21 +91,27 @@ def test_association_limit_per_tunnel() -> None:
 
 
 def test_ids_are_shared_with_tcp_streams() -> None:
-    mux = Mux(C2S, Dialect.SECURE_3_1, max_message=4063)
-    client = Datagrams(C2S, Dialect.SECURE_3_1, streams=mux.streams)
-    mux.other_channels = client.channels
-    stream, _ = mux.open("h", 1)
+    streams = Channels(C2S, Dialect.SECURE_3_1, max_message=4063, now=0.0)
+    client = Datagrams(C2S, Dialect.SECURE_3_1, streams=streams.channels)
+    streams.other_channels = client.channels
+    stream = streams.open("h", 1, 0.0).channel
     channel, _ = client.associate("h", 1)
-    stream2, _ = mux.open("h", 1)
+    stream2 = streams.open("h", 1, 0.0).channel
     assert len({stream.id, channel.id, stream2.id}) == 3
-    server_mux = Mux(S2C, Dialect.SECURE_3_1, max_message=4063)
-    server = Datagrams(S2C, Dialect.SECURE_3_1, streams=server_mux.streams)
-    server_mux.other_channels = server.channels
+    server_streams = Channels(S2C, Dialect.SECURE_3_1, max_message=4063, now=0.0)
+    server = Datagrams(S2C, Dialect.SECURE_3_1, streams=server_streams.channels)
+    server_streams.other_channels = server.channels
     [requested] = server.receive(client.associate("h", 2)[1], 0.0)
     duplicate = Datagrams(C2S, Dialect.SECURE_3_1)  # a client that reuses a live id
     duplicate._next_id = requested.channel.id
     [refused] = server.receive(duplicate.associate("h", 3)[1], 0.0)
     assert isinstance(refused, Refused) and "in use" in refused.why
+    stream_request = streams.open("h", 4, 0.0).value  # a stream asking for the held id
+    stream_request = (
+        stream_request[:1] + requested.channel.id.to_bytes(2, "big") + stream_request[3:]
+    )
+    kinds = [event.kind for event in server_streams.receive([stream_request], 0.0)]
+    assert kinds == [Do.WARNING, Do.SEND]  # refused by the stream core
 
 
 def test_ids_run_out() -> None:
@@ -124,7 +130,7 @@ def test_ids_rotate() -> None:
 
 def test_malformed_message_breaks_a_31_tunnel_but_not_a_30_one() -> None:
     bad = UDP_PACKET.build(1, b"abc")[:-1]
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolViolation):
         Datagrams(S2C, Dialect.SECURE_3_1).receive(bad, 0.0)
     assert Datagrams(S2C, Dialect.LEGACY_3_0).receive(bad, 0.0) == []
 

@@ -9,7 +9,7 @@ import gevent
 import pytest
 
 from jproxy.egress import EgressPolicy
-from jproxy.handlers.client import open_tunnel
+from jproxy.handlers.client import open_tunnel, serve_tunnel
 from jproxy.handlers.datagrams import AssociateFailed
 from jproxy.handlers.dialer import Dialer
 from jproxy.handlers.resolver import SystemResolver
@@ -43,7 +43,7 @@ def tunnel_to(workdir):
         tunnel = open_tunnel(
             ("127.0.0.1", server.port), key, dialect, login_timeout=10, counters=Counters()
         )
-        runner = gevent.spawn(tunnel.run)
+        runner = gevent.spawn(serve_tunnel, tunnel)
         opened.append((server, tunnel, runner))
         tunnel.server = server
         return tunnel
@@ -127,7 +127,7 @@ def in_process(workdir):
     tunnel = open_tunnel(
         server.address, key, Dialect.SECURE_3_1, login_timeout=10, counters=Counters()
     )
-    runner = gevent.spawn(tunnel.run)
+    runner = gevent.spawn(serve_tunnel, tunnel)
     yield server, tunnel
     tunnel.close()
     runner.join(5)

@@ -16,7 +16,7 @@ import gevent
 from jproxy.commands.client import DEFAULTS as CLIENT_DEFAULTS
 from jproxy.commands.client import DIALECTS
 from jproxy.config import ConfigError, host_port, load, resolve
-from jproxy.handlers.client import open_tunnel
+from jproxy.handlers.client import open_tunnel, serve_tunnel
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.handshake import LoginError
 from jproxy.keys import KeyFileError, load_client_key
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, gevent.Timeout, LoginError) as error:
         sys.stderr.write(f"gjproxy ping: cannot reach {server[0]}:{server[1]}: {error}\n")
         return 1
-    runner = gevent.spawn(tunnel.run)
+    runner = gevent.spawn(serve_tunnel, tunnel)
     try:
         return _ping(tunnel.datagrams, args.host, args.count, args.interval)
     finally:

@@ -10,23 +10,24 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from jproxy.channels import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, Channels
 from jproxy.datagrams import Datagrams
 from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.handshake import client_login
 from jproxy.handlers.relay import StreamRelay
 from jproxy.handlers.sockets import tune_tunnel_socket
-from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel, TunnelClosed
+from jproxy.handlers.tunnel import Tunnel, TunnelClosed
 from jproxy.handshake import LoginError, version_text
 from jproxy.keys import ClientKey
 from jproxy.metrics import Counters
-from jproxy.mux import ConnectAnswered, Mux
 from jproxy.tuning import RelayTuning
-from schemas.jproxy import Dialect, Direction
+from schemas.jproxy import ConnectStatus, Dialect, Direction
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TunnelClient:
         login_timeout: float = 10.0,
         outage_timeout: float = 10.0,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.server = server
         self.key = key
@@ -63,6 +65,7 @@ class TunnelClient:
         self.login_timeout = login_timeout
         self.outage_timeout = outage_timeout
         self.idle_timeout = idle_timeout
+        self.window = window
         self.fatal: LoginError | None = None
         self.stopped = Event()
         self._tunnel: Tunnel | None = None
@@ -85,7 +88,7 @@ class TunnelClient:
 
     def open_stream(
         self, host: str, port: int, sock: socket.socket, timeout: float
-    ) -> tuple[StreamRelay, ConnectAnswered]:
+    ) -> tuple[StreamRelay, tuple[ConnectStatus, int]]:
         """A stream through the current tunnel; waits out an outage up to ``outage_timeout``."""
         if not self._up.wait(self.outage_timeout) or self._tunnel is None:
             raise TunnelClosed("no tunnel to the server")
@@ -125,6 +128,7 @@ class TunnelClient:
             login_timeout=self.login_timeout,
             counters=self.counters,
             tuning=self.tuning,
+            window=self.window,
             idle_timeout=self.idle_timeout,
         )
 
@@ -133,12 +137,13 @@ class TunnelClient:
         self._tunnel = tunnel
         self._up.set()
         try:
-            tunnel.run()
+            serve_tunnel(tunnel)
         finally:
             self._up.clear()
             self._tunnel = None
             if not self.stopped.is_set():
-                log.warning("%s: lost, reconnecting", tunnel.name)
+                level = logging.INFO if tunnel.planned else logging.WARNING
+                log.log(level, "%s: lost, reconnecting", tunnel.name)
 
 
 def open_tunnel(
@@ -149,10 +154,11 @@ def open_tunnel(
     login_timeout: float,
     counters: Counters,
     tuning: RelayTuning | None = None,
+    window: int = DEFAULT_WINDOW,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
 ) -> Tunnel:
     """A logged-in tunnel to ``server``, with its streams and datagram channels; not running
-    yet (``Tunnel.run`` serves it)."""
+    yet (``serve_tunnel`` runs it)."""
     sock = gsocket.create_connection(server, timeout=login_timeout)
     try:
         tune_tunnel_socket(sock)
@@ -160,17 +166,31 @@ def open_tunnel(
     except BaseException:
         sock.close()
         raise
-    mux = Mux(Direction.CLIENT_TO_SERVER, session.dialect, max_message=session.max_message)
+    channels = Channels(
+        Direction.CLIENT_TO_SERVER,
+        session.dialect,
+        max_message=session.max_message,
+        now=time.monotonic(),
+        window=window,
+        idle_timeout=idle_timeout,
+    )
     tunnel = Tunnel(
         sock,
         session,
-        mux,
+        channels,
         counters=counters,
         tuning=tuning or RelayTuning(),
-        idle_timeout=idle_timeout,
         name=f"tunnel to {server[0]}:{server[1]}",
     )
-    core = Datagrams(Direction.CLIENT_TO_SERVER, session.dialect, streams=mux.streams)
-    tunnel.datagrams = TunnelDatagrams(tunnel, core, counters)
-    mux.other_channels = core.channels
+    datagrams = Datagrams(Direction.CLIENT_TO_SERVER, session.dialect, streams=channels.channels)
+    tunnel.datagrams = TunnelDatagrams(tunnel, datagrams, counters)
+    channels.other_channels = datagrams.channels
     return tunnel
+
+
+def serve_tunnel(tunnel: Tunnel) -> None:
+    """Run a client's tunnel until it ends."""
+    channels = tunnel.channels
+    # 3.1: a ping is the first frame, the proof that we hold the session key.
+    first = channels.ping(time.monotonic()).value if channels.flow_control else None
+    tunnel.run(first=first)

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 
 from gevent.pool import Pool
 
+from jproxy.channels import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CHANNELS,
+    DEFAULT_WINDOW,
+    Channel,
+    Channels,
+)
 from jproxy.datagrams import DEFAULT_MAX_ASSOCIATIONS, AssociateRequested, Datagrams, EchoRequested
 from jproxy.egress import EgressPolicy
 from jproxy.handlers.datagrams import TunnelDatagrams
@@ -26,12 +33,11 @@ from jproxy.handlers.icmp import Echo, IcmpUnavailable, ping
 from jproxy.handlers.outbound_udp import OutboundAssociation, open_udp
 from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
-from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
+from jproxy.handlers.tunnel import Tunnel
 from jproxy.handshake import version_text
 from jproxy.hostnames import for_log
 from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
-from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
 from jproxy.tuning import RelayTuning
 from jproxy.udp import DEFAULT_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from jproxy.udp import MAX_DATAGRAM
@@ -44,8 +50,9 @@ access_log = logging.getLogger("gjproxy.access")
 @dataclass
 class ServerLimits:
     max_tunnels: int = 64
-    max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams: int = DEFAULT_MAX_CHANNELS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    window: int = DEFAULT_WINDOW
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
@@ -107,22 +114,24 @@ class TunnelServer:
         user, session, pipelined = login
         dialect = version_text(session.dialect)
         streams = Pool(self.limits.max_streams)
-        mux = Mux(
+        channels = Channels(
             Direction.SERVER_TO_CLIENT,
             session.dialect,
             max_message=session.max_message,
-            max_streams=self.limits.max_streams,
+            now=time.monotonic(),
+            window=self.limits.window,
+            max_channels=self.limits.max_streams,
+            idle_timeout=self.limits.idle_timeout,
         )
         tunnel = Tunnel(
             sock,
             session,
-            mux,
+            channels,
             counters=self.counters,
             tuning=self.tuning,
-            on_connect_request=lambda t, request: streams.spawn(
-                self._serve_stream, t, user, request
+            on_connect_request=lambda t, channel: streams.spawn(
+                self._serve_stream, t, user, channel
             ),
-            idle_timeout=self.limits.idle_timeout,
             name=f"tunnel {user}@{where}",
         )
         tunnel.datagrams = TunnelDatagrams(
@@ -130,7 +139,7 @@ class TunnelServer:
             Datagrams(
                 Direction.SERVER_TO_CLIENT,
                 session.dialect,
-                streams=mux.streams,
+                streams=channels.channels,
                 max_associations=self.limits.max_associations,
             ),
             self.counters,
@@ -139,7 +148,7 @@ class TunnelServer:
             ),
             on_echo=lambda d, request: streams.spawn(self._serve_echo, d, user, request),
         )
-        mux.other_channels = tunnel.datagrams.core.channels
+        channels.other_channels = tunnel.datagrams.core.channels
         log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
@@ -151,35 +160,34 @@ class TunnelServer:
             self._tunnels.discard(tunnel)
             log.info("%s: closed", tunnel.name)
 
-    def _serve_stream(self, tunnel: Tunnel, user: str, request: ConnectRequested) -> None:
-        stream, target = request.stream, f"{for_log(request.host)}:{request.port}"
+    def _serve_stream(self, tunnel: Tunnel, user: str, channel: Channel) -> None:
+        target = f"{for_log(channel.host)}:{channel.port}"
         started = time.monotonic()
         try:
-            sock, address = self.dialer.connect(request.host, request.port)
+            sock, address = self.dialer.connect(channel.host, channel.port)
         except DialError as error:
-            status = status_for_dialect(error.status, tunnel.mux.dialect)
+            status = status_for_dialect(error.status, tunnel.channels.dialect)
             elapsed = _ms_since(started)
-            tunnel.send_control(tunnel.mux.answer(stream, status, elapsed))
+            tunnel.answer(channel, status, elapsed)
             reason = for_log(error.reason)
             access_log.info("%s %s %s %dms (%s)", user, target, error.status.name, elapsed, reason)
             return
         except BaseException:
-            tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.GENERAL_FAILURE, 0))
+            tunnel.answer(channel, ConnectStatus.GENERAL_FAILURE, 0)
             raise
         elapsed = _ms_since(started)
-        tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, elapsed))
-        if not tunnel.mux.is_live(stream):  # the client gave up while we connected
+        if not tunnel.answer(channel, ConnectStatus.OK, elapsed):  # the client gave up
             sock.close()
             return
         set_nodelay(sock)
         self.counters.connection_opened()
-        relay = tunnel.attach(stream, sock)
+        relay = tunnel.attach(channel, sock)
         try:
             relay.run()
         finally:
             self.counters.connection_closed()
             access_log.info(
-                "%s %s OK %dms via %s sent=%d received=%d %.1fs",
+                "%s %s OK %dms via %s sent=%d received=%d %.1fs %s",
                 user,
                 target,
                 elapsed,
@@ -187,6 +195,7 @@ class TunnelServer:
                 relay.bytes_in,
                 relay.bytes_out,
                 time.monotonic() - started,
+                relay.ending.value,
             )
 
     def _serve_association(

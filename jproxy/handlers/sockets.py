@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -20,3 +21,33 @@ def tune_tunnel_socket(sock: socket.socket) -> None:
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     set_nodelay(sock)
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP reset (SO_LINGER 0): the application sees ECONNRESET, never a
+    clean EOF, when its stream ended abnormally."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    except OSError:
+        pass
+    sock.close()
+
+
+def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Send what the socket takes without waiting (gevent's timeout 0); 0 when it takes none."""
+    try:
+        return sock.send(data, 0, 0.0)
+    except BlockingIOError:
+        return 0
+
+
+def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
+    """``sendall`` without gevent's per-call SO_SNDBUF lookup; waits (no timeout) while full."""
+    view = memoryview(data)
+    sent = sock.send(view)
+    while sent < len(view):
+        view = view[sent:]
+        sent = sock.send(view)

@@ -17,11 +17,11 @@ import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from jproxy.channels import Exhausted
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.hostnames import for_log
-from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
     ConnectRequested,
     Rejected,
@@ -113,13 +113,14 @@ class Socks5Listener:
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
             )
-        except (TunnelClosed, ProtocolError, gevent.Timeout) as error:
+        except (TunnelClosed, Exhausted, gevent.Timeout) as error:
             log.info("CONNECT %s failed: %s", target, error or "no answer from the server")
             self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
             return
-        if answer.status is not ConnectStatus.OK:
-            log.info("CONNECT %s: server says %s", target, answer.status.name)
-            self._refuse(sock, core, reply_code_for(answer.status))
+        status, _ = answer
+        if status is not ConnectStatus.OK:
+            log.info("CONNECT %s: server says %s", target, status.name)
+            self._refuse(sock, core, reply_code_for(status))
             return
         try:
             sock.sendall(core.reply(ReplyCode.SUCCEEDED))

@@ -22,7 +22,8 @@ from collections import deque
 import gevent
 from gevent.socket import wait_read
 
-from jproxy.datagrams import Channel, Exhausted
+from jproxy.channels import Exhausted
+from jproxy.datagrams import Channel
 from jproxy.handlers.datagrams import AssociateFailed, TunnelDatagrams
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.metrics import Counters
