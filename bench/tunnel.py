@@ -41,6 +41,9 @@ STOP_TIMEOUT = 5.0
 TARGET_LIFETIME = 300.0
 """The target process serves no connection longer than this (the whole run is far shorter)."""
 
+LOOPBACK_EGRESS = ("--allow-egress", f"{LOOPBACK}/32")
+"""The targets listen on loopback, which the server's egress policy denies unless allowed."""
+
 DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
 
 MB = 1_000_000
@@ -202,7 +205,7 @@ def start_tunnel(dialect: str, workdir: Path, stack: ExitStack) -> tuple[Gjproxy
     save_client_key(key, workdir / "key.dat")
     save_user(record, workdir / "users")
     server_flags, client_flags = DIALECT_FLAGS[dialect]
-    listen = ("--listen", f"{LOOPBACK}:0", "--users", "users")
+    listen = ("--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS)
     server = Gjproxy("server", ("server", *listen, *server_flags), workdir)
     stack.callback(server.stop)
     tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)

@@ -1,9 +1,8 @@
 """UDP through a gjproxy tunnel, beside TCP on the same tunnel: round trips and datagrams/s.
 
-Starts ``gjproxy server`` (loopback egress allowed) and ``gjproxy client`` with the helpers
-of bench/tunnel.py, a target process (a UDP echo, a UDP sink that counts, and the TCP echo of
-bench/tunnel.py), and one SOCKS5 UDP association made by hand on the client's SOCKS port. It
-prints, per dialect:
+Starts ``gjproxy server`` and ``gjproxy client`` with the helpers of bench/tunnel.py, a target
+process (a UDP echo, a UDP sink that counts, and the TCP echo of bench/tunnel.py), and one
+SOCKS5 UDP association made by hand on the client's SOCKS port. It prints, per dialect:
 
 - 64-byte round trips, p50/p99 in µs: UDP straight to the echo (no tunnel), UDP through the
   tunnel, and TCP through the same tunnel (one SOCKS CONNECT stream);
@@ -30,18 +29,16 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tunnel import (
-    DIALECT_FLAGS,
     LOOPBACK,
     START_TIMEOUT,
     BenchError,
-    Gjproxy,
     Latencies,
     _stop_target,
     echo_latencies,
     start_targets,
+    start_tunnel,
 )
 
-from jproxy.keys import generate, save_client_key, save_user
 from jproxy.socks5 import build_udp_request
 from schemas.fields import build, parse
 from schemas.socks5 import SocksMethodRequest, SocksReply, SocksRequest
@@ -54,7 +51,6 @@ BLAST_SECONDS = 3.0
 BLAST_MAX = 500_000
 SETTLE_SECONDS = 1.0
 RECV_TIMEOUT = 2.0
-LOOPBACK_EGRESS = ("--allow-egress", "127.0.0.0/8")
 
 
 # --- the UDP target process --------------------------------------------------------------------
@@ -110,24 +106,6 @@ def start_udp_targets(stack: ExitStack) -> tuple[int, int]:
 
 
 # --- the tunnel and one SOCKS5 UDP association ---------------------------------------------------
-
-
-def start_tunnel(dialect: str, workdir: Path, stack: ExitStack) -> int:
-    """The SOCKS port of a tunnel up in ``dialect`` whose server may reach loopback."""
-    key, record = generate("bench")
-    save_client_key(key, workdir / "key.dat")
-    save_user(record, workdir / "users")
-    server_flags, client_flags = DIALECT_FLAGS[dialect]
-    listen = ("--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS)
-    server = Gjproxy("server", ("server", *listen, *server_flags), workdir)
-    stack.callback(server.stop)
-    tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)
-    socks = ("--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0")
-    client = Gjproxy("client", ("client", *socks, "--key", "key.dat", *client_flags), workdir)
-    stack.callback(client.stop)
-    socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
-    client.wait_for(r"tunnel to .* up")
-    return socks_port
 
 
 def associate(socks_port: int, stack: ExitStack) -> tuple[socket.socket, tuple[str, int]]:
@@ -196,7 +174,7 @@ def measure(dialect: str) -> None:
     with tempfile.TemporaryDirectory(prefix="gjproxy-bench-udp-") as folder, ExitStack() as stack:
         echo_port, sink_port = start_udp_targets(stack)
         _, tcp_echo_port, _ = start_targets(stack)
-        socks_port = start_tunnel(dialect, Path(folder), stack)
+        _, _, socks_port = start_tunnel(dialect, Path(folder), stack)
         sock, relay = associate(socks_port, stack)
         target = (LOOPBACK, echo_port)
         direct = udp_round_trips(sock, target, lambda payload: payload)

@@ -27,29 +27,21 @@ def gjproxy_ping(workdir: Path, server_port: int, *args: str) -> subprocess.Comp
 
 
 @pytest.fixture
-def ping_sockets_allowed():
-    """Every group may open ping sockets while the test runs (needs root)."""
+def ping_group_range():
+    """``set(text)`` writes net.ipv4.ping_group_range (needs root); restored afterwards."""
     if os.geteuid() != 0:
         pytest.skip("setting net.ipv4.ping_group_range needs root")
     saved = PING_GROUP_RANGE.read_text()
-    PING_GROUP_RANGE.write_text("0 2147483647\n")
-    yield
+    yield PING_GROUP_RANGE.write_text
     PING_GROUP_RANGE.write_text(saved)
 
 
-@pytest.fixture
-def ping_sockets_denied():
-    """No group may open ping sockets: only root's raw sockets are left."""
-    if os.geteuid() != 0:
-        pytest.skip("setting net.ipv4.ping_group_range needs root")
-    saved = PING_GROUP_RANGE.read_text()
-    PING_GROUP_RANGE.write_text("1 0\n")
-    yield
-    PING_GROUP_RANGE.write_text(saved)
+ALL_GROUPS, NO_GROUP = "0 2147483647\n", "1 0\n"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_ping_through_ping_sockets(workdir, ping_sockets_allowed, host: str) -> None:
+def test_ping_through_ping_sockets(workdir, ping_group_range, host: str) -> None:
+    ping_group_range(ALL_GROUPS)
     server = start_server(workdir)
     result = gjproxy_ping(workdir, server.port, host, "-c", "3", "-i", "0.2")
     assert result.returncode == 0, result.stdout + result.stderr + server.log()
@@ -62,7 +54,8 @@ def test_ping_through_ping_sockets(workdir, ping_sockets_allowed, host: str) -> 
     assert server.stop() == 0
 
 
-def test_ping_through_raw_sockets_as_root(workdir, ping_sockets_denied) -> None:
+def test_ping_through_raw_sockets_as_root(workdir, ping_group_range) -> None:
+    ping_group_range(NO_GROUP)
     server = start_server(workdir)
     result = gjproxy_ping(workdir, server.port, "127.0.0.1", "-c", "1")
     assert result.returncode == 0, result.stdout + result.stderr

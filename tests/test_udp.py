@@ -36,16 +36,21 @@ DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
 
 
-@pytest.fixture(params=sorted(DIALECT_FLAGS))
-def tunnel(request, workdir):
-    server_flags, client_flags = DIALECT_FLAGS[request.param]
+def _tunnel(workdir: Path, dialect: str):
+    """A server and a client in ``dialect``; the client, its ``server`` and ``dialect`` set."""
+    server_flags, client_flags = DIALECT_FLAGS[dialect]
     server = start_server(workdir, *server_flags)
     client = start_client(workdir, server.port, *client_flags)
     client.server = server
-    client.dialect = DIALECTS[request.param]
+    client.dialect = DIALECTS[dialect]
     yield client
     assert client.stop() == 0, client.log()
     assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(params=sorted(DIALECT_FLAGS))
+def tunnel(request, workdir):
+    yield from _tunnel(workdir, request.param)
 
 
 def _socks_udp(
@@ -146,18 +151,9 @@ class RawAssociation:
         self.control.close()
 
 
-def _metric(lines: list[str], pattern: str) -> str:
-    return next(line for line in lines if pattern in line)
-
-
 @pytest.fixture
 def tunnel31(workdir):
-    server = start_server(workdir)
-    client = start_client(workdir, server.port)
-    client.server = server
-    yield client
-    assert client.stop() == 0, client.log()
-    assert server.stop() == 0, server.log()
+    yield from _tunnel(workdir, "3.1")
 
 
 def test_datagrams_from_another_socket_and_fragments_are_dropped(tunnel31) -> None:

@@ -162,8 +162,6 @@ class Socks5Listener:
             relay.run()
         finally:
             counters.connection_closed()
-            if relay.unsupported:
-                datagrams.udp_unsupported = True
             sock.close()
 
     @staticmethod

@@ -58,8 +58,6 @@ class SocksUdpRelay:
         self.udp = bind_udp_beside(control)
         self._pending: dict[Route, deque[bytes]] = {}
         self._greenlets: list[gevent.Greenlet] = []
-        self.unsupported = False
-        """The server never answered an associate on a 3.0 tunnel: it ignores UDP."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -81,7 +79,7 @@ class SocksUdpRelay:
     def _watch_control(self) -> None:
         """Until the SOCKS client closes (or sends anything: RFC 1928 gives it no meaning),
         the association idles out, or a 3.0 server proves to ignore UDP."""
-        while not self.unsupported:
+        while not self.datagrams.udp_unsupported:
             now = time.monotonic()
             for route in self.core.expired(now):
                 self._end_route(route)
@@ -150,13 +148,13 @@ class SocksUdpRelay:
         target = f"{route.host}:{route.port}"
         if isinstance(error, gevent.Timeout):
             if self.datagrams.core.dialect is Dialect.LEGACY_3_0:
+                self.datagrams.udp_unsupported = True  # before the log line says so
                 log.warning(
                     "UDP %s: the server did not answer the associate within %g s; a 3.0 server"
                     " (the Java jProxy) ignores UDP, so UDP ASSOCIATE fails on this tunnel",
                     target,
                     self.associate_timeout,
                 )
-                self.unsupported = True
                 self.control.shutdown(socket.SHUT_RDWR)  # wakes _watch_control: end
             else:
                 log.warning("UDP %s: no answer from the server", target)
