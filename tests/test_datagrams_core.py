@@ -170,3 +170,13 @@ def test_rate_limit_refills_with_time() -> None:
     assert [limit.allow(0.0) for _ in range(3)] == [True, True, False]
     assert limit.allow(0.5) and not limit.allow(0.5)
     assert limit.allow(10.0) and limit.allow(10.0) and not limit.allow(10.0)
+
+
+def test_client_gives_up_before_the_answer() -> None:
+    client, server = _pair()
+    channel, request = client.associate("127.0.0.1", 9)
+    [requested] = server.receive(request, 0.0)
+    bye = client.dissociate(channel, DisconnectReason.GENERAL)  # its wait timed out
+    assert server.receive(bye, 0.0) == [Dissociated(requested.channel, DisconnectReason.GENERAL)]
+    assert server.answer(requested.channel, ConnectStatus.OK, 5000) is None  # nothing to say
+    assert not server.channels and not client.channels

@@ -354,3 +354,19 @@ def test_a_udp_flood_never_stalls_a_tcp_stream(tunnel31, web) -> None:
         sender.close()
         association.close()
         black_hole.close()
+
+
+def test_association_ends_when_its_tunnel_ends(tunnel31) -> None:
+    echo = UdpEcho()
+    association = RawAssociation(tunnel31.port)
+    sock = association.udp()
+    try:
+        sock.sendto(build_udp_request(*echo.address, b"x"), association.relay)
+        assert sock.recvfrom(100)[0].endswith(b"x")
+        assert tunnel31.server.stop() == 0
+        association.control.settimeout(10)
+        assert association.control.recv(10) == b""  # the SOCKS client may associate anew
+    finally:
+        sock.close()
+        association.close()
+        echo.close()

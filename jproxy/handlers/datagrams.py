@@ -90,7 +90,7 @@ class TunnelDatagrams:
             answered: AssociateAnswered = answer.get(timeout=timeout)
         except BaseException:
             self._sinks.pop(channel, None)
-            self.tunnel.send_control(self.core.dissociate(channel, DisconnectReason.GENERAL))
+            self.send_control(self.core.dissociate(channel, DisconnectReason.GENERAL))
             raise
         finally:
             self._answers.pop(channel, None)
@@ -128,10 +128,12 @@ class TunnelDatagrams:
 
     def dissociate(self, channel: Channel, reason: DisconnectReason) -> None:
         self._sinks.pop(channel, None)
-        self.tunnel.send_control(self.core.dissociate(channel, reason))
+        self.send_control(self.core.dissociate(channel, reason))
 
     def send_control(self, message: bytes | None) -> None:
-        self.tunnel.send_control(message)
+        """Send a control message of the core's; ``None`` (nothing to say) is skipped."""
+        if message is not None:
+            self.tunnel.send_control(message)
 
     def close(self) -> None:
         """The tunnel ended: every channel ends, every waiting request fails."""
@@ -156,16 +158,14 @@ class TunnelDatagrams:
                 if answer is not None:
                     answer.set(event)
                 elif isinstance(event, AssociateAnswered):  # nobody waits: end it
-                    self.tunnel.send_control(
-                        self.core.dissociate(event.channel, DisconnectReason.GENERAL)
-                    )
+                    self.send_control(self.core.dissociate(event.channel, DisconnectReason.GENERAL))
             elif isinstance(event, Dissociated):
                 sink = self._sinks.pop(event.channel, None)
                 if sink is not None:
                     sink.ended(event.channel, event.reason)
             elif isinstance(event, Refused):
                 log.info("%s: refused a datagram channel: %s", self.tunnel.name, event.why)
-                self.tunnel.send_control(event.message)
+                self.send_control(event.message)
             elif isinstance(event, AssociateRequested):
                 if self._on_associate is not None:
                     self._on_associate(self, event)

@@ -213,7 +213,11 @@ class TunnelServer:
             access_log.info("%s %s %s (%s)", user, target, error.status.name, for_log(error.reason))
             return
         bound_port = sock.getsockname()[1]
-        datagrams.send_control(datagrams.core.answer(channel, ConnectStatus.OK, bound_port))
+        reply = datagrams.core.answer(channel, ConnectStatus.OK, bound_port)
+        if reply is None:  # the client dissociated while we set up
+            sock.close()
+            return
+        datagrams.send_control(reply)
         association = OutboundAssociation(
             datagrams,
             channel,

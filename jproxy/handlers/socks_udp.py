@@ -20,6 +20,7 @@ import time
 from collections import deque
 
 import gevent
+from gevent.pool import Group
 from gevent.socket import wait_read
 
 from jproxy.channels import Exhausted
@@ -36,6 +37,8 @@ ASSOCIATE_TIMEOUT = 10.0
 PENDING_LIMIT = 16
 """Datagrams to one destination that wait for its jProxy association; more are dropped."""
 RECV_SIZE = 65535
+CHECK_INTERVAL = 1.0
+"""How often an association looks whether its tunnel is still there."""
 
 
 class SocksUdpRelay:
@@ -57,19 +60,18 @@ class SocksUdpRelay:
         self.associate_timeout = associate_timeout
         self.udp = bind_udp_beside(control)
         self._pending: dict[Route, deque[bytes]] = {}
-        self._greenlets: list[gevent.Greenlet] = []
+        self._greenlets = Group()
 
     @property
     def address(self) -> tuple[str, int]:
         return self.udp.getsockname()[:2]
 
     def run(self) -> None:
-        reader = gevent.spawn(self._read_udp)
-        self._greenlets.append(reader)
+        self._greenlets.spawn(self._read_udp)
         try:
             self._watch_control()
         finally:
-            gevent.killall(self._greenlets)
+            self._greenlets.kill()
             for route in list(self.core.routes.values()):
                 self._end_route(route)
             self.udp.close()
@@ -78,8 +80,10 @@ class SocksUdpRelay:
 
     def _watch_control(self) -> None:
         """Until the SOCKS client closes (or sends anything: RFC 1928 gives it no meaning),
-        the association idles out, or a 3.0 server proves to ignore UDP."""
-        while not self.datagrams.udp_unsupported:
+        the association idles out, its tunnel ends (the SOCKS client may associate again on the
+        next one), or a 3.0 server proves to ignore UDP."""
+        tunnel = self.datagrams.tunnel
+        while not self.datagrams.udp_unsupported and not tunnel.closed.is_set():
             now = time.monotonic()
             for route in self.core.expired(now):
                 self._end_route(route)
@@ -87,7 +91,8 @@ class SocksUdpRelay:
                 log.info("UDP association from %s: idle, closing", self.core.client_ip)
                 return
             try:
-                wait_read(self.control.fileno(), timeout=max(self.core.next_deadline() - now, 0.05))
+                wait = min(max(self.core.next_deadline() - now, 0.05), CHECK_INTERVAL)
+                wait_read(self.control.fileno(), timeout=wait)
             except TimeoutError:
                 continue
             try:
@@ -120,7 +125,7 @@ class SocksUdpRelay:
         route = action.route
         if action.new:
             self._pending[route] = deque()
-            self._greenlets.append(gevent.spawn(self._open_route, route))
+            self._greenlets.spawn(self._open_route, route)
         pending = self._pending.get(route)
         if pending is not None:
             if len(pending) >= PENDING_LIMIT:
