@@ -90,3 +90,32 @@ def test_echo_request_checksum_and_reply_reading() -> None:
     assert read_echo_reply(4, request, with_ip_header=False) is None  # our own request
     assert read_echo_reply(6, reply, with_ip_header=False) is None  # not ICMPv6's reply type
     assert read_echo_reply(4, b"\x00", with_ip_header=False) is None
+
+
+AS_NOBODY = """
+import os, sys
+from jproxy.handlers.icmp import IcmpUnavailable, ping
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)  # no root, no CAP_NET_RAW from here on
+try:
+    echo = ping("127.0.0.1", b"nobody", 2.0, 1)
+except IcmpUnavailable as error:
+    print(error)
+else:
+    print(echo.status.name, echo.via, echo.data == b"nobody")
+"""
+
+
+@pytest.mark.parametrize(
+    ("groups", "outcome"),
+    [(ALL_GROUPS, "OK ping socket True"), (NO_GROUP, "ICMP unavailable: no ping socket")],
+)
+def test_an_unprivileged_server_pings_only_where_ping_sockets_are_allowed(
+    ping_group_range, groups: str, outcome: str
+) -> None:
+    ping_group_range(groups)
+    result = subprocess.run(
+        [sys.executable, "-c", AS_NOBODY], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.startswith(outcome), result.stdout + result.stderr

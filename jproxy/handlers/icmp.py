@@ -4,7 +4,8 @@ Unprivileged ping sockets (``SOCK_DGRAM`` with ``IPPROTO_ICMP``/``IPPROTO_ICMPV6
 ``net.ipv4.ping_group_range`` includes the process's group; their kernel picks the identifier
 and hands over only the replies to it. Otherwise a raw socket (root or CAP_NET_RAW) sends with
 an identifier of our own and reads every echo reply, keeping those that match. With neither,
-echoes are answered "ICMP unavailable" (general failure), said once in the log.
+echoes are answered with a general failure and the server's log says "ICMP unavailable" and
+why (at most at the tunnel's echo rate).
 """
 
 from __future__ import annotations
