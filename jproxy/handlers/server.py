@@ -39,6 +39,9 @@ from schemas.jproxy import ConnectStatus, Direction
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gjproxy.access")
 
+DEFAULT_GRACE = 5.0
+_DRAIN_POLL = 0.1
+
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 
 
@@ -48,6 +51,8 @@ class ServerLimits:
     max_streams: int = DEFAULT_MAX_CHANNELS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     window: int = DEFAULT_WINDOW
+    grace: float = DEFAULT_GRACE
+    """SIGTERM: how long open streams may finish before the rest are reset."""
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
 
@@ -97,10 +102,21 @@ class TunnelServer:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Drain: accept no more tunnels, let open streams finish within the grace time, then
+        close every tunnel (which resets the streams still open)."""
         self._server.close()
+        deadline = time.monotonic() + self.limits.grace
+        while self.open_streams() and time.monotonic() < deadline:
+            gevent.sleep(_DRAIN_POLL)
+        left = self.open_streams()
+        if left:
+            log.info("grace time over: resetting %d open stream(s)", left)
         for tunnel in list(self._tunnels):
             tunnel.close()
         self._server.stop(timeout)
+
+    def open_streams(self) -> int:
+        return sum(len(tunnel.channels.channels) for tunnel in self._tunnels)
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         where = f"{peer[0]}:{peer[1]}"
