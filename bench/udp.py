@@ -1,6 +1,6 @@
 """UDP through a gjproxy tunnel, beside TCP on the same tunnel: round trips and datagrams/s.
 
-Starts ``gjproxy server`` and ``gjproxy client`` with the helpers of bench/tunnel.py, a target
+Starts ``gjproxy server`` and ``gjproxy client`` with bench/tunnel.py's helpers, a target
 process (a UDP echo, a UDP sink that counts, and the TCP echo of bench/tunnel.py), and one
 SOCKS5 UDP association made by hand on the client's SOCKS port. It prints, per dialect:
 
@@ -35,8 +35,8 @@ from tunnel import (
     Latencies,
     _stop_target,
     echo_latencies,
+    start_gjproxy,
     start_targets,
-    start_tunnel,
 )
 
 from jproxy.socks5 import build_udp_request
@@ -174,7 +174,7 @@ def measure(dialect: str) -> None:
     with tempfile.TemporaryDirectory(prefix="gjproxy-bench-udp-") as folder, ExitStack() as stack:
         echo_port, sink_port = start_udp_targets(stack)
         _, tcp_echo_port, _ = start_targets(stack)
-        _, _, socks_port = start_tunnel(dialect, Path(folder), stack)
+        _, socks_port = start_gjproxy(dialect, Path(folder), stack)
         sock, relay = associate(socks_port, stack)
         target = (LOOPBACK, echo_port)
         direct = udp_round_trips(sock, target, lambda payload: payload)

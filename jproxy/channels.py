@@ -68,10 +68,10 @@ MAX_ELAPSED_MS = 0xFFFF
 MAX_WINDOW = 1 << 31
 LEGACY_BOUND = 1 << 20
 """3.0 has no windows: a stream holding more undelivered bytes than this is over its bound."""
-KEEPALIVE_INTERVAL = 10.0
+KEEPALIVE_INTERVAL = 5.0
 """3.1: the client pings a tunnel it heard nothing on for this long."""
 DEAD_AFTER = 3
-"""A 3.1 tunnel whose peer stays silent for this many keepalive intervals is dead."""
+"""A 3.1 client whose server stays silent for this many keepalive intervals drops the tunnel."""
 
 _KNOWN_TYPES = frozenset(int(code) for code in MessageType)
 _TCP_PACKET = TCP_PACKET.type_code
@@ -397,15 +397,20 @@ class Channels:
             events.append(Event(Do.INFO, channel, f"{why} for {self.idle_timeout:g}s, closing"))
             events += self.close(channel, Ending.IDLE)
             events.append(Event(Do.CLOSED, channel, channel.ending))
-        if self.flow_control:
+        if self.flow_control and self.is_client:
             events += self._keepalive(now)
         return events
 
     def _keepalive(self, now: float) -> list[Event]:
+        """3.1 client: ping a quiet tunnel; a server silent for several intervals is dead.
+
+        The server never pings and never judges silence (it cannot know the client's
+        interval): TCP keepalive and the write stall find a vanished client.
+        """
         silent = now - self.heard_at
         if silent > self.keepalive * DEAD_AFTER:
             return [Event(Do.DEAD, None, f"peer silent for {silent:.0f}s")]
-        if self.is_client and silent >= self.keepalive and now - self.pinged_at >= self.keepalive:
+        if silent >= self.keepalive and now - self.pinged_at >= self.keepalive:
             self.pinged_at = now
             return [Event(Do.SEND, None, _PING)]
         return []

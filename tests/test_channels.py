@@ -447,7 +447,7 @@ def test_a_silent_peer_is_declared_dead_after_several_intervals():
     dead_at = KEEPALIVE_INTERVAL * DEAD_AFTER
     assert Do.DEAD not in kinds(client.sweep(dead_at - 1))
     assert Do.DEAD in kinds(client.sweep(dead_at + 1))
-    assert kinds(server.sweep(dead_at + 1)) == [Do.DEAD]
+    assert server.sweep(dead_at * 100) == []  # the server cannot know the client's interval
 
 
 def test_legacy_tunnels_never_ping_and_never_die_of_silence():

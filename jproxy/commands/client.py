@@ -9,8 +9,16 @@ import sys
 
 import gevent
 
-from jproxy.config import ConfigError, host_port, load, resolve
-from jproxy.handlers.client import TunnelClient
+from jproxy.channels import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
+from jproxy.config import (
+    ConfigError,
+    add_tunnel_options,
+    check_tunnel_options,
+    host_port,
+    load,
+    resolve,
+)
+from jproxy.handlers.client import DEFAULT_GRACE, TunnelClient
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import Socks5Listener
 from jproxy.keys import KeyFileError, load_client_key
@@ -27,6 +35,9 @@ DEFAULTS = {
     "dialect": "3.1",
     "socks_user": "",
     "socks_password": "",
+    "window": DEFAULT_WINDOW,
+    "keepalive": KEEPALIVE_INTERVAL,
+    "grace": DEFAULT_GRACE,
 }
 
 
@@ -47,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
         f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
     )
+    add_tunnel_options(parser)
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        metavar="S",
+        help=f"3.1: ping a tunnel quiet this long; silent {DEAD_AFTER}x this: rebuild it"
+        f" (default {KEEPALIVE_INTERVAL:g})",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -54,6 +73,10 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings = resolve(args, load(args.config), "client", DEFAULTS)
     settings["server"] = host_port(settings["server"], "--server")
     settings["socks"] = host_port(settings["socks"], "--socks")
+    check_tunnel_options(settings)
+    settings["keepalive"] = float(settings["keepalive"])
+    if settings["keepalive"] <= 0:
+        raise ConfigError("--keepalive must be positive")
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
@@ -72,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
         return 2
-    tunnels = TunnelClient(settings["server"], key, settings["dialect"])
+    tunnels = TunnelClient(
+        settings["server"],
+        key,
+        settings["dialect"],
+        window=settings["window"],
+        keepalive=settings["keepalive"],
+    )
     listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
     try:
         listener.start()
@@ -80,11 +109,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gjproxy client: cannot listen on {settings['socks']}: {error}\n")
         return 1
     tunnels.start()
-    return serve_until_stopped(tunnels, listener, termination)
+    return serve_until_stopped(tunnels, listener, termination, settings["grace"])
 
 
 def serve_until_stopped(
-    tunnels: TunnelClient, listener: Socks5Listener, termination: Termination
+    tunnels: TunnelClient, listener: Socks5Listener, termination: Termination, grace: float
 ) -> int:
     """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
     signalled = gevent.spawn(termination.wait)
@@ -94,8 +123,10 @@ def serve_until_stopped(
         log.info("%s: shutting down", signalled.value)
     signalled.kill()
     fatal.kill()
-    listener.stop()
-    tunnels.stop()
+    listener.close()  # no new SOCKS connections; the open ones may finish within the grace
+    tunnels.drain(grace)
+    tunnels.stop()  # resets what is left
+    listener.stop(timeout=1.0)
     if tunnels.fatal is not None:
         sys.stderr.write(f"gjproxy client: {tunnels.fatal}\n")
         return 1

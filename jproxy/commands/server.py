@@ -7,7 +7,14 @@ import logging
 import os
 import sys
 
-from jproxy.config import ConfigError, host_port, load, resolve
+from jproxy.config import (
+    ConfigError,
+    add_tunnel_options,
+    check_tunnel_options,
+    host_port,
+    load,
+    resolve,
+)
 from jproxy.egress import EgressPolicy, RuleError
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
@@ -31,6 +38,8 @@ DEFAULTS = {
     "idle_timeout": ServerLimits.idle_timeout,
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
+    "window": ServerLimits.window,
+    "grace": ServerLimits.grace,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -63,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
     parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
     parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
+    add_tunnel_options(parser)
     parser.add_argument(
         "--allow-egress",
         action="append",
@@ -88,6 +98,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     for key in ("max_tunnels", "max_streams"):
         if settings[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
+    check_tunnel_options(settings)
     for key in ("idle_timeout", "connect_timeout", "handshake_timeout"):
         settings[key] = float(settings[key])
         if settings[key] <= 0:
@@ -124,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout=settings["idle_timeout"],
         connect_timeout=settings["connect_timeout"],
         handshake_timeout=settings["handshake_timeout"],
+        window=settings["window"],
+        grace=settings["grace"],
     )
     fds = raise_fd_limit(limits.max_tunnels)
     dialer = Dialer(SystemResolver(), settings["egress"], limits.connect_timeout, fds)

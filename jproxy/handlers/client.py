@@ -16,7 +16,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from jproxy.channels import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, Channels
+from jproxy.channels import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL, Channels
 from jproxy.datagrams import Datagrams
 from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.handshake import client_login
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
 BACKOFF_CAP = 30.0
+DEFAULT_GRACE = 5.0
+_DRAIN_POLL = 0.1
 
 
 def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_CAP):
@@ -56,6 +58,7 @@ class TunnelClient:
         outage_timeout: float = 10.0,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         window: int = DEFAULT_WINDOW,
+        keepalive: float = KEEPALIVE_INTERVAL,
     ) -> None:
         self.server = server
         self.key = key
@@ -66,6 +69,7 @@ class TunnelClient:
         self.outage_timeout = outage_timeout
         self.idle_timeout = idle_timeout
         self.window = window
+        self.keepalive = keepalive
         self.fatal: LoginError | None = None
         self.stopped = Event()
         self._tunnel: Tunnel | None = None
@@ -82,6 +86,19 @@ class TunnelClient:
         if self._greenlet is not None:
             self._greenlet.join(timeout=5)
             self._greenlet.kill()
+
+    def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the open streams to finish by themselves."""
+        deadline = time.monotonic() + grace
+        while self.open_streams() and time.monotonic() < deadline:
+            gevent.sleep(_DRAIN_POLL)
+        left = self.open_streams()
+        if left:
+            log.info("grace time over: resetting %d open stream(s)", left)
+
+    def open_streams(self) -> int:
+        tunnel = self._tunnel
+        return len(tunnel.channels.channels) if tunnel is not None else 0
 
     def wait_until_up(self, timeout: float) -> bool:
         return self._up.wait(timeout)
@@ -130,6 +147,7 @@ class TunnelClient:
             tuning=self.tuning,
             window=self.window,
             idle_timeout=self.idle_timeout,
+            keepalive=self.keepalive,
         )
 
     def _serve(self, tunnel: Tunnel) -> None:
@@ -156,6 +174,7 @@ def open_tunnel(
     tuning: RelayTuning | None = None,
     window: int = DEFAULT_WINDOW,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    keepalive: float = KEEPALIVE_INTERVAL,
 ) -> Tunnel:
     """A logged-in tunnel to ``server``, with its streams and datagram channels; not running
     yet (``serve_tunnel`` runs it)."""
@@ -173,6 +192,7 @@ def open_tunnel(
         now=time.monotonic(),
         window=window,
         idle_timeout=idle_timeout,
+        keepalive=keepalive,
     )
     tunnel = Tunnel(
         sock,

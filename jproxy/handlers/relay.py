@@ -54,6 +54,7 @@ class StreamRelay:
         "sock",
         "bytes_in",
         "bytes_out",
+        "blocked_since",
         "arrived",
         "answer",
         "_backlog",
@@ -72,6 +73,8 @@ class StreamRelay:
         self.sock = sock
         self.bytes_in = 0
         self.bytes_out = 0
+        self.blocked_since: float | None = None
+        """Since when data waits that the local socket would not take (None: nothing waits)."""
         self.arrived: list[bytes] = []
         """Data of the chunk the tunnel reader is working on; ``deliver_arrived`` sends it."""
         self.answer: AsyncResult | None = None
@@ -111,6 +114,8 @@ class StreamRelay:
             if self._ended is not None:
                 return
         self._backlog.append(data)
+        if self.blocked_since is None:
+            self.blocked_since = now
         self._start_writer()
 
     def window_opened(self) -> None:
@@ -130,13 +135,17 @@ class StreamRelay:
         self._start_writer()  # deliver the backlog, then close (run() starts it if not yet)
         self.window_opened()
 
-    def wait_below_bound(self, timeout: float) -> bool:
-        """3.0: wait until the local socket took enough that the stream is under its bound."""
-        if self.channel.undelivered <= LEGACY_BOUND or self._ended is not None:
-            return True
+    def wait_below_bound(self, deadline: float) -> bool:
+        """3.0: wait until the local socket took enough that the stream is under its bound,
+        at the latest until ``deadline`` (monotonic); False if it is still over it then."""
         self._below_bound = self._below_bound or Event()
-        self._below_bound.clear()
-        return self._below_bound.wait(timeout)
+        while self.channel.undelivered > LEGACY_BOUND and self._ended is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._below_bound.clear()
+            self._below_bound.wait(remaining)
+        return True
 
     def abort(self, ending: Ending) -> None:
         """End the stream now: reset the local socket, drop what was not delivered."""
@@ -250,6 +259,8 @@ class StreamRelay:
                 data = backlog.popleft() if len(backlog) == 1 else b"".join(backlog)
                 backlog.clear()
                 sock.sendall(data)
+                if not backlog:
+                    self.blocked_since = None
                 self._written(len(data), time.monotonic())
             if self._ended is None and self._peer_eof:
                 self._finish_inbound()

@@ -14,6 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+import gevent
 from gevent.pool import Pool
 
 from jproxy.channels import (
@@ -46,6 +47,9 @@ from schemas.jproxy import ConnectStatus, Direction, status_for_dialect
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gjproxy.access")
 
+DEFAULT_GRACE = 5.0
+_DRAIN_POLL = 0.1
+
 
 @dataclass
 class ServerLimits:
@@ -53,6 +57,8 @@ class ServerLimits:
     max_streams: int = DEFAULT_MAX_CHANNELS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     window: int = DEFAULT_WINDOW
+    grace: float = DEFAULT_GRACE
+    """SIGTERM: how long open streams may finish before the rest are reset."""
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
@@ -97,10 +103,21 @@ class TunnelServer:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Drain: accept no more tunnels, let open streams finish within the grace time, then
+        close every tunnel (which resets the streams still open)."""
         self._server.close()
+        deadline = time.monotonic() + self.limits.grace
+        while self.open_streams() and time.monotonic() < deadline:
+            gevent.sleep(_DRAIN_POLL)
+        left = self.open_streams()
+        if left:
+            log.info("grace time over: resetting %d open stream(s)", left)
         for tunnel in list(self._tunnels):
             tunnel.close()
         self._server.stop(timeout)
+
+    def open_streams(self) -> int:
+        return sum(len(tunnel.channels.channels) for tunnel in self._tunnels)
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         where = f"{peer[0]}:{peer[1]}"
@@ -170,7 +187,9 @@ class TunnelServer:
             elapsed = _ms_since(started)
             tunnel.answer(channel, status, elapsed)
             reason = for_log(error.reason)
-            access_log.info("%s %s %s %dms (%s)", user, target, error.status.name, elapsed, reason)
+            access_log.info(
+                "%s %s %s %dms (%s) failed", user, target, error.status.name, elapsed, reason
+            )
             return
         except BaseException:
             tunnel.answer(channel, ConnectStatus.GENERAL_FAILURE, 0)

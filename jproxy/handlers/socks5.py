@@ -70,6 +70,10 @@ class Socks5Listener:
         auth = "user/password" if self.users else "no authentication"
         log.info("SOCKS5 listening on %s:%d (%s)", *self.address, auth)
 
+    def close(self) -> None:
+        """Accept no more connections; the open ones go on."""
+        self._server.close()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._server.stop(timeout)
 

@@ -46,7 +46,7 @@ read the answers is cut off."""
 WRITE_STALL = 30.0
 """A tunnel whose socket takes no bytes from us for this long is dead."""
 SWEEP_INTERVAL = 1.0
-LEGACY_STALL = 5.0
+LEGACY_STALL = 3.0
 """3.0: how long one stream over its bound may stall the tunnel before it is cut."""
 YIELD_EVERY = 1 << 20
 """The reader lets other greenlets run after this many bytes, even when data keeps coming."""
@@ -410,8 +410,12 @@ class Tunnel:
             self._stall_for(relay)
 
     def _stall_for(self, relay: StreamRelay) -> None:
-        """3.0, no windows: wait a little for a stream over its bound, then cut it."""
-        if relay.wait_below_bound(LEGACY_STALL):
+        """3.0, no windows: a stream over its bound stalls the tunnel reader until its socket
+        takes enough, for at most ``LEGACY_STALL`` seconds counted from the wait's start or
+        from when its socket began to refuse data, whichever is earlier; then the stream is
+        cut. So several stalled readers cost the other streams about one stall, not one each."""
+        now = time.monotonic()
+        if relay.wait_below_bound(min(now, relay.blocked_since or now) + LEGACY_STALL):
             return
         log.warning(
             "%s: stream %d: its reader took less than the tunnel brought for %gs; cut",
@@ -424,7 +428,8 @@ class Tunnel:
     # --- the sweep --------------------------------------------------------------------------
 
     def _sweep_loop(self) -> None:
-        while not self.closed.wait(SWEEP_INTERVAL):
+        interval = min(SWEEP_INTERVAL, self.channels.keepalive / 3)
+        while not self.closed.wait(interval):
             now = time.monotonic()
             self.perform(self.channels.sweep(now))
             if self._busy and now - self._progress_at > WRITE_STALL:
