@@ -216,22 +216,29 @@ def test_thousand_datagrams_arrive_complete(tunnel) -> None:
         echo.close()
 
 
-def test_association_ends_with_its_tcp_connection(tunnel31) -> None:
+@pytest.fixture
+def echoed(tunnel31):
+    """An association on ``tunnel31`` that made one round trip: (association, its UDP socket,
+    the echo's address)."""
     echo = UdpEcho()
     association = RawAssociation(tunnel31.port)
     sock = association.udp()
-    try:
-        sock.sendto(build_udp_request(*echo.address, b"x"), association.relay)
-        assert sock.recvfrom(100)[0].endswith(b"x")
-        association.close()
-        tunnel31.server.wait_for(r"alice udp 127\.0\.0\.1:\d+ OK .* sent=1 received=1")
-        time.sleep(0.2)
-        sock.sendto(build_udp_request(*echo.address, b"y"), association.relay)
-        with pytest.raises((TimeoutError, ConnectionRefusedError)):
-            sock.recvfrom(100)
-    finally:
-        sock.close()
-        echo.close()
+    sock.sendto(build_udp_request(*echo.address, b"x"), association.relay)
+    assert sock.recvfrom(100)[0].endswith(b"x")
+    yield association, sock, echo.address
+    sock.close()
+    association.close()
+    echo.close()
+
+
+def test_association_ends_with_its_tcp_connection(tunnel31, echoed) -> None:
+    association, sock, echo_address = echoed
+    association.close()
+    tunnel31.server.wait_for(r"alice udp 127\.0\.0\.1:\d+ OK .* sent=1 received=1")
+    time.sleep(0.2)
+    sock.sendto(build_udp_request(*echo_address, b"y"), association.relay)
+    with pytest.raises((TimeoutError, ConnectionRefusedError)):
+        sock.recvfrom(100)
 
 
 class UdpIgnoringServer:
@@ -356,17 +363,8 @@ def test_a_udp_flood_never_stalls_a_tcp_stream(tunnel31, web) -> None:
         black_hole.close()
 
 
-def test_association_ends_when_its_tunnel_ends(tunnel31) -> None:
-    echo = UdpEcho()
-    association = RawAssociation(tunnel31.port)
-    sock = association.udp()
-    try:
-        sock.sendto(build_udp_request(*echo.address, b"x"), association.relay)
-        assert sock.recvfrom(100)[0].endswith(b"x")
-        assert tunnel31.server.stop() == 0
-        association.control.settimeout(10)
-        assert association.control.recv(10) == b""  # the SOCKS client may associate anew
-    finally:
-        sock.close()
-        association.close()
-        echo.close()
+def test_association_ends_when_its_tunnel_ends(tunnel31, echoed) -> None:
+    association, _, _ = echoed
+    assert tunnel31.server.stop() == 0
+    association.control.settimeout(10)
+    assert association.control.recv(10) == b""  # the SOCKS client may associate anew
