@@ -60,6 +60,9 @@ def test_ping_through_raw_sockets_as_root(workdir, ping_group_range) -> None:
     result = gjproxy_ping(workdir, server.port, "127.0.0.1", "-c", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     server.wait_for(r"alice icmp 127\.0\.0\.1 OK \d+ms \(raw socket\)")
+    named = gjproxy_ping(workdir, server.port, "localhost", "-c", "1")  # the server resolves
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert "56 bytes from localhost: seq=1 time=" in named.stdout
     assert server.stop() == 0
 
 
