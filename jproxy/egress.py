@@ -13,8 +13,9 @@ that resolves to 127.0.0.1 is judged as 127.0.0.1. The order, first match wins:
    shared CGNAT, unspecified, multicast, broadcast and reserved, of both families): denied;
 5. anything else: allowed.
 
-IPv4-mapped IPv6 addresses (``::ffff:127.0.0.1``) are judged as the IPv4 address they carry,
-so every rule and range applies to both spellings.
+IPv4-mapped IPv6 addresses (``::ffff:127.0.0.1``) and NAT64 addresses of the well-known prefix
+(``64:ff9b::7f00:1``, which a NAT64 gateway turns into 127.0.0.1) are judged as the IPv4
+address they carry, so every rule and range applies to every spelling.
 
 Rule syntax (``--allow-egress``, ``--deny-egress``, ``[egress] allow``/``deny``)::
 
@@ -117,10 +118,18 @@ def _parse_ports(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
+_EMBEDDING_IPV4 = (
+    ipaddress.ip_network("::ffff:0:0/96"),  # IPv4-mapped
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64's well-known prefix (RFC 6052)
+)
+
+
 def _unmapped(address: Address) -> Address:
-    """The IPv4 address an IPv4-mapped IPv6 address carries, or the address itself."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    """The IPv4 address an IPv4-mapped or NAT64 IPv6 address carries, or the address itself."""
+    if isinstance(address, ipaddress.IPv6Address) and any(
+        address in prefix for prefix in _EMBEDDING_IPV4
+    ):
+        return ipaddress.IPv4Address(address.packed[-4:])
     return address
 
 

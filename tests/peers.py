@@ -243,16 +243,25 @@ UNBOUND_ZONE = "gjproxy.test."
 UNBOUND_ANSWER = "192.0.2.7"
 
 
+UNBOUND_ATTEMPTS = 5
+
+
 def start_unbound(workdir: Path) -> tuple[subprocess.Popen, int]:
-    """unbound on 127.0.0.1, answering ``www.gjproxy.test. A 192.0.2.7`` from a local zone
-    (nothing recursive, nothing leaves the host); returns the process and its UDP port."""
+    """unbound on 127.0.0.1 (UDP only), answering ``www.gjproxy.test. A 192.0.2.7`` from a local
+    zone (nothing recursive, nothing leaves the host); returns the process and its port.
+
+    unbound takes no port 0: a port found free is tried, and another one if someone took it
+    meanwhile.
+    """
     unbound = shutil.which("unbound", path="/usr/sbin") or require_tool("unbound")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # unbound takes no port 0
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = workdir / "unbound.conf"
-    config.write_text(
-        f"""server:
+    log = workdir / "unbound.log"
+    for _ in range(UNBOUND_ATTEMPTS):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = workdir / "unbound.conf"
+        config.write_text(
+            f"""server:
     interface: 127.0.0.1@{port}
     do-daemonize: no
     username: ""
@@ -262,6 +271,7 @@ def start_unbound(workdir: Path) -> tuple[subprocess.Popen, int]:
     use-syslog: no
     logfile: ""
     do-ip6: no
+    do-tcp: no
     access-control: 127.0.0.0/8 allow
     module-config: "iterator"
     local-zone: "{UNBOUND_ZONE}" static
@@ -269,25 +279,34 @@ def start_unbound(workdir: Path) -> tuple[subprocess.Popen, int]:
 remote-control:
     control-enable: no
 """
-    )
-    log = workdir / "unbound.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [unbound, "-d", "-c", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
         )
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [unbound, "-d", "-c", str(config)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if _answers_dns(port, process):
+            return process, port
+        process.kill()
+        process.wait(START_TIMEOUT)
+        if "already in use" not in log.read_text():
+            break
+    raise AssertionError("unbound did not start:\n" + log.read_text())
+
+
+def _answers_dns(port: int, process: subprocess.Popen) -> bool:
+    """Whether a DNS server answers on 127.0.0.1:``port`` before ``process`` exits or the
+    start timeout passes (any answer to a query of the root will do)."""
     deadline = time.monotonic() + START_TIMEOUT
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as check:
         check.settimeout(0.2)
-        while True:  # any answer (to a query of the root) means it listens
+        while time.monotonic() < deadline and process.poll() is None:
             check.sendto(dns.message.make_query(".", "NS").to_wire(), ("127.0.0.1", port))
             try:
                 check.recvfrom(512)
-                break
+                return True
             except (TimeoutError, ConnectionRefusedError):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    process.kill()
-                    raise AssertionError("unbound did not start:\n" + log.read_text()) from None
-    return process, port
+                continue
+    return False

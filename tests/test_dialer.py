@@ -124,3 +124,24 @@ def test_a_socket_in_the_fd_reserve_is_refused_and_closed(target):
     assert short.value.status is ConnectStatus.CONNECTION_LIMIT
     with socket.socket() as again:
         assert again.fileno() == lowest_free  # the refused socket was closed at once
+
+
+def test_one_deadline_covers_the_connects():
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        for _ in range(4):  # fill the accept queue: the kernel then drops further SYNs
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        resolver = TableResolver({"slow.test": ["127.0.0.1", "127.0.0.1"]})
+        try:
+            with pytest.raises(DialError) as late:
+                Dialer(resolver, LOOPBACK, 0.5).connect("slow.test", port)
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert late.value.status is ConnectStatus.TIMED_OUT

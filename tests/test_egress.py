@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 from python_socks import ProxyError
@@ -231,7 +232,7 @@ def test_bad_egress_rules_are_one_line_and_status_2(workdir):
             (workdir / "bad.toml").write_text(config)
             args = [*args, "--config", "bad.toml"]
         result = subprocess.run(
-            ["python", "-m", "jproxy", "server", "--users", "users", *args],
+            [sys.executable, "-m", "jproxy", "server", "--users", "users", *args],
             cwd=workdir,
             capture_output=True,
             text=True,

@@ -27,6 +27,7 @@ LOOPBACK_ALLOWED = EgressPolicy.from_rules(["127.0.0.0/8", "::1/128"], [])
         ("[fd00::]/8", "fd00::/8", None),
         (" 127.0.0.0/8 ", "127.0.0.0/8", None),
         ("::ffff:127.0.0.0/104", "127.0.0.0/8", None),  # mapped form: judged as IPv4
+        ("64:ff9b::/96", "0.0.0.0/0", None),  # every IPv4 address through NAT64
     ],
 )
 def test_rule_syntax(text, network, ports) -> None:
@@ -89,6 +90,8 @@ def test_ipv6_with_ports_needs_brackets() -> None:
         "::ffff:0.0.0.0",
         "::ffff:10.0.0.1",
         "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b::10.0.0.1",
         "fe80::1%eth0",
     ],
 )
@@ -99,7 +102,15 @@ def test_special_ranges_are_denied_by_default(address) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111"]
+    "address",
+    [
+        "93.184.216.34",
+        "8.8.8.8",
+        "172.32.0.1",
+        "100.128.0.1",
+        "2606:4700::1111",
+        "64:ff9b::808:808",
+    ],
 )
 def test_public_addresses_are_allowed_by_default(address) -> None:
     assert DEFAULT.judge(address, 443).allowed

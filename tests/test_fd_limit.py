@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -87,7 +88,7 @@ def test_accept_survives_emfile_and_resumes(workdir):
     try:
         prlimit("--pid", str(pid), f"--nofile={open_fds(pid)}:")  # soft: not one fd more
         waiting = subprocess.Popen(
-            ["python", "-m", "jproxy", "client", "--server", f"127.0.0.1:{server.port}"]
+            [sys.executable, "-m", "jproxy", "client", "--server", f"127.0.0.1:{server.port}"]
             + ["--socks", "127.0.0.1:0", "--key", "key.dat"],
             cwd=workdir,
             stdout=subprocess.PIPE,

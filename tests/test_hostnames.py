@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jproxy.hostnames import MAX_NAME_LENGTH, InvalidHost, check_host, for_log, ip_literal
 
@@ -103,3 +107,15 @@ def test_log_quoting_escapes_control_bytes(text, logged) -> None:
 def test_log_quoting_is_bounded() -> None:
     quoted = for_log("a" * 100_000)
     assert len(quoted) < 400 and quoted.endswith("...")
+
+
+@given(st.text(max_size=300) | st.binary(max_size=300).map(lambda raw: raw.decode("latin-1")))
+def test_any_text_is_either_a_host_or_refused_with_a_reason(text) -> None:
+    try:
+        check_host(text)
+    except InvalidHost as error:
+        assert str(error)
+    else:
+        assert ip_literal(text) is not None or re.fullmatch(r"[A-Za-z0-9_.-]{1,254}", text)
+    quoted = for_log(text)
+    assert quoted.isprintable() and quoted.isascii()

@@ -14,7 +14,6 @@ from functools import partial
 
 import gevent
 from gevent.pool import Pool
-from gevent.server import StreamServer
 from gevent.threadpool import ThreadPool
 
 from jproxy.admin import (
@@ -26,6 +25,7 @@ from jproxy.admin import (
     ServerOutput,
     server_methods,
 )
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.metrics import Counters
 from jproxy.passwords import AdminCredentials, LoginThrottle
 from jproxy.tuning import RelayTuning
@@ -52,7 +52,7 @@ def host_port_text(address: tuple) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class AdminServer(StreamServer):
+class AdminServer(Acceptor):
     """Accepts admin connections (at most ``pool_size`` at once) and runs one exchange each."""
 
     def __init__(

@@ -40,9 +40,9 @@ def raise_fd_limit(max_tunnels: int) -> FdBudget:
     return budget
 
 
-class Acceptor(StreamServer):
-    """A StreamServer that, when ``accept`` fails for lack of fds, logs one line, pauses
-    accepting for ``ACCEPT_PAUSE`` and tries again (gevent's own loop prints a traceback for
+class PausesWhenOutOfFds:
+    """For a gevent server class: when ``accept`` fails for lack of fds, log one line, stop
+    accepting for ``ACCEPT_PAUSE`` and try again (gevent's own loop prints a traceback for
     every failed accept)."""
 
     _failures = 0
@@ -71,3 +71,7 @@ class Acceptor(StreamServer):
     def __str__(self) -> str:
         host, port = self.address[:2]
         return f"listener {host}:{port}"
+
+
+class Acceptor(PausesWhenOutOfFds, StreamServer):
+    """gevent's StreamServer that rides out running short of fds."""

@@ -67,10 +67,12 @@ class Dialer:
         """A connected TCP socket to ``host:port`` and the address it reached; else DialError."""
         deadline = time.monotonic() + self.connect_timeout
         addresses = self._allowed(host, port, deadline)
-        failure: OSError | None = None
+        expired = DialError(ConnectStatus.TIMED_OUT, f"no connection in {self.connect_timeout:g} s")
+        failure = expired
         for address in addresses:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                failure = expired
                 break
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             sock = self.open_socket(family, socket.SOCK_STREAM)
@@ -79,12 +81,13 @@ class Dialer:
                 sock.connect((address, port))
             except OSError as error:
                 sock.close()
-                failure = error
+                failure = DialError(status_for(error), f"connect to {address} port {port}: {error}")
                 continue
+            except BaseException:  # killed with its tunnel: the socket goes too
+                sock.close()
+                raise
             return Connected(sock, (address, port))
-        if failure is None:
-            raise DialError(ConnectStatus.TIMED_OUT, f"no connection in {self.connect_timeout:g} s")
-        raise DialError(status_for(failure), f"connect to {address} port {port}: {failure}")
+        raise failure
 
     def addresses_for(self, host: str, port: int) -> list[str]:
         """The addresses of ``host`` that the policy lets ``port`` reach, in the order to try,

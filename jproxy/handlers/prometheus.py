@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from jproxy.handlers.admin import host_port_text
+from jproxy.handlers.descriptors import PausesWhenOutOfFds
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from jproxy.udp import Drop
@@ -74,7 +75,7 @@ class CountersCollector:
         )
 
 
-class _MetricsServer(WSGIServer):
+class _MetricsServer(PausesWhenOutOfFds, WSGIServer):
     def handle(self, sock: socket.socket, address: tuple) -> None:
         # A scraper that stops sending must not hold a greenlet forever.
         sock.settimeout(SCRAPE_TIMEOUT)

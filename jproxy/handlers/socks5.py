@@ -15,10 +15,10 @@ from collections.abc import Mapping
 
 import gevent
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from jproxy.channels import Exhausted
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.hostnames import for_log
@@ -57,7 +57,7 @@ class Socks5Listener:
         self.handshake_timeout = handshake_timeout
         # A browser or a load test opens many connections at once: a listen backlog of
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
-        self._server = StreamServer(
+        self._server = Acceptor(
             listen, self._handle, spawn=Pool(max_clients), backlog=LISTEN_BACKLOG
         )
 
