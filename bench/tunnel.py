@@ -1,22 +1,28 @@
-"""End-to-end speed of a gjproxy tunnel: throughput, connection rate, echo latency and memory.
+"""End-to-end speed of gjproxy beside real peers: throughput, connection rate, echo, memory.
 
-Unit tests say the tunnel works; this says how fast it is with real processes on loopback.
-It makes keys in a temporary folder, starts ``gjproxy server`` and ``gjproxy client``, a
-target process (a bulk source and an echo server, both asyncio) and drives the client's SOCKS5
-port with raw blocking sockets from threads, so the load generator costs little CPU. Every
-number is printed beside its target; the exit status is 0 whatever the numbers, 1 only when
-something broke. Run: ``python bench/tunnel.py [--dialect 3.0]``. Bounded: about a minute.
+Unit tests say the tunnel works; this says how fast it is with real processes on loopback, in
+the same run as the peers it is compared with: gjproxy 3.1 and 3.0 (``gjproxy server`` and
+``gjproxy client``, keys in a temporary folder), pproxy (plain SOCKS5, pure-Python asyncio),
+``ssh -D`` (our own sshd on a loopback port, throwaway keys, aes128-gcm) and shadowsocks-libev
+(ss-server + ss-local, chacha20-ietf-poly1305). A peer that is not installed is skipped with a
+note. One target process (a bulk source and an echo server, asyncio) serves them all, and raw
+blocking sockets from threads drive each SOCKS5 port, so the load generator costs little CPU.
+Each proxy runs ``--runs`` times (3) on fresh processes; the table shows medians, then the
+ratios to pproxy with the issue's targets. Exit status 0 whatever the numbers, 1 only when
+something broke. Run: ``python bench/tunnel.py [--runs N] [--only NAME]``. About 5 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import itertools
 import multiprocessing
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -38,8 +44,11 @@ LOOPBACK = "127.0.0.1"
 SOCKET_TIMEOUT = 10.0
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-TARGET_LIFETIME = 300.0
+TARGET_LIFETIME = 1800.0
 """The target process serves no connection longer than this (the whole run is far shorter)."""
+
+LOOPBACK_EGRESS = ("--allow-egress", f"{LOOPBACK}/32")
+"""The targets listen on loopback, which the server's egress policy denies unless allowed."""
 
 DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
 
@@ -68,9 +77,6 @@ HOLD_SECONDS = 30.0
 SETTLE_SECONDS = 1.0
 FD_HEADROOM = 256
 
-TARGET_SINGLE_STREAM_MBPS = 150.0
-TARGET_SEQUENTIAL_CPS = 800.0
-TARGET_ECHO_P50_US = 300.0
 TARGET_HELD_RSS_MB = 120.0
 
 
@@ -142,22 +148,23 @@ def _stop_target(process: multiprocessing.Process) -> None:
         process.join(STOP_TIMEOUT)
 
 
-# --- gjproxy processes -----------------------------------------------------------------------
+# --- the proxies under test: gjproxy and its peers ------------------------------------------
 
 
-class Gjproxy:
-    """A ``gjproxy`` subcommand in its own process, its log in a file of the work folder."""
+class Service:
+    """A process of a proxy under test, its output in a file of the work folder."""
 
-    def __init__(self, name: str, args: tuple[str, ...], workdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jproxy", *args],
+                argv,
                 cwd=workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def wait_for(self, pattern: str) -> re.Match:
@@ -177,14 +184,19 @@ class Gjproxy:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def rss_mb(self) -> float:
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            raise BenchError(f"{self.name} is gone:\n{self.tail()}") from None
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / MB
-        raise BenchError(f"{self.name}: no VmRSS in /proc")
+        """VmRSS of the process and its children, in MB."""
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} is gone:\n{self.tail()}")
+        total = 0
+        for pid in process_tree(self.proc.pid):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total / MB
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -196,22 +208,136 @@ class Gjproxy:
                 self.proc.wait(STOP_TIMEOUT)
 
 
-def start_tunnel(dialect: str, workdir: Path, stack: ExitStack) -> tuple[Gjproxy, Gjproxy, int]:
-    """(server, client, SOCKS port) of a tunnel up in ``dialect``, stopped when ``stack`` closes."""
+def free_port() -> int:
+    """A loopback port nobody listens on now (for peers that cannot be told to pick one)."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def wait_listening(port: int, service: Service) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return
+        except OSError:
+            if service.proc.poll() is not None:
+                raise BenchError(f"{service.name} exited:\n{service.tail()}") from None
+            time.sleep(0.05)
+    raise BenchError(f"{service.name}: port {port} not listening in {START_TIMEOUT:g} s")
+
+
+def start_gjproxy(dialect: str, workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
+    """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``."""
     key, record = generate("bench")
     save_client_key(key, workdir / "key.dat")
     save_user(record, workdir / "users")
     server_flags, client_flags = DIALECT_FLAGS[dialect]
-    listen = ("--listen", f"{LOOPBACK}:0", "--users", "users")
-    server = Gjproxy("server", ("server", *listen, *server_flags), workdir)
+    gjproxy = [sys.executable, "-m", "jproxy"]
+    listen = ["--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS]
+    server = Service("server", [*gjproxy, "server", *listen, *server_flags], workdir)
     stack.callback(server.stop)
     tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)
-    socks = ("--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0")
-    client = Gjproxy("client", ("client", *socks, "--key", "key.dat", *client_flags), workdir)
+    socks = ["--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0"]
+    client = Service(
+        "client", [*gjproxy, "client", *socks, "--key", "key.dat", *client_flags], workdir
+    )
     stack.callback(client.stop)
     socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")
-    return server, client, socks_port
+    return [server, client], socks_port
+
+
+def start_pproxy(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
+    """pproxy (pure-Python asyncio), plain SOCKS5, no encryption: one process."""
+    port = free_port()
+    proxy = Service("pproxy", ["pproxy", "-l", f"socks5://{LOOPBACK}:{port}"], workdir)
+    stack.callback(proxy.stop)
+    wait_listening(port, proxy)
+    return [proxy], port
+
+
+def start_ssh(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
+    """``ssh -D`` through our own sshd on a loopback port: throwaway keys, aes128-gcm."""
+    keys = workdir / "ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("host", "user"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True
+        )
+    (keys / "authorized_keys").write_bytes((keys / "user.pub").read_bytes())
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
+    sshd_port, socks_port = free_port(), free_port()
+    sshd_options = {
+        "ListenAddress": f"{LOOPBACK}:{sshd_port}",
+        "HostKey": str(keys / "host"),
+        "AuthorizedKeysFile": str(keys / "authorized_keys"),
+        "PidFile": str(keys / "sshd.pid"),
+        "StrictModes": "no",
+        "UsePAM": "no",
+        "PasswordAuthentication": "no",
+        "PermitRootLogin": "prohibit-password",
+        "AllowTcpForwarding": "yes",
+    }
+    sshd_argv = [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null"]
+    for option, value in sshd_options.items():
+        sshd_argv += ["-o", f"{option}={value}"]
+    sshd = Service("sshd", sshd_argv, workdir)
+    stack.callback(sshd.stop)
+    wait_listening(sshd_port, sshd)
+    client_options = {
+        "Ciphers": "aes128-gcm@openssh.com",
+        "StrictHostKeyChecking": "no",
+        "UserKnownHostsFile": "/dev/null",
+        "BatchMode": "yes",
+        "ExitOnForwardFailure": "yes",
+        "LogLevel": "ERROR",
+    }
+    ssh_argv = ["ssh", "-N", "-i", str(keys / "user"), "-p", str(sshd_port)]
+    for option, value in client_options.items():
+        ssh_argv += ["-o", f"{option}={value}"]
+    ssh_argv += ["-D", f"{LOOPBACK}:{socks_port}", f"{getpass.getuser()}@{LOOPBACK}"]
+    ssh = Service("ssh", ssh_argv, workdir)
+    stack.callback(ssh.stop)
+    wait_listening(socks_port, ssh)
+    return [sshd, ssh], socks_port
+
+
+def start_shadowsocks(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
+    """shadowsocks-libev: ss-server and ss-local, chacha20-ietf-poly1305, on loopback."""
+    server_port, socks_port = free_port(), free_port()
+    common = ["-k", "bench-password", "-m", "chacha20-ietf-poly1305"]
+    server = Service(
+        "ss-server", ["ss-server", "-s", LOOPBACK, "-p", str(server_port), *common], workdir
+    )
+    stack.callback(server.stop)
+    wait_listening(server_port, server)
+    local_argv = ["ss-local", "-s", LOOPBACK, "-p", str(server_port), "-b", LOOPBACK]
+    local = Service("ss-local", [*local_argv, "-l", str(socks_port), *common], workdir)
+    stack.callback(local.stop)
+    wait_listening(socks_port, local)
+    return [server, local], socks_port
+
+
+@dataclass
+class Proxy:
+    name: str
+    tools: tuple[str, ...]
+    """Programs it needs; when one is missing the proxy is skipped with a note."""
+    start: Callable[[Path, ExitStack], tuple[list[Service], int]]
+
+
+PROXIES = [
+    Proxy("gjproxy 3.1", (), lambda d, s: start_gjproxy("3.1", d, s)),
+    Proxy("gjproxy 3.0", (), lambda d, s: start_gjproxy("3.0", d, s)),
+    Proxy("pproxy", ("pproxy",), start_pproxy),
+    Proxy("ssh -D", ("ssh", "sshd", "ssh-keygen"), start_ssh),
+    Proxy("ss-libev", ("ss-server", "ss-local"), start_shadowsocks),
+]
+PEER = "pproxy"
+"""The peer the ratios compare with (the issue's targets are ratios to pproxy)."""
 
 
 # --- the SOCKS5 load generator ---------------------------------------------------------------
@@ -281,10 +407,36 @@ def percentile(samples: list[float], percent: int) -> float:
 # --- measurements -----------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (fields 14, 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _stat_fields(pid: int) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (after the command name); [] when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (sshd serves each connection in forked children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU time of a process, and with ``tree`` of its descendants too
+    (fields 14, 15 of /proc/PID/stat)."""
+    total = 0
+    for member in process_tree(pid) if tree else [pid]:
+        fields = _stat_fields(member)
+        total += int(fields[11]) + int(fields[12]) if fields else 0
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def busy_cpu_seconds() -> float:
@@ -292,6 +444,9 @@ def busy_cpu_seconds() -> float:
     jiffies = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle, iowait = jiffies[3], jiffies[4]
     return (sum(jiffies[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+_ALONE = frozenset({"load", "target"})
 
 
 class CpuMeter:
@@ -307,7 +462,8 @@ class CpuMeter:
         self.before = self._sample()
 
     def _sample(self) -> dict[str, float]:
-        ours = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        # The load generator's children are the proxies and the target: count it alone.
+        ours = {name: cpu_seconds(pid, name not in _ALONE) for name, pid in self.pids.items()}
         return {**ours, "others": busy_cpu_seconds() - sum(ours.values())}
 
     def summary(self) -> str:
@@ -415,20 +571,41 @@ def hold_streams(socks_port: int, echo_port: int, stack: ExitStack) -> None:
 # --- the report -------------------------------------------------------------------------------
 
 
-class Report:
-    """Prints results as they come, each target with its verdict, and counts the misses."""
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
 
-    def __init__(self) -> None:
-        self.targets = 0
-        self.misses = 0
 
-    def line(self, label: str, value: str, target: str = "", met: bool | None = None) -> None:
-        verdict = ""
-        if met is not None:
-            self.targets += 1
-            self.misses += not met
-            verdict = f"  [{'pass' if met else 'MISS'}: target {target}]"
-        print(f"  {label:<44} {value}{verdict}", flush=True)
+FIGURES = [
+    Figure("mbps_1", f"download, 1 stream, {SINGLE_STREAM_BYTES // MB} MB", "MB/s", True),
+    Figure(
+        "mbps_8",
+        f"download, {MULTI_STREAMS} streams x {MULTI_STREAM_BYTES // MB} MB",
+        "MB/s",
+        True,
+    ),
+    Figure("cps_1", "new connections/s, sequential", "/s", True),
+    Figure("cps_1_p50", "  connect+round trip+close p50", "ms", False),
+    Figure("cps_1_p99", "  connect+round trip+close p99", "ms", False),
+    Figure("cps_32", f"new connections/s, {RATE_CONCURRENCY} at a time", "/s", True),
+    Figure("cps_32_p50", "  connect+round trip+close p50", "ms", False),
+    Figure("cps_32_p99", "  connect+round trip+close p99", "ms", False),
+    Figure("echo_p50", f"echo {ECHO_SIZE} B round trip p50", "us", False),
+    Figure("echo_p99", f"echo {ECHO_SIZE} B round trip p99", "us", False),
+    Figure("rss_idle", "RSS idle, all processes", "MB", False),
+    Figure("rss_held", f"RSS with {HELD_STREAMS} streams, all processes", "MB", False),
+]
+
+TARGETS = {
+    "mbps_1": (">=", 1.0),
+    "mbps_8": (">=", 1.0),
+    "cps_1": (">=", 1.5),
+    "echo_p50": ("<=", 1.0),
+}
+"""The issue's targets for gjproxy 3.1, as ratios to the peer (pproxy)."""
 
 
 def raise_fd_limit(needed: int) -> None:
@@ -440,91 +617,154 @@ def raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def measure(dialect: str, workdir: Path, stack: ExitStack) -> Report:
-    report = Report()
-    source_port, echo_port, target_pid = start_targets(stack)
-    server, client, socks_port = start_tunnel(dialect, workdir, stack)
-    processes = (server, client)
-    pids = {
-        "server": server.proc.pid,
-        "client": client.proc.pid,
-        "load": os.getpid(),
-        "target": target_pid,
-    }
-    print(f"gjproxy tunnel, dialect {dialect}, {os.cpu_count()} CPUs, all on {LOOPBACK}")
+def measure(
+    services: list[Service], socks_port: int, targets: tuple[int, int, int]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """One run of every figure against one started proxy: (figures, CPU use per figure)."""
+    source_port, echo_port, target_pid = targets
+    pids = {service.name: service.proc.pid for service in services}
+    pids |= {"load": os.getpid(), "target": target_pid}
+    figures: dict[str, float] = {}
+    cpu: dict[str, str] = {}
     time.sleep(SETTLE_SECONDS)
-    idle = {process.name: process.rss_mb() for process in processes}
-    report.line("RSS idle", "   ".join(f"{name} {mb:5.1f} MB" for name, mb in idle.items()))
+    figures["rss_idle"] = sum(service.rss_mb() for service in services)
 
     meter = CpuMeter(pids)
     latencies = echo_latencies(socks_port, echo_port)
-    report.line(
-        f"echo {ECHO_SIZE} B round trip, {len(latencies.samples)} on one stream",
-        f"{latencies.describe('us', 1e-6)}   ({meter.summary()})",
-        f"p50 <= {TARGET_ECHO_P50_US:g} us",
-        latencies.at(50, 1e-6) <= TARGET_ECHO_P50_US,
-    )
+    figures["echo_p50"], figures["echo_p99"] = latencies.at(50, 1e-6), latencies.at(99, 1e-6)
+    cpu["echo_p50"] = meter.summary()
 
     for concurrency in (1, RATE_CONCURRENCY):
         meter = CpuMeter(pids)
         rate, latencies = connection_rate(socks_port, echo_port, concurrency)
-        label = "sequential" if concurrency == 1 else f"{concurrency} at a time"
-        sequential = concurrency == 1
-        report.line(
-            f"new connections/s, {label}",
-            f"{rate:8.0f} /s   ({meter.summary()})",
-            f">= {TARGET_SEQUENTIAL_CPS:g}/s" if sequential else "",
-            rate >= TARGET_SEQUENTIAL_CPS if sequential else None,
+        key = f"cps_{concurrency}"
+        figures[key] = rate
+        figures[f"{key}_p50"], figures[f"{key}_p99"] = (
+            latencies.at(50, 1e-3),
+            latencies.at(99, 1e-3),
         )
-        report.line(f"  connect + round trip + close, {label}", latencies.describe("ms", 1e-3))
+        cpu[key] = meter.summary()
 
-    meter = CpuMeter(pids)
-    mbps = download_mbps(socks_port, source_port, 1, SINGLE_STREAM_BYTES)
-    report.line(
-        f"download, 1 stream, {SINGLE_STREAM_BYTES // MB} MB",
-        f"{mbps:8.1f} MB/s ({meter.summary()})",
-        f">= {TARGET_SINGLE_STREAM_MBPS:g} MB/s",
-        mbps >= TARGET_SINGLE_STREAM_MBPS,
-    )
-    meter = CpuMeter(pids)
-    mbps = download_mbps(socks_port, source_port, MULTI_STREAMS, MULTI_STREAM_BYTES)
-    report.line(
-        f"download, {MULTI_STREAMS} streams x {MULTI_STREAM_BYTES // MB} MB, aggregate",
-        f"{mbps:8.1f} MB/s ({meter.summary()})",
-    )
+    for key, streams, size in (
+        ("mbps_1", 1, SINGLE_STREAM_BYTES),
+        ("mbps_8", MULTI_STREAMS, MULTI_STREAM_BYTES),
+    ):
+        meter = CpuMeter(pids)
+        figures[key] = download_mbps(socks_port, source_port, streams, size)
+        cpu[key] = meter.summary()
 
     with ExitStack() as held:
         hold_streams(socks_port, echo_port, held)
         time.sleep(SETTLE_SECONDS)
-        rss = {process.name: process.rss_mb() for process in processes}
-    total = sum(rss.values())
-    report.line(
-        f"RSS with {HELD_STREAMS} open streams",
-        "   ".join(f"{name} {mb:5.1f} MB" for name, mb in rss.items()) + f"   sum {total:5.1f} MB",
-        f"sum < {TARGET_HELD_RSS_MB:g} MB",
-        total < TARGET_HELD_RSS_MB,
-    )
-    return report
+        figures["rss_held"] = sum(service.rss_mb() for service in services)
+    return figures, cpu
+
+
+def run_proxy(
+    proxy: Proxy, runs: int, targets: tuple[int, int, int]
+) -> tuple[dict[str, float], dict[str, str]] | None:
+    """Medians of ``runs`` runs, each on freshly started processes; None when skipped."""
+    missing = [tool for tool in proxy.tools if shutil.which(tool) is None]
+    if missing:
+        print(f"{proxy.name}: skipped, not installed: {', '.join(missing)}", flush=True)
+        return None
+    samples: dict[str, list[float]] = {}
+    cpu: dict[str, str] = {}
+    for run in range(runs):
+        with tempfile.TemporaryDirectory(prefix="gjproxy-bench-") as folder, ExitStack() as stack:
+            services, socks_port = proxy.start(Path(folder), stack)
+            figures, cpu = measure(services, socks_port, targets)
+        for key, value in figures.items():
+            samples.setdefault(key, []).append(value)
+        print(
+            f"{proxy.name} run {run + 1}: "
+            f"1 stream {figures['mbps_1']:.0f} MB/s, 8 streams {figures['mbps_8']:.0f} MB/s, "
+            f"{figures['cps_1']:.0f} conn/s, echo p50 {figures['echo_p50']:.0f} us",
+            flush=True,
+        )
+    return {key: statistics.median(values) for key, values in samples.items()}, cpu
+
+
+def print_table(results: dict[str, dict[str, float]], runs: int) -> None:
+    names = list(results)
+    print(f"\nmedians of {runs} runs, {os.cpu_count()} CPUs, everything on {LOOPBACK}")
+    header = f"| {'figure':<42} |" + "".join(f" {name:>11} |" for name in names)
+    print(header)
+    print("|" + "-" * 44 + "|" + "".join("-" * 13 + "|" for _ in names))
+    for figure in FIGURES:
+        cells = "".join(f" {results[name][figure.key]:>11.1f} |" for name in names)
+        print(f"| {figure.label + ' (' + figure.unit + ')':<42} |{cells}")
+
+
+def print_ratios(results: dict[str, dict[str, float]]) -> None:
+    if PEER not in results:
+        print(f"\nno ratios: {PEER} was not measured")
+        return
+    peer = results[PEER]
+    for name in results:
+        if not name.startswith("gjproxy"):
+            continue
+        print(f"\n{name} / {PEER}:")
+        for figure in FIGURES:
+            ratio = results[name][figure.key] / peer[figure.key] if peer[figure.key] else 0.0
+            verdict = ""
+            if name == "gjproxy 3.1" and figure.key in TARGETS:
+                sign, bound = TARGETS[figure.key]
+                met = ratio >= bound if sign == ">=" else ratio <= bound
+                verdict = f"  [{'pass' if met else 'MISS'}: target {sign} {bound:g}x]"
+            print(f"  {figure.label:<44} {ratio:6.2f}x{verdict}")
+    for name in ("gjproxy 3.1", "gjproxy 3.0"):
+        if name in results:
+            held = results[name]["rss_held"]
+            met = held < TARGET_HELD_RSS_MB
+            print(
+                f"\n{name}: RSS of server + client with {HELD_STREAMS} streams {held:.1f} MB"
+                f"  [{'pass' if met else 'MISS'}: target < {TARGET_HELD_RSS_MB:g} MB]"
+            )
+    if "gjproxy 3.0" in results and "gjproxy 3.1" in results:
+        legacy, secure = results["gjproxy 3.0"], results["gjproxy 3.1"]
+        print(
+            f"\ngjproxy 3.0 / 3.1: 1 stream {legacy['mbps_1'] / secure['mbps_1']:.2f}x, "
+            f"8 streams {legacy['mbps_8'] / secure['mbps_8']:.2f}x  [target >= 1x]"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dialect", choices=sorted(DIALECT_FLAGS), default="3.1")
+    parser.add_argument("--runs", type=int, default=3, help="runs per proxy (median; 3)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[proxy.name for proxy in PROXIES],
+        help="measure only this proxy (repeatable); default: all",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
+    results: dict[str, dict[str, float]] = {}
+    cpu_of: dict[str, dict[str, str]] = {}
     try:
-        raise_fd_limit(HELD_STREAMS + FD_HEADROOM)
-        with tempfile.TemporaryDirectory(prefix="gjproxy-bench-") as folder, ExitStack() as stack:
-            report = measure(args.dialect, Path(folder), stack)
+        raise_fd_limit(2 * HELD_STREAMS + FD_HEADROOM)
+        with ExitStack() as stack:
+            targets = start_targets(stack)
+            for proxy in PROXIES:
+                if args.only and proxy.name not in args.only:
+                    continue
+                outcome = run_proxy(proxy, args.runs, targets)
+                if outcome is not None:
+                    results[proxy.name], cpu_of[proxy.name] = outcome
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except (BenchError, OSError, TimeoutError, threading.BrokenBarrierError) as error:
         print(f"bench failed: {error!r}", file=sys.stderr)
         return 1
-    met = report.targets - report.misses
-    elapsed = time.monotonic() - started
-    print(f"{met} of {report.targets} targets met, in {elapsed:.0f} s", flush=True)
+    print_table(results, args.runs)
+    print_ratios(results)
+    print("\nCPU (share of one core) during the last run of each figure:")
+    for name, cpu in cpu_of.items():
+        for key in ("mbps_1", "mbps_8", "cps_1", "echo_p50"):
+            print(f"  {name:<12} {key:<9} {cpu[key]}")
+    print(f"\nin {time.monotonic() - started:.0f} s", flush=True)
     return 0
 
 

@@ -564,6 +564,7 @@ local SCHEMA = {
       [5] = "USERS_CONNECTED",
       [6] = "TUNNELS_OPEN",
       [7] = "DNS_LOOKUPS",
+      [8] = "DATAGRAMS_DROPPED",
       [254] = "INVALID_PARAM",
       [255] = "INVALID_METHOD",
     },

@@ -291,6 +291,7 @@ def server_methods(counters: Counters, tuning: RelayTuning) -> dict[Method, Meth
         Method.USERS_CONNECTED: _reading(lambda: format_users(counters.users_connected)),
         Method.TUNNELS_OPEN: _reading(lambda: counters.tunnels_open),
         Method.DNS_LOOKUPS: _reading(lambda: format_dns(counters)),
+        Method.DATAGRAMS_DROPPED: _reading(lambda: format_users(counters.datagrams_dropped)),
     }
 
 

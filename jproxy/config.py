@@ -122,3 +122,24 @@ def host_port(text: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def add_tunnel_options(parser: argparse.ArgumentParser) -> None:
+    """The tunnel settings that server and client share (defaults: jproxy.channels)."""
+    parser.add_argument(
+        "--window", type=int, metavar="BYTES", help="3.1 flow-control window per stream"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        metavar="S",
+        help="on SIGTERM, seconds open streams may finish before they are reset",
+    )
+
+
+def check_tunnel_options(settings: dict[str, Any]) -> None:
+    if not 4096 <= settings["window"] <= 1 << 30:
+        raise ConfigError("--window must be 4096..1073741824 bytes")
+    settings["grace"] = float(settings["grace"])
+    if settings["grace"] < 0:
+        raise ConfigError("--grace must not be negative")

@@ -20,7 +20,13 @@ from jproxy.crypto import MAX_MESSAGE
 from schemas import introspect, jproxy
 from schemas.fast import TCP_PACKET
 
-SCHEMA_MODULES = ("schemas.jproxy", "schemas.keys", "schemas.admin", "schemas.socks5")
+SCHEMA_MODULES = (
+    "schemas.jproxy",
+    "schemas.keys",
+    "schemas.admin",
+    "schemas.socks5",
+    "schemas.icmp",
+)
 """Documented in this order; a module not written yet is left out until it lands."""
 
 INTRO = """\

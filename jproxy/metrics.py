@@ -2,8 +2,10 @@
 
 What counts as a connection (docs/admin.md says the same): every tunnel stream (a TCP connect
 the server accepted), every UDP association and every plain SOCKS5 connection the server
-itself serves. Tunnels are counted separately. Bytes are payload bytes relayed, both
-directions summed. gevent runs one greenlet at a time, so plain integers need no lock.
+itself serves. Tunnels are counted separately. Bytes are payload bytes relayed (for UDP, the
+datagrams' payloads), both directions summed. Datagrams dropped (a full queue, a fragment, a
+stranger's source address, ...) are counted by reason. gevent runs one greenlet at a time, so
+plain integers need no lock.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Counters:
     """Time spent in those lookups, summed."""
     dns_cache_hits: int = 0
     dns_cache_misses: int = 0
+    datagrams_dropped: dict[str, int] = field(default_factory=dict)
 
     by_service: dict[str, ServiceCounters] = field(
         default_factory=lambda: {service: ServiceCounters() for service in SERVICES}
@@ -54,6 +57,9 @@ class Counters:
     def transferred(self, count: int, service: str = "tunnel") -> None:
         self.bytes_transferred += count
         self.by_service[service].bytes_transferred += count
+
+    def datagram_dropped(self, reason: str) -> None:
+        self.datagrams_dropped[reason] = self.datagrams_dropped.get(reason, 0) + 1
 
     def tunnel_opened(self, user: str, dialect: str) -> None:
         self.tunnels_open += 1

@@ -18,13 +18,14 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
-from schemas import WireError, build, parse
+from schemas import WireError, build
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import (
     MAX_FIELD_LENGTH,
     METHOD_REQUEST_READER,
     PASSWORD_REQUEST_READER,
     REQUEST_READER,
+    UDP_DATAGRAM_READER,
     AddressType,
     Command,
     Greeting,
@@ -133,12 +134,12 @@ def _reply_bytes(code: ReplyCode, host: str = "0.0.0.0", port: int = 0) -> bytes
 
 def parse_udp_request(datagram: bytes) -> tuple[str, int, bytes]:
     """``(host, port, payload)`` of a client's datagram; a fragment raises ``WireError``."""
-    fields = parse(SocksUdpDatagram, datagram)
+    fields = UDP_DATAGRAM_READER.read(datagram)
     if fields.fragment:
         raise WireError(
             SocksUdpDatagram.name, "fragment", f"fragment {fields.fragment}: not supported"
         )
-    return fields.address.host, fields.port, fields.data
+    return fields.host, fields.port, fields.data
 
 
 def build_udp_request(host: str, port: int, data: bytes) -> bytes:

@@ -290,11 +290,19 @@ TCP_CONNECT_REPLY = FixedMessageCodec(jproxy.TcpConnectReply)
 TCP_DISCONNECT = FixedMessageCodec(jproxy.TcpDisconnect)
 TCP_WINDOW_UPDATE = FixedMessageCodec(jproxy.TcpWindowUpdate)
 TCP_HALF_CLOSE = FixedMessageCodec(jproxy.TcpHalfClose)
+KEEPALIVE = FixedMessageCodec(jproxy.KeepAlive)
+UDP_ASSOCIATE_REQUEST = ConnectRequestCodec(jproxy.UdpAssociateRequest)
+UDP_ASSOCIATE_REPLY = FixedMessageCodec(jproxy.UdpAssociateReply)
+UDP_DISSOCIATE = FixedMessageCodec(jproxy.UdpDissociate)
 CONTROL_CODECS = (
     TCP_CONNECT_REQUEST,
     TCP_CONNECT_REPLY,
     TCP_DISCONNECT,
     TCP_WINDOW_UPDATE,
     TCP_HALF_CLOSE,
+    KEEPALIVE,
 )
-"""The codecs of the stream control messages, each sent at least once per stream."""
+"""The codecs of the control messages: the stream's, each sent at least once per stream, and
+the tunnel's keepalive."""
+DATAGRAM_CODECS = (UDP_ASSOCIATE_REQUEST, UDP_ASSOCIATE_REPLY, UDP_DISSOCIATE)
+"""The codecs of the UDP association control messages, sent once per association."""

@@ -431,23 +431,23 @@ class _HostField:
         self.size = None if prefixed else case.size
 
 
-class SocksRequestReader(SocksReader[Request]):
-    """The request: version, command, reserved, address type, address, port."""
+class _AddressReader:
+    """A SOCKS address (after its type byte) and the port behind it, read by what the
+    ``Address`` switch of a schema says about each type."""
 
     def __init__(self, schema: c.Struct) -> None:
-        super().__init__(schema)
         switch = introspect.field(schema, "address.host").shape
         self._hosts = {code: _HostField(case) for code, case in switch.cases.items()}
         self._port = struct.Struct(introspect.field(schema, "port").integer.format)
 
-    def _read_rest(
-        self, data: bytes | bytearray, header: list[object]
-    ) -> tuple[int, Request] | None:
-        _, command, _, address_type = header
+    def read(
+        self, data: bytes | bytearray, address_type: object, start: int
+    ) -> tuple[int, str, int] | None:
+        """``(end, host, port)`` of the address starting at ``start``; ``None`` while the
+        bytes are too few; ``NotFast`` for what construct has to judge."""
         field = self._hosts.get(address_type)
         if field is None:
             raise NotFast
-        start = self.header.size
         if field.size is None:
             end = _prefixed_end(data, start)
             start += 1
@@ -462,12 +462,79 @@ class SocksRequestReader(SocksReader[Request]):
         if len(data) < end + self._port.size:
             return None
         (port,) = self._port.unpack_from(data, end)
-        return end + self._port.size, Request(command, host, port)
+        return end + self._port.size, host, port
+
+
+class SocksRequestReader(SocksReader[Request]):
+    """The request: version, command, reserved, address type, address, port."""
+
+    def __init__(self, schema: c.Struct) -> None:
+        super().__init__(schema)
+        self._address = _AddressReader(schema)
+
+    def _read_rest(
+        self, data: bytes | bytearray, header: list[object]
+    ) -> tuple[int, Request] | None:
+        _, command, _, address_type = header
+        address = self._address.read(data, address_type, self.header.size)
+        if address is None:
+            return None
+        end, host, port = address
+        return end, Request(command, host, port)
 
     def _fields_of(self, fields: c.Container) -> Request:
         return Request(fields.command, fields.address.host, fields.port)
 
 
+class UdpDatagram(NamedTuple):
+    """A ``SocksUdpDatagram``: ``host`` is IP text or a name as sent."""
+
+    fragment: int
+    host: str
+    port: int
+    data: bytes
+
+
+class SocksUdpDatagramReader:
+    """Reads one whole datagram: reserved bytes, fragment, address type, address, port, data.
+
+    Every datagram of a UDP association passes through here, so it reads with what it derives
+    from the schema (sizes, byte tables, address decoders) and hands anything unusual to
+    construct, which names the defect.
+    """
+
+    def __init__(self, schema: c.Struct) -> None:
+        self.schema = schema
+        self._reserved = introspect.field(schema, "reserved").size
+        self._fragment = _byte_table(introspect.field(schema, "fragment").construct)
+        self._types = _byte_table(introspect.field(schema, "address.type").construct)
+        self._address = _AddressReader(schema)
+
+    def read(self, datagram: bytes) -> UdpDatagram:
+        """The datagram's fields; a defect raises the schema's own ``WireError``."""
+        try:
+            return self.read_fast(datagram)
+        except NotFast:
+            fields = parse(self.schema, datagram)
+            return UdpDatagram(fields.fragment, fields.address.host, fields.port, fields.data)
+
+    def read_fast(self, datagram: bytes) -> UdpDatagram:
+        """``read`` without construct; raises ``NotFast`` where construct has to decide."""
+        start = self._reserved + 2  # the fragment and address type bytes
+        if len(datagram) < start:
+            raise NotFast
+        fragment = self._fragment[datagram[start - 2]]
+        address_type = self._types[datagram[start - 1]]
+        if _REFUSED in (fragment, address_type):
+            raise NotFast
+        address = self._address.read(datagram, address_type, start)
+        if address is None:
+            raise NotFast
+        end, host, port = address
+        return UdpDatagram(fragment, host, port, datagram[end:])
+
+
 METHOD_REQUEST_READER = SocksMethodRequestReader(SocksMethodRequest)
 PASSWORD_REQUEST_READER = SocksPasswordRequestReader(SocksPasswordRequest)
 REQUEST_READER = SocksRequestReader(SocksRequest)
+UDP_DATAGRAM_READER = SocksUdpDatagramReader(SocksUdpDatagram)

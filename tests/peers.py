@@ -266,11 +266,21 @@ def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path
     return cert_path, key_path
 
 
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port the kernel just handed out, for a peer that cannot be told to pick one (port 0)."""
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_port(udp_too: bool = False) -> int:
+    """A TCP port the kernel just handed out (and free for UDP too, when asked), for a peer
+    that cannot be told to pick one (port 0)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as same:
+                try:
+                    same.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
 
 
 class Unbound:
@@ -285,7 +295,7 @@ class Unbound:
         self.records = records
         self.proc: subprocess.Popen | None = None
         for _ in range(5):  # the ports are picked before unbound binds them: retry a race
-            self.https_port, self.dns_port = _free_port(), _free_port(socket.SOCK_DGRAM)
+            self.https_port, self.dns_port = _free_port(), _free_port(udp_too=True)
             if self._start():
                 return
         raise AssertionError("unbound did not start:\n" + self.log())
@@ -334,7 +344,7 @@ remote-control:
         config = self.folder / "unbound.conf"
         config.write_text(self._config())
         self.config = config
-        self.stderr = (self.folder / "unbound.log").open("w")
+        self.stderr = (self.folder / "unbound.log").open("a")  # every attempt's reasons
         self.proc = subprocess.Popen(
             [sbin_tool("unbound"), "-d", "-c", str(config)],
             stdin=subprocess.DEVNULL,
@@ -396,6 +406,29 @@ def curl_socks(
         capture_output=True,
         timeout=timeout + 5,
     )
+
+
+def wait_for_access(process: Process, timeout: float = START_TIMEOUT, **expected) -> dict:
+    """The first record of ``process``'s access log (the JSON lines of the ``gjproxy.access``
+    logger) whose fields have the ``expected`` values; a string is a regular expression that
+    the field's text must match whole."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in list(process.lines):
+            _, marker, text = line.partition("gjproxy.access: ")
+            if not marker or not text.startswith("{"):
+                continue
+            record = json.loads(text)
+            if all(
+                re.fullmatch(value, str(record.get(key)))
+                if isinstance(value, str)
+                else record.get(key) == value
+                for key, value in expected.items()
+            ):
+                return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access record with {expected}:\n" + process.log())
+        time.sleep(0.05)
 
 
 def read_json_lines(path: Path, count: int, timeout: float = 10.0) -> list[dict]:
@@ -518,3 +551,35 @@ class Flood:
             if sock is not None:
                 sock.close()
         selector.close()
+
+
+class UdpEcho:
+    """A UDP echo server on ``host`` (127.0.0.1 or ::1) in a thread; ``sources`` records who
+    sent what."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()[:2]
+        self.received = 0
+        self.sources: list[tuple] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.received += 1
+            self.sources.append(source[:2])
+            self.sock.sendto(data, source)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

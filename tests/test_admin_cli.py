@@ -43,6 +43,9 @@ def counters() -> Counters:
     counters.dns_cache_hits, counters.dns_cache_misses = 9, 3
     counters.tunnel_opened("carol", "3.1")
     counters.tunnel_opened("alice", "3.0")
+    counters.datagram_dropped("queue_full")
+    counters.datagram_dropped("fragment")
+    counters.datagram_dropped("fragment")
     return counters
 
 
@@ -64,6 +67,7 @@ def test_stats_prints_every_value(port) -> None:
         "tunnels open: 2",
         "connected users: alice=1,carol=1",
         "DNS lookups: doh=3,failures=0,ms=46,hits=9,misses=3",
+        "datagrams dropped: fragment=2,queue_full=1",
     ]
 
 

@@ -62,6 +62,7 @@ def test_every_prometheus_metric_is_documented() -> None:
         "gjproxy_doh_failures_total",
         "gjproxy_dns_cache_hits_total",
         "gjproxy_dns_cache_misses_total",
+        "gjproxy_datagrams_dropped_total",
     }
     for name in names:
         assert f"| `{name}" in DOCS, name

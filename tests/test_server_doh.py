@@ -50,6 +50,7 @@ def test_a_name_only_the_doh_server_knows_works_through_the_tunnel(doh_tunnel, w
     assert line["status"] == "OK"
     assert line["ended"] == "closed"
     assert line["reason"] == ""
+    assert (line["transport"], line["local_port"]) == ("tcp", 0)
     assert line["bytes_down"] > 4080  # the file and the HTTP headers
     assert 0 < line["bytes_up"] < 1000  # curl's request
     assert 0 <= line["connect_ms"] <= line["duration"] * 1000 + 1
@@ -68,6 +69,8 @@ def test_a_name_only_the_doh_server_knows_works_through_the_tunnel(doh_tunnel, w
         "duration",
         "ended",
         "reason",
+        "transport",
+        "local_port",
     ]
 
 

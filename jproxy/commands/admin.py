@@ -66,6 +66,7 @@ QUERIES: dict[str, tuple[Method, str]] = {
     "tunnels": (Method.TUNNELS_OPEN, "tunnels open"),
     "users": (Method.USERS_CONNECTED, "connected users"),
     "dns": (Method.DNS_LOOKUPS, "DNS lookups"),
+    "drops": (Method.DATAGRAMS_DROPPED, "datagrams dropped"),
 }
 """Methods without a parameter: command-line name -> (method, label in ``stats``)."""
 

@@ -10,16 +10,19 @@ from functools import partial
 
 import gevent
 
+from jproxy.channels import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from jproxy.config import (
     ConfigError,
     ListenError,
+    add_tunnel_options,
+    check_tunnel_options,
     host_port,
     listening,
     load,
     resolve,
     show_defaults,
 )
-from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.client import DEFAULT_GRACE, TunnelClient
 from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
@@ -40,6 +43,9 @@ DEFAULTS = {
     "max_socks": MAX_CLIENTS,
     "metrics": "",
     "keylog": "",
+    "window": DEFAULT_WINDOW,
+    "keepalive": KEEPALIVE_INTERVAL,
+    "grace": DEFAULT_GRACE,
 }
 
 
@@ -84,6 +90,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
         f" also ${ENVIRONMENT}",
     )
+    add_tunnel_options(parser)
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        metavar="S",
+        help=f"3.1: ping a tunnel quiet this long; silent {DEAD_AFTER}x this: rebuild it",
+    )
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -95,6 +108,10 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["server"] = [host_port(server, "--server") for server in settings["server"]]
     settings["socks"] = host_port(settings["socks"], "--socks")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
+    check_tunnel_options(settings)
+    settings["keepalive"] = float(settings["keepalive"])
+    if settings["keepalive"] <= 0:
+        raise ConfigError("--keepalive must be positive")
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
@@ -121,7 +138,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
         return 2
-    tunnels = TunnelClient(settings["server"], key, settings["dialect"], key_log=key_log)
+    tunnels = TunnelClient(
+        settings["server"],
+        key,
+        settings["dialect"],
+        key_log=key_log,
+        window=settings["window"],
+        keepalive=settings["keepalive"],
+    )
     listener = Socks5Listener(
         settings["socks"],
         tunnels,
@@ -144,14 +168,14 @@ def run(args: argparse.Namespace) -> int:
             service.stop()
         return 1
     tunnels.start()
-    status = serve_until_stopped(tunnels, listener, termination)
+    status = serve_until_stopped(tunnels, listener, termination, settings["grace"])
     for service in services[1:]:  # serve_until_stopped stopped the listener
         service.stop()
     return status
 
 
 def serve_until_stopped(
-    tunnels: TunnelClient, listener: Socks5Listener, termination: Termination
+    tunnels: TunnelClient, listener: Socks5Listener, termination: Termination, grace: float
 ) -> int:
     """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
     signalled = gevent.spawn(termination.wait)
@@ -161,8 +185,10 @@ def serve_until_stopped(
         log.info("%s: shutting down", signalled.value)
     signalled.kill()
     fatal.kill()
-    listener.stop()
-    tunnels.stop()
+    listener.close()  # no new SOCKS connections; the open ones may finish within the grace
+    tunnels.drain(grace)
+    tunnels.stop()  # resets what is left
+    listener.stop(timeout=1.0)
     if tunnels.fatal is not None:
         sys.stderr.write(f"gjproxy client: {tunnels.fatal}\n")
         return 1

@@ -12,6 +12,8 @@ from functools import partial
 from jproxy.config import (
     ConfigError,
     ListenError,
+    add_tunnel_options,
+    check_tunnel_options,
     host_port,
     listening,
     load,
@@ -59,6 +61,8 @@ DEFAULTS = {
     "access_log": "",
     "socks": "",
     "socks_no_auth": False,
+    "window": ServerLimits.window,
+    "grace": ServerLimits.grace,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -125,6 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="one JSON line per connection to FILE (reopened on SIGHUP) or - for stdout"
         " (default: the gjproxy.access logger)",
     )
+    add_tunnel_options(parser)
     parser.add_argument(
         "--allow-egress",
         action="append",
@@ -165,6 +170,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     ):
         if settings[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
+    check_tunnel_options(settings)
     for key in ("idle_timeout", "connect_timeout", "handshake_timeout"):
         settings[key] = float(settings[key])
         if settings[key] <= 0:
@@ -255,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
         idle_timeout=settings["idle_timeout"],
         connect_timeout=settings["connect_timeout"],
         handshake_timeout=settings["handshake_timeout"],
+        window=settings["window"],
+        grace=settings["grace"],
     )
     counters = Counters()
     try:

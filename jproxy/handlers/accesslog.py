@@ -56,6 +56,10 @@ class AccessRecord:
     """closed, reset, cut, idle, refused (by the egress policy) or failed (the connect)"""
     reason: str = ""
     """why it failed, when it did"""
+    transport: str = "tcp"
+    """``tcp`` (a stream), ``udp`` (an association) or ``icmp`` (an echo)"""
+    local_port: int = 0
+    """UDP: the port the server bound for the association"""
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)

@@ -12,28 +12,33 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import time
 from collections.abc import Sequence
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from jproxy.channels import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL, Channels
+from jproxy.datagrams import Datagrams
+from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.handshake import client_login
 from jproxy.handlers.keylog import KeyLog
 from jproxy.handlers.relay import StreamRelay
 from jproxy.handlers.sockets import tune_tunnel_socket
-from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel, TunnelClosed
+from jproxy.handlers.tunnel import Tunnel, TunnelClosed
 from jproxy.handshake import LoginError, version_text
 from jproxy.keys import ClientKey
 from jproxy.metrics import Counters
-from jproxy.mux import ConnectAnswered, Mux
 from jproxy.tuning import RelayTuning
-from schemas.jproxy import Dialect, Direction
+from schemas.jproxy import ConnectStatus, Dialect, Direction
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
 BACKOFF_CAP = 30.0
+DEFAULT_GRACE = 5.0
+_DRAIN_POLL = 0.1
 
 
 def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_CAP):
@@ -57,6 +62,8 @@ class TunnelClient:
         outage_timeout: float = 10.0,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         key_log: KeyLog | None = None,
+        window: int = DEFAULT_WINDOW,
+        keepalive: float = KEEPALIVE_INTERVAL,
     ) -> None:
         if not servers:
             raise ValueError("a tunnel client needs at least one server")
@@ -70,6 +77,8 @@ class TunnelClient:
         self.login_timeout = login_timeout
         self.outage_timeout = outage_timeout
         self.idle_timeout = idle_timeout
+        self.window = window
+        self.keepalive = keepalive
         self.fatal: LoginError | None = None
         self.stopped = Event()
         self._tunnel: Tunnel | None = None
@@ -101,16 +110,35 @@ class TunnelClient:
     def up(self) -> bool:
         return self._up.is_set()
 
+    def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the open streams to finish by themselves."""
+        deadline = time.monotonic() + grace
+        while self.open_streams() and time.monotonic() < deadline:
+            gevent.sleep(_DRAIN_POLL)
+        left = self.open_streams()
+        if left:
+            log.info("grace time over: resetting %d open stream(s)", left)
+
+    def open_streams(self) -> int:
+        tunnel = self._tunnel
+        return len(tunnel.channels.channels) if tunnel is not None else 0
+
     def wait_until_up(self, timeout: float) -> bool:
         return self._up.wait(timeout)
 
     def open_stream(
         self, host: str, port: int, sock: socket.socket, timeout: float
-    ) -> tuple[StreamRelay, ConnectAnswered]:
+    ) -> tuple[StreamRelay, tuple[ConnectStatus, int]]:
         """A stream through the current tunnel; waits out an outage up to ``outage_timeout``."""
         if not self._up.wait(self.outage_timeout) or self._tunnel is None:
             raise TunnelClosed("no tunnel to the server")
         return self._tunnel.open_stream(host, port, sock, timeout)
+
+    def datagrams(self) -> TunnelDatagrams:
+        """The current tunnel's datagram channels; waits out an outage like ``open_stream``."""
+        if not self._up.wait(self.outage_timeout) or self._tunnel is None:
+            raise TunnelClosed("no tunnel to the server")
+        return self._tunnel.datagrams
 
     def _maintain(self) -> None:
         delays = backoff_delays()
@@ -144,23 +172,17 @@ class TunnelClient:
             log.info("next attempt: server %s:%d", *self.server)
 
     def _connect(self) -> Tunnel:
-        sock = gsocket.create_connection(self.server, timeout=self.login_timeout)
-        try:
-            tune_tunnel_socket(sock)
-            session = client_login(sock, self.key, self.dialect, self.login_timeout, self.key_log)
-        except BaseException:
-            sock.close()
-            raise
-        mux = Mux(Direction.CLIENT_TO_SERVER, session.dialect, max_message=session.max_message)
-        where = f"{self.server[0]}:{self.server[1]}"
-        return Tunnel(
-            sock,
-            session,
-            mux,
+        return open_tunnel(
+            self.server,
+            self.key,
+            self.dialect,
+            login_timeout=self.login_timeout,
+            key_log=self.key_log,
             counters=self.counters,
             tuning=self.tuning,
+            window=self.window,
             idle_timeout=self.idle_timeout,
-            name=f"tunnel to {where}",
+            keepalive=self.keepalive,
         )
 
     def _serve(self, tunnel: Tunnel) -> None:
@@ -168,9 +190,63 @@ class TunnelClient:
         self._tunnel = tunnel
         self._up.set()
         try:
-            tunnel.run()
+            serve_tunnel(tunnel)
         finally:
             self._up.clear()
             self._tunnel = None
             if not self.stopped.is_set():
-                log.warning("%s: lost, reconnecting", tunnel.name)
+                level = logging.INFO if tunnel.planned else logging.WARNING
+                log.log(level, "%s: lost, reconnecting", tunnel.name)
+
+
+def open_tunnel(
+    server: tuple[str, int],
+    key: ClientKey,
+    dialect: Dialect,
+    *,
+    login_timeout: float,
+    counters: Counters,
+    tuning: RelayTuning | None = None,
+    window: int = DEFAULT_WINDOW,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    keepalive: float = KEEPALIVE_INTERVAL,
+    key_log: KeyLog | None = None,
+) -> Tunnel:
+    """A logged-in tunnel to ``server``, with its streams and datagram channels; not running
+    yet (``serve_tunnel`` runs it)."""
+    sock = gsocket.create_connection(server, timeout=login_timeout)
+    try:
+        tune_tunnel_socket(sock)
+        session = client_login(sock, key, dialect, login_timeout, key_log)
+    except BaseException:
+        sock.close()
+        raise
+    channels = Channels(
+        Direction.CLIENT_TO_SERVER,
+        session.dialect,
+        max_message=session.max_message,
+        now=time.monotonic(),
+        window=window,
+        idle_timeout=idle_timeout,
+        keepalive=keepalive,
+    )
+    tunnel = Tunnel(
+        sock,
+        session,
+        channels,
+        counters=counters,
+        tuning=tuning or RelayTuning(),
+        name=f"tunnel to {server[0]}:{server[1]}",
+    )
+    datagrams = Datagrams(Direction.CLIENT_TO_SERVER, session.dialect, streams=channels.channels)
+    tunnel.datagrams = TunnelDatagrams(tunnel, datagrams, counters)
+    channels.other_channels = datagrams.channels
+    return tunnel
+
+
+def serve_tunnel(tunnel: Tunnel) -> None:
+    """Run a client's tunnel until it ends."""
+    channels = tunnel.channels
+    # 3.1: a ping is the first frame, the proof that we hold the session key.
+    first = channels.ping(time.monotonic()).value if channels.flow_control else None
+    tunnel.run(first=first)

@@ -142,8 +142,9 @@ def server_login(
     return login
 
 
-def prove(sock: socket.socket, peer: str, login: ServerLogin, timeout: float) -> bool:
-    """Wait up to ``timeout`` for the first frame of an unproven (3.0) login; False: close it."""
+def prove(sock: socket.socket, peer: str, login: ServerLogin, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` (None: as long as the peer stays) for the first frame of an
+    unproven (3.0) login; False: close it."""
     deadline = gevent.Timeout(timeout)
     try:
         with deadline:

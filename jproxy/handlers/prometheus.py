@@ -21,6 +21,7 @@ from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.descriptors import PausesWhenOutOfFds
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
+from jproxy.udp import Drop
 from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ class CountersCollector:
         yield by_dialect
         yield from _by_service(counters)
         yield from _dns(counters)
+        dropped = CounterMetricFamily(
+            "gjproxy_datagrams_dropped",
+            "UDP datagrams dropped since start, by reason",
+            labels=["reason"],
+        )
+        for reason in sorted({*(drop.value for drop in Drop), *counters.datagrams_dropped}):
+            dropped.add_metric([reason], counters.datagrams_dropped.get(reason, 0))
+        yield dropped
         yield GaugeMetricFamily(
             "gjproxy_relay_buffer_size_bytes",
             "Bytes a relay reads from a socket at once (admin method 3 changes it)",

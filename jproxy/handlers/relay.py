@@ -1,14 +1,16 @@
-"""One stream's local socket joined to the tunnel.
+"""One stream's local socket joined to its tunnel channel.
 
-The greenlet that calls ``run`` reads the local socket and hands the data to the tunnel
-writer, never more than the stream's flow-control window allows. What the tunnel delivers is
-written to the local socket by a writer greenlet that exists only while there is something to
-write, and that grants the peer more window as the socket takes the data. An idle stream
-therefore costs one parked greenlet, not two (a thousand open streams are a few MB less).
+The greenlet that calls ``run`` reads the local socket and hands the data to the tunnel,
+never more than the channel's window allows, sending it itself when nothing is queued ahead.
+What the tunnel delivers is written at once when the socket takes it; what it does not take
+waits in a backlog written by a greenlet that exists only while there is a backlog. Each
+delivery grants the peer more window at once.
 
-In 3.1 an EOF travels as a half-close; the stream ends when both directions are done, when
-either side resets, or when it stays idle for ``idle_timeout`` seconds. When the peer ends the
-stream, the socket's read side is shut down, which wakes the reading greenlet.
+No socket timeouts: the tunnel's one sweep ends idle streams (``abort``). A stream that ends
+abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is reset to the
+local application (SO_LINGER 0, then close), never ended with a clean EOF.
+
+The relay knows its tunnel only through ``Link``, so this module does not import the tunnel.
 """
 
 from __future__ import annotations
@@ -17,89 +19,104 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import gevent
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 
-from jproxy.mux import Stream
-from schemas.jproxy import DisconnectReason
-
-if TYPE_CHECKING:
-    from jproxy.handlers.tunnel import Tunnel
+from jproxy.channels import LEGACY_BOUND, Channel, Channels, Ending, Side
+from jproxy.channels import Event as CoreEvent
+from jproxy.handlers.sockets import reset, send_now
+from jproxy.metrics import Counters
+from jproxy.tuning import RelayTuning
 
 log = logging.getLogger(__name__)
 
-LEGACY_INBOUND_LIMIT = 1 << 20
-"""3.0 has no windows: above this many undelivered bytes the tunnel reader waits for us."""
+_ABNORMAL = frozenset({Ending.RESET, Ending.CUT, Ending.IDLE})
 
 
-class _Idle(Exception):
-    """Neither direction moved for the idle timeout."""
+class Link(Protocol):
+    """What a relay needs of its tunnel."""
+
+    channels: Channels
+    counters: Counters
+    tuning: RelayTuning
+
+    def perform(self, events: list[CoreEvent]) -> None: ...
+
+    def send_data(self, messages: list[bytes]) -> None: ...
 
 
 class StreamRelay:
-    def __init__(self, tunnel: Tunnel, stream: Stream, sock: socket.socket) -> None:
-        self.tunnel = tunnel
-        self.stream = stream
+    __slots__ = (
+        "link",
+        "channel",
+        "sock",
+        "bytes_in",
+        "bytes_out",
+        "blocked_since",
+        "arrived",
+        "answer",
+        "_backlog",
+        "_writer",
+        "_window",
+        "_below_bound",
+        "_done",
+        "_running",
+        "_peer_eof",
+        "_ended",
+    )
+
+    def __init__(self, link: Link, channel: Channel, sock: socket.socket) -> None:
+        self.link = link
+        self.channel = channel
         self.sock = sock
-        self.bytes_out = 0
         self.bytes_in = 0
-        self.inbound_bytes = 0
-        self._inbound: deque[bytes] = deque()
+        self.bytes_out = 0
+        self.blocked_since: float | None = None
+        """Since when data waits that the local socket would not take (None: nothing waits)."""
+        self.arrived: list[bytes] = []
+        """Data of the chunk the tunnel reader is working on; ``deliver_arrived`` sends it."""
+        self.answer: AsyncResult | None = None
+        self._backlog: deque[bytes] = deque()
         self._writer: gevent.Greenlet | None = None
-        self._drained: Event | None = None
         self._window: Event | None = None
-        self._inbound_done = Event()
+        self._below_bound: Event | None = None
+        self._done = Event()
+        """Set when nothing more will reach the local socket (the inbound direction is done)."""
         self._running = False  # until run(): the SOCKS reply has not been sent yet
         self._peer_eof = False
-        self._peer_closed: DisconnectReason | None = None
-        self._failed: DisconnectReason | None = None
-        self._last_activity = time.monotonic()
+        self._ended: Ending | None = None
+        channel.handler = self
+        sock.settimeout(None)
 
     @property
-    def ending(self) -> str:
-        """How the stream ended, for the access log: closed, reset, idle or cut."""
-        if self._failed is not None:
-            return "idle" if self._failed is DisconnectReason.GENERAL else "reset"
-        if self.tunnel.closed.is_set():
-            return "cut"
-        if self._peer_closed in (DisconnectReason.RESET, DisconnectReason.BROKEN_PIPE):
-            return "reset"
-        return "closed"
+    def ending(self) -> Ending:
+        """How the stream ended, for the access log."""
+        return self.channel.ending or self._ended or Ending.CLOSED
 
-    # --- called by the tunnel reader ------------------------------------------------------
+    # --- called by the tunnel -------------------------------------------------------------
 
-    def deliver(self, data: bytes) -> None:
-        if self._running and self._writer is None and not self._inbound_done.is_set():
-            data = self._write_without_waiting(data)
-            if not data:
+    def deliver_arrived(self, now: float) -> None:
+        """Write what the last received chunk carried, as one write when the socket takes it."""
+        arrived = self.arrived
+        if not arrived:
+            return
+        data = arrived[0] if len(arrived) == 1 else b"".join(arrived)
+        arrived.clear()
+        if self._ended is not None:
+            return
+        if self._running and self._writer is None and not self._backlog:
+            sent = self._send_now(data, now)
+            if sent == len(data):
                 return
-        self._inbound.append(data)
-        self.inbound_bytes += len(data)
+            data = data[sent:]
+            if self._ended is not None:
+                return
+        self._backlog.append(data)
+        if self.blocked_since is None:
+            self.blocked_since = now
         self._start_writer()
-
-    def _write_without_waiting(self, data: bytes) -> bytes:
-        """Send what the socket takes at once (gevent's timeout 0); return the rest.
-
-        Most deliveries fit in the socket buffer, so no writer greenlet is needed for them.
-        """
-        try:
-            sent = self.sock.send(data, 0, 0.0)
-        except BlockingIOError:
-            return data
-        except OSError as error:
-            log.debug("stream %d: local write failed: %s", self.stream.id, error)
-            self._fail(DisconnectReason.BROKEN_PIPE)
-            return b""
-        self._written(sent)
-        return data[sent:]
-
-    def _written(self, count: int) -> None:
-        self._last_activity = time.monotonic()
-        self.bytes_in += count
-        self.tunnel.counters.transferred(count)
-        self.tunnel.send_control(self.tunnel.mux.consumed(self.stream, count))
 
     def window_opened(self) -> None:
         if self._window is not None:
@@ -109,154 +126,171 @@ class StreamRelay:
         self._peer_eof = True
         self._start_writer()
 
-    def peer_closed(self, reason: DisconnectReason) -> None:
-        self._peer_closed = reason
+    def peer_closed(self, ending: Ending) -> None:
+        """The peer (or the tunnel, or the sweep) ended the stream."""
+        if ending in _ABNORMAL:
+            self.abort(ending)
+            return
+        self._peer_eof = True
+        self._start_writer()  # deliver the backlog, then close (run() starts it if not yet)
         self.window_opened()
-        if self._inbound_done.is_set() and self._running:  # our reader may be waiting: wake it
-            self._shutdown(socket.SHUT_RD)
-        else:
-            self._start_writer()
 
-    def wait_drained(self, timeout: float) -> None:
-        """Block (the tunnel reader, in 3.0) until the writer delivered what is queued."""
-        if self._writer is not None:
-            self._drained = self._drained or Event()
-            self._drained.wait(timeout)
+    def wait_below_bound(self, deadline: float) -> bool:
+        """3.0: wait until the local socket took enough that the stream is under its bound,
+        at the latest until ``deadline`` (monotonic); False if it is still over it then."""
+        self._below_bound = self._below_bound or Event()
+        while self.channel.undelivered > LEGACY_BOUND and self._ended is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._below_bound.clear()
+            self._below_bound.wait(remaining)
+        return True
+
+    def abort(self, ending: Ending) -> None:
+        """End the stream now: reset the local socket, drop what was not delivered."""
+        if self._ended is not None:
+            return
+        self._ended = ending
+        self._backlog.clear()
+        self.link.perform(self.link.channels.close(self.channel, ending))
+        if self.answer is not None and not self.answer.ready():
+            self.answer.set_exception(ConnectionResetError("the stream ended"))
+        reset(self.sock)
+        self._wake_all()
 
     # --- the relay -------------------------------------------------------------------------
 
     def run(self, early_data: bytes = b"") -> None:
         """Relay until the stream ends; always closes the socket and says goodbye to the peer."""
         self._running = True
-        if self._inbound or self._peer_eof or self._ended():
+        if self._backlog or self._peer_eof:
             self._start_writer()  # what arrived before the stream's socket was ready
         try:
-            self._pump_out(early_data)
-            self._wait_for_inbound()
+            if self._ended is None:
+                self._pump(early_data)
+            if self.channel.ours is not Side.CLOSED:
+                self._done.wait()  # the peer's direction: its EOF or goodbye, or the sweep
+            elif self._writer is not None:  # 3.0: our EOF was the goodbye; deliver, then close
+                self._writer.join(self.link.channels.idle_timeout)
         finally:
             if self._writer is not None:
                 self._writer.kill()
-            self.sock.close()
-            reason = self._failed or self._peer_closed or DisconnectReason.CLIENT_CLOSED
-            self.tunnel.send_after_data(self.tunnel.mux.disconnect(self.stream, reason))
-            self.tunnel.forget(self.stream)
+            ending = self._ended or Ending.CLOSED
+            self.link.perform(self.link.channels.close(self.channel, ending))
+            if self._ended is None:
+                self.sock.close()
 
-    def _ended(self) -> bool:
-        return self._failed is not None or self._peer_closed is not None
-
-    def _pump_out(self, early_data: bytes) -> None:
-        tunnel, mux, stream = self.tunnel, self.tunnel.mux, self.stream
-        pending = early_data
+    def _pump(self, pending: bytes) -> None:
+        """Local socket to tunnel, until EOF, an error, or the stream ends otherwise."""
+        link, channels, channel, sock = self.link, self.link.channels, self.channel, self.sock
+        counters, tuning = link.counters, link.tuning
         try:
             while True:
-                if not pending:
-                    allowance = self._wait_for_window()
-                    if allowance == 0:
+                allowance = channels.allowance(channel)
+                if not allowance:
+                    if not self._wait_for_window():
                         return
-                    pending = self._recv(min(tunnel.tuning.buffer_size, allowance))
-                    if pending is None:
-                        continue
-                    if not pending:
-                        if not self._ended():
-                            tunnel.send_after_data(mux.half_close(stream))
-                        return
-                allowance = mux.allowance(stream)
-                chunk, pending = pending[:allowance], pending[allowance:]
-                if not chunk:
                     continue
+                if not pending:
+                    pending = sock.recv(min(tuning.buffer_size, allowance))
+                    if not pending:
+                        link.perform(channels.finish(channel))
+                        return
+                    allowance = channels.allowance(channel)
+                    if not allowance:
+                        continue
+                chunk = pending
+                if len(chunk) > allowance:
+                    chunk, pending = pending[:allowance], pending[allowance:]
+                else:
+                    pending = b""
                 self.bytes_out += len(chunk)
-                tunnel.counters.transferred(len(chunk))
-                tunnel.send_data(mux.data(stream, chunk))
-        except _Idle:
-            self._fail(DisconnectReason.GENERAL)
+                counters.transferred(len(chunk))
+                link.send_data(channels.data(channel, chunk, time.monotonic()))
         except OSError as error:
-            if not self._ended():
-                log.debug("stream %d: local read failed: %s", stream.id, error)
-                self._fail(DisconnectReason.RESET)
+            # gevent wakes a reader whose socket we shut down with EBADF: not a failure then.
+            if self._ended is None and not self._done.is_set():
+                log.debug("stream %d: local read failed: %s", channel.id, error)
+                self.abort(Ending.RESET)
 
-    def _wait_for_window(self) -> int:
-        """The current send allowance, waiting while the peer's window is closed."""
-        mux, stream = self.tunnel.mux, self.stream
-        while True:
-            allowance = mux.allowance(stream)
-            if allowance or self._ended() or not mux.is_live(stream):
-                return allowance
-            self._window = self._window or Event()
-            self._window.clear()
-            if not self._window.wait(self.tunnel.idle_timeout):
-                log.info(
-                    "stream %d: no window granted for %ss", stream.id, self.tunnel.idle_timeout
-                )
-                self._fail(DisconnectReason.GENERAL)
-                return 0
+    def _wait_for_window(self) -> bool:
+        """Wait for window credit; False when nothing more may be sent on this stream."""
+        channel = self.channel
+        if channel.ours is not Side.OPEN or channel.theirs is Side.CLOSED or self._ended:
+            return False
+        if self.link.channels.allowance(channel):
+            return True
+        self._window = self._window or Event()
+        self._window.clear()
+        self._window.wait()
+        return True
 
-    def _recv(self, size: int) -> bytes | None:
-        """Data from the local socket; ``None`` after a quiet spell that is not yet idle."""
+    # --- writing to the local socket ------------------------------------------------------
+
+    def _send_now(self, data: bytes, now: float) -> int:
+        """What the socket takes without waiting; a failure aborts the stream."""
         try:
-            data = self.sock.recv(size)
-        except TimeoutError:
-            self._check_idle()
-            return None
-        self._last_activity = time.monotonic()
-        return data
+            sent = send_now(self.sock, data)
+        except OSError as error:
+            log.debug("stream %d: local write failed: %s", self.channel.id, error)
+            self.abort(Ending.RESET)
+            return 0
+        if sent:
+            self._written(sent, now)
+        return sent
 
-    def _check_idle(self) -> None:
-        if time.monotonic() - self._last_activity > self.tunnel.idle_timeout:
-            log.info("stream %d: idle for %ss, closing", self.stream.id, self.tunnel.idle_timeout)
-            raise _Idle
-
-    def _wait_for_inbound(self) -> None:
-        """After our side finished sending: wait until the peer's direction is done too."""
-        if self._ended() or not self.tunnel.mux.is_live(self.stream):
-            if self._writer is not None:  # deliver what already arrived, then close
-                self._writer.join(self.tunnel.idle_timeout)
-            return
-        try:
-            while not self._inbound_done.wait(self.tunnel.idle_timeout):
-                self._check_idle()
-        except _Idle:
-            self._fail(DisconnectReason.GENERAL)
-
-    # --- the writer greenlet --------------------------------------------------------------
+    def _written(self, count: int, now: float) -> None:
+        self.bytes_in += count
+        self.link.counters.transferred(count)
+        self.link.perform(self.link.channels.delivered(self.channel, count, now))
+        if self._below_bound is not None and self.channel.undelivered <= LEGACY_BOUND:
+            self._below_bound.set()
 
     def _start_writer(self) -> None:
-        if self._running and self._writer is None and not self._inbound_done.is_set():
+        if self._running and self._writer is None and not self._done.is_set():
             self._writer = gevent.spawn(self._write)
 
     def _write(self) -> None:
-        """Write everything queued; then act on the peer's EOF or goodbye, if it came."""
+        """Write the backlog; then act on the peer's EOF or goodbye, if it came."""
+        sock, backlog = self.sock, self._backlog
         try:
-            while self._inbound and self._failed is None:
-                data = b"".join(self._inbound)
-                self._inbound.clear()
-                self.inbound_bytes = 0
-                self.sock.sendall(data)
-                self._written(len(data))
-            if self._ended():
-                self._finish_inbound(socket.SHUT_RD)  # wakes the reading greenlet
-            elif self._peer_eof:
-                self._finish_inbound(socket.SHUT_WR)
+            while backlog and self._ended is None:
+                data = backlog.popleft() if len(backlog) == 1 else b"".join(backlog)
+                backlog.clear()
+                sock.sendall(data)
+                if not backlog:
+                    self.blocked_since = None
+                self._written(len(data), time.monotonic())
+            if self._ended is None and self._peer_eof:
+                self._finish_inbound()
         except OSError as error:
-            log.debug("stream %d: local write failed: %s", self.stream.id, error)
-            self._fail(DisconnectReason.BROKEN_PIPE)
+            if self._ended is None:
+                log.debug("stream %d: local write failed: %s", self.channel.id, error)
+                self.abort(Ending.RESET)
         finally:
             self._writer = None
-            if self._drained is not None:
-                self._drained.set()
-                self._drained = None
 
-    def _finish_inbound(self, how: int) -> None:
-        self._inbound_done.set()
-        self._shutdown(how)
-
-    def _shutdown(self, how: int) -> None:
+    def _finish_inbound(self) -> None:
+        """Everything the peer sent is delivered: pass its EOF on, or close after its goodbye."""
+        if self.channel.theirs is Side.CLOSED:
+            self._close_both_ways()
+            return
         try:
-            self.sock.shutdown(how)
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._done.set()
+
+    def _close_both_ways(self) -> None:
+        self._wake_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes our reading greenlet
         except OSError:
             pass
 
-    def _fail(self, reason: DisconnectReason) -> None:
-        if self._failed is None:
-            self._failed = reason
+    def _wake_all(self) -> None:
+        self._done.set()
         self.window_opened()
-        self._finish_inbound(socket.SHUT_RD)
+        if self._below_bound is not None:
+            self._below_bound.set()

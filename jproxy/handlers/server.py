@@ -22,28 +22,44 @@ import gevent
 from gevent.pool import Pool
 
 from jproxy.admission import Refused, TunnelSlots
+from jproxy.channels import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CHANNELS,
+    DEFAULT_WINDOW,
+    Channel,
+    Channels,
+)
+from jproxy.datagrams import DEFAULT_MAX_ASSOCIATIONS, AssociateRequested, Datagrams, EchoRequested
 from jproxy.egress import EgressPolicy
 from jproxy.handlers.accesslog import AccessLog, AccessRecord
 from jproxy.handlers.admin import host_port_text
 from jproxy.handlers.admission import Doorway, Evicted
+from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.dialer import Dialer, DialError
 from jproxy.handlers.handshake import ServerLogin, prove, server_login
+from jproxy.handlers.icmp import Echo, IcmpUnavailable, ping
 from jproxy.handlers.keylog import KeyLog
+from jproxy.handlers.outbound_udp import OutboundAssociation, open_udp
 from jproxy.handlers.resolver import SystemResolver
 from jproxy.handlers.sockets import set_nodelay, tune_tunnel_socket
-from jproxy.handlers.tunnel import DEFAULT_IDLE_TIMEOUT, Tunnel
+from jproxy.handlers.tunnel import Tunnel
 from jproxy.handshake import version_text
+from jproxy.hostnames import for_log
 from jproxy.keys import UserDirectory
 from jproxy.metrics import Counters
-from jproxy.mux import DEFAULT_MAX_STREAMS, ConnectRequested, Mux
 from jproxy.tuning import RelayTuning
+from jproxy.udp import DEFAULT_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
+from jproxy.udp import MAX_DATAGRAM
 from schemas.jproxy import ConnectStatus, Direction, status_for_dialect
 
 log = logging.getLogger(__name__)
 
 
 LISTEN_BACKLOG = 1024
+
+DEFAULT_GRACE = 5.0
+_DRAIN_POLL = 0.1
 
 
 @dataclass
@@ -52,10 +68,16 @@ class ServerLimits:
     max_tunnels_per_user: int = 8
     max_prelogin: int = 128
     max_prelogin_per_address: int = 16
-    max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams: int = DEFAULT_MAX_CHANNELS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    window: int = DEFAULT_WINDOW
+    grace: float = DEFAULT_GRACE
+    """SIGTERM: how long open streams may finish before the rest are reset."""
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    """UDP associations per tunnel."""
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
 
 
 class TunnelServer:
@@ -104,10 +126,21 @@ class TunnelServer:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Drain: accept no more tunnels, let open streams finish within the grace time, then
+        close every tunnel (which resets the streams still open)."""
         self._server.close()
+        deadline = time.monotonic() + self.limits.grace
+        while self.open_streams() and time.monotonic() < deadline:
+            gevent.sleep(_DRAIN_POLL)
+        left = self.open_streams()
+        if left:
+            log.info("grace time over: resetting %d open stream(s)", left)
         for tunnel in list(self._tunnels):
             tunnel.close()
         self._server.stop(timeout)
+
+    def open_streams(self) -> int:
+        return sum(len(tunnel.channels.channels) for tunnel in self._tunnels)
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         where = host_port_text(peer)
@@ -142,7 +175,9 @@ class TunnelServer:
             for victim in decision.evict:
                 victim.kill(Evicted, block=False)
             if not login.proven:
-                if not prove(sock, where, login, self.limits.idle_timeout):
+                # No deadline: any login may take this unproven slot, so it locks nobody out,
+                # and an idle 3.0 tunnel (a Java client sends nothing until it is used) stays.
+                if not prove(sock, where, login, None):
                     return
                 decision = self._slots.prove(me)
                 if isinstance(decision, Refused):
@@ -156,24 +191,41 @@ class TunnelServer:
         user, session = login.user, login.session
         dialect = version_text(session.dialect)
         streams = Pool(self.limits.max_streams)
-        mux = Mux(
+        channels = Channels(
             Direction.SERVER_TO_CLIENT,
             session.dialect,
             max_message=session.max_message,
-            max_streams=self.limits.max_streams,
+            now=time.monotonic(),
+            window=self.limits.window,
+            max_channels=self.limits.max_streams,
+            idle_timeout=self.limits.idle_timeout,
         )
         tunnel = Tunnel(
             sock,
             session,
-            mux,
+            channels,
             counters=self.counters,
             tuning=self.tuning,
-            on_connect_request=lambda t, request: streams.spawn(
-                self._serve_stream, t, user, where, request
+            on_connect_request=lambda t, channel: streams.spawn(
+                self._serve_stream, t, user, where, channel
             ),
-            idle_timeout=self.limits.idle_timeout,
             name=f"tunnel {user}@{where}",
         )
+        tunnel.datagrams = TunnelDatagrams(
+            tunnel,
+            Datagrams(
+                Direction.SERVER_TO_CLIENT,
+                session.dialect,
+                streams=channels.channels,
+                max_associations=self.limits.max_associations,
+            ),
+            self.counters,
+            on_associate=lambda d, request: streams.spawn(
+                self._serve_association, d, user, where, request
+            ),
+            on_echo=lambda d, request: streams.spawn(self._serve_echo, d, user, where, request),
+        )
+        channels.other_channels = tunnel.datagrams.core.channels
         log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
@@ -185,15 +237,14 @@ class TunnelServer:
             self._tunnels.discard(tunnel)
             log.info("%s: closed", tunnel.name)
 
-    def _serve_stream(
-        self, tunnel: Tunnel, user: str, client: str, request: ConnectRequested
-    ) -> None:
+    def _serve_stream(self, tunnel: Tunnel, user: str, client: str, channel: Channel) -> None:
         """Open the stream's connection and relay it; one access log record either way."""
-        target = host_port_text((request.host, request.port))
-        record = AccessRecord("tunnel", user, client, target, time.time())
+        record = AccessRecord(
+            "tunnel", user, client, host_port_text((channel.host, channel.port)), time.time()
+        )
         started = time.monotonic()
         try:
-            self._open_stream(tunnel, request, record, started)
+            self._open_stream(tunnel, channel, record, started)
         except BaseException:
             record.ended, record.reason = record.ended or "cut", record.reason or "tunnel ended"
             raise
@@ -202,37 +253,126 @@ class TunnelServer:
             self.access_log.write(record)
 
     def _open_stream(
-        self, tunnel: Tunnel, request: ConnectRequested, record: AccessRecord, started: float
+        self, tunnel: Tunnel, channel: Channel, record: AccessRecord, started: float
     ) -> None:
-        stream = request.stream
         try:
-            sock, address = self.dialer.connect(request.host, request.port)
+            sock, address = self.dialer.connect(channel.host, channel.port)
         except DialError as error:
-            status = status_for_dialect(error.status, tunnel.mux.dialect)
+            status = status_for_dialect(error.status, tunnel.channels.dialect)
             record.connect_ms = _ms_since(started)
-            tunnel.send_control(tunnel.mux.answer(stream, status, record.connect_ms))
+            tunnel.answer(channel, status, record.connect_ms)
             record.status, record.reason = error.status.name, error.reason
             record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
             return
         except BaseException:
-            tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.GENERAL_FAILURE, 0))
+            tunnel.answer(channel, ConnectStatus.GENERAL_FAILURE, 0)
             raise
         record.connect_ms = _ms_since(started)
         record.status, record.connected = ConnectStatus.OK.name, host_port_text(address)
-        tunnel.send_control(tunnel.mux.answer(stream, ConnectStatus.OK, record.connect_ms))
-        if not tunnel.mux.is_live(stream):  # the client gave up while we connected
+        if not tunnel.answer(channel, ConnectStatus.OK, record.connect_ms):  # the client gave up
             sock.close()
             record.ended, record.reason = "closed", "the client gave up while we connected"
             return
         set_nodelay(sock)
         self.counters.connection_opened()
-        relay = tunnel.attach(stream, sock)
+        relay = tunnel.attach(channel, sock)
         try:
             relay.run()
         finally:
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = relay.bytes_in, relay.bytes_out
             record.ended = relay.ending
+
+    def _serve_association(
+        self, datagrams: TunnelDatagrams, user: str, client: str, request: AssociateRequested
+    ) -> None:
+        """Open one UDP association through the dialer; one access log record either way."""
+        channel = request.channel
+        target = host_port_text((channel.host, channel.port))
+        record = AccessRecord("tunnel", user, client, target, time.time(), transport="udp")
+        started = time.monotonic()
+        try:
+            self._open_association(datagrams, request, record, started)
+        except BaseException:
+            record.ended, record.reason = record.ended or "cut", record.reason or "tunnel ended"
+            raise
+        finally:
+            record.duration = time.monotonic() - started
+            self.access_log.write(record)
+
+    def _open_association(
+        self,
+        datagrams: TunnelDatagrams,
+        request: AssociateRequested,
+        record: AccessRecord,
+        started: float,
+    ) -> None:
+        channel = request.channel
+        try:
+            address = self.dialer.addresses_for(channel.host, channel.port)[0]
+            sock = open_udp(self.dialer, address, channel.port, request.local_port)
+        except DialError as error:
+            status = status_for_dialect(error.status, datagrams.core.dialect)
+            datagrams.send_control(datagrams.core.answer(channel, status, 0))
+            record.status, record.reason = error.status.name, error.reason
+            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            return
+        record.connect_ms = _ms_since(started)
+        record.status, record.connected = (
+            ConnectStatus.OK.name,
+            host_port_text((address, channel.port)),
+        )
+        record.local_port = sock.getsockname()[1]
+        reply = datagrams.core.answer(channel, ConnectStatus.OK, record.local_port)
+        if reply is None:  # the client dissociated while we set up
+            sock.close()
+            record.ended, record.reason = "closed", "the client dissociated while we set up"
+            return
+        datagrams.send_control(reply)
+        association = OutboundAssociation(
+            datagrams,
+            channel,
+            sock,
+            max_payload=MAX_DATAGRAM[datagrams.core.dialect],
+            idle_timeout=self.limits.udp_idle_timeout,
+        )
+        self.counters.connection_opened()
+        try:
+            association.run()
+        finally:
+            self.counters.connection_closed()
+            record.bytes_up, record.bytes_down = association.bytes_out, association.bytes_in
+            record.ended = association.ending
+
+    def _serve_echo(
+        self, datagrams: TunnelDatagrams, user: str, client: str, request: EchoRequested
+    ) -> None:
+        """One ICMP echo, through the egress policy like every other way out (judged as
+        port 0); one access log record."""
+        channel, timeout = request.channel, request.timeout_ms / 1000
+        record = AccessRecord("tunnel", user, client, channel.host, time.time(), transport="icmp")
+        try:
+            address = self.dialer.addresses_for(channel.host, 0)[0]
+            record.connected = address
+            echo = ping(address, request.data, timeout, channel.id)
+        except DialError as error:
+            status = status_for_dialect(error.status, datagrams.core.dialect)
+            echo = Echo(status, 0, b"", "")
+            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            record.reason = error.reason
+        except IcmpUnavailable as error:
+            log.warning("echo to %s: %s", for_log(channel.host), error)
+            echo = Echo(ConnectStatus.GENERAL_FAILURE, 0, b"", "")
+            record.ended, record.reason = "failed", f"ICMP unavailable: {error}"
+        reply = datagrams.core.echo_reply(channel, echo.status, echo.elapsed_ms, echo.data)
+        datagrams.send_control(reply)
+        record.status, record.connect_ms = echo.status.name, echo.elapsed_ms
+        record.bytes_up, record.bytes_down = len(request.data), len(echo.data)
+        record.ended = record.ended or ("closed" if echo.status is ConnectStatus.OK else "failed")
+        if echo.status is not ConnectStatus.OK and not record.reason:
+            record.reason = f"{echo.status.name} via {echo.via}"
+        record.duration = echo.elapsed_ms / 1000
+        self.access_log.write(record)
 
 
 def _ms_since(started: float) -> int:

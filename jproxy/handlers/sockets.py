@@ -34,3 +34,20 @@ def reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Send what the socket takes without waiting (gevent's timeout 0); 0 when it takes none."""
+    try:
+        return sock.send(data, 0, 0.0)
+    except BlockingIOError:
+        return 0
+
+
+def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
+    """``sendall`` without gevent's per-call SO_SNDBUF lookup; waits (no timeout) while full."""
+    view = memoryview(data)
+    sent = sock.send(view)
+    while sent < len(view):
+        view = view[sent:]
+        sent = sock.send(view)

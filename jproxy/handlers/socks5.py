@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Mapping
 
 import gevent
 from gevent.pool import Pool
 
+from jproxy.channels import Exhausted
 from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.descriptors import Acceptor
+from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.hostnames import for_log
-from jproxy.mux import ProtocolError
 from jproxy.socks5 import (
     ConnectRequested,
     CredentialCheck,
@@ -94,6 +96,10 @@ class Socks5Port:
             auth = "user/password"
         log.info("%s listening on %s:%d (%s)", self.name, *self.address, auth)
 
+    def close(self) -> None:
+        """Accept no more connections; the open ones go on."""
+        self._server.close()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._server.stop(timeout)
 
@@ -111,7 +117,7 @@ class Socks5Port:
             sock.close()
             return
         if isinstance(request, UdpAssociateRequested):
-            self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
+            self._associate(sock, core, request)
             return
         if self._clients >= self.max_clients:
             log.warning(
@@ -151,6 +157,12 @@ class Socks5Port:
     ) -> None:
         raise NotImplementedError
 
+    def _associate(
+        self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested
+    ) -> None:
+        """A port without a UDP relay answers 07, "command not supported"."""
+        self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
+
     @staticmethod
     def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
         try:
@@ -175,13 +187,14 @@ class Socks5Listener(Socks5Port):
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
             )
-        except (TunnelClosed, ProtocolError, gevent.Timeout) as error:
+        except (TunnelClosed, Exhausted, gevent.Timeout) as error:
             log.info("CONNECT %s failed: %s", target, error or "no answer from the server")
             self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
             return
-        if answer.status is not ConnectStatus.OK:
-            log.info("CONNECT %s: server says %s", target, answer.status.name)
-            self._refuse(sock, core, reply_code_for(answer.status))
+        status, _ = answer
+        if status is not ConnectStatus.OK:
+            log.info("CONNECT %s: server says %s", target, status.name)
+            self._refuse(sock, core, reply_code_for(status))
             return
         try:
             sock.sendall(core.reply(ReplyCode.SUCCEEDED))
@@ -193,3 +206,34 @@ class Socks5Listener(Socks5Port):
             relay.run(core.early_data)
         finally:
             counters.connection_closed()
+
+    def _associate(
+        self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested
+    ) -> None:
+        try:
+            datagrams = self.tunnels.datagrams()
+        except TunnelClosed as error:
+            log.info("UDP ASSOCIATE failed: %s", error)
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        if datagrams.udp_unsupported:
+            log.info("UDP ASSOCIATE refused: the server ignores UDP (a 3.0 server, see above)")
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        rules = association_for(
+            sock, request.host, request.port, datagrams.core.dialect, time.monotonic()
+        )
+        relay = SocksUdpRelay(sock, datagrams, rules, self.tunnels.counters)
+        try:
+            sock.sendall(core.reply(ReplyCode.SUCCEEDED, *relay.address))
+        except OSError:
+            relay.udp.close()
+            sock.close()
+            return
+        counters = self.tunnels.counters
+        counters.connection_opened()
+        try:
+            relay.run()
+        finally:
+            counters.connection_closed()
+            sock.close()

@@ -1,11 +1,14 @@
-"""One logged-in tunnel on a socket: a reader greenlet, a writer greenlet, and its streams.
+"""One logged-in tunnel on a socket: its reader, its sending, its sweep, and its streams.
 
-The reader decrypts frames, feeds the messages to the ``Mux`` and hands the events to the
-stream relays. The writer is the only greenlet that seals and sends, so frames leave in the
-order their nonces were counted. Control messages (connect requests and replies, window
-updates) go before data; half-closes and disconnects queue behind the data they end. Data
-waits in one queue bounded in bytes, in which every stream puts at most one read
-(``buffer_size``) at a time, so no stream starves behind a bulk one.
+The reader receives into one buffer, opens the frames, feeds their messages to the channel
+core (``jproxy.channels``) and carries out what comes back: data is gathered per stream and
+written once per received chunk, and the window updates that the deliveries earn leave before
+the next chunk is read. Sending: whoever has messages seals and sends them at once when
+nothing is queued ahead; only what the socket does not take waits, for a writer greenlet that
+exists while there is such a backlog. Frames leave in the order their nonces were counted;
+control messages may overtake queued data, half-closes and disconnects never do. One sweep
+greenlet a second applies the core's deadlines (idle streams, keepalive, a dead peer) and
+cuts a tunnel whose socket took no bytes for ``WRITE_STALL`` seconds.
 """
 
 from __future__ import annotations
@@ -17,41 +20,36 @@ from collections import deque
 from collections.abc import Callable
 
 import gevent
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 
-from jproxy.handlers.relay import LEGACY_INBOUND_LIMIT, StreamRelay
+from jproxy.channels import Channel, Channels, Do, Ending, Exhausted, ProtocolViolation
+from jproxy.channels import Event as CoreEvent
+from jproxy.datagrams import TYPES as DATAGRAM_TYPES
+from jproxy.handlers.relay import StreamRelay
+from jproxy.handlers.sockets import send_all, send_now
 from jproxy.metrics import Counters
-from jproxy.mux import (
-    ConnectAnswered,
-    ConnectRequested,
-    DataReceived,
-    EofReceived,
-    Mux,
-    ProtocolError,
-    Send,
-    Stream,
-    StreamClosed,
-    WindowOpened,
-)
 from jproxy.session import Session
 from jproxy.tuning import RelayTuning
 from schemas.errors import WireError
-from schemas.jproxy import ConnectStatus, DisconnectReason
+from schemas.jproxy import ConnectStatus
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
-WRITE_BATCH = 256 * 1024
+WRITE_BATCH = 64 * 1024
+"""Bytes of messages sealed for one send: small enough that the peer starts opening frames
+while we seal the next batch."""
 DATA_QUEUE_LIMIT = 1 << 20
 CONTROL_QUEUE_LIMIT = 16384
 """Unsent control messages a tunnel may hold; a peer that makes us answer more but does not
 read the answers is cut off."""
-DEFAULT_IDLE_TIMEOUT = 300.0
-SOCKET_TIMEOUT = 30.0
-"""A tunnel that takes no bytes from us for this long is dead; its reads poll at this pace."""
-
-
-_TUNNEL_GONE = DisconnectReason.GENERAL
+WRITE_STALL = 30.0
+"""A tunnel whose socket takes no bytes from us for this long is dead."""
+SWEEP_INTERVAL = 1.0
+LEGACY_STALL = 3.0
+"""3.0: how long one stream over its bound may stall the tunnel before it is cut."""
+YIELD_EVERY = 1 << 20
+"""The reader lets other greenlets run after this many bytes, even when data keeps coming."""
 
 
 class TunnelClosed(ConnectionError):
@@ -63,50 +61,69 @@ class Tunnel:
         self,
         sock: socket.socket,
         session: Session,
-        mux: Mux,
+        channels: Channels,
         *,
         counters: Counters,
         tuning: RelayTuning,
-        on_connect_request: Callable[[Tunnel, ConnectRequested], None] | None = None,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        on_connect_request: Callable[[Tunnel, Channel], None] | None = None,
         name: str = "tunnel",
     ) -> None:
         self.sock = sock
         self.session = session
-        self.mux = mux
+        self.channels = channels
         self.counters = counters
         self.tuning = tuning
-        self.idle_timeout = idle_timeout
         self.name = name
         self.closed = Event()
+        self.planned = False
+        """True when the tunnel ended by our choice or the peer's clean close with no stream."""
         self._on_connect_request = on_connect_request
-        self._relays: dict[Stream, StreamRelay] = {}
-        self._answers: dict[Stream, gevent.event.AsyncResult] = {}
+        self.datagrams = None
+        """The tunnel's UDP associations and ICMP echoes (``TunnelDatagrams``), when served."""
         self._control: deque[bytes] = deque()
-        self._data: deque[list[bytes]] = deque()
-        self._data_bytes = 0
-        self._work = Event()
+        self._data: deque[bytes] = deque()
+        self._unsent: memoryview | None = None
+        self._queued = 0
+        self._busy = False
         self._space = Event()
         self._space.set()
-        self._last_received = time.monotonic()
-        sock.settimeout(SOCKET_TIMEOUT)
+        self._progress_at = time.monotonic()
+        self._handlers = {
+            Do.SEND: self._send_event,
+            Do.SEND_AFTER_DATA: self._send_after_data_event,
+            Do.WINDOW: self._window_event,
+            Do.EOF: self._eof_event,
+            Do.CLOSED: self._closed_event,
+            Do.CONNECT: self._connect_event,
+            Do.ANSWERED: self._answered_event,
+            Do.OVER_BOUND: lambda channel, value: None,  # the reader waits after the chunk
+            Do.WARNING: self._warning_event,
+            Do.INFO: self._info_event,
+            Do.DEAD: self._dead_event,
+        }
+        sock.settimeout(None)
 
     # --- lifetime ---------------------------------------------------------------------------
 
-    def run(self, pipelined: bytes = b"") -> None:
-        """Serve the tunnel until either side ends it; then every stream's socket is closed."""
-        writer = gevent.spawn(self._write_loop)
-        writer.link(lambda _: self.closed.set())
+    def run(self, pipelined: bytes = b"", first: bytes | None = None) -> None:
+        """Serve the tunnel until either side ends it; then every stream is ended.
+
+        ``first`` is a message to send before anything else (the 3.1 client's ping).
+        """
+        if first is not None:
+            self.send_control(first)
+        sweeper = gevent.spawn(self._sweep_loop)
         try:
             self._read_loop(pipelined)
         finally:
             self.closed.set()
-            writer.kill()
+            sweeper.kill()
             self._end_streams()
             self.sock.close()
 
-    def close(self) -> None:
-        """End the tunnel from outside (shutdown, SIGTERM): the reader wakes and cleans up."""
+    def close(self, planned: bool = True) -> None:
+        """End the tunnel from outside (shutdown, a dead peer): the reader wakes and cleans up."""
+        self.planned = self.planned or planned
         self.closed.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -114,167 +131,310 @@ class Tunnel:
             pass
 
     def _end_streams(self) -> None:
-        for stream in self.mux.close_all():
-            relay = self._relays.pop(stream, None)
-            if relay is not None:
-                relay.peer_closed(stream.reason or _TUNNEL_GONE)
-            answer = self._answers.pop(stream, None)
-            if answer is not None:
-                answer.set_exception(TunnelClosed("the tunnel closed"))
-        for relay in list(self._relays.values()):
-            relay.peer_closed(_TUNNEL_GONE)
+        self.perform(self.channels.close_all())
+        if self.datagrams is not None:
+            self.datagrams.close()
         self._space.set()
 
     # --- streams ----------------------------------------------------------------------------
 
     def open_stream(
         self, host: str, port: int, sock: socket.socket, timeout: float
-    ) -> tuple[StreamRelay, ConnectAnswered]:
+    ) -> tuple[StreamRelay, tuple[ConnectStatus, int]]:
         """Client side: ask the server for a stream that will carry ``sock``.
 
         The relay exists before the request leaves, so data the server sends right after its
-        reply waits in the relay until ``StreamRelay.run`` starts. Raises ``TunnelClosed`` or
-        ``gevent.Timeout``.
+        reply waits in the relay until ``StreamRelay.run`` starts. Raises ``TunnelClosed``,
+        ``Exhausted`` or ``gevent.Timeout``; returns the relay and ``(status, elapsed_ms)``.
         """
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
-        stream, request = self.mux.open(host, port)
-        relay = self.attach(stream, sock)
-        answer = self._answers[stream] = gevent.event.AsyncResult()
-        self.send_control(request)
+        request = self.channels.open(host, port, time.monotonic())
+        relay = StreamRelay(self, request.channel, sock)
+        answer = relay.answer = AsyncResult()
+        self.send_control(request.value)
         try:
             answered = answer.get(timeout=timeout)
         except gevent.Timeout:
-            self.send_control(self.mux.disconnect(stream, _TUNNEL_GONE))
-            self.forget(stream)
+            self.perform(self.channels.close(request.channel, Ending.FAILED))
             raise
+        except ConnectionResetError:
+            raise TunnelClosed("the tunnel closed") from None
         finally:
-            self._answers.pop(stream, None)
-        if answered.status is not ConnectStatus.OK:
-            self.forget(stream)
+            relay.answer = None
         return relay, answered
 
-    def attach(self, stream: Stream, sock: socket.socket) -> StreamRelay:
-        """A relay for ``stream`` over ``sock``; received data queues in it until it runs."""
-        relay = self._relays[stream] = StreamRelay(self, stream, sock)
-        sock.settimeout(self.idle_timeout)
-        return relay
+    def answer(self, channel: Channel, status: ConnectStatus, elapsed_ms: int) -> bool:
+        """Server side: answer a connect request; False when nobody waits for it any more."""
+        self.perform(self.channels.answer(channel, status, elapsed_ms, time.monotonic()))
+        return self.channels.is_live(channel)
 
-    def forget(self, stream: Stream) -> None:
-        self._relays.pop(stream, None)
+    def attach(self, channel: Channel, sock: socket.socket) -> StreamRelay:
+        """Server side: a relay for ``channel`` over ``sock`` (the connect succeeded)."""
+        return StreamRelay(self, channel, sock)
 
-    # --- writing ----------------------------------------------------------------------------
+    # --- sending ----------------------------------------------------------------------------
 
-    def send_control(self, message: bytes | None) -> None:
-        if message is None or self.closed.is_set():
+    def perform(self, events: list[CoreEvent]) -> None:
+        """Carry out the core's commands."""
+        handlers = self._handlers
+        for kind, channel, value in events:
+            handlers[kind](channel, value)
+
+    def send_control(self, message: bytes) -> None:
+        if self.closed.is_set():
             return
         if len(self._control) >= CONTROL_QUEUE_LIMIT:
             log.warning("%s: peer does not read our answers, closing the tunnel", self.name)
-            self.close()
+            self.close(planned=False)
             return
         self._control.append(message)
-        self._work.set()
-
-    def send_after_data(self, message: bytes | None) -> None:
-        """A half-close or disconnect: it must not overtake the stream's queued data.
-
-        It skips the wait for queue space (at most two such messages per stream).
-        """
-        if message is not None and not self.closed.is_set():
-            self._data.append([message])
-            self._data_bytes += len(message)
-            self._work.set()
+        self._flush()
 
     def send_data(self, messages: list[bytes]) -> None:
-        """Queue one read's worth of data messages, waiting while the queue is full."""
-        while self._data_bytes >= DATA_QUEUE_LIMIT and not self.closed.is_set():
+        """Send one read's worth of data messages, waiting while the queue is full."""
+        while self._queued >= DATA_QUEUE_LIMIT and not self.closed.is_set():
             self._space.clear()
-            self._space.wait(SOCKET_TIMEOUT)
+            self._space.wait()
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
-        self._data.append(messages)
-        self._data_bytes += sum(map(len, messages))
-        self._work.set()
+        if not self._busy:
+            self._send_direct(messages)
+            return
+        self._data.extend(messages)
+        self._queued += sum(map(len, messages))
 
-    def _write_loop(self) -> None:
-        seal, sendall = self.session.seal, self.sock.sendall
+    def send_datagram(self, message: bytes) -> bool:
+        """Send one datagram's message without ever waiting; ``False`` (the caller drops it and
+        counts) while the data queue is full or the tunnel is closed."""
+        if self._queued >= DATA_QUEUE_LIMIT or self.closed.is_set():
+            return False
+        if not self._busy:
+            self._send_direct([message])
+        else:
+            self._data.append(message)
+            self._queued += len(message)
+        return True
+
+    def _send_after_data(self, message: bytes) -> None:
+        if not self.closed.is_set():
+            self._data.append(message)
+            self._queued += len(message)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send what is queued now, unless a writer greenlet already owns the socket."""
+        if self._busy:
+            return
+        messages = list(self._control)
+        self._control.clear()
+        if self._data:
+            messages.extend(self._data)
+            self._data.clear()
+            self._queued = 0
+        if messages:
+            self._send_direct(messages)
+
+    def _send_direct(self, messages: list[bytes]) -> None:
+        """Seal and send without waiting; what the socket does not take goes to the writer."""
+        seal = self.session.seal
+        wire = b"".join([seal(message) for message in messages])
+        try:
+            sent = send_now(self.sock, wire)
+        except OSError as error:
+            self._write_failed(error)
+            return
+        if sent < len(wire):
+            self._unsent = memoryview(wire)[sent:]
+            self._queued += len(wire) - sent
+            self._busy = True
+            gevent.spawn(self._write_backlog)
+        else:
+            self._progress_at = time.monotonic()
+
+    def _write_backlog(self) -> None:
+        seal, sock = self.session.seal, self.sock
         control, data = self._control, self._data
         try:
             while True:
+                if self._unsent is not None:
+                    unsent, self._unsent = self._unsent, None
+                    send_all(sock, unsent)
+                    self._queued -= len(unsent)
+                self._progress_at = time.monotonic()
+                if self._queued < DATA_QUEUE_LIMIT:
+                    self._space.set()
                 if not control and not data:
-                    self._work.clear()
-                    self._work.wait()
+                    return
                 frames = [seal(message) for message in control]
                 control.clear()
                 size = 0
                 while data and size < WRITE_BATCH:
-                    batch = data.popleft()
-                    frames.extend(seal(message) for message in batch)
-                    size += sum(map(len, batch))
-                self._data_bytes -= size
-                self._space.set()
-                sendall(b"".join(frames))
+                    message = data.popleft()
+                    size += len(message)
+                    frames.append(seal(message))
+                self._queued -= size
+                wire = b"".join(frames)
+                self._unsent = memoryview(wire)
+                self._queued += len(wire)
         except OSError as error:
+            self._write_failed(error)
+        finally:
+            self._busy = False
+
+    def _write_failed(self, error: OSError) -> None:
+        if not self.closed.is_set():
             log.info("%s: write failed: %s", self.name, error)
-            self.close()
+        self.close(planned=False)
+
+    # --- the core's commands ----------------------------------------------------------------
+
+    def _send_event(self, channel: Channel | None, message: bytes) -> None:
+        self.send_control(message)
+
+    def _send_after_data_event(self, channel: Channel | None, message: bytes) -> None:
+        self._send_after_data(message)
+
+    def _window_event(self, channel: Channel, _: object) -> None:
+        if channel.handler is not None:
+            channel.handler.window_opened()
+
+    def _eof_event(self, channel: Channel, _: object) -> None:
+        if channel.handler is not None:
+            channel.handler.peer_eof()
+
+    def _closed_event(self, channel: Channel, ending: Ending) -> None:
+        relay = channel.handler
+        if relay is None:
+            return  # server: still connecting; its answer finishes the goodbye
+        if relay.answer is not None and not relay.answer.ready():
+            relay.answer.set_exception(ConnectionResetError("the tunnel closed"))
+        relay.peer_closed(ending)
+
+    def _connect_event(self, channel: Channel, _: object) -> None:
+        if self._on_connect_request is None:
+            self.perform(self.channels.answer(channel, ConnectStatus.GENERAL_FAILURE, 0, 0.0))
+        else:
+            self._on_connect_request(self, channel)
+
+    def _answered_event(self, channel: Channel, value: tuple[ConnectStatus, int]) -> None:
+        relay = channel.handler
+        if relay is not None and relay.answer is not None:
+            relay.answer.set(value)
+        else:  # nobody waits any more: the SOCKS client gave up
+            self.perform(self.channels.close(channel, Ending.FAILED))
+
+    def _warning_event(self, channel: Channel | None, text: str) -> None:
+        where = f" stream {channel.id}" if channel is not None else ""
+        log.warning("%s:%s %s", self.name, where, text)
+
+    def _info_event(self, channel: Channel | None, text: str) -> None:
+        where = f" stream {channel.id}" if channel is not None else ""
+        log.info("%s:%s %s", self.name, where, text)
+
+    def _dead_event(self, _: object, text: str) -> None:
+        log.warning("%s: %s, closing the tunnel", self.name, text)
+        self.close(planned=False)
 
     # --- reading ----------------------------------------------------------------------------
 
     def _read_loop(self, pipelined: bytes) -> None:
-        chunk = pipelined
+        buffer = bytearray(READ_SIZE)
+        view = memoryview(buffer)
+        recv_into, feed, receive = self.sock.recv_into, self.session.feed, self.channels.receive
+        if self.datagrams is not None:
+            feed = self._datagrams_taken(feed)
+        since_yield = 0
         try:
+            if pipelined:
+                self._dispatch(receive(feed(pipelined), time.monotonic()))
             while not self.closed.is_set():
-                if chunk:
-                    for message in self.session.feed(chunk):
-                        for event in self.mux.receive(message):
-                            self._dispatch(event)
-                chunk = self._recv()
-                if chunk == b"":
+                count = recv_into(buffer)
+                if not count:
                     self.session.finish()
-                    log.info("%s: peer closed the tunnel", self.name)
+                    self.planned = not self.channels.channels
+                    level = logging.INFO if self.planned else logging.WARNING
+                    log.log(level, "%s: peer closed the tunnel", self.name)
                     return
-        except (ProtocolError, WireError) as error:  # WireError includes FrameError
+                self._dispatch(receive(feed(view[:count]), time.monotonic()))
+                since_yield += count
+                if since_yield >= YIELD_EVERY:
+                    since_yield = 0
+                    gevent.sleep(0)  # let relays, the sweep and new streams run
+        except (ProtocolViolation, WireError) as error:  # WireError includes FrameError
             log.warning("%s: closing the tunnel: %s", self.name, error)
         except OSError as error:
             if not self.closed.is_set():
                 log.info("%s: read failed: %s", self.name, error)
 
-    def _recv(self) -> bytes | None:
-        try:
-            data = self.sock.recv(READ_SIZE)
-        except TimeoutError:
-            if not self.mux.streams and time.monotonic() - self._last_received > self.idle_timeout:
-                log.info("%s: idle for %ss, closing", self.name, self.idle_timeout)
-                return b""
-            return None
-        self._last_received = time.monotonic()
-        return data
+    def _datagrams_taken(self, feed: Callable[[bytes], list[bytes]]) -> Callable:
+        """``feed``, but UDP and ICMP messages go to ``self.datagrams`` instead of the core."""
+        receive = self.datagrams.receive
 
-    def _dispatch(self, event) -> None:
-        if isinstance(event, DataReceived):
-            relay = self._relays.get(event.stream)
-            if relay is not None:
-                relay.deliver(event.data)
-                if not self.mux.flow_control and relay.inbound_bytes > LEGACY_INBOUND_LIMIT:
-                    relay.wait_drained(self.idle_timeout)  # 3.0: stall the tunnel, no windows
-        elif isinstance(event, Send):
-            self.send_control(event.message)
-        elif isinstance(event, ConnectRequested):
-            if self._on_connect_request is not None:
-                self._on_connect_request(self, event)
-        elif isinstance(event, ConnectAnswered):
-            answer = self._answers.get(event.stream)
-            if answer is not None:
-                answer.set(event)
-            else:  # nobody waits any more: the SOCKS client gave up
-                self.send_control(self.mux.disconnect(event.stream, _TUNNEL_GONE))
-        else:
-            relay = self._relays.get(event.stream)
-            if relay is None:
-                return
-            if isinstance(event, WindowOpened):
-                relay.window_opened()
-            elif isinstance(event, EofReceived):
-                relay.peer_eof()
-            elif isinstance(event, StreamClosed):
-                relay.peer_closed(event.reason)
+        def feed_streams(data: bytes) -> list[bytes]:
+            streams = []
+            for message in feed(data):
+                if message[:1] and message[0] in DATAGRAM_TYPES:
+                    receive(message)
+                else:
+                    streams.append(message)
+            return streams
+
+        return feed_streams
+
+    def _dispatch(self, events: list[CoreEvent]) -> None:
+        """Carry out one chunk's events; data goes out once per stream, at the end."""
+        touched: list[StreamRelay] = []
+        over: list[StreamRelay] = []
+        handlers = self._handlers
+        for kind, channel, value in events:
+            if kind is Do.DATA:
+                relay = channel.handler
+                if relay is None:
+                    continue  # the server answers before it attaches: nothing can be lost
+                if not relay.arrived:
+                    touched.append(relay)
+                relay.arrived.append(value)
+                continue
+            relay = channel.handler if channel is not None else None
+            if relay is not None and relay.arrived:
+                relay.deliver_arrived(time.monotonic())
+            if kind is Do.OVER_BOUND and relay is not None:
+                over.append(relay)
+            handlers[kind](channel, value)
+        now = time.monotonic()
+        for relay in touched:
+            relay.deliver_arrived(now)
+        self._flush()  # the window updates those deliveries earned leave now
+        for relay in over:
+            self._stall_for(relay)
+
+    def _stall_for(self, relay: StreamRelay) -> None:
+        """3.0, no windows: a stream over its bound stalls the tunnel reader until its socket
+        takes enough, for at most ``LEGACY_STALL`` seconds counted from the wait's start or
+        from when its socket began to refuse data, whichever is earlier; then the stream is
+        cut. So several stalled readers cost the other streams about one stall, not one each."""
+        now = time.monotonic()
+        if relay.wait_below_bound(min(now, relay.blocked_since or now) + LEGACY_STALL):
+            return
+        log.warning(
+            "%s: stream %d: its reader took less than the tunnel brought for %gs; cut",
+            self.name,
+            relay.channel.id,
+            LEGACY_STALL,
+        )
+        relay.abort(Ending.CUT)
+
+    # --- the sweep --------------------------------------------------------------------------
+
+    def _sweep_loop(self) -> None:
+        interval = min(SWEEP_INTERVAL, self.channels.keepalive / 3)
+        while not self.closed.wait(interval):
+            now = time.monotonic()
+            self.perform(self.channels.sweep(now))
+            if self._busy and now - self._progress_at > WRITE_STALL:
+                log.warning("%s: peer took no bytes for %gs, closing", self.name, WRITE_STALL)
+                self.close(planned=False)
+
+
+__all__ = ["Exhausted", "Tunnel", "TunnelClosed"]
