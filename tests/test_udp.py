@@ -27,6 +27,7 @@ from tests.peers import (
     UdpEcho,
     Unbound,
     require_tool,
+    scrape_metrics,
     start_client,
     start_server,
     wait_for_access,
@@ -36,11 +37,11 @@ DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
 
 
-def _tunnel(workdir: Path, dialect: str):
+def _tunnel(workdir: Path, dialect: str, *client_extra: str):
     """A server and a client in ``dialect``; the client, its ``server`` and ``dialect`` set."""
     server_flags, client_flags = DIALECT_FLAGS[dialect]
     server = start_server(workdir, *server_flags)
-    client = start_client(workdir, server.port, *client_flags)
+    client = start_client(workdir, server.port, *client_flags, *client_extra)
     client.server = server
     client.dialect = DIALECTS[dialect]
     yield client
@@ -152,7 +153,11 @@ class RawAssociation:
 
 @pytest.fixture
 def tunnel31(workdir):
-    yield from _tunnel(workdir, "3.1")
+    """A 3.1 tunnel whose client serves its metrics page (``metrics_port``)."""
+    for client in _tunnel(workdir, "3.1", "--metrics", "127.0.0.1:0"):
+        page = r"metrics: serving Prometheus metrics on http://127\.0\.0\.1:(\d+)/"
+        client.metrics_port = int(client.wait_for(page).group(1))
+        yield client
 
 
 def test_datagrams_from_another_socket_and_fragments_are_dropped(tunnel31) -> None:
@@ -171,6 +176,9 @@ def test_datagrams_from_another_socket_and_fragments_are_dropped(tunnel31) -> No
         with pytest.raises(TimeoutError):
             stranger.recvfrom(100)
         assert echo.received == 2  # neither the stranger's datagram nor the fragment went on
+        dropped = scrape_metrics(tunnel31.metrics_port)
+        assert dropped["gjproxy_datagrams_dropped_total{reason=source}"] == 1
+        assert dropped["gjproxy_datagrams_dropped_total{reason=fragment}"] == 1
     finally:
         for sock in (owner, stranger):
             sock.close()

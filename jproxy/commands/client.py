@@ -23,7 +23,7 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.handlers.client import DEFAULT_GRACE, TunnelClient
-from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
+from jproxy.handlers.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
 from jproxy.keys import KeyFileError, load_client_key, require_private
@@ -84,12 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
     )
-    parser.add_argument(
-        "--keylog",
-        metavar="FILE",
-        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
-        f" also ${ENVIRONMENT}",
-    )
+    add_keylog_option(parser)
     add_tunnel_options(parser)
     parser.add_argument(
         "--keepalive",
@@ -115,7 +110,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
-    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
+    settings["keylog"] = key_log_path(args, environ, settings["keylog"])
     if settings["max_socks"] < 1:
         raise ConfigError("--max-socks must be at least 1")
     password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]

@@ -25,7 +25,7 @@ from jproxy.handlers.accesslog import AccessLog
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
 from jproxy.handlers.dialer import Dialer
-from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
+from jproxy.handlers.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.plain_socks import PlainSocks5Port
 from jproxy.handlers.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
@@ -145,12 +145,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="never let streams reach this network (repeatable; beats every allow rule)"
         " (default: none)",
     )
-    parser.add_argument(
-        "--keylog",
-        metavar="FILE",
-        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
-        f" also ${ENVIRONMENT}",
-    )
+    add_keylog_option(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -179,7 +174,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["socks"] = settings["socks"] and host_port(settings["socks"], "--socks")
     settings["socks_users"] = socks_users(settings, config)
     settings["egress"] = egress_policy(args, config)
-    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
+    settings["keylog"] = key_log_path(args, environ, settings["keylog"])
     settings["admin_credentials"] = load_admin_credentials(config, environ)
     admin_asked = args.admin is not None or "admin" in config.get("server", {})
     if admin_asked and settings["admin_credentials"] is None:

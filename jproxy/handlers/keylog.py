@@ -7,8 +7,10 @@ when it existed before) and written to by appending only.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+from collections.abc import Mapping
 
 from jproxy.keylog import key_log_line
 
@@ -35,3 +37,18 @@ class KeyLog:
 def open_key_log(path: str) -> KeyLog | None:
     """The key log at ``path``, or None for "" (off); ``OSError`` if it cannot be opened."""
     return KeyLog(path) if path else None
+
+
+def add_keylog_option(parser: argparse.ArgumentParser) -> None:
+    """``--keylog FILE``, the same for the server and the client."""
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
+        f" also ${ENVIRONMENT}",
+    )
+
+
+def key_log_path(args: argparse.Namespace, environ: Mapping[str, str], configured: str) -> str:
+    """Where the key log goes: the flag beats the environment, which beats the config file."""
+    return args.keylog or environ.get(ENVIRONMENT) or configured

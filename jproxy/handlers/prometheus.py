@@ -56,14 +56,7 @@ class CountersCollector:
         yield by_dialect
         yield from _by_service(counters)
         yield from _dns(counters)
-        dropped = CounterMetricFamily(
-            "gjproxy_datagrams_dropped",
-            "UDP datagrams dropped since start, by reason",
-            labels=["reason"],
-        )
-        for reason in sorted({*(drop.value for drop in Drop), *counters.datagrams_dropped}):
-            dropped.add_metric([reason], counters.datagrams_dropped.get(reason, 0))
-        yield dropped
+        yield _drops(counters)
         yield GaugeMetricFamily(
             "gjproxy_relay_buffer_size_bytes",
             "Bytes a relay reads from a socket at once (admin method 3 changes it)",
@@ -79,6 +72,7 @@ class ClientCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from _traffic(self._tunnels.counters)
+        yield _drops(self._tunnels.counters)
         yield GaugeMetricFamily(
             "gjproxy_client_tunnel_up",
             "1 while the tunnel to the server is up, else 0",
@@ -108,6 +102,18 @@ def _traffic(counters: Counters) -> Iterator[Metric]:
         "Payload bytes relayed since start, both directions",
         value=counters.bytes_transferred,
     )
+
+
+def _drops(counters: Counters) -> Metric:
+    """UDP datagrams dropped, by reason (every reason listed, seen or not): both pages."""
+    dropped = CounterMetricFamily(
+        "gjproxy_datagrams_dropped",
+        "UDP datagrams dropped since start, by reason",
+        labels=["reason"],
+    )
+    for reason in sorted({*(drop.value for drop in Drop), *counters.datagrams_dropped}):
+        dropped.add_metric([reason], counters.datagrams_dropped.get(reason, 0))
+    return dropped
 
 
 def _by_service(counters: Counters) -> Iterator[Metric]:
