@@ -32,6 +32,8 @@ from jproxy.tuning import RelayTuning
 
 log = logging.getLogger(__name__)
 
+YIELD_EVERY = 256 * 1024
+"""A stream whose socket always has data lets the others run after this many bytes."""
 _ABNORMAL = frozenset({Ending.RESET, Ending.CUT, Ending.IDLE})
 
 
@@ -185,6 +187,7 @@ class StreamRelay:
         """Local socket to tunnel, until EOF, an error, or the stream ends otherwise."""
         link, channels, channel, sock = self.link, self.link.channels, self.channel, self.sock
         counters, tuning = link.counters, link.tuning
+        since_yield = 0
         try:
             while True:
                 allowance = channels.allowance(channel)
@@ -208,6 +211,10 @@ class StreamRelay:
                 self.bytes_out += len(chunk)
                 counters.transferred(len(chunk))
                 link.send_data(channels.data(channel, chunk, time.monotonic()))
+                since_yield += len(chunk)
+                if since_yield >= YIELD_EVERY:  # neither recv nor a direct send yields
+                    since_yield = 0
+                    gevent.sleep(0)
         except OSError as error:
             # gevent wakes a reader whose socket we shut down with EBADF: not a failure then.
             if self._ended is None and not self._done.is_set():

@@ -220,8 +220,7 @@ class Tunnel:
 
     def _send_direct(self, messages: list[bytes]) -> None:
         """Seal and send without waiting; what the socket does not take goes to the writer."""
-        seal = self.session.seal
-        wire = b"".join([seal(message) for message in messages])
+        wire = self.session.seal_all(messages)
         try:
             sent = send_now(self.sock, wire)
         except OSError as error:
@@ -236,7 +235,7 @@ class Tunnel:
             self._progress_at = time.monotonic()
 
     def _write_backlog(self) -> None:
-        seal, sock = self.session.seal, self.sock
+        seal_all, sock = self.session.seal_all, self.sock
         control, data = self._control, self._data
         try:
             while True:
@@ -249,15 +248,15 @@ class Tunnel:
                     self._space.set()
                 if not control and not data:
                     return
-                frames = [seal(message) for message in control]
+                messages = list(control)
                 control.clear()
                 size = 0
                 while data and size < WRITE_BATCH:
                     message = data.popleft()
                     size += len(message)
-                    frames.append(seal(message))
+                    messages.append(message)
                 self._queued -= size
-                wire = b"".join(frames)
+                wire = seal_all(messages)
                 self._unsent = memoryview(wire)
                 self._queued += len(wire)
         except OSError as error:
