@@ -140,7 +140,7 @@ _REASON_OF = {
     Ending.CLOSED: DisconnectReason.CLIENT_CLOSED,
     Ending.RESET: DisconnectReason.RESET,
     Ending.CUT: DisconnectReason.RESET,
-    Ending.IDLE: DisconnectReason.GENERAL,
+    Ending.IDLE: DisconnectReason.RESET,
     Ending.FAILED: DisconnectReason.GENERAL,
 }
 
