@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import gevent
@@ -43,6 +43,7 @@ class Link(Protocol):
     channels: Channels
     counters: Counters
     tuning: RelayTuning
+    clock: Callable[[], float]
 
     def perform(self, events: list[CoreEvent]) -> None: ...
 
@@ -142,7 +143,7 @@ class StreamRelay:
         at the latest until ``deadline`` (monotonic); False if it is still over it then."""
         self._below_bound = self._below_bound or Event()
         while self.channel.undelivered > LEGACY_BOUND and self._ended is None:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.link.clock()
             if remaining <= 0:
                 return False
             self._below_bound.clear()
@@ -210,7 +211,7 @@ class StreamRelay:
                     pending = b""
                 self.bytes_out += len(chunk)
                 counters.transferred(len(chunk))
-                link.send_data(channels.data(channel, chunk, time.monotonic()))
+                link.send_data(channels.data(channel, chunk, link.clock()))
                 since_yield += len(chunk)
                 if since_yield >= YIELD_EVERY:  # neither recv nor a direct send yields
                     since_yield = 0
@@ -268,7 +269,7 @@ class StreamRelay:
                 sock.sendall(data)
                 if not backlog:
                     self.blocked_since = None
-                self._written(len(data), time.monotonic())
+                self._written(len(data), self.link.clock())
             if self._ended is None and self._peer_eof:
                 self._finish_inbound()
         except OSError as error:

@@ -66,8 +66,11 @@ class Tunnel:
         tuning: RelayTuning,
         on_connect_request: Callable[[Tunnel, Channel], None] | None = None,
         name: str = "tunnel",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sock = sock
+        self.clock = clock
+        """The time source of every deadline (tests pass a fake clock)."""
         self.session = session
         self.channels = channels
         self.counters = counters
@@ -84,7 +87,7 @@ class Tunnel:
         self._busy = False
         self._space = Event()
         self._space.set()
-        self._progress_at = time.monotonic()
+        self._progress_at = self.clock()
         self._handlers = {
             Do.SEND: self._send_event,
             Do.SEND_AFTER_DATA: self._send_after_data_event,
@@ -144,7 +147,7 @@ class Tunnel:
         """
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
-        request = self.channels.open(host, port, time.monotonic())
+        request = self.channels.open(host, port, self.clock())
         relay = StreamRelay(self, request.channel, sock)
         answer = relay.answer = AsyncResult()
         self.send_control(request.value)
@@ -161,7 +164,7 @@ class Tunnel:
 
     def answer(self, channel: Channel, status: ConnectStatus, elapsed_ms: int) -> bool:
         """Server side: answer a connect request; False when nobody waits for it any more."""
-        self.perform(self.channels.answer(channel, status, elapsed_ms, time.monotonic()))
+        self.perform(self.channels.answer(channel, status, elapsed_ms, self.clock()))
         return self.channels.is_live(channel)
 
     def attach(self, channel: Channel, sock: socket.socket) -> StreamRelay:
@@ -232,7 +235,7 @@ class Tunnel:
             self._busy = True
             gevent.spawn(self._write_backlog)
         else:
-            self._progress_at = time.monotonic()
+            self._progress_at = self.clock()
 
     def _write_backlog(self) -> None:
         seal_all, sock = self.session.seal_all, self.sock
@@ -243,7 +246,7 @@ class Tunnel:
                     unsent, self._unsent = self._unsent, None
                     send_all(sock, unsent)
                     self._queued -= len(unsent)
-                self._progress_at = time.monotonic()
+                self._progress_at = self.clock()
                 if self._queued < DATA_QUEUE_LIMIT:
                     self._space.set()
                 if not control and not data:
@@ -327,7 +330,7 @@ class Tunnel:
         since_yield = 0
         try:
             if pipelined:
-                self._dispatch(receive(feed(pipelined), time.monotonic()))
+                self._dispatch(receive(feed(pipelined), self.clock()))
             while not self.closed.is_set():
                 count = recv_into(buffer)
                 if not count:
@@ -336,7 +339,7 @@ class Tunnel:
                     level = logging.INFO if self.planned else logging.WARNING
                     log.log(level, "%s: peer closed the tunnel", self.name)
                     return
-                self._dispatch(receive(feed(view[:count]), time.monotonic()))
+                self._dispatch(receive(feed(view[:count]), self.clock()))
                 since_yield += count
                 if since_yield >= YIELD_EVERY:
                     since_yield = 0
@@ -363,11 +366,11 @@ class Tunnel:
                 continue
             relay = channel.handler if channel is not None else None
             if relay is not None and relay.arrived:
-                relay.deliver_arrived(time.monotonic())
+                relay.deliver_arrived(self.clock())
             if kind is Do.OVER_BOUND and relay is not None:
                 over.append(relay)
             handlers[kind](channel, value)
-        now = time.monotonic()
+        now = self.clock()
         for relay in touched:
             relay.deliver_arrived(now)
         self._flush()  # the window updates those deliveries earned leave now
@@ -379,7 +382,7 @@ class Tunnel:
         takes enough, for at most ``LEGACY_STALL`` seconds counted from the wait's start or
         from when its socket began to refuse data, whichever is earlier; then the stream is
         cut. So several stalled readers cost the other streams about one stall, not one each."""
-        now = time.monotonic()
+        now = self.clock()
         if relay.wait_below_bound(min(now, relay.blocked_since or now) + LEGACY_STALL):
             return
         log.warning(
@@ -395,11 +398,14 @@ class Tunnel:
     def _sweep_loop(self) -> None:
         interval = min(SWEEP_INTERVAL, self.channels.keepalive / 3)
         while not self.closed.wait(interval):
-            now = time.monotonic()
-            self.perform(self.channels.sweep(now))
-            if self._busy and now - self._progress_at > WRITE_STALL:
-                log.warning("%s: peer took no bytes for %gs, closing", self.name, WRITE_STALL)
-                self.close(planned=False)
+            self.sweep(self.clock())
+
+    def sweep(self, now: float) -> None:
+        """Apply every deadline due at ``now``: idle streams, keepalive, a stalled socket."""
+        self.perform(self.channels.sweep(now))
+        if self._busy and now - self._progress_at > WRITE_STALL:
+            log.warning("%s: peer took no bytes for %gs, closing", self.name, WRITE_STALL)
+            self.close(planned=False)
 
 
 __all__ = ["Exhausted", "Tunnel", "TunnelClosed"]
