@@ -298,7 +298,9 @@ class Tunnel:
 
     def _connect_event(self, channel: Channel, _: object) -> None:
         if self._on_connect_request is None:
-            self.perform(self.channels.answer(channel, ConnectStatus.GENERAL_FAILURE, 0, 0.0))
+            self.perform(
+                self.channels.answer(channel, ConnectStatus.GENERAL_FAILURE, 0, self.clock())
+            )
         else:
             self._on_connect_request(self, channel)
 
