@@ -266,10 +266,13 @@ class StreamRelay:
             while backlog and self._ended is None:
                 data = backlog.popleft() if len(backlog) == 1 else b"".join(backlog)
                 backlog.clear()
-                sock.sendall(data)
+                view = memoryview(data)
+                while view:  # report each piece the socket takes: its window leaves at once
+                    sent = sock.send(view)
+                    view = view[sent:]
+                    self._written(sent, self.link.clock())
                 if not backlog:
                     self.blocked_since = None
-                self._written(len(data), self.link.clock())
             if self._ended is None and self._peer_eof:
                 self._finish_inbound()
         except OSError as error:
