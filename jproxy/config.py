@@ -66,7 +66,8 @@ def add_tunnel_options(parser: argparse.ArgumentParser) -> None:
         "--grace",
         type=float,
         metavar="S",
-        help="on SIGTERM, seconds open streams may finish before they are reset (5)",
+        help="on SIGTERM, seconds open streams may finish before they are reset"
+        " (server 5, client 1)",
     )
 
 
