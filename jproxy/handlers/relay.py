@@ -170,8 +170,13 @@ class StreamRelay:
         if self._backlog or self._peer_eof:
             self._start_writer()  # what arrived before the stream's socket was ready
         try:
-            if self._ended is None:
-                self._pump(early_data)
+            if self._ended is None and self._pump(early_data) and self._done.is_set():
+                # Local EOF, and the peer's direction is already done: the half-close and the
+                # disconnect leave together.
+                channels = self.link.channels
+                self.link.perform(
+                    channels.finish(self.channel) + channels.close(self.channel, Ending.CLOSED)
+                )
             if self.channel.ours is not Side.CLOSED:
                 self._done.wait()  # the peer's direction: its EOF or goodbye, or the sweep
             elif self._writer is not None:  # 3.0: our EOF was the goodbye; deliver, then close
@@ -184,8 +189,9 @@ class StreamRelay:
             if self._ended is None:
                 self.sock.close()
 
-    def _pump(self, pending: bytes) -> None:
-        """Local socket to tunnel, until EOF, an error, or the stream ends otherwise."""
+    def _pump(self, pending: bytes) -> bool:
+        """Local socket to tunnel, until the stream ends; True at an EOF whose half-close (or
+        3.0 disconnect) is still to be sent, when the peer's direction is already done."""
         link, channels, channel, sock = self.link, self.link.channels, self.channel, self.sock
         counters, tuning = link.counters, link.tuning
         since_yield = 0
@@ -194,13 +200,15 @@ class StreamRelay:
                 allowance = channels.allowance(channel)
                 if not allowance:
                     if not self._wait_for_window():
-                        return
+                        return False
                     continue
                 if not pending:
                     pending = sock.recv(min(tuning.buffer_size, allowance))
                     if not pending:
+                        if self._done.is_set():
+                            return True
                         link.perform(channels.finish(channel))
-                        return
+                        return False
                     allowance = channels.allowance(channel)
                     if not allowance:
                         continue
@@ -221,6 +229,7 @@ class StreamRelay:
             if self._ended is None and not self._done.is_set():
                 log.debug("stream %d: local read failed: %s", channel.id, error)
                 self.abort(Ending.RESET)
+        return False
 
     def _wait_for_window(self) -> bool:
         """Wait for window credit; False when nothing more may be sent on this stream."""

@@ -174,19 +174,14 @@ class Tunnel:
     # --- sending ----------------------------------------------------------------------------
 
     def perform(self, events: list[CoreEvent]) -> None:
-        """Carry out the core's commands."""
+        """Carry out the core's commands; the messages among them leave in one send."""
         handlers = self._handlers
         for kind, channel, value in events:
             handlers[kind](channel, value)
+        self._flush()
 
     def send_control(self, message: bytes) -> None:
-        if self.closed.is_set():
-            return
-        if len(self._control) >= CONTROL_QUEUE_LIMIT:
-            log.warning("%s: peer does not read our answers, closing the tunnel", self.name)
-            self.close(planned=False)
-            return
-        self._control.append(message)
+        self._queue_control(message)
         self._flush()
 
     def send_data(self, messages: list[bytes]) -> None:
@@ -202,15 +197,25 @@ class Tunnel:
         self._data.extend(messages)
         self._queued += sum(map(len, messages))
 
-    def _send_after_data(self, message: bytes) -> None:
+    def _queue_control(self, message: bytes) -> None:
+        """Queue a control message; the caller flushes (``perform``, or the end of a chunk)."""
+        if self.closed.is_set():
+            return
+        if len(self._control) >= CONTROL_QUEUE_LIMIT:
+            log.warning("%s: peer does not read our answers, closing the tunnel", self.name)
+            self.close(planned=False)
+            return
+        self._control.append(message)
+
+    def _queue_after_data(self, message: bytes) -> None:
+        """Queue a half-close or disconnect behind the data already queued."""
         if not self.closed.is_set():
             self._data.append(message)
             self._queued += len(message)
-            self._flush()
 
     def _flush(self) -> None:
         """Send what is queued now, unless a writer greenlet already owns the socket."""
-        if self._busy:
+        if self._busy or self.closed.is_set():
             return
         messages = list(self._control)
         self._control.clear()
@@ -275,10 +280,10 @@ class Tunnel:
     # --- the core's commands ----------------------------------------------------------------
 
     def _send_event(self, channel: Channel | None, message: bytes) -> None:
-        self.send_control(message)
+        self._queue_control(message)
 
     def _send_after_data_event(self, channel: Channel | None, message: bytes) -> None:
-        self._send_after_data(message)
+        self._queue_after_data(message)
 
     def _window_event(self, channel: Channel, _: object) -> None:
         if channel.handler is not None:
