@@ -26,7 +26,7 @@ from gevent.event import AsyncResult, Event
 
 from jproxy.channels import LEGACY_BOUND, Channel, Channels, Ending, Side
 from jproxy.channels import Event as CoreEvent
-from jproxy.handlers.sockets import reset, send_now
+from jproxy.handlers.sockets import reset, send_now, wait_readable
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 
@@ -194,7 +194,7 @@ class StreamRelay:
         3.0 disconnect) is still to be sent, when the peer's direction is already done."""
         link, channels, channel, sock = self.link, self.link.channels, self.channel, self.sock
         counters, tuning = link.counters, link.tuning
-        since_yield = 0
+        since_yield, idle = 0, True
         try:
             while True:
                 allowance = channels.allowance(channel)
@@ -203,7 +203,11 @@ class StreamRelay:
                         return False
                     continue
                 if not pending:
-                    pending = sock.recv(min(tuning.buffer_size, allowance))
+                    wanted = min(tuning.buffer_size, allowance)
+                    if idle:
+                        wait_readable(sock)
+                    pending = sock.recv(wanted)
+                    idle = len(pending) < wanted  # a full read: more is likely waiting
                     if not pending:
                         if self._done.is_set():
                             return True

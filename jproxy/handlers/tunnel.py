@@ -25,7 +25,7 @@ from gevent.event import AsyncResult, Event
 from jproxy.channels import Channel, Channels, Do, Ending, Exhausted, ProtocolViolation
 from jproxy.channels import Event as CoreEvent
 from jproxy.handlers.relay import StreamRelay
-from jproxy.handlers.sockets import send_all, send_now
+from jproxy.handlers.sockets import send_all, send_now, wait_readable
 from jproxy.metrics import Counters
 from jproxy.session import Session
 from jproxy.tuning import RelayTuning
@@ -338,7 +338,10 @@ class Tunnel:
         try:
             if pipelined:
                 self._dispatch(receive(feed(pipelined), self.clock()))
+            count = 0
             while not self.closed.is_set():
+                if count < READ_SIZE:  # the last read emptied the socket: wait before reading
+                    wait_readable(self.sock)
                 count = recv_into(buffer)
                 if not count:
                     self.session.finish()
