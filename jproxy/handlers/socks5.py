@@ -17,6 +17,7 @@ from gevent.server import StreamServer
 
 from jproxy.channels import Exhausted
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.sockets import send_all
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.socks5 import (
     ConnectRequested,
@@ -99,10 +100,10 @@ class Socks5Listener:
                     return None
                 for event in core.receive(data):
                     if isinstance(event, Send):
-                        sock.sendall(event.data)
+                        send_all(sock, event.data)
                     elif isinstance(event, Rejected):
                         log.info("SOCKS client %s:%d refused: %s", peer[0], peer[1], event.reason)
-                        sock.sendall(event.data)
+                        send_all(sock, event.data)
                         return None
                     else:
                         return event
@@ -123,7 +124,7 @@ class Socks5Listener:
             self._refuse(sock, core, reply_code_for(status))
             return
         try:
-            sock.sendall(core.reply(ReplyCode.SUCCEEDED))
+            send_all(sock, core.reply(ReplyCode.SUCCEEDED))
         except OSError:
             pass  # the relay notices the dead socket and ends the stream
         counters = self.tunnels.counters
@@ -136,7 +137,7 @@ class Socks5Listener:
     @staticmethod
     def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
         try:
-            sock.sendall(core.reply(code))
+            send_all(sock, core.reply(code))
         except OSError:
             pass
         sock.close()
