@@ -48,6 +48,9 @@ STOP_TIMEOUT = 5.0
 TARGET_LIFETIME = 1800.0
 """The target process serves no connection longer than this (the whole run is far shorter)."""
 
+LOOPBACK_EGRESS = ("--allow-egress", f"{LOOPBACK}/32")
+"""The targets listen on loopback, which the server's egress policy denies unless allowed."""
+
 DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
 
 MB = 1_000_000
@@ -233,7 +236,7 @@ def start_gjproxy(dialect: str, workdir: Path, stack: ExitStack) -> tuple[list[S
     save_user(record, workdir / "users")
     server_flags, client_flags = DIALECT_FLAGS[dialect]
     gjproxy = [sys.executable, "-m", "jproxy"]
-    listen = ["--listen", f"{LOOPBACK}:0", "--users", "users"]
+    listen = ["--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS]
     server = Service("server", [*gjproxy, "server", *listen, *server_flags], workdir)
     stack.callback(server.stop)
     tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)

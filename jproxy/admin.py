@@ -247,6 +247,16 @@ def format_users(users: Mapping[str, int]) -> str:
     return ",".join(kept) + TRUNCATED_SUFFIX if kept else TRUNCATED_SUFFIX[1:]
 
 
+def format_dns(counters: Counters) -> str:
+    """``doh=5,failures=0,ms=42,hits=7,misses=5``: DoH lookups, failed ones and their total
+    time in milliseconds, then the DNS cache's hits and misses."""
+    return (
+        f"doh={counters.doh_lookups},failures={counters.doh_failures},"
+        f"ms={round(counters.doh_lookup_seconds * 1000)},"
+        f"hits={counters.dns_cache_hits},misses={counters.dns_cache_misses}"
+    )
+
+
 def _reading(value: Callable[[], object]) -> MethodHandler:
     """A method without parameters that reports ``value()``."""
 
@@ -280,6 +290,8 @@ def server_methods(counters: Counters, tuning: RelayTuning) -> dict[Method, Meth
         Method.GET_BUFFER_SIZE: _reading(lambda: tuning.buffer_size),
         Method.USERS_CONNECTED: _reading(lambda: format_users(counters.users_connected)),
         Method.TUNNELS_OPEN: _reading(lambda: counters.tunnels_open),
+        Method.DNS_LOOKUPS: _reading(lambda: format_dns(counters)),
+        Method.DATAGRAMS_DROPPED: _reading(lambda: format_users(counters.datagrams_dropped)),
     }
 
 

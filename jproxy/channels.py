@@ -34,6 +34,7 @@ Adding a kind of channel (UDP associations and ICMP echoes share this id space o
 from __future__ import annotations
 
 import enum
+from collections.abc import Container
 from typing import Any, NamedTuple
 
 from schemas.errors import WireError
@@ -255,6 +256,9 @@ class Channels:
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
         self.channels: dict[int, Channel] = {}
+        self.other_channels: Container[int] = ()
+        """Ids that UDP associations and ICMP echoes hold (``jproxy.datagrams``): the wire has
+        one id space for every kind, so they are neither handed out nor accepted here."""
         self.heard_at = now
         self.pinged_at = now
         self.dropped_bytes = 0
@@ -504,7 +508,7 @@ class Channels:
     def _on_connect_request(
         self, now: float, channel_id: int, port: int, _address_type: Any, host: str
     ) -> list[Event]:
-        if channel_id in self.channels:
+        if channel_id in self.channels or channel_id in self.other_channels:
             text = f"refused connect: connection id {channel_id} is still in use"
             reply = self._connect_reply(channel_id, ConnectStatus.GENERAL_FAILURE, 0)
             return [Event(Do.WARNING, None, text), Event(Do.SEND, None, reply)]
@@ -606,7 +610,7 @@ class Channels:
         for _ in range(ID_SPACE):
             candidate = self._next_id
             self._next_id = (self._next_id + 1) % ID_SPACE
-            if candidate not in self.channels:
+            if candidate not in self.channels and candidate not in self.other_channels:
                 return candidate
         raise Exhausted("no free connection id")
 

@@ -7,10 +7,14 @@ import importlib
 import logging
 import pkgutil
 import sys
+from importlib import metadata
 
 from jproxy import commands
+from jproxy.handlers.logs import repeat_limited
 
 USAGE_ERROR = 2
+INTERRUPTED = 130
+"""128 + SIGINT, the status a shell reports for a command ended by Ctrl-C."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,26 +25,50 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(USAGE_ERROR)
 
 
+def version() -> str:
+    """The installed package's version; a source tree that was never installed says so."""
+    try:
+        return metadata.version("gjproxy")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gjproxy",
         description="An encrypted jProxy 3 tunnel: a local SOCKS5 client, the tunnel server, "
-        "and their tools.",
+        "and their tools. `gjproxy COMMAND --help` describes each command.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug details (default: off)"
+    )
+    parser.add_argument("--version", action="version", version=f"gjproxy {version()}")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", title="commands", parser_class=_Parser
+    )
+    parser.set_defaults(command_line=parser)  # for `gjproxy docs`, which describes it
     for module in pkgutil.iter_modules(commands.__path__):
         importlib.import_module(f"{commands.__name__}.{module.name}").register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return USAGE_ERROR
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[repeat_limited(logging.StreamHandler())],
     )
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        # Ctrl-C at a prompt or during a wait; the servers handle SIGINT themselves.
+        sys.stderr.write(f"\ngjproxy {args.command}: interrupted\n")  # first ends a prompt's line
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

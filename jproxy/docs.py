@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import enum
 import importlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import construct as c
-from construct.expr import BinExpr, opnames
 
-from schemas import jproxy
-from schemas.fields import StrictEnum
+from jproxy.crypto import MAX_MESSAGE
+from schemas import introspect, jproxy
+from schemas.fast import TCP_PACKET
 
-SCHEMA_MODULES = ("schemas.jproxy", "schemas.keys", "schemas.admin", "schemas.socks5")
+SCHEMA_MODULES = (
+    "schemas.jproxy",
+    "schemas.keys",
+    "schemas.admin",
+    "schemas.socks5",
+    "schemas.icmp",
+)
 """Documented in this order; a module not written yet is left out until it lands."""
 
 INTRO = """\
@@ -81,7 +86,8 @@ DIALECTS_AFTER = """\
 A server accepts 3.0 only when started with `--allow-legacy`; otherwise, and for any unknown
 minor version, it answers the hello with status 1 and logs the reason. A 3.1 client never
 falls back to 3.0 on its own: when it cannot unwrap the session key it reports that the server
-looks like a 3.0 server and names the option that selects that dialect."""
+looks like a 3.0 server and says what to do: for the Java server, use `--dialect 3.0`; for a
+gjproxy server, start it with `--allow-legacy` and use `--dialect 3.0`."""
 
 ERRATA_TEXT = """\
 ## Errata: PROTOCOL.md and KEYS.md against the wire
@@ -111,18 +117,49 @@ ERRATA = (
     ),
 )
 
-ERRATA_AFTER = """\
-Other behaviour of the Java implementation seen on the wire, and what gjproxy does instead:
+_MOST_DATA = {dialect: MAX_MESSAGE[dialect] - TCP_PACKET.header_size for dialect in jproxy.Dialect}
+"""The most stream data gjproxy puts in one TCP packet: what one frame carries, per dialect."""
+
+ERRATA_AFTER = f"""\
+Other behaviour of the Java implementation, seen on the wire and by running its client, server
+and keygen against gjproxy, and what gjproxy does instead:
 
 - The Java client appends one zero byte to its TCP disconnect (5 bytes instead of 4); the
   schema accepts it and gjproxy never sends it.
 - The Java server accepts any minor version (a hello with minor 9 got status 0); gjproxy
   refuses every minor but 1, and 0 without `--allow-legacy`.
+- The Java server logs a refused version as "MINOR VERSION MISMATCH" followed by the major
+  byte, not the minor; gjproxy's log names the minor version it refused.
 - The Java server never answers a disconnect, and its client reuses a connection id at once;
   in 3.1 gjproxy answers every disconnect and frees an id only when both sides are done (see
   architecture.md). In 3.0 it keeps the Java behaviour.
+- The Java client frees a connection id twice when its local side closes before the server's
+  disconnect arrives; two later streams then get the same id and receive each other's data
+  (reproduced between the Java client and the Java server). In gjproxy an id belongs to one
+  stream until that stream is forgotten, once, and ids are handed out in rotation, so a freed
+  id is the last to be used again.
+- The Java server takes a connect for an id that is still open as a new stream in place of
+  the old one; gjproxy refuses it with status 1 (general failure), logs a warning and keeps
+  the old stream.
+- The Java server never answers a connect it fails to process (it logged "Unknown address
+  type: 4" for one), and the Java client has no time limit for the answer, so its SOCKS
+  client waits forever. The gjproxy client gives up after 20 s and
+  answers its SOCKS client with reply 1.
 - The Java server ignores a frame with n = 0 and messages it does not know; gjproxy does the
-  same in 3.0, while in 3.1 n = 0 and malformed messages end the tunnel."""
+  same in 3.0, while in 3.1 n = 0 and malformed messages end the tunnel.
+- The Java programs put at most 2048 data bytes in a TCP packet; gjproxy fills its frames (up
+  to {_MOST_DATA[jproxy.Dialect.LEGACY_3_0]} data bytes in 3.0,\
+ {_MOST_DATA[jproxy.Dialect.SECURE_3_1]} in 3.1), and the Java programs read those packets.
+- The Java client exits with status 0 whenever its tunnel ends, and when its login is
+  refused, and never reconnects. The gjproxy client rebuilds a broken tunnel by itself, and
+  exits with status 1 only on a login error that retrying cannot fix.
+- Both Java programs listen on all interfaces. By default the gjproxy client's SOCKS port
+  and the server's admin port listen on 127.0.0.1 only; the tunnel server listens on all
+  interfaces, as it is meant to be reached.
+- The Java keygen writes the user file's name with `DataOutputStream.writeUTF`, and the
+  server reads it with `readUTF`: Java's modified UTF-8, in which a character beyond U+FFFF
+  takes 6 bytes (two surrogates) and NUL is C0 80. gjproxy reads and writes the same, and
+  refuses a name in standard UTF-8 (4-byte sequences) with a message that says so."""
 
 
 @dataclass(frozen=True)
@@ -204,105 +241,70 @@ def _table_line(cells: Sequence[str]) -> str:
 
 def packet_rows(schema: c.Construct) -> list[Row]:
     """One row per field of a top-level packet, nested structs flattened to dotted names."""
-    rows, _ = _struct_rows(schema, prefix="", context="", offset=0)
-    return rows
-
-
-def _struct_rows(
-    struct: c.Struct, prefix: str, context: str, offset: int | None
-) -> tuple[list[Row], int | None]:
-    """Rows of ``struct``'s fields; ``context`` (the enclosing field's doc) opens the first."""
-    rows: list[Row] = []
-    for field in struct.subcons:
-        size = _fixed_size(field)
-        if not field.name and (field is c.Terminated or size == 0):
+    rows = []
+    for field in introspect.fields(schema):
+        if not field.path and field.size == 0:
             continue  # checks that occupy no bytes, like the end-of-packet check
-        name = f"{prefix}{field.name or '(unnamed)'}"
-        meaning = f"{context}: {field.docs}" if context and not rows else field.docs
-        inner = _unrenamed(field)
-        if isinstance(inner, c.Struct):
-            nested, offset = _struct_rows(inner, f"{name}.", meaning, offset)
-            rows += nested
-            continue
-        values = _enum_values(field)
+        meaning = ": ".join((*field.opens, field.description)) if field.opens else field.description
+        values = _enum_values(field.shape)
         rows.append(
             Row(
-                offset="var" if offset is None else str(offset),
-                length=_length(field),
-                name=name,
+                offset="var" if field.offset is None else str(field.offset),
+                length=_length(field.shape),
+                name=field.path or "(unnamed)",
                 meaning=f"{meaning}; values: {values}" if values else meaning,
             )
         )
-        offset = None if offset is None or size is None else offset + size
-    return rows, offset
+    return rows
 
 
-def _unrenamed(field: c.Construct) -> c.Construct:
-    while isinstance(field, c.Renamed):
-        field = field.subcon
-    return field
-
-
-def _enum_values(field: c.Construct) -> str:
+def _enum_values(shape: introspect.Shape) -> str:
     """``"OK = 0, REFUSED = 1"`` for a StrictEnum field, else ``""``."""
-    while isinstance(field, c.Subconstruct):
-        if isinstance(field, StrictEnum):
-            return ", ".join(f"{member.name} = {member.value}" for member in field.enum_type)
-        field = field.subcon
+    if isinstance(shape, introspect.Integer) and shape.enum_type is not None:
+        return ", ".join(f"{member.name} = {member.value}" for member in shape.enum_type)
     return ""
 
 
-def _fixed_size(field: c.Construct) -> int | None:
-    try:
-        return field.sizeof()
-    except (c.SizeofError, LookupError):  # depends on earlier fields or parameters
-        return None
-
-
-def _length(field: c.Construct) -> str:
+def _length(shape: introspect.Shape) -> str:
     """The field's length in bytes, or the expression that gives it."""
-    size = _fixed_size(field)
-    if size is not None:
-        return str(size)
-    if isinstance(field, c.Bytes):
-        return expression(field.length)
-    if field is c.GreedyBytes:
+    if shape.size is not None:
+        return str(shape.size)
+    if isinstance(shape, introspect.Blob):
+        return expression(shape.length)
+    if isinstance(shape, introspect.Rest):
         return "rest"
-    if isinstance(field, c.Prefixed):
-        return f"{_length(field.lengthfield)} + n"
-    if isinstance(field, c.Array):
-        return _times(expression(field.count), _length(field.subcon))
-    if isinstance(field, c.IfThenElse):
+    if isinstance(shape, introspect.Prefixed):
+        return f"{_length(shape.length)} + n"
+    if isinstance(shape, introspect.Repeat):
+        return _times(expression(shape.count), _length(shape.element))
+    if isinstance(shape, introspect.Conditional):
         return (
-            f"{_length(field.thensubcon)} if {expression(field.condfunc)},"
-            f" else {_length(field.elsesubcon)}"
+            f"{_length(shape.then)} if {expression(shape.condition)},"
+            f" else {_length(shape.otherwise)}"
         )
-    if isinstance(field, c.Select):
-        return " or ".join(_length(choice) for choice in field.subcons)
-    if isinstance(field, c.Switch):
-        return _switch_length(field)
-    if isinstance(field, c.Struct | c.Sequence | c.FocusedSeq):
-        return _sum(field.subcons)
-    if isinstance(field, c.Subconstruct):
-        return _length(field.subcon)
+    if isinstance(shape, introspect.Choice):
+        return " or ".join(_length(option) for option in shape.options)
+    if isinstance(shape, introspect.Switch):
+        return _switch_length(shape)
+    if isinstance(shape, introspect.Record):
+        return _sum([field.shape for field in shape.fields])
     return "var"
 
 
-def _switch_length(field: c.Switch) -> str:
-    cases = [f"{_length(sub)} if {_value(key)}" for key, sub in field.cases.items()]
-    if field.default is not c.Error:
-        cases.append(f"else {_length(field.default)}")
-    return f"by {expression(field.keyfunc)}: {', '.join(cases)}"
+def _switch_length(shape: introspect.Switch) -> str:
+    cases = [f"{_length(case)} if {_value(key)}" for key, case in shape.cases.items()]
+    if shape.default is not None:
+        cases.append(f"else {_length(shape.default)}")
+    return f"by {expression(shape.key)}: {', '.join(cases)}"
 
 
-def _sum(fields: list[c.Construct]) -> str:
+def _sum(shapes: list[introspect.Shape]) -> str:
     fixed, terms = 0, []
-    for field in fields:
-        size = _fixed_size(field)
-        if size is None:
-            terms.append(_length(field))
+    for shape in shapes:
+        if shape.size is None:
+            terms.append(_length(shape))
         else:
-            fixed += size
+            fixed += shape.size
     return " + ".join(([str(fixed)] if fixed else []) + terms) or "0"
 
 
@@ -312,30 +314,16 @@ def _times(count: str, each: str) -> str:
     return f"{count}*{each}" if each.isdigit() else f"{count}*({each})"
 
 
-_CONTEXT_PATH = re.compile(r"this((?:\['\w+'\])+)")
-_ENUM_REPR = re.compile(r"<\w+\.(\w+): -?\d+>")
-_HIDDEN_PATH_PARTS = {"_params", "_", "_root"}
-
-
 def expression(expr: Any) -> str:
     """A construct expression as a reader writes it: ``this.blocks * 16`` -> ``blocks * 16``."""
-    if isinstance(expr, BinExpr):
-        operands = [
-            f"({expression(side)})" if isinstance(side, BinExpr) else expression(side)
-            for side in (expr.lhs, expr.rhs)
-        ]
-        return f"{operands[0]} {opnames[expr.op]} {operands[1]}"
-    if isinstance(expr, int | str | bytes):
-        return _value(expr)
-    if callable(expr) and not isinstance(expr, c.ExprMixin):
-        return "computed"
-    text = _CONTEXT_PATH.sub(_dotted_path, repr(expr))
-    return _ENUM_REPR.sub(r"\1", text).replace("len_(", "len(")
-
-
-def _dotted_path(match: re.Match[str]) -> str:
-    parts = re.findall(r"\['(\w+)'\]", match.group(1))
-    return ".".join(part for part in parts if part not in _HIDDEN_PATH_PARTS)
+    return introspect.render_expression(
+        expr,
+        path=lambda parts, _param: ".".join(parts),
+        value=_value,
+        operator=lambda name: name,
+        computed="computed",
+        length=lambda text: f"len({text})",
+    )
 
 
 def _value(value: Any) -> str:

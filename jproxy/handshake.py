@@ -12,32 +12,31 @@ from __future__ import annotations
 
 import enum
 
-import construct as c
-
 from jproxy.crypto import KeyUnwrapError, new_session_key, unwrap_key, wrap_key
 from jproxy.keys import ClientKey, UserDirectory, UserRecord
 from jproxy.session import Role, Session
 from schemas import WireError, build, parse
+from schemas.introspect import field, packed_size
 from schemas.jproxy import (
+    MAGIC,
     MAJOR_VERSION,
+    SECURE_ONLY,
     Dialect,
+    Direction,
     HandshakeStatus,
     Hello,
     HelloReply,
     LoginReply,
     LoginRequest,
     LoginStatus,
+    MessageType,
+    parse_message,
 )
 
-
-def _fixed_size(schema: c.Construct) -> int:
-    return sum(field.sizeof() for field in schema.subcons if field is not c.Terminated)
-
-
-HELLO_SIZE = _fixed_size(Hello)
-HELLO_REPLY_SIZE = _fixed_size(HelloReply)
-LOGIN_REQUEST_SIZE = _fixed_size(LoginRequest)
-LOGIN_STATUS_SIZE = LoginReply.subcons[0].sizeof()
+HELLO_SIZE = packed_size(Hello)
+HELLO_REPLY_SIZE = packed_size(HelloReply)
+LOGIN_REQUEST_SIZE = packed_size(LoginRequest)
+LOGIN_STATUS_SIZE = field(LoginReply, "status").size
 
 _HELLO_ACCEPTED = build(HelloReply, {"status": HandshakeStatus.OK})
 _HELLO_REFUSED = build(HelloReply, {"status": HandshakeStatus.REFUSED})
@@ -68,6 +67,8 @@ class _Core:
     def __init__(self) -> None:
         self.phase = Phase.HELLO
         self.session: Session | None = None
+        self.key_log_entry: tuple[bytes, bytes] | None = None
+        """on success: the wrapped and the plain session key, for a key log"""
         self.leftover = b""
         self._buffer = bytearray()
 
@@ -116,6 +117,7 @@ class ServerHandshake(_Core):
         self.allow_legacy = allow_legacy
         self.dialect: Dialect | None = None
         self.user: UserRecord | None = None
+        self.proof: LoginProof | None = None
         self.refusal = ""
 
     def _message_size(self) -> int:
@@ -132,10 +134,9 @@ class ServerHandshake(_Core):
         return reply
 
     def _on_hello(self, message: bytes) -> bytes:
-        try:
-            hello = parse(Hello, message)
-        except WireError:
-            return self._refuse(f"not a jProxy hello: {message!r}", _HELLO_REFUSED)
+        if not message.startswith(MAGIC):  # a scanner learns nothing: no reply at all
+            return self._refuse(f"not a jProxy hello: {message!r}", b"")
+        hello = parse(Hello, message)
         if hello.major != MAJOR_VERSION:
             return self._refuse(f"refused major version {hello.major}", _HELLO_REFUSED)
         try:
@@ -156,15 +157,57 @@ class ServerHandshake(_Core):
         login_hash = parse(LoginRequest, message).login_hash
         user = self.users.lookup(login_hash)
         if user is None:
-            return self._refuse(f"unknown login hash {login_hash.hex()[:16]}...", _LOGIN_FAILED)
+            # The hash in full and in upper case: the name of the user file the server lacks.
+            name = login_hash.hex().upper()
+            return self._refuse(f"unknown login hash {name}: no users/{name}.dat", _LOGIN_FAILED)
         session_key = new_session_key()
         wrapped = wrap_key(user.public_key, session_key, self.dialect)
         self.user = user
         self.session = Session(self.dialect, session_key, Role.SERVER)
+        self.key_log_entry = (wrapped, session_key)
+        self.proof = LoginProof(self.dialect, session_key)
         self.phase = Phase.DONE
         return build(
             LoginReply, {"status": LoginStatus.OK, "wrapped_key": wrapped}, key_size=len(wrapped)
         )
+
+
+MAX_PROOF_BYTES = 4 * 4096
+"""Bytes a client may send after its login hash without completing one message (3.0 may send
+empty frames): beyond them the login is not proven."""
+
+
+class LoginProof:
+    """Checks that the first frame of a fresh session opens to a well-formed client message.
+
+    The login hash travels in clear, so only a frame sealed with the session key (which only
+    the holder of the private key can unwrap) proves who logged in. The proof opens frames with
+    its own copy of the server's session (opening the same frames twice is safe; only sealing
+    must never reuse a nonce) and keeps every byte, so the real session can open them again in
+    order: ``received`` is what the tunnel gets as its first bytes. ``WireError`` (or its
+    ``FrameError``) when the bytes cannot be a real client's.
+    """
+
+    def __init__(self, dialect: Dialect, session_key: bytes) -> None:
+        self.dialect = dialect
+        self.proven = False
+        self.received = b""
+        self._session = Session(dialect, session_key, Role.SERVER)
+
+    def receive(self, data: bytes) -> bool:
+        """Feed bytes the client sent after login; True once one well-formed message came."""
+        if self.proven:
+            raise RuntimeError("the login is already proven")
+        self.received += data
+        for message in self._session.feed(data):
+            _, fields = parse_message(message, Direction.CLIENT_TO_SERVER)
+            if self.dialect is Dialect.LEGACY_3_0 and MessageType(fields.type) in SECURE_ONLY:
+                raise WireError("Message", "type", "a 3.1 message in a 3.0 tunnel")
+            self.proven = True
+            return True
+        if len(self.received) > MAX_PROOF_BYTES:
+            raise WireError("Frame", "", f"no message in the first {MAX_PROOF_BYTES} bytes")
+        return False
 
 
 class LoginError(Exception):
@@ -204,8 +247,9 @@ class KeyRejected(FatalLoginError):
 class LegacyServer(FatalLoginError):
     def __init__(self) -> None:
         super().__init__(
-            "this server looks like a jProxy 3.0 server: use --dialect 3.0"
-            " (and the server needs --allow-legacy)"
+            "this server looks like a jProxy 3.0 server: for the Java server, use"
+            " --dialect 3.0; for a gjproxy server, start it with --allow-legacy and use"
+            " --dialect 3.0"
         )
 
 
@@ -264,6 +308,7 @@ class ClientHandshake(_Core):
             raise KeyRejected()
         session_key = self._unwrap(reply.wrapped_key)
         self.session = Session(self.dialect, session_key, Role.CLIENT)
+        self.key_log_entry = (reply.wrapped_key, session_key)
         self.phase = Phase.DONE
 
     def _unwrap(self, wrapped: bytes) -> bytes:

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from schemas import WireError, build, parse
-from schemas.keys import SALT_SIZE, ClientKeyFile, UserFile
+from schemas.keys import SALT_SIZE, ClientKeyFile, UserFile, encode_modified_utf8
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class UserRecord:
 def _check_user_name(user: str) -> None:
     if not user or not user.isprintable():
         raise ValueError("a user name must be non-empty printable text")
-    if len(user.encode("utf-8")) > MAX_USER_NAME_SIZE:
-        raise ValueError(f"a user name must be at most {MAX_USER_NAME_SIZE} bytes of UTF-8")
+    if len(encode_modified_utf8(user)) > MAX_USER_NAME_SIZE:
+        raise ValueError(
+            f"a user name must be at most {MAX_USER_NAME_SIZE} bytes in Java's modified UTF-8"
+        )
 
 
 def _check_rsa_size(key: rsa.RSAPrivateKey | rsa.RSAPublicKey, where: str) -> None:
@@ -113,8 +116,15 @@ def generate(user: str) -> tuple[ClientKey, UserRecord]:
 
 
 def _read(path: Path, what: str) -> bytes:
+    """The file's bytes; only a regular file is read (a FIFO or device would block or never end).
+
+    O_NONBLOCK makes even opening a FIFO return at once, so no reload can freeze the server.
+    """
     try:
-        with path.open("rb") as file:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KeyFileError(f"{path}: not a regular file, not read as a {what}")
             data = file.read(MAX_KEY_FILE_SIZE + 1)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such {what}") from None
@@ -144,9 +154,43 @@ def _write_new(path: Path, data: bytes) -> None:
         file.write(data)
 
 
+def require_private(path: str | Path) -> None:
+    """Refuse a key file that group or others may read or write, as ssh refuses one."""
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot read client key file: {error.strerror}") from None
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{path}: mode {mode:04o} lets group or others read it; a private key must be"
+            f" private to its owner: chmod 600 {path}"
+        )
+
+
+def _user_file_name(data: bytes) -> str | None:
+    """The user name when ``data`` is a valid server user file, else None."""
+    try:
+        fields = parse(UserFile, data)
+        _rsa_public_key(fields.public_key, "user file")
+    except (WireError, KeyFileError):
+        return None
+    return fields.user
+
+
 def load_client_key(path: str | Path) -> ClientKey:
     path = Path(path)
-    fields = _parse(ClientKeyFile, _read(path, "client key file"), path, "client key file")
+    data = _read(path, "client key file")
+    try:
+        fields = parse(ClientKeyFile, data)
+    except WireError as error:
+        user = _user_file_name(data)
+        if user is not None:
+            raise KeyFileError(
+                f"{path} is a server user file (user {user!r}), not a client key: the client"
+                " needs the key.dat that `gjproxy keygen` wrote with it"
+            ) from None
+        raise KeyFileError(f"{path}: not a valid client key file ({error})") from None
     try:
         private_key = serialization.load_der_private_key(fields.private_key, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -203,17 +247,30 @@ class UserDirectory:
     def __len__(self) -> int:
         return len(self._users)
 
+    def records(self) -> list[UserRecord]:
+        """Every user loaded, by name."""
+        return sorted(self._users.values(), key=lambda record: (record.user, record.file_name))
+
     def lookup(self, login_hash: bytes) -> UserRecord | None:
         return self._users.get(login_hash)
 
     def reload(self) -> None:
-        """Reread every user file; ``KeyFileError`` and no change if the directory is unusable."""
+        """Reread every user file; ``KeyFileError`` and no change if the directory is unusable.
+
+        The directory is listed with ``os.scandir``, which says when it cannot be read (a glob
+        would quietly find nothing, and every login would be refused).
+        """
         try:
-            paths = sorted(self.path.glob("*.dat")) if self.path.is_dir() else None
+            with os.scandir(self.path) as entries:
+                paths = sorted(
+                    self.path / entry.name for entry in entries if entry.name.endswith(".dat")
+                )
+        except FileNotFoundError:
+            raise KeyFileError(f"{self.path}: no such users directory") from None
         except OSError as error:
-            raise KeyFileError(f"{self.path}: cannot list users directory: {error}") from None
-        if paths is None:
-            raise KeyFileError(f"{self.path}: no such users directory")
+            raise KeyFileError(
+                f"{self.path}: cannot list users directory: {error.strerror or error}"
+            ) from None
         users = {}
         for path in paths:
             record = self._load_checked(path)
@@ -245,6 +302,6 @@ def reload_on_sighup(users: UserDirectory) -> gevent.signal_handler:
         try:
             users.reload()
         except KeyFileError as error:
-            log.error("SIGHUP: keeping the previous users: %s", error)
+            log.warning("SIGHUP: keeping the previous %d user(s): %s", len(users), error)
 
     return gevent.signal_handler(signal.SIGHUP, reload)

@@ -1,4 +1,4 @@
-"""Admin credentials: the scrypt hash kept in the config file, and slowing password guessing.
+"""Credentials: the scrypt hashes kept in the config file, and slowing password guessing.
 
 The config file stores ``scrypt$n=16384,r=8,p=1$<salt base64>$<hash base64>`` so that a
 leaked file does not give the password away. A failed login makes the next attempts from the
@@ -11,19 +11,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-import logging
 import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from jproxy.config import ConfigError
 from schemas.admin import MAX_FIELD_LENGTH
-
-log = logging.getLogger(__name__)
 
 SCRYPT_N = 1 << 14
 SCRYPT_R = 8
@@ -122,6 +119,52 @@ class AdminCredentials:
         return user_matches and password_matches
 
 
+@dataclass(frozen=True)
+class PasswordTable:
+    """RFC 1929 users of the server's plain SOCKS port: name -> ``scrypt$...`` hash.
+
+    A browser opens many connections, each with a login, and scrypt takes tens of
+    milliseconds: once a user's password has passed scrypt, a keyed digest of it (the key is
+    random per process) lets the next logins with the same password pass at once. A wrong
+    password always pays scrypt.
+    """
+
+    hashes: Mapping[str, str] = field(repr=False)
+    decoy: str = field(repr=False)
+    """A hash checked for unknown names, so they cost as long as known ones."""
+    _verified: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+
+    def check(self, user: bytes, password: bytes) -> bool:
+        name = user.decode("utf-8", "replace")
+        stored = self.hashes.get(name)
+        proof = hmac.new(self._key, password, hashlib.sha256).digest()
+        if stored is not None and hmac.compare_digest(proof, self._verified.get(name, b"")):
+            return True
+        matches = verify_password(password, stored or self.decoy)
+        if stored is not None and matches:
+            self._verified[name] = proof
+        return stored is not None and matches
+
+
+def load_socks_users(config: Mapping[str, Any]) -> PasswordTable:
+    """``[socks_users]``: one ``name = "scrypt$..."`` line per user (``gjproxy admin
+    hash-password`` prints the hash); a malformed entry is a ConfigError naming the user."""
+    table = config.get("socks_users", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("config: [socks_users] must be a table")
+    for name, stored in table.items():
+        check_secret_length(name, "config: [socks_users]: a user name")
+        if not isinstance(stored, str):
+            raise ConfigError(f"config: [socks_users] {name} must be a string")
+        try:
+            _parse_hash(stored)
+        except ValueError as error:
+            raise ConfigError(f"config: [socks_users] {name}: {error}") from None
+    decoy = hash_password(os.urandom(16)) if table else ""
+    return PasswordTable(dict(table), decoy)
+
+
 def _admin_string(table: Mapping[str, Any], key: str) -> str | None:
     value = table.get(key)
     if value is not None and not isinstance(value, str):
@@ -142,8 +185,8 @@ def load_admin_credentials(
 
     ``[admin] password_hash`` wins over GJPROXY_ADMIN_PASSWORD, which is hashed here at once.
     The user name comes from ``[admin] user``, else GJPROXY_ADMIN_USER. Without a password
-    there is no admin account (None; the reason is logged); a password without a user, or a
-    malformed hash, is a ConfigError.
+    there is no admin account (None: the caller decides whether that is an error); a password
+    without a user, or a malformed hash, is a ConfigError.
     """
     table = config.get("admin", {})
     if not isinstance(table, Mapping):
@@ -152,11 +195,6 @@ def load_admin_credentials(
     stored = _admin_string(table, "password_hash")
     plain = environ.get(PASSWORD_VARIABLE)
     if stored is None and not plain:
-        log.warning(
-            "admin: no admin password ([admin] password_hash in the config file or %s);"
-            " the admin listener stays off",
-            PASSWORD_VARIABLE,
-        )
         return None
     if user is None:
         raise ConfigError(
@@ -180,7 +218,11 @@ class _Failures:
 
 
 class LoginThrottle:
-    """Per-address failed-login counts that make later attempts wait before they are checked.
+    """Failed-login counts per key that make later attempts wait before they are checked.
+
+    The admin listener keys them by (address, user name), so guesses at other names do not
+    delay the operator, and runs one attempt per key at a time, so parallel connections wait
+    their turn instead of guessing in parallel.
 
     The wait is ``base_delay * 2**(failures-1)``, at most ``max_delay``; a success or
     ``forget_after`` seconds without failure clears it. At most ``max_addresses`` are
@@ -201,10 +243,10 @@ class LoginThrottle:
         self.forget_after = forget_after
         self.max_addresses = max_addresses
         self._clock = clock
-        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        self._failures: OrderedDict[Hashable, _Failures] = OrderedDict()
 
-    def delay(self, address: str) -> float:
-        """Seconds an attempt from ``address`` waits before its credentials are checked."""
+    def delay(self, address: Hashable) -> float:
+        """Seconds an attempt for ``address`` waits before its credentials are checked."""
         entry = self._failures.get(address)
         if entry is None:
             return 0.0
@@ -214,12 +256,12 @@ class LoginThrottle:
         doublings = min(entry.count - 1, _MAX_DOUBLINGS)
         return min(self.base_delay * 2**doublings, self.max_delay)
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: Hashable) -> None:
         entry = self._failures.pop(address, None) or _Failures(0, 0.0)
         entry.count, entry.last = entry.count + 1, self._clock()
         self._failures[address] = entry
         while len(self._failures) > self.max_addresses:
             self._failures.popitem(last=False)
 
-    def succeeded(self, address: str) -> None:
+    def succeeded(self, address: Hashable) -> None:
         self._failures.pop(address, None)

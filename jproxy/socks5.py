@@ -15,17 +15,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hmac
-import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
-from schemas import WireError, build, parse
+from schemas import WireError, build
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import (
     MAX_FIELD_LENGTH,
     METHOD_REQUEST_READER,
     PASSWORD_REQUEST_READER,
     REQUEST_READER,
+    UDP_DATAGRAM_READER,
     AddressType,
     Command,
     Greeting,
@@ -114,6 +114,7 @@ _REPLY_FOR_STATUS = {
     ConnectStatus.UNREACHABLE: ReplyCode.NETWORK_UNREACHABLE,
     ConnectStatus.UNKNOWN_HOST: ReplyCode.HOST_UNREACHABLE,
     ConnectStatus.CONNECTION_LIMIT: ReplyCode.NOT_ALLOWED,
+    ConnectStatus.NOT_ALLOWED: ReplyCode.NOT_ALLOWED,
 }
 
 
@@ -124,11 +125,7 @@ def reply_code_for(status: ConnectStatus) -> ReplyCode:
 
 def _address(host: str) -> dict[str, Any]:
     """The SOCKS address of ``host``: an IP literal as IPv4 or IPv6, anything else as a name."""
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        return {"type": AddressType.DOMAIN, "host": host}
-    return {"type": AddressType.IPV4 if version == 4 else AddressType.IPV6, "host": host}
+    return {"type": AddressType.of(host), "host": host}
 
 
 def _reply_bytes(code: ReplyCode, host: str = "0.0.0.0", port: int = 0) -> bytes:
@@ -137,12 +134,12 @@ def _reply_bytes(code: ReplyCode, host: str = "0.0.0.0", port: int = 0) -> bytes
 
 def parse_udp_request(datagram: bytes) -> tuple[str, int, bytes]:
     """``(host, port, payload)`` of a client's datagram; a fragment raises ``WireError``."""
-    fields = parse(SocksUdpDatagram, datagram)
+    fields = UDP_DATAGRAM_READER.read(datagram)
     if fields.fragment:
         raise WireError(
             SocksUdpDatagram.name, "fragment", f"fragment {fields.fragment}: not supported"
         )
-    return fields.address.host, fields.port, fields.data
+    return fields.host, fields.port, fields.data
 
 
 def build_udp_request(host: str, port: int, data: bytes) -> bytes:
@@ -166,6 +163,22 @@ _REQUEST_REFUSALS = {
     "address.type": _DEFAULT_REPLIES[ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED],
     "": _DEFAULT_REPLIES[ReplyCode.GENERAL_FAILURE],
 }
+
+
+CredentialCheck = Callable[[bytes, bytes], bool]
+"""``check(user, password)``: whether an RFC 1929 login is good."""
+
+
+class _PlainPasswords:
+    """User names and passwords in the clear (the client's own SOCKS port)."""
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._passwords = {name.encode(): password.encode() for name, password in users.items()}
+
+    def check(self, user: bytes, password: bytes) -> bool:
+        expected = self._passwords.get(user)
+        matches = hmac.compare_digest(password, expected or b"")  # in constant time
+        return expected is not None and matches
 
 
 class _State(enum.Enum):
@@ -202,15 +215,21 @@ class Socks5Server:
     """One accepted SOCKS5 client connection, from its first byte to the request's reply.
 
     ``users`` None offers only "no authentication"; a mapping of user name to password offers
-    only RFC 1929 user/password. ``user`` is the authenticated name once a login succeeded.
+    only RFC 1929 user/password, and so does ``check_login(user, password) -> bool`` (for
+    hashed passwords). ``user`` is the authenticated name once a login succeeded.
     After ``Rejected`` or ``reply()`` the handshake is over and ``receive()`` raises.
     """
 
-    def __init__(self, users: Mapping[str, str] | None = None) -> None:
-        self._passwords = {
-            name.encode(): password.encode() for name, password in (users or {}).items()
-        }
-        self._method = Method.NO_AUTH if users is None else Method.USERNAME_PASSWORD
+    def __init__(
+        self,
+        users: Mapping[str, str] | None = None,
+        *,
+        check_login: CredentialCheck | None = None,
+    ) -> None:
+        if check_login is None and users is not None:
+            check_login = _PlainPasswords(users).check
+        self._check_login = check_login
+        self._method = Method.NO_AUTH if check_login is None else Method.USERNAME_PASSWORD
         self._state = _State.METHODS
         self._buffer = bytearray()
         self.user: str | None = None
@@ -272,9 +291,7 @@ class Socks5Server:
         return _METHOD_SELECTED[self._method]
 
     def _on_password(self, login: Login) -> Event:
-        expected = self._passwords.get(login.username)
-        matches = hmac.compare_digest(login.password, expected or b"")
-        if expected is None or not matches:
+        if not self._check_login(login.username, login.password):
             raise _Refusal(_PASSWORD_REFUSED, "wrong user name or password")
         self.user = login.username.decode()
         self._state = _State.REQUEST

@@ -5,6 +5,7 @@
 - ``schemas.admin``: the admin ("Proxy SOCKSv5 configuration") protocol
 - ``schemas.socks5``: SOCKS5 (RFC 1928) and user/password authentication (RFC 1929)
 - ``schemas.fast``: hot-path codecs derived from the jProxy schemas
+- ``schemas.introspect``: the one walk over a schema that everything derived from them uses
 
 ``parse`` and ``build`` wrap construct so that every defect is a ``WireError``.
 """

@@ -35,6 +35,8 @@ class Method(enum.IntEnum):
     GET_BUFFER_SIZE = 4
     USERS_CONNECTED = 5
     TUNNELS_OPEN = 6
+    DNS_LOOKUPS = 7
+    DATAGRAMS_DROPPED = 8
     INVALID_PARAM = 254
     INVALID_METHOD = 255
 

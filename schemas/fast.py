@@ -11,67 +11,20 @@ raises the ``WireError`` naming the packet and the field. Tests prove both paths
 from __future__ import annotations
 
 import abc
-import enum
 import operator
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import construct as c
 
-from schemas import jproxy
+from schemas import introspect, jproxy
 from schemas.errors import WireError
-from schemas.fields import StrictEnum, build, parse, unnamed
+from schemas.fields import build, parse
+from schemas.introspect import Field, Integer
 
 
-@dataclass(frozen=True)
-class FixedField:
-    """One fixed-size integer field of a schema, with what the fast codecs need to know of it."""
-
-    name: str
-    format: str
-    """struct format with its byte order, e.g. ``">H"``"""
-    constant: int | None = None
-    enum_type: type[enum.IntEnum] | None = None
-    reproduced: bool = True
-    """False when a wrapper (Rebuild, InRange, ...) adds meaning that only construct applies."""
-
-
-def _fixed_field(name: str, field: c.Construct) -> FixedField:
-    constant, enum_type, reproduced = None, None, True
-    while not isinstance(field, c.FormatField):
-        if not isinstance(field, c.Subconstruct):
-            raise TypeError(f"{name} is not a fixed-size integer field")
-        if isinstance(field, c.Const):
-            constant = field.value
-        elif isinstance(field, StrictEnum):
-            enum_type = field.enum_type
-        elif not isinstance(field, c.Renamed):
-            reproduced = False
-        field = field.subcon
-    return FixedField(name, field.fmtstr, constant, enum_type, reproduced)
-
-
-def fixed_fields(
-    schema: c.Construct, prefix: str = ""
-) -> tuple[list[FixedField], list[c.Construct]]:
-    """The leading run of fixed integer fields of a Struct, and the fields that follow it.
-
-    ``prefix`` qualifies the names of a sub-struct's fields as WireError does (``"address."``).
-    """
-    if not isinstance(schema, c.Struct):
-        raise TypeError(f"{schema!r} is not a Struct")
-    fields = []
-    for index, field in enumerate(schema.subcons):
-        try:
-            fields.append(_fixed_field(prefix + field.name, field))
-        except TypeError:
-            return fields, list(schema.subcons[index:])
-    return fields, []
-
-
-def _struct_of(fields: Sequence[FixedField], packet: str) -> struct.Struct:
+def _struct_of(fields: Sequence[Integer], packet: str) -> struct.Struct:
     order = fields[0].format[0]
     if any(field.format[0] != order for field in fields):
         raise TypeError(f"{packet} mixes byte orders")
@@ -80,33 +33,26 @@ def _struct_of(fields: Sequence[FixedField], packet: str) -> struct.Struct:
 
 def header_of(schema: c.Construct) -> tuple[struct.Struct, tuple[object, ...]]:
     """The leading run of fixed integer fields of ``schema`` as one Struct, plus constants."""
-    fields, _ = fixed_fields(schema)
+    header, _ = introspect.leading_integers(schema)
+    fields = [field.integer for field in header]
     return _struct_of(fields, schema.name), tuple(field.constant for field in fields)
 
 
-def _accepts(schema: c.Construct, data: bytes) -> bool:
-    try:
-        schema.parse(data)
-    except c.ConstructError:
-        return False
-    return True
-
-
-def _optional_tails(field: c.Construct) -> frozenset[bytes]:
+def _optional_tails(field: Field) -> frozenset[bytes]:
     """What an ``Optional`` one-byte trailer lets follow the fixed fields, asked of construct."""
-    select = unnamed(field)
+    shape = field.shape
     if not (
-        isinstance(select, c.Select)
-        and len(select.subcons) == 2
-        and select.subcons[1] is c.Pass
-        and select.subcons[0].sizeof() == 1
+        isinstance(shape, introspect.Choice)
+        and len(shape.options) == 2
+        and isinstance(shape.options[1], introspect.Nothing)
+        and shape.options[0].size == 1
     ):
-        raise TypeError(f"{field.name} is not an optional one-byte trailer")
-    candidates = (bytes([value]) for value in range(256))
-    return frozenset([b"", *(tail for tail in candidates if _accepts(select.subcons[0], tail))])
+        raise TypeError(f"{field.path} is not an optional one-byte trailer")
+    accepted = introspect.byte_values(shape.options[0].construct)
+    return frozenset([b"", *(bytes([value]) for value in accepted)])
 
 
-def _decoder(field: FixedField) -> Callable[[int], Any]:
+def _decoder(field: Integer) -> Callable[[int], Any]:
     """Parsed integer to the schema's value: an enum member (KeyError if unknown) or the int."""
     if field.enum_type is None:
         return int
@@ -121,7 +67,7 @@ class _ControlCodec(abc.ABC):
     the schema, which handles them (an enum given by name) or raises the precise WireError.
     """
 
-    def __init__(self, schema: c.Construct, header: list[FixedField], names: tuple[str, ...]):
+    def __init__(self, schema: c.Construct, header: list[Integer], names: tuple[str, ...]):
         constants = [field.constant is not None for field in header]
         if constants[:1] != [True] or any(constants[1:]):
             raise TypeError(f"{schema.name} does not start with its only constant, a type byte")
@@ -200,11 +146,12 @@ class FixedMessageCodec(_ControlCodec):
     """
 
     def __init__(self, schema: c.Construct) -> None:
-        header, rest = fixed_fields(schema)
+        header, rest = introspect.leading_integers(schema)
         *trailer, terminated = rest
-        if terminated is not c.Terminated or len(trailer) > 1:
+        if terminated.construct is not c.Terminated or len(trailer) > 1:
             raise TypeError(f"{schema.name} is not fixed integer fields and a trailer")
-        super().__init__(schema, header, tuple(field.name for field in header[1:]))
+        names = tuple(field.path for field in header[1:])
+        super().__init__(schema, [field.integer for field in header], names)
         self._tails = _optional_tails(trailer[0]) if trailer else frozenset([b""])
 
     def fast_parse(self, message: bytes | memoryview) -> tuple[Any, ...] | None:
@@ -238,24 +185,19 @@ class ConnectRequestCodec(_ControlCodec):
     """
 
     def __init__(self, schema: c.Construct = jproxy.TcpConnectRequest) -> None:
-        header, rest = fixed_fields(schema)
-        if len(rest) != 2 or rest[1] is not c.Terminated:
-            raise TypeError(f"{schema.name} is not a fixed header and an address")
-        address = rest[0]
-        address_header, address_rest = fixed_fields(unnamed(address), f"{address.name}.")
-        host = address_rest[0] if len(address_rest) == 1 else None
-        prefixed = getattr(unnamed(host), "subcon", None)
+        header, rest = introspect.leading_integers(schema)
+        host = rest[0] if len(rest) == 2 and rest[1].construct is c.Terminated else None
         if (
-            not address_header
-            or address_header[-1].enum_type is not jproxy.AddressType
-            or not isinstance(prefixed, c.Prefixed)
-            or prefixed.subcon is not c.GreedyBytes
+            host is None
+            or not header
+            or header[-1].integer.enum_type is not jproxy.AddressType
+            or not isinstance(host.shape, introspect.Prefixed)
+            or not isinstance(host.shape.body, introspect.Rest)
         ):
-            raise TypeError(f"{schema.name}.{address.name} is not an address type and a host")
-        host_name = f"{address.name}.{host.name}"
-        length = _fixed_field(host_name, prefixed.lengthfield)
-        value_names = tuple(field.name for field in header[1:] + address_header)
-        super().__init__(schema, header + address_header + [length], (*value_names, host_name))
+            raise TypeError(f"{schema.name} is not a fixed header and an address type and host")
+        value_names = tuple(field.path for field in header[1:])
+        integers = [field.integer for field in header]
+        super().__init__(schema, [*integers, host.shape.length], (*value_names, host.path))
 
     def fast_parse(self, message: bytes | memoryview) -> tuple[Any, ...] | None:
         size = self.size
@@ -349,6 +291,9 @@ TCP_DISCONNECT = FixedMessageCodec(jproxy.TcpDisconnect)
 TCP_WINDOW_UPDATE = FixedMessageCodec(jproxy.TcpWindowUpdate)
 TCP_HALF_CLOSE = FixedMessageCodec(jproxy.TcpHalfClose)
 KEEPALIVE = FixedMessageCodec(jproxy.KeepAlive)
+UDP_ASSOCIATE_REQUEST = ConnectRequestCodec(jproxy.UdpAssociateRequest)
+UDP_ASSOCIATE_REPLY = FixedMessageCodec(jproxy.UdpAssociateReply)
+UDP_DISSOCIATE = FixedMessageCodec(jproxy.UdpDissociate)
 CONTROL_CODECS = (
     TCP_CONNECT_REQUEST,
     TCP_CONNECT_REPLY,
@@ -359,3 +304,5 @@ CONTROL_CODECS = (
 )
 """The codecs of the control messages: the stream's, each sent at least once per stream, and
 the tunnel's keepalive."""
+DATAGRAM_CODECS = (UDP_ASSOCIATE_REQUEST, UDP_ASSOCIATE_REPLY, UDP_DISSOCIATE)
+"""The codecs of the UDP association control messages, sent once per association."""

@@ -8,6 +8,7 @@ that names the packet and the field, so callers handle a single exception type.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from typing import Any
 
 import construct as c
@@ -44,6 +45,23 @@ class StrictEnum(c.Adapter):
         member = self._encode(obj, context, path)
         self.subcon._build(member, stream, context, path)
         return member
+
+
+class AddressKind(enum.IntEnum):
+    """Base of the address-type enums, whose members are ``IPV4``, ``DOMAIN`` and ``IPV6``.
+
+    jProxy numbers IPv6 2 and SOCKS5 numbers it 4, so each protocol defines its own members;
+    what they share is how a host's text picks one.
+    """
+
+    @classmethod
+    def of(cls, host: str) -> AddressKind:
+        """The type for ``host``: an IP literal keeps its family, anything else is a name."""
+        try:
+            version = ipaddress.ip_address(host).version
+        except ValueError:
+            return cls["DOMAIN"]
+        return cls["IPV4"] if version == 4 else cls["IPV6"]
 
 
 def unnamed(field: c.Construct) -> c.Construct:

@@ -14,7 +14,8 @@ import ipaddress
 import construct as c
 
 from schemas.errors import WireError
-from schemas.fields import InRange, StrictEnum, doc, packet, parse
+from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse
+from schemas.introspect import field
 
 MAGIC = b"jProxy"
 MAJOR_VERSION = 3
@@ -62,7 +63,12 @@ class Direction(enum.Enum):
 
 
 class ConnectStatus(enum.IntEnum):
-    """Status of a TCP connect, UDP associate or ICMP echo (the wire's values, not the spec's)."""
+    """Status of a TCP connect, UDP associate or ICMP echo (the wire's values, not the spec's).
+
+    0-6 are the Java implementation's. ``NOT_ALLOWED`` (7) is a gjproxy addition, dialect 3.1
+    only: the server's egress policy refused the target (a SOCKS client sees reply 0x02,
+    "connection not allowed by ruleset"). See ``status_for_dialect`` for 3.0.
+    """
 
     OK = 0
     GENERAL_FAILURE = 1
@@ -71,6 +77,23 @@ class ConnectStatus(enum.IntEnum):
     UNREACHABLE = 4
     UNKNOWN_HOST = 5
     CONNECTION_LIMIT = 6
+    NOT_ALLOWED = 7
+
+
+SECURE_ONLY_STATUSES = frozenset({ConnectStatus.NOT_ALLOWED})
+"""Statuses that exist only in dialect 3.1."""
+
+
+def status_for_dialect(status: ConnectStatus, dialect: Dialect) -> ConnectStatus:
+    """The status to send to a peer of ``dialect``.
+
+    The Java 3.0 client answers a status it does not know by closing the SOCKS connection
+    without a reply, so a 3.0 tunnel gets GENERAL_FAILURE (SOCKS 0x01) instead of a 3.1-only
+    status.
+    """
+    if dialect is Dialect.LEGACY_3_0 and status in SECURE_ONLY_STATUSES:
+        return ConnectStatus.GENERAL_FAILURE
+    return status
 
 
 class KeepAliveKind(enum.IntEnum):
@@ -85,10 +108,13 @@ class DisconnectReason(enum.IntEnum):
     RESET = 4
 
 
-class AddressType(enum.IntEnum):
+class AddressType(AddressKind):
+    """jProxy's address types, the same in both dialects (the Java code's ``Constants.IPv6``
+    is 2). SOCKS5 numbers IPv6 4: ``schemas.socks5.AddressType`` is a different enum."""
+
     IPV4 = 1
+    IPV6 = 2
     DOMAIN = 3
-    IPV6 = 4
 
 
 _ADDRESS_LENGTHS = {AddressType.IPV4: 4, AddressType.IPV6: 16}
@@ -146,7 +172,11 @@ class _HostAdapter(c.Adapter):
 
 
 Address = c.Struct(
-    "type" / doc(StrictEnum(c.Int8ub, AddressType), "1 IPv4, 3 DNS name, 4 IPv6"),
+    "type"
+    / doc(
+        StrictEnum(c.Int8ub, AddressType),
+        "1 IPv4, 2 IPv6, 3 DNS name; SOCKS5's 4 for IPv6 is unknown here",
+    ),
     "host"
     / doc(
         _HostAdapter(c.Prefixed(c.Int8ub, c.GreedyBytes)),
@@ -157,11 +187,7 @@ Address = c.Struct(
 
 def address_for(host: str) -> dict:
     """The ``Address`` fields for ``host``: an IP literal keeps its family, else a DNS name."""
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        return {"type": AddressType.DOMAIN, "host": host}
-    return {"type": AddressType.IPV4 if version == 4 else AddressType.IPV6, "host": host}
+    return {"type": AddressType.of(host), "host": host}
 
 
 _Magic = doc(c.Const(MAGIC), 'ASCII "jProxy"')
@@ -242,7 +268,11 @@ TcpConnectReply = packet(
     "TcpConnectReply",
     "type" / _message_type(MessageType.TCP_CONNECT),
     "connection_id" / _ConnectionId,
-    "status" / doc(StrictEnum(c.Int8ub, ConnectStatus), "connect status"),
+    "status"
+    / doc(
+        StrictEnum(c.Int8ub, ConnectStatus),
+        "connect status (7 is gjproxy's, 3.1 only: a 3.0 peer gets 1 instead)",
+    ),
     "elapsed_ms" / doc(c.Int16ub, "milliseconds the server spent connecting (capped at 65535)"),
     doc_text="server -> client",
 )
@@ -356,7 +386,7 @@ MESSAGES: dict[tuple[Direction, MessageType], c.Construct] = {
     (C2S, MessageType.ICMP_ECHO): IcmpEchoRequest,
     (S2C, MessageType.ICMP_ECHO): IcmpEchoReply,
     **{
-        (direction, MessageType(schema.subcons[0].subcon.value)): schema
+        (direction, MessageType(field(schema, "type").integer.constant)): schema
         for schema in (
             TcpPacket,
             TcpDisconnect,

@@ -1,9 +1,9 @@
 """SOCKS5 on the wire: RFC 1928 (methods, requests, replies, UDP) and RFC 1929 (user/password).
 
-Every 16-bit field is big-endian ("network order"). The address types are jProxy's own codes
-(jProxy copied them from SOCKS), but a SOCKS address has no length byte before an IPv4 or IPv6
-address: only a domain name carries one. Reserved bytes are sent as zero and ignored when
-received, as RFC 1928 gives them no meaning.
+Every 16-bit field is big-endian ("network order"). The address types are SOCKS5's own
+(1 IPv4, 3 domain name, 4 IPv6; jProxy numbers IPv6 2), and a SOCKS address has no length byte
+before an IPv4 or IPv6 address: only a domain name carries one. Reserved bytes are sent as
+zero and ignored when received, as RFC 1928 gives them no meaning.
 
 The strict enums make an unknown command or address type a ``WireError`` whose ``field`` is
 ``"command"`` or ``"address.type"``, so a server can still answer it with reply 7 or 8.
@@ -16,19 +16,29 @@ import enum
 import functools
 import io
 import ipaddress
+import itertools
 import operator
 import struct
 from typing import Generic, NamedTuple, TypeVar
 
 import construct as c
 
-from schemas.fields import InRange, StrictEnum, doc, packet, parse, unnamed
-from schemas.jproxy import AddressType
+from schemas import introspect
+from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse
 
 VERSION = 5
 PASSWORD_AUTH_VERSION = 1
 MAX_FIELD_LENGTH = 255
 """Every SOCKS count and length is one byte: methods, user name, password, domain name."""
+
+
+class AddressType(AddressKind):
+    """ATYP (RFC 1928 section 4). jProxy numbers IPv6 2, not 4: ``schemas.jproxy.AddressType``
+    is a different enum, and a host crosses from one to the other as text."""
+
+    IPV4 = 1
+    DOMAIN = 3
+    IPV6 = 4
 
 
 class Method(enum.IntEnum):
@@ -282,51 +292,17 @@ _REFUSED = object()
 
 
 def _byte_table(field: c.Construct) -> tuple[object, ...]:
-    """What the one-byte ``field`` decodes each byte value to, or ``_REFUSED``.
-
-    Parsing all 256 values once with the schema's own field gives the fast path its checks
-    (constants, enums, ranges) without writing them a second time.
-    """
-    table: list[object] = []
-    for value in range(256):
-        try:
-            table.append(field.parse(bytes([value])))
-        except c.ConstructError:
-            table.append(_REFUSED)
-    return tuple(table)
-
-
-def _is_one_byte(field: c.Construct) -> bool:
-    try:
-        return field.sizeof() == 1
-    except c.SizeofError:  # the size depends on earlier fields
-        return False
-
-
-def _leading_byte_fields(schema: c.Struct) -> tuple[list[c.Construct], bool]:
-    """The run of one-byte fields ``schema`` starts with (nested structs entered), and whether
-    that run is the whole of ``schema``."""
-    fields: list[c.Construct] = []
-    for field in schema.subcons:
-        nested = unnamed(field)
-        if isinstance(nested, c.Struct):
-            inner, whole = _leading_byte_fields(nested)
-            fields += inner
-            if not whole:
-                return fields, False
-        elif _is_one_byte(field):
-            fields.append(field)
-        else:
-            return fields, False
-    return fields, True
+    """What the one-byte ``field`` decodes each byte value to, or ``_REFUSED``."""
+    values = introspect.byte_values(field)
+    return tuple(values.get(value, _REFUSED) for value in range(256))
 
 
 class _ByteHeader:
     """The one-byte fields a packet starts with, each checked against its byte table."""
 
     def __init__(self, schema: c.Struct) -> None:
-        fields, _ = _leading_byte_fields(schema)
-        self.tables = tuple(_byte_table(field) for field in fields)
+        fields = itertools.takewhile(lambda field: field.size == 1, introspect.fields(schema))
+        self.tables = tuple(_byte_table(field.construct) for field in fields)
         self.size = len(self.tables)
 
     def decode(self, data: bytes | bytearray) -> list[object] | None:
@@ -411,7 +387,8 @@ class SocksMethodRequestReader(SocksReader[Greeting]):
 
     def __init__(self, schema: c.Struct) -> None:
         super().__init__(schema)
-        if not _is_one_byte(unnamed(schema.methods).subcon):
+        methods = introspect.field(schema, "methods").shape
+        if not (isinstance(methods, introspect.Repeat) and methods.element.size == 1):
             raise TypeError(f"{schema.name} methods are not one byte each")
 
     def _read_rest(
@@ -446,31 +423,31 @@ class SocksPasswordRequestReader(SocksReader[Login]):
 class _HostField:
     """One case of the address switch: its size (``None``: a length byte says) and decoder."""
 
-    def __init__(self, case: c.Adapter) -> None:
-        self.decode = case._decode
-        prefixed = isinstance(case.subcon, c.Prefixed)
-        if prefixed and not _is_one_byte(case.subcon.lengthfield):
-            raise TypeError(f"{case!r} is not prefixed by one length byte")
-        self.size = None if prefixed else case.sizeof()
+    def __init__(self, case: introspect.Shape) -> None:
+        self.decode = case.construct._decode
+        prefixed = isinstance(case, introspect.Prefixed)
+        if prefixed and case.length.size != 1:
+            raise TypeError(f"{case.construct!r} is not prefixed by one length byte")
+        self.size = None if prefixed else case.size
 
 
-class SocksRequestReader(SocksReader[Request]):
-    """The request: version, command, reserved, address type, address, port."""
+class _AddressReader:
+    """A SOCKS address (after its type byte) and the port behind it, read by what the
+    ``Address`` switch of a schema says about each type."""
 
     def __init__(self, schema: c.Struct) -> None:
-        super().__init__(schema)
-        switch = unnamed(unnamed(schema.address).host)
+        switch = introspect.field(schema, "address.host").shape
         self._hosts = {code: _HostField(case) for code, case in switch.cases.items()}
-        self._port = struct.Struct(unnamed(schema.port).fmtstr)
+        self._port = struct.Struct(introspect.field(schema, "port").integer.format)
 
-    def _read_rest(
-        self, data: bytes | bytearray, header: list[object]
-    ) -> tuple[int, Request] | None:
-        _, command, _, address_type = header
+    def read(
+        self, data: bytes | bytearray, address_type: object, start: int
+    ) -> tuple[int, str, int] | None:
+        """``(end, host, port)`` of the address starting at ``start``; ``None`` while the
+        bytes are too few; ``NotFast`` for what construct has to judge."""
         field = self._hosts.get(address_type)
         if field is None:
             raise NotFast
-        start = self.header.size
         if field.size is None:
             end = _prefixed_end(data, start)
             start += 1
@@ -485,12 +462,79 @@ class SocksRequestReader(SocksReader[Request]):
         if len(data) < end + self._port.size:
             return None
         (port,) = self._port.unpack_from(data, end)
-        return end + self._port.size, Request(command, host, port)
+        return end + self._port.size, host, port
+
+
+class SocksRequestReader(SocksReader[Request]):
+    """The request: version, command, reserved, address type, address, port."""
+
+    def __init__(self, schema: c.Struct) -> None:
+        super().__init__(schema)
+        self._address = _AddressReader(schema)
+
+    def _read_rest(
+        self, data: bytes | bytearray, header: list[object]
+    ) -> tuple[int, Request] | None:
+        _, command, _, address_type = header
+        address = self._address.read(data, address_type, self.header.size)
+        if address is None:
+            return None
+        end, host, port = address
+        return end, Request(command, host, port)
 
     def _fields_of(self, fields: c.Container) -> Request:
         return Request(fields.command, fields.address.host, fields.port)
 
 
+class UdpDatagram(NamedTuple):
+    """A ``SocksUdpDatagram``: ``host`` is IP text or a name as sent."""
+
+    fragment: int
+    host: str
+    port: int
+    data: bytes
+
+
+class SocksUdpDatagramReader:
+    """Reads one whole datagram: reserved bytes, fragment, address type, address, port, data.
+
+    Every datagram of a UDP association passes through here, so it reads with what it derives
+    from the schema (sizes, byte tables, address decoders) and hands anything unusual to
+    construct, which names the defect.
+    """
+
+    def __init__(self, schema: c.Struct) -> None:
+        self.schema = schema
+        self._reserved = introspect.field(schema, "reserved").size
+        self._fragment = _byte_table(introspect.field(schema, "fragment").construct)
+        self._types = _byte_table(introspect.field(schema, "address.type").construct)
+        self._address = _AddressReader(schema)
+
+    def read(self, datagram: bytes) -> UdpDatagram:
+        """The datagram's fields; a defect raises the schema's own ``WireError``."""
+        try:
+            return self.read_fast(datagram)
+        except NotFast:
+            fields = parse(self.schema, datagram)
+            return UdpDatagram(fields.fragment, fields.address.host, fields.port, fields.data)
+
+    def read_fast(self, datagram: bytes) -> UdpDatagram:
+        """``read`` without construct; raises ``NotFast`` where construct has to decide."""
+        start = self._reserved + 2  # the fragment and address type bytes
+        if len(datagram) < start:
+            raise NotFast
+        fragment = self._fragment[datagram[start - 2]]
+        address_type = self._types[datagram[start - 1]]
+        if _REFUSED in (fragment, address_type):
+            raise NotFast
+        address = self._address.read(datagram, address_type, start)
+        if address is None:
+            raise NotFast
+        end, host, port = address
+        return UdpDatagram(fragment, host, port, datagram[end:])
+
+
 METHOD_REQUEST_READER = SocksMethodRequestReader(SocksMethodRequest)
 PASSWORD_REQUEST_READER = SocksPasswordRequestReader(SocksPasswordRequest)
 REQUEST_READER = SocksRequestReader(SocksRequest)
+UDP_DATAGRAM_READER = SocksUdpDatagramReader(SocksUdpDatagram)

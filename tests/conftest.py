@@ -10,7 +10,7 @@ import pytest
 
 from jproxy.keys import generate, save_client_key, save_user
 from jproxy.tuning import RelayTuning
-from tests.peers import serve_files
+from tests.peers import Unbound, serve_files
 
 FILE_SIZES = (0, 1, 4079, 4080, 4081, 65536, 1_000_000)
 BIG_FILE_SIZE = 100 * 1024 * 1024
@@ -53,3 +53,20 @@ def web(tmp_path_factory):
     server.root = root
     yield server
     server.shutdown()
+
+
+DNS_RECORDS = {
+    "web.tunnel.test": ("127.0.0.1", 300),
+    "brief.tunnel.test": ("127.0.0.1", 1),
+    "six.tunnel.test": ("::1", 300),
+    **{f"n{index}.tunnel.test": (f"127.0.1.{index}", 300) for index in range(64)},
+}
+"""Names only the test's unbound knows (never /etc/hosts): proof that DoH was asked."""
+
+
+@pytest.fixture(scope="session")
+def unbound(tmp_path_factory):
+    """unbound on loopback serving DNS_RECORDS over DoH and plain DNS, for the whole session."""
+    server = Unbound(tmp_path_factory.mktemp("unbound"), DNS_RECORDS)
+    yield server
+    server.stop()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -14,11 +16,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 START_TIMEOUT = 15.0
 
@@ -37,12 +41,14 @@ def require_tool(name: str) -> str:
 class Process:
     """A ``gjproxy`` subcommand in its own process, its log lines collected as they come."""
 
-    def __init__(self, *args: str, cwd: Path, env: dict | None = None) -> None:
+    def __init__(
+        self, *args: str, cwd: Path, env: dict | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.args = args
         self.lines: list[str] = []
         self._new = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jproxy", *args],
+            [*prefix, sys.executable, "-m", "jproxy", *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
@@ -94,8 +100,27 @@ class Process:
         raise AssertionError("no VmRSS")
 
 
-def start_server(workdir: Path, *extra: str, listen: str = "127.0.0.1:0", env=None) -> Process:
-    server = Process("server", "--listen", listen, "--users", "users", *extra, cwd=workdir, env=env)
+LOOPBACK_EGRESS = ("--allow-egress", "127.0.0.0/8", "--allow-egress", "::1/128")
+"""The targets of these tests listen on loopback, which the server denies unless allowed."""
+
+
+def start_server(
+    workdir: Path,
+    *extra: str,
+    listen: str = "127.0.0.1:0",
+    env=None,
+    allow_loopback: bool = True,
+    prefix: tuple[str, ...] = (),
+) -> Process:
+    """A server; ``allow_loopback`` passes ``LOOPBACK_EGRESS`` (tests of denial turn it off);
+    ``prefix`` runs it under a wrapper such as ``prlimit``."""
+    egress = LOOPBACK_EGRESS if allow_loopback else ()
+    server = Process(
+        *("server", "--listen", listen, "--users", "users", *egress, *extra),
+        cwd=workdir,
+        env=env,
+        prefix=prefix,
+    )
     server.port = int(server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1))
     return server
 
@@ -131,9 +156,14 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 1024  # many streams connect at once; the default backlog of 5 drops
 
 
-def serve_files(directory: Path) -> ThreadingHTTPServer:
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+def serve_files(directory: Path, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """An HTTP server for ``directory`` on ``host`` (127.0.0.1 or ::1), on a free port."""
     handler = partial(_QuietHTTPHandler, directory=str(directory))
-    server = _HTTPServer(("127.0.0.1", 0), handler)
+    server = (_HTTPServer6 if ":" in host else _HTTPServer)((host, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -183,3 +213,373 @@ def sha256_of(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- a DNS server: unbound, with DNS over HTTPS ---------------------------------------------
+
+
+def sbin_tool(name: str) -> str:
+    """A tool that Debian installs in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin") or require_tool(name)
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` for ``host`` (an IP literal) and the name localhost."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def _free_port(udp_too: bool = False) -> int:
+    """A TCP port the kernel just handed out (and free for UDP too, when asked), for a peer
+    that cannot be told to pick one (port 0)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as same:
+                try:
+                    same.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+class Unbound:
+    """unbound on loopback: DNS over HTTPS (``doh_url``, ``cert``) and plain DNS (``dns_port``,
+    UDP and TCP), serving ``records`` (name -> (address, ttl)) from static local zones (each
+    name's parent), so names it does not list there are NXDOMAIN and nothing is recursed."""
+
+    def __init__(self, folder: Path, records: dict[str, tuple[str, int]]) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cert, self.key = self_signed_certificate(folder)
+        self.records = records
+        self.proc: subprocess.Popen | None = None
+        for _ in range(5):  # the ports are picked before unbound binds them: retry a race
+            self.https_port, self.dns_port = _free_port(), _free_port(udp_too=True)
+            if self._start():
+                return
+        raise AssertionError("unbound did not start:\n" + self.log())
+
+    @property
+    def doh_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}/dns-query"
+
+    def _config(self) -> str:
+        zones = "\n".join(
+            f'  local-zone: "{zone}." static'
+            for zone in sorted({name.partition(".")[2] for name in self.records})
+        )
+        data = "\n".join(
+            f'  local-data: "{name}. {ttl} IN {"AAAA" if ":" in address else "A"} {address}"'
+            for name, (address, ttl) in self.records.items()
+        )
+        return f"""server:
+  interface: 127.0.0.1@{self.https_port}
+  interface: 127.0.0.1@{self.dns_port}
+  https-port: {self.https_port}
+  port: {self.dns_port}
+  tls-service-key: "{self.key}"
+  tls-service-pem: "{self.cert}"
+  do-daemonize: no
+  chroot: ""
+  username: ""
+  directory: "{self.folder}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 1
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  extended-statistics: yes
+  module-config: "iterator"
+{zones}
+{data}
+remote-control:
+  control-enable: yes
+  control-interface: "{self.folder / "control.sock"}"
+  control-use-cert: no
+"""
+
+    def _start(self) -> bool:
+        config = self.folder / "unbound.conf"
+        config.write_text(self._config())
+        self.config = config
+        self.stderr = (self.folder / "unbound.log").open("a")  # every attempt's reasons
+        self.proc = subprocess.Popen(
+            [sbin_tool("unbound"), "-d", "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=self.stderr,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if "start of service" in self.log():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        self.stop()
+        return False
+
+    def log(self) -> str:
+        return (self.folder / "unbound.log").read_text()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def statistics(self) -> dict[str, float]:
+        """unbound's counters (``unbound-control stats_noreset``), e.g. ``num.query.https``."""
+        out = subprocess.run(
+            [sbin_tool("unbound-control"), "-c", str(self.config), "stats_noreset"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return {
+            key: float(value)
+            for key, _, value in (line.partition("=") for line in out.splitlines())
+        }
+
+    def https_connections(self) -> int:
+        """TCP connections established to the DoH port right now (counted by ``ss``)."""
+        out = subprocess.run(
+            [require_tool("ss"), "-Htn", "state", "established", f"( sport = :{self.https_port} )"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return len(out.splitlines())
+
+
+def curl_socks(
+    socks: str, url: str, *extra: str, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """curl through the SOCKS5 proxy at ``socks`` (``HOST:PORT``), the name resolved by the
+    proxy (``--socks5-hostname``); the result as it is, failures included."""
+    return subprocess.run(
+        [require_tool("curl"), "-sS", "--max-time", str(timeout), "--socks5-hostname", socks]
+        + [*extra, url],
+        capture_output=True,
+        timeout=timeout + 5,
+    )
+
+
+def wait_for_access(process: Process, timeout: float = START_TIMEOUT, **expected) -> dict:
+    """The first record of ``process``'s access log (the JSON lines of the ``gjproxy.access``
+    logger) whose fields have the ``expected`` values; a string is a regular expression that
+    the field's text must match whole."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in list(process.lines):
+            _, marker, text = line.partition("gjproxy.access: ")
+            if not marker or not text.startswith("{"):
+                continue
+            record = json.loads(text)
+            if all(
+                re.fullmatch(value, str(record.get(key)))
+                if isinstance(value, str)
+                else record.get(key) == value
+                for key, value in expected.items()
+            ):
+                return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access record with {expected}:\n" + process.log())
+        time.sleep(0.05)
+
+
+def read_json_lines(path: Path, count: int, timeout: float = 10.0) -> list[dict]:
+    """Every JSON line of ``path``, once there are at least ``count`` (or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The samples of a server's Prometheus page: ``name{label=value}`` -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items())): (
+            sample.value
+        )
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+# --- floods -----------------------------------------------------------------------------------
+
+
+class Flood:
+    """Connections to ``port`` that never log in, from ``sources``, reopened when dropped.
+
+    Half stay silent; the other half trickle ``trickle`` one byte per ``pace`` seconds (a
+    hello that would take longer than any deadline). One thread drives them all, until
+    ``stop()``; ``opened`` and ``dropped`` count what happened meanwhile.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        count: int,
+        sources: list[str],
+        trickle: bytes = b"jProxy\x03\x01" + bytes(32),
+        pace: float = 0.5,
+    ) -> None:
+        self.port, self.count, self.sources = port, count, sources
+        self.trickle, self.pace = trickle, pace
+        self.opened = self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Flood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _open(self, slot: int) -> socket.socket | None:
+        sock = socket.socket()
+        try:
+            sock.bind((self.sources[slot % len(self.sources)], 0))
+            sock.settimeout(2)
+            sock.connect(("127.0.0.1", self.port))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        self.opened += 1
+        return sock
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        socks: dict[int, socket.socket | None] = {}
+        sent: dict[int, int] = {}
+
+        def reopen(slot: int) -> None:
+            old = socks.get(slot)
+            if old is not None:
+                selector.unregister(old)
+                old.close()
+            socks[slot] = sock = self._open(slot)
+            sent[slot] = 0
+            if sock is not None:
+                selector.register(sock, selectors.EVENT_READ, slot)
+
+        for slot in range(self.count):
+            if self._stop.is_set():
+                break
+            reopen(slot)
+        next_byte = time.monotonic()
+        while not self._stop.is_set():
+            for key, _ in selector.select(timeout=0.05):
+                try:
+                    alive = key.fileobj.recv(4096) != b""
+                except BlockingIOError:
+                    alive = True
+                except OSError:
+                    alive = False
+                if not alive:
+                    self.dropped += 1
+                    reopen(key.data)
+            if time.monotonic() >= next_byte:
+                next_byte += self.pace
+                for slot in range(0, self.count, 2):
+                    sock = socks.get(slot)
+                    if sock is None:
+                        reopen(slot)
+                        continue
+                    try:
+                        sock.send(self.trickle[sent[slot] % len(self.trickle) :][:1])
+                        sent[slot] += 1
+                    except OSError:
+                        self.dropped += 1
+                        reopen(slot)
+        for sock in socks.values():
+            if sock is not None:
+                sock.close()
+        selector.close()
+
+
+class UdpEcho:
+    """A UDP echo server on ``host`` (127.0.0.1 or ::1) in a thread; ``sources`` records who
+    sent what."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()[:2]
+        self.received = 0
+        self.sources: list[tuple] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, source = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.received += 1
+            self.sources.append(source[:2])
+            self.sock.sendto(data, source)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import pty
 import socket
 import sys
 import tomllib
 
+import gevent.socket
 import gevent.subprocess
 import pytest
 from gevent.server import StreamServer
@@ -37,8 +39,13 @@ def gjproxy_admin(*args: str, password: str | None = PASSWORD, stdin: str = "", 
 @pytest.fixture
 def counters() -> Counters:
     counters = Counters(connections_total=41, connections_open=5, bytes_transferred=123456789)
+    counters.doh_lookups, counters.doh_lookup_seconds = 3, 0.0456
+    counters.dns_cache_hits, counters.dns_cache_misses = 9, 3
     counters.tunnel_opened("carol", "3.1")
     counters.tunnel_opened("alice", "3.0")
+    counters.datagram_dropped("queue_full")
+    counters.datagram_dropped("fragment")
+    counters.datagram_dropped("fragment")
     return counters
 
 
@@ -59,12 +66,20 @@ def test_stats_prints_every_value(port) -> None:
         "relay buffer size: 65536",
         "tunnels open: 2",
         "connected users: alice=1,carol=1",
+        "DNS lookups: doh=3,failures=0,ms=46,hits=9,misses=3",
+        "datagrams dropped: fragment=2,queue_full=1",
     ]
 
 
 @pytest.mark.parametrize(
     "method, value",
-    [("connections", "41"), ("open", "5"), ("bytes", "123456789"), ("users", "alice=1,carol=1")],
+    [
+        ("connections", "41"),
+        ("open", "5"),
+        ("bytes", "123456789"),
+        ("users", "alice=1,carol=1"),
+        ("dns", "doh=3,failures=0,ms=46,hits=9,misses=3"),
+    ],
 )
 def test_one_method_prints_the_bare_value(port, method, value) -> None:
     result = gjproxy_admin("--host", "127.0.0.1", "--port", port, "--user", USER, method)
@@ -81,14 +96,18 @@ def test_set_buffer_applies_to_the_server(port, tuning) -> None:
 def test_a_refused_parameter_exits_1(port, tuning) -> None:
     result = gjproxy_admin("--port", port, "--user", USER, "set-buffer", "100")
     assert result.returncode == 1
-    assert result.stderr == "gjproxy admin: invalid parameter: buffer size must be 512..1048576\n"
+    assert result.stderr == (
+        f"gjproxy admin: 127.0.0.1:{port}: invalid parameter: buffer size must be 512..1048576\n"
+    )
     assert tuning.buffer_size == 65536
 
 
 def test_a_wrong_password_exits_3(port) -> None:
     result = gjproxy_admin("--port", port, "--user", USER, "open", password="wrong")
     assert result.returncode == 3
-    assert result.stderr == "gjproxy admin: login refused: bad user or password\n"
+    assert (
+        result.stderr == f"gjproxy admin: 127.0.0.1:{port}: login refused: bad user or password\n"
+    )
 
 
 def test_password_typed_at_the_prompt(port) -> None:
@@ -126,10 +145,10 @@ def test_usage_errors_exit_2(args, message) -> None:
 def test_nothing_listening_exits_5() -> None:
     with socket.socket() as unused:  # bound, never listening: connections are refused
         unused.bind(("127.0.0.1", 0))
-        result = gjproxy_admin("--port", str(unused.getsockname()[1]), "--user", USER, "open")
+        port = unused.getsockname()[1]
+        result = gjproxy_admin("--port", str(port), "--user", USER, "open")
     assert result.returncode == 5
-    assert result.stderr.startswith("gjproxy admin: cannot connect to 127.0.0.1:")
-    assert "Connection refused" in result.stderr
+    assert result.stderr == f"gjproxy admin: 127.0.0.1:{port}: cannot connect: Connection refused\n"
 
 
 def canned_peer(*answers: bytes) -> StreamServer:
@@ -167,7 +186,7 @@ def test_misbehaving_servers(answers, status, message) -> None:
     finally:
         peer.stop()
     assert result.returncode == status
-    assert result.stderr.startswith(f"gjproxy admin: {message}")
+    assert result.stderr.startswith(f"gjproxy admin: 127.0.0.1:{peer.address[1]}: {message}")
 
 
 def test_hash_password_prints_the_config_line() -> None:
@@ -205,3 +224,44 @@ def test_a_bad_admin_section_exits_2(tmp_path, section, message) -> None:
     config.write_text(f"[admin]\n{section}\n")
     result = gjproxy_admin("--config", str(config), "open")
     assert (result.returncode, result.stderr) == (2, f"gjproxy admin: {message}\n")
+
+
+def test_the_config_file_servers_admin_address_is_where_admin_goes(port, tmp_path) -> None:
+    config = tmp_path / "gjproxy.toml"
+    config.write_text(f'[server]\nadmin = "0.0.0.0:{port}"\n[admin]\nuser = "{USER}"\n')
+    result = gjproxy_admin("--config", str(config), "open")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "5\n", "")
+    wrong = gjproxy_admin("--config", str(config), "open", password="wrong")
+    assert wrong.stderr == f"gjproxy admin: 127.0.0.1:{port}: login refused: bad user or password\n"
+
+
+def test_ctrl_c_at_the_password_prompt_is_one_line_and_status_130() -> None:
+    pid, terminal = pty.fork()  # the child gets a terminal, so getpass prompts on it
+    if pid == 0:
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "jproxy", "admin", "--user", USER, "open"],
+            CLEAN_ENV,
+        )
+    output = b""
+    with gevent.Timeout(20):
+        while b"admin password: " not in output:
+            gevent.socket.wait_read(terminal)
+            output += os.read(terminal, 1024)
+        os.write(terminal, b"\x03")  # the terminal turns it into SIGINT, as a keyboard would
+        while True:
+            gevent.socket.wait_read(terminal)
+            try:
+                chunk = os.read(terminal, 1024)
+            except OSError:  # EIO: the child exited and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 130
+    after_prompt = output.split(b"admin password: ", 1)[1].decode()
+    assert [line for line in after_prompt.splitlines() if line.strip()] == [
+        "gjproxy admin: interrupted"
+    ]

@@ -7,10 +7,13 @@ from pathlib import Path
 
 from jproxy import metrics
 from jproxy.commands.admin import METHODS, ExitStatus
-from jproxy.handlers.prometheus import CountersCollector
+from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.prometheus import ClientCollector, CountersCollector
+from jproxy.keys import generate
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from schemas.admin import Method
+from schemas.jproxy import Dialect
 
 DOCS = (Path(__file__).parent.parent / "docs" / "admin.md").read_text(encoding="utf-8")
 
@@ -51,6 +54,25 @@ def test_every_prometheus_metric_is_documented() -> None:
         "gjproxy_tunnels_open",
         "gjproxy_dialect_tunnels_open",
         "gjproxy_relay_buffer_size_bytes",
+        "gjproxy_service_connections_total",
+        "gjproxy_service_connections_open",
+        "gjproxy_service_transferred_bytes_total",
+        "gjproxy_doh_lookup_seconds_count",
+        "gjproxy_doh_lookup_seconds_sum",
+        "gjproxy_doh_failures_total",
+        "gjproxy_dns_cache_hits_total",
+        "gjproxy_dns_cache_misses_total",
+        "gjproxy_datagrams_dropped_total",
     }
     for name in names:
         assert f"| `{name}" in DOCS, name
+
+
+def test_every_client_metric_is_documented() -> None:
+    key, _ = generate("alice")
+    collector = ClientCollector(TunnelClient([("127.0.0.1", 1)], key, Dialect.SECURE_3_1))
+    client_docs = DOCS.split("### The client's page", 1)[1]
+    names = {sample.name for family in collector.collect() for sample in family.samples}
+    assert names >= {"gjproxy_client_tunnel_up", "gjproxy_client_server"}
+    for name in names:
+        assert f"| `{name}" in client_docs, name

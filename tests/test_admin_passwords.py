@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import logging
+import re
 
 import pytest
 
+from jproxy import passwords
 from jproxy.config import ConfigError
 from jproxy.passwords import (
     AdminCredentials,
     LoginThrottle,
     hash_password,
     load_admin_credentials,
+    load_socks_users,
     verify_password,
 )
 
@@ -93,10 +95,8 @@ def test_user_from_the_file_and_password_from_the_environment() -> None:
     assert credentials.check(b"alice", b"s3cret")
 
 
-def test_without_a_password_there_is_no_admin_account(caplog) -> None:
-    with caplog.at_level(logging.WARNING):
-        assert load_admin_credentials({"admin": {"user": "alice"}}, {}) is None
-    assert "the admin listener stays off" in caplog.text
+def test_without_a_password_there_is_no_admin_account() -> None:
+    assert load_admin_credentials({"admin": {"user": "alice"}}, {}) is None
 
 
 @pytest.mark.parametrize(
@@ -165,3 +165,38 @@ def test_throttle_table_is_bounded_and_drops_the_quietest() -> None:
     assert throttle.delay("10.0.3.200") == 0.25  # among the newest 100
     assert throttle.delay("10.0.3.231") == 0.5
     assert len(throttle._failures) == 100
+
+
+def test_a_socks_password_pays_scrypt_once_and_a_wrong_one_every_time(monkeypatch) -> None:
+    table = load_socks_users({"socks_users": {"carol": hash_password("pw", **FAST)}})
+    scrypt_runs = []
+    monkeypatch.setattr(
+        passwords, "verify_password", lambda *args: scrypt_runs.append(1) or verify_password(*args)
+    )
+    assert [table.check(b"carol", b"pw") for _ in range(5)] == [True] * 5
+    assert len(scrypt_runs) == 1
+    assert [table.check(b"carol", b"pW") for _ in range(3)] == [False] * 3
+    assert len(scrypt_runs) == 4
+    assert table.check(b"carol", b"pw") and len(scrypt_runs) == 4
+
+
+def test_socks_users_check_name_and_password_and_refuse_unknown_names() -> None:
+    table = load_socks_users({"socks_users": {"carol": hash_password("pw", **FAST)}})
+    assert table.check(b"carol", b"pw")
+    assert not table.check(b"carol", b"pW")
+    assert not table.check(b"mallory", b"pw")
+    assert not table.check(b"\xff", b"pw")
+    assert "pw" not in repr(table) and "scrypt" not in repr(table)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"carol": 1}, "[socks_users] carol must be a string"),
+        ({"x" * 256: "scrypt$"}, "a user name must be 1..255 bytes"),
+        ("x", "[socks_users] must be a table"),
+    ],
+)
+def test_bad_socks_users_are_config_errors(table, message) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_socks_users({"socks_users": table})

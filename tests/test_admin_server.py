@@ -239,3 +239,62 @@ def test_logs_name_the_user_never_the_password(admin, caplog) -> None:
     assert "admin: 'alice' logged in from 127.0.0.1" in caplog.messages
     assert "guess-1234" not in caplog.text
     assert PASSWORD not in caplog.text
+
+
+def _logins_refused(caplog) -> list[str]:
+    return [m for m in caplog.messages if "refused: BAD_CREDENTIALS" in m]
+
+
+def test_parallel_guesses_wait_their_turn(admin, caplog) -> None:
+    """32 connections guessing at once get no more checks than one connection would."""
+    with caplog.at_level(logging.INFO, logger="jproxy.handlers.admin"):
+        jobs = [
+            gevent.spawn(exchange, admin, login(password=f"guess-{n}".encode())) for n in range(32)
+        ]
+        gevent.joinall(jobs, timeout=20, raise_error=True)
+    assert {job.value for job in jobs} == {b"\x01\x01"}
+    # One at a time, each after the doubling delay (0.1, 0.2, 0.4, 0.4 s), within the 1 s
+    # deadline: a handful are checked, the others are refused without a check.
+    turned_away = [m for m in caplog.messages if "too many parallel logins from 127.0.0" in m]
+    checked = len(_logins_refused(caplog)) - len(turned_away)
+    assert 2 <= checked <= 6, caplog.messages
+
+
+def test_guesses_at_other_names_do_not_delay_the_operator(counters, tuning) -> None:
+    """Tunnel users reach the admin port from the server's own address: a throttle per
+    address alone made their failures delay the operator's login."""
+    credentials = AdminCredentials(USER, hash_password(PASSWORD, n=1024), "test")
+    server = serve_admin(
+        ("127.0.0.1", 0),
+        credentials,
+        counters,
+        tuning,
+        throttle=LoginThrottle(base_delay=30.0, max_delay=30.0),
+        deadline=5.0,
+    )
+    try:
+        assert exchange(server, login(user=b"tunnel-user")) == b"\x01\x01"
+        with gevent.Timeout(5):  # the same name now waits 30 s; the operator's does not
+            assert exchange(server, login() + request(6)) == OK + reply(6, b"3")
+    finally:
+        server.stop()
+
+
+def test_idle_connections_do_not_delay_the_operator(admin) -> None:
+    """200 idle connections (more than the port's budget) from another address."""
+
+    def idle() -> None:
+        with gevent.socket.create_connection(admin.address, source_address=("127.0.0.2", 0)) as s:
+            s.settimeout(5)
+            try:
+                s.recv(1)
+            except OSError:
+                pass
+
+    flood = [gevent.spawn(idle) for _ in range(200)]
+    try:
+        gevent.sleep(0.3)
+        with gevent.Timeout(2):
+            assert exchange(admin, login() + request(6)) == OK + reply(6, b"3")
+    finally:
+        gevent.killall(flood)

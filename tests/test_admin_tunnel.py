@@ -6,11 +6,8 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.peers import echo, serve_tcp, start_client, start_server
+from tests.peers import echo, scrape_metrics, serve_tcp, start_client, start_server
 from tests.test_tunnel import recv_exactly, socks_connect
 
 ADMIN_ENV = {"GJPROXY_ADMIN_USER": "ops", "GJPROXY_ADMIN_PASSWORD": "correct horse"}
@@ -25,18 +22,6 @@ def admin(port: int, *args: str, password: str = "correct horse") -> subprocess.
         text=True,
         timeout=30,
     )
-
-
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        sample.name + "".join(f"{{{k}={v}}}" for k, v in sorted(sample.labels.items())): (
-            sample.value
-        )
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_counters_after_known_traffic_through_the_tunnel(workdir):
@@ -64,7 +49,7 @@ def test_counters_after_known_traffic_through_the_tunnel(workdir):
     assert admin(admin_port, "users").stdout.strip() == "alice=1"
     assert admin(admin_port, "tunnels").stdout.strip() == "1"
 
-    scraped = metrics(metrics_port)
+    scraped = scrape_metrics(metrics_port)
     assert scraped["gjproxy_connections_total"] == CONNECTIONS + 1
     assert scraped["gjproxy_connections_open"] == 1
     assert scraped["gjproxy_transferred_bytes_total"] == CONNECTIONS * BYTES_EACH * 2
@@ -73,7 +58,7 @@ def test_counters_after_known_traffic_through_the_tunnel(workdir):
     changed = admin(admin_port, "set-buffer", "4096")
     assert changed.returncode == 0 and changed.stdout.strip() == "4096"
     assert admin(admin_port, "get-buffer").stdout.strip() == "4096"
-    assert metrics(metrics_port)["gjproxy_relay_buffer_size_bytes"] == 4096
+    assert scrape_metrics(metrics_port)["gjproxy_relay_buffer_size_bytes"] == 4096
     # The running relay reads with the new size at once: a 64 KiB burst still arrives whole.
     held_open.sendall(b"z" * 65536)
     assert recv_exactly(held_open, 65536) == b"z" * 65536

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from jproxy.cli import build_parser
+from tests.peers import start_server
 
-def gjproxy(*args: str, cwd) -> subprocess.CompletedProcess:
+CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
+
+
+def gjproxy(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jproxy", *args],
         cwd=cwd,
+        env={**CLEAN_ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=30,
@@ -26,9 +36,25 @@ def gjproxy(*args: str, cwd) -> subprocess.CompletedProcess:
         (["server", "--max-streams", "0"], None, "--max-streams must be at least 1"),
         (["server"], "[server]\nlisen = 1\n", "unknown key(s) in [server]: lisen"),
         (["server"], "[server]\nallow_legacy = 'yes'\n", "allow_legacy must be a bool"),
+        (["server", "--doh", "http://127.0.0.1/dns-query"], None, "--doh: expected https://"),
+        (["server", "--doh-ca", "ca.pem"], None, "--doh-ca needs --doh"),
+        (["server"], "[socks_users]\ncarol = 'plain'\n", "[socks_users] carol: expected scrypt$"),
+        (
+            ["server", "--socks", "127.0.0.1:0"],
+            "[server]\nsocks_no_auth = true\n[socks_users]\nc = 'x'\n",
+            "[socks_users] c: expected scrypt$",
+        ),
+        (["server", "--socks", "localhost"], None, "--socks: expected HOST:PORT"),
+        (["server"], "[server]\ndoh = 'https://[::1]/'\ndoh_ca = 'no.pem'\n", "cannot read no.pem"),
         (["client"], "not toml [", "is not valid TOML"),
         (["client", "--key", "missing.dat"], None, "missing.dat: no such client key file"),
         (["client", "--dialect", "2.9"], None, "invalid choice: '2.9'"),
+        (["server"], "[sever]\nlisten = 'x'\n", "unknown section [sever] (known: [admin],"),
+        (["client"], "[clinet]\n", "did you mean [client]?"),
+        (["client"], "[client]\nserver = []\n", "server must name at least one HOST:PORT"),
+        (["client"], "[client]\nserver = [1]\n", "server must be a list of strings"),
+        (["server", "--admin", "127.0.0.1:0"], None, "--admin needs an admin account"),
+        (["server"], "[server]\nadmin = '127.0.0.1:0'\n", "--admin needs an admin account"),
     ],
 )
 def test_bad_flags_and_config_files_are_one_line_and_status_2(tmp_path, args, config, message):
@@ -48,3 +74,71 @@ def test_a_flag_beats_the_config_file(tmp_path):
     assert "nonsense-from-file" in from_file.stderr
     overridden = gjproxy("server", "--config", "gjproxy.toml", "--listen", "flag:bad", cwd=tmp_path)
     assert "'flag:bad'" in overridden.stderr and "nonsense-from-file" not in overridden.stderr
+
+
+def test_a_server_not_asked_for_admin_warns_about_nothing(workdir):
+    server = start_server(workdir, env={"GJPROXY_ADMIN_PASSWORD": ""})
+    assert server.stop() == 0
+    assert " WARNING " not in server.log() and "admin" not in server.log()
+
+
+def busy_port() -> socket.socket:
+    """A port that is listening already, so that binding it again fails."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+ADMIN_ENV = {"GJPROXY_ADMIN_USER": "ops", "GJPROXY_ADMIN_PASSWORD": "s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("server", "--listen"), ("server", "--admin"), ("server", "--metrics"), ("client", "--socks")],
+)
+def test_a_busy_port_is_one_line_naming_it_and_its_flag(workdir, command, flag):
+    with busy_port() as busy:
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        free = {
+            "server": ["--users", "users", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+            "client": ["--key", "key.dat", "--socks", "127.0.0.1:0"],
+        }[command]
+        result = gjproxy(command, *free, flag, taken, cwd=workdir, env=ADMIN_ENV)
+    assert result.returncode == 1
+    expected = (
+        f"gjproxy {command}: cannot listen on {taken}: Address already in use"
+        f" (choose another with {flag} HOST:PORT)"
+    )
+    assert result.stderr.splitlines()[-1] == expected
+    assert result.stderr.count("Address already in use") == 1
+    assert "('127.0.0.1'" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bare_gjproxy_prints_usage_and_version_is_one_line(tmp_path):
+    bare = gjproxy(cwd=tmp_path)
+    assert bare.returncode == 2
+    assert bare.stderr.startswith("usage: gjproxy")
+    for command in ("admin", "client", "keygen", "quickstart", "server", "users"):
+        assert f"\n    {command} " in bare.stderr
+    version = gjproxy("--version", cwd=tmp_path)
+    assert version.returncode == 0
+    assert re.fullmatch(r"gjproxy \S+\n", version.stdout)
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    [subparsers] = [action for action in parser._actions if action.dest == "command"]
+    return {"gjproxy": parser, **subparsers.choices}
+
+
+@pytest.mark.parametrize("name", sorted(subcommand_parsers()))
+def test_every_command_has_a_description_and_every_option_its_default(name):
+    parser = subcommand_parsers()[name]
+    assert parser.description, f"{name} has no description"
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        assert "(default: " in (action.help or ""), f"{name} {action.option_strings[0]}"

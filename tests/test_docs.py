@@ -55,7 +55,8 @@ def test_rows_of_jproxy_packets() -> None:
             "5",
             "1",
             "address.type",
-            "destination: 1 IPv4, 3 DNS name, 4 IPv6; values: IPV4 = 1, DOMAIN = 3, IPV6 = 4",
+            "destination: 1 IPv4, 2 IPv6, 3 DNS name; SOCKS5's 4 for IPv6 is unknown here;"
+            " values: IPV4 = 1, IPV6 = 2, DOMAIN = 3",
         ),
         docs.Row(
             "6",
@@ -127,16 +128,17 @@ def test_command_writes_the_docs(tmp_path: Path) -> None:
         timeout=60,
         check=True,
     )
-    assert run.stdout.strip() == "wrote docs/protocol.md"
+    assert run.stdout.splitlines() == ["wrote docs/protocol.md", "wrote docs/cli.md"]
     assert (tmp_path / "docs" / "protocol.md").read_text(encoding="utf-8") == docs.render()
 
-    out = tmp_path / "elsewhere" / "p.md"
+    out, cli_out = tmp_path / "elsewhere" / "p.md", tmp_path / "elsewhere" / "c.md"
     run = subprocess.run(
-        [sys.executable, "-m", "jproxy", "docs", "--out", str(out)],
+        [sys.executable, "-m", "jproxy", "docs", "--out", str(out), "--cli-out", str(cli_out)],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    assert run.stdout.strip() == f"wrote {out}"
+    assert run.stdout.splitlines() == [f"wrote {out}", f"wrote {cli_out}"]
     assert out.read_text(encoding="utf-8") == docs.render()
+    assert cli_out.read_text(encoding="utf-8") == (tmp_path / "docs" / "cli.md").read_text()

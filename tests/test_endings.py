@@ -15,7 +15,7 @@ import time
 import pytest
 from python_socks import ProxyError
 
-from tests.peers import echo, serve_tcp, start_client, start_server
+from tests.peers import echo, serve_tcp, start_client, start_server, wait_for_access
 from tests.test_tunnel import DIALECT_FLAGS, recv_exactly, socks_connect
 
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
@@ -59,7 +59,7 @@ def test_a_targets_reset_reaches_the_socks_application_as_a_reset(pair):
     sock.sendall(b"go")
     assert recv_exactly(sock, 14) == b"partial answer"
     read_until_reset(sock)
-    server.wait_for(r"gjproxy.access: alice 127\.0\.0\.1:\d+ OK .* reset")
+    wait_for_access(server, user="alice", target=r"127\.0\.0\.1:\d+", status="OK", ended="reset")
 
 
 def test_the_access_log_names_closed_and_failed_streams(pair):
@@ -68,14 +68,16 @@ def test_the_access_log_names_closed_and_failed_streams(pair):
     with socks_connect(client.port, "127.0.0.1", target.server_address[1]) as sock:
         sock.sendall(b"hello")
         assert recv_exactly(sock, 5) == b"hello"
-    server.wait_for(r"gjproxy.access: alice 127\.0\.0\.1:\d+ OK .* closed")
+    wait_for_access(server, user="alice", target=r"127\.0\.0\.1:\d+", status="OK", ended="closed")
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nobody listens there: refused
     with pytest.raises(ProxyError, match="refused"):
         socks_connect(client.port, "127.0.0.1", port)
-    server.wait_for(rf"gjproxy.access: alice 127\.0\.0\.1:{port} REFUSED .* failed")
+    wait_for_access(
+        server, user="alice", target=f"127\\.0\\.0\\.1:{port}", status="REFUSED", ended="failed"
+    )
 
 
 def test_a_lost_tunnel_resets_every_stream(workdir):

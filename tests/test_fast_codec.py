@@ -136,7 +136,7 @@ def test_build_rejects_values_the_header_cannot_carry(connection_id: int, size: 
 
 # --- control messages ----------------------------------------------------------------------
 
-CONTROL = {codec.schema.name: codec for codec in fast.CONTROL_CODECS}
+CONTROL = {codec.schema.name: codec for codec in (*fast.CONTROL_CODECS, *fast.DATAGRAM_CODECS)}
 
 
 def _schema_values(codec: Any, wire: bytes) -> tuple[Any, ...]:
@@ -308,6 +308,13 @@ _CONTROL_VALUES = {
     "TcpDisconnect": st.tuples(_IDS, st.sampled_from(jproxy.DisconnectReason) | st.integers(-1, 6)),
     "TcpWindowUpdate": st.tuples(_IDS, st.integers(0, 0xFFFFFFFF) | st.sampled_from([-1, 1 << 32])),
     "TcpHalfClose": st.tuples(_IDS),
+    "UdpAssociateRequest": st.tuples(
+        _IDS, _IDS, _IDS, st.sampled_from(jproxy.AddressType) | st.integers(0, 5), _HOSTS
+    ),
+    "UdpAssociateReply": st.tuples(
+        _IDS, st.sampled_from(jproxy.ConnectStatus) | st.integers(-1, 8), _IDS
+    ),
+    "UdpDissociate": st.tuples(_IDS, st.sampled_from(jproxy.DisconnectReason) | st.integers(-1, 6)),
     "KeepAlive": st.tuples(st.sampled_from(jproxy.KeepAliveKind) | st.integers(-1, 3)),
 }
 """Values for each control message, valid about half the time."""

@@ -18,13 +18,15 @@ from jproxy.handlers.handshake import client_login, server_login
 from jproxy.handshake import ClientHandshake, Phase, ServerHandshake
 from jproxy.keys import ClientKey, UserDirectory, generate, load_client_key
 from jproxy.session import Session
-from schemas.jproxy import Dialect
+from schemas import WireError, build
+from schemas.jproxy import Dialect, KeepAlive, KeepAliveKind, TcpDisconnect
 
 JAVA = Path(__file__).parent / "vectors" / "java-3.0"
 VECTORS = json.loads((JAVA / "vectors.json").read_text())
 TRANSCRIPT = json.loads((JAVA / "transcript.json").read_text())
 JAVA_KEY = load_client_key(JAVA / "client-key.dat")
 REFUSED_HELLO = b"jProxy\x01"
+PING = build(KeepAlive, {"kind": KeepAliveKind.PING})
 SHORT = 0.5  # seconds: the handshake deadline in the tests that wait for it
 
 
@@ -101,8 +103,6 @@ def test_server_keeps_what_follows_the_login_hash(users: UserDirectory) -> None:
 @pytest.mark.parametrize(
     ("hello", "allow_legacy", "refusal"),
     [
-        (b"jPROXY\x03\x00", True, "not a jProxy hello: b'jPROXY\\x03\\x00'"),
-        (b"GET / HT", True, "not a jProxy hello: b'GET / HT'"),
         (b"jProxy\x02\x00", True, "refused major version 2"),
         (b"jProxy\x04\x00", True, "refused major version 4"),
         (b"jProxy\x03\x09", True, "refused unknown minor version 9"),
@@ -125,8 +125,19 @@ def test_server_core_refuses_bad_hellos(
     assert server.session is None
 
 
-def test_server_core_refuses_bad_magic_and_major_like_java(users: UserDirectory) -> None:
-    for name in ("bad_magic", "wrong_major", "wrong_major_4"):
+@pytest.mark.parametrize(
+    "hello", [b"jPROXY\x03\x00", b"GET / HT", b"\x16\x03\x01\x02\x00\x01\x00\x01"]
+)
+def test_server_core_says_nothing_without_the_magic(users: UserDirectory, hello: bytes) -> None:
+    """Unlike Java (which answers "jProxy\\x01" to anything), a scanner learns nothing."""
+    server = ServerHandshake(users, allow_legacy=True)
+    assert _feed_bytewise(server, hello) == b""
+    assert server.phase is Phase.REFUSED
+    assert server.refusal == f"not a jProxy hello: {hello!r}"
+
+
+def test_server_core_refuses_a_wrong_major_like_java(users: UserDirectory) -> None:
+    for name in ("wrong_major", "wrong_major_4"):
         hello, reply, closed = _java_probe(name)
         server = ServerHandshake(users, allow_legacy=True)
         assert server.receive(bytes.fromhex(hello["hex"])).hex() == reply["hex"]
@@ -139,7 +150,9 @@ def test_server_core_refuses_an_unknown_hash_like_java(users: UserDirectory) -> 
     assert server.receive(bytes.fromhex(hello["hex"])).hex() == hello_reply["hex"]
     assert _feed_bytewise(server, bytes.fromhex(login["hex"])).hex() == login_reply["hex"]
     assert server.phase is Phase.REFUSED
-    assert server.refusal == "unknown login hash 6382b3cc881412b7..."
+    name = bytes.fromhex(login["hex"])[-32:].hex().upper()
+    assert name.startswith("6382B3CC881412B7")
+    assert server.refusal == f"unknown login hash {name}: no users/{name}.dat"
 
 
 def _java_server_replies() -> bytes:
@@ -159,8 +172,8 @@ def test_secure_client_says_when_the_server_looks_like_java() -> None:
     with pytest.raises(handshake.LegacyServer) as caught:
         _feed_bytewise(client, _java_server_replies())
     assert str(caught.value) == (
-        "this server looks like a jProxy 3.0 server: use --dialect 3.0"
-        " (and the server needs --allow-legacy)"
+        "this server looks like a jProxy 3.0 server: for the Java server, use --dialect 3.0;"
+        " for a gjproxy server, start it with --allow-legacy and use --dialect 3.0"
     )
     assert caught.value.fatal
 
@@ -271,7 +284,7 @@ def gjproxy_server(
             result = server_login(sock, f"{host}:{port}", users, allow_legacy, timeout)
             results.append(result)
             if result is not None:
-                _echo_upper(sock, result[1], result[2])
+                _echo_upper(sock, result.session, result.proof.received)
 
     server = gevent.spawn(serve)
     try:
@@ -327,14 +340,19 @@ def test_login_over_loopback_then_frames_flow(
         session = client_login(sock, JAVA_KEY, dialect, timeout=5)
         assert session.dialect is dialect
         sock.sendall(session.seal(b"ping") + session.seal(b"x" * session.max_message))
+        # In 3.1 the client's first frame is its keep-alive ping: the proof of the key.
+        expected = [PING] if dialect is Dialect.SECURE_3_1 else []
+        expected += [b"PING", b"X" * session.max_message]
         received: list[bytes] = []
-        while len(received) < 2:
+        while len(received) < len(expected):
             received += session.feed(sock.recv(65536))
-        assert received == [b"PING", b"X" * session.max_message]
+        assert received == expected
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1) == b""
-    [(user, server_session, pipelined)] = results
-    assert (user, server_session.dialect, pipelined) == ("alice", dialect, b"")
+    [login] = results
+    assert (login.user, login.session.dialect) == ("alice", dialect)
+    assert login.proven is (dialect is Dialect.SECURE_3_1)
+    assert len(login.proof.received) == (1 + 32 if dialect is Dialect.SECURE_3_1 else 0)
 
 
 def test_pipelined_client_bytes_reach_the_session(users: UserDirectory) -> None:
@@ -350,14 +368,15 @@ def test_pipelined_client_bytes_reach_the_session(users: UserDirectory) -> None:
         client.receive(replies[7:])
         sock.sendall(client.session.seal(b"after"))
         assert client.session.feed(sock.recv(4096)) == [b"AFTER"]
-    [(_, _, pipelined)] = results
-    assert pipelined == b"\x00"
+    [login] = results
+    assert login.proof.received == b"\x00" and not login.proven
 
 
 @pytest.mark.parametrize(
     ("sent", "reply", "log_line"),
     [
-        (b"jPROXY\x03\x01", REFUSED_HELLO, "not a jProxy hello"),
+        (b"jPROXY\x03\x01", b"", "not a jProxy hello"),
+        (b"GET / HTTP/1.0\r\n\r\n", b"", "not a jProxy hello"),
         (b"jProxy\x02\x01", REFUSED_HELLO, "refused major version 2"),
         (b"jProxy\x03\x09", REFUSED_HELLO, "refused unknown minor version 9"),
         (
@@ -366,9 +385,13 @@ def test_pipelined_client_bytes_reach_the_session(users: UserDirectory) -> None:
             "refused minor version 0: legacy dialect 3.0 not allowed"
             " (start the server with --allow-legacy)",
         ),
-        (b"jProxy\x03\x01" + bytes(32), b"jProxy\x00\x01", "unknown login hash 0000000000000000"),
+        (
+            b"jProxy\x03\x01" + bytes(32),
+            b"jProxy\x00\x01",
+            f"unknown login hash {'0' * 64}: no users/{'0' * 64}.dat",
+        ),
     ],
-    ids=["bad-magic", "major-2", "minor-9", "legacy-not-allowed", "unknown-hash"],
+    ids=["bad-magic", "http", "major-2", "minor-9", "legacy-not-allowed", "unknown-hash"],
 )
 def test_server_refuses_over_loopback_and_logs_why(
     users: UserDirectory,
@@ -478,3 +501,91 @@ def test_client_gives_up_on_a_slow_server(behaviour: str) -> None:
             with gevent.Timeout(5):
                 client_login(sock, JAVA_KEY, Dialect.SECURE_3_1, timeout=SHORT)
     assert not caught.value.fatal
+
+
+# --- the proof of the key (the first frame after login) ---------------------------------------
+
+
+def _logged_in(users: UserDirectory, dialect: Dialect) -> tuple[ServerHandshake, Session]:
+    """A server core that answered a login, and the client's session for it."""
+    server = ServerHandshake(users, allow_legacy=True)
+    client = ClientHandshake(JAVA_KEY, dialect)
+    client.receive(server.receive(client.start()))
+    client.receive(server.receive(JAVA_KEY.login_hash))
+    assert server.phase is client.phase is Phase.DONE
+    return server, client.session
+
+
+@pytest.mark.parametrize("dialect", list(Dialect))
+def test_proof_opens_the_first_frame_and_keeps_every_byte(
+    users: UserDirectory, dialect: Dialect
+) -> None:
+    server, client = _logged_in(users, dialect)
+    first = client.seal(build(TcpDisconnect, {"connection_id": 7, "reason": 1, "legacy_pad": None}))
+    sent = first + client.seal(b"next")
+    assert not any(server.proof.receive(bytes([byte])) for byte in sent[: len(first) - 1])
+    assert server.proof.receive(sent[len(first) - 1 :]) is True
+    assert server.proof.received == sent
+    # The real session opens the same bytes again, in order: nothing was consumed.
+    assert server.session.feed(server.proof.received)[1] == b"next"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "frame", "reason"),
+    [
+        (Dialect.SECURE_3_1, b"\x02" + bytes(32), "authentication failed"),
+        (Dialect.SECURE_3_1, b"\x00", "empty frame"),
+        (Dialect.LEGACY_3_0, b"\x01" + bytes(16), "padding"),
+    ],
+    ids=["replayed-hash-3.1", "empty-frame-3.1", "garbage-3.0"],
+)
+def test_proof_refuses_frames_not_sealed_with_the_key(
+    users: UserDirectory, dialect: Dialect, frame: bytes, reason: str
+) -> None:
+    server, _ = _logged_in(users, dialect)
+    with pytest.raises(WireError, match=reason):
+        server.proof.receive(frame)
+    assert not server.proof.proven
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [(b"", "empty message"), (b"\x99", "unknown message type"), (PING, "3.1 message")],
+)
+def test_legacy_proof_needs_a_well_formed_30_message(
+    users: UserDirectory, message: bytes, reason: str
+) -> None:
+    """ECB has no MAC: valid padding and a well-formed message are all a 3.0 frame can show."""
+    server, client = _logged_in(users, Dialect.LEGACY_3_0)
+    with pytest.raises(WireError, match=reason):
+        server.proof.receive(client.seal(message))
+
+
+def test_legacy_proof_bounds_empty_frames(users: UserDirectory) -> None:
+    server, _ = _logged_in(users, Dialect.LEGACY_3_0)
+    assert server.proof.receive(b"\x00" * handshake.MAX_PROOF_BYTES) is False
+    with pytest.raises(WireError, match="no message in the first"):
+        server.proof.receive(b"\x00")
+
+
+def test_replayed_hash_without_the_key_is_dropped_at_the_deadline(
+    users: UserDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Captured hello and hash sent back: status 0 comes, but no frame can follow."""
+    with caplog.at_level(logging.INFO, logger="jproxy.handlers.handshake"):
+        with gjproxy_server(users, timeout=SHORT) as (address, results), _connect(address) as sock:
+            sock.sendall(b"jProxy\x03\x01" + JAVA_KEY.login_hash)
+            assert len(_receive_all(sock)) == 7 + 257  # the reply, then the close
+        assert results == [None]
+    assert f"dropped: no complete proof of the key within {SHORT:g} s" in caplog.text
+
+
+def test_replayed_hash_with_a_forged_frame_is_refused(
+    users: UserDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="jproxy.handlers.handshake"):
+        with gjproxy_server(users) as (address, results), _connect(address) as sock:
+            sock.sendall(b"jProxy\x03\x01" + JAVA_KEY.login_hash + b"\x02" + bytes(32))
+            assert len(_receive_all(sock)) == 7 + 257
+        assert results == [None]
+    assert "alice logged in without the key: " in caplog.text

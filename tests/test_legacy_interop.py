@@ -21,6 +21,7 @@ from schemas.jproxy import Dialect, MessageType, TcpConnectRequest
 from tests.peers import echo, serve_tcp, start_server
 
 JAVA = Path(__file__).parent / "vectors" / "java-3.0"
+V6_LOOPBACK = bytes(15) + b"\x01"
 
 
 def java_messages() -> list[dict]:
@@ -40,13 +41,17 @@ def login(port: int) -> tuple[socket.socket, object]:
     return sock, core.session
 
 
-def test_java_client_messages_get_java_shaped_answers(tmp_path):
+def start_legacy_server_knowing_the_java_user(workdir: Path):
     keys = json.loads((JAVA / "vectors.json").read_text())["keys"]
-    (tmp_path / "users").mkdir()
+    (workdir / "users").mkdir()
     shutil.copy(
-        JAVA / "server-user.dat", tmp_path / "users" / keys["server_user_file_original_name"]
+        JAVA / "server-user.dat", workdir / "users" / keys["server_user_file_original_name"]
     )
-    server = start_server(tmp_path, "--allow-legacy")
+    return start_server(workdir, "--allow-legacy")
+
+
+def test_java_client_messages_get_java_shaped_answers(tmp_path):
+    server = start_legacy_server_knowing_the_java_user(tmp_path)
     target = serve_tcp(echo)
     sock, session = login(server.port)
 
@@ -102,3 +107,31 @@ def test_java_client_messages_get_java_shaped_answers(tmp_path):
     assert all(len(reply) == 6 for reply in replies)
     assert echoed == sent
     assert len(sent[1]) == 20 + 2048 + 2048 + 904
+
+
+def test_java_client_ipv6_connect_is_answered_and_carries_data(tmp_path):
+    """The Java client names IPv6 with address type 2 (issue 9: gjproxy dropped it unanswered)."""
+    server = start_legacy_server_knowing_the_java_user(tmp_path)
+    target = serve_tcp(echo, "::1")
+    sock, session = login(server.port)
+    sock.settimeout(10)
+    port = target.server_address[1].to_bytes(2, "big")
+    sock.sendall(
+        session.seal(bytes.fromhex("01 0000") + port + bytes.fromhex("02 10") + V6_LOOPBACK)
+    )
+
+    received: list[bytes] = []
+
+    def next_message() -> bytes:
+        while not received:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed the tunnel:\n" + server.log()
+            received.extend(session.feed(chunk))
+        return received.pop(0)
+
+    assert next_message()[:4] == bytes.fromhex("01 0000 00"), server.log()
+    sock.sendall(session.seal(TCP_PACKET.build(0, b"hello over IPv6")))
+    assert TCP_PACKET.parse(next_message()) == (0, b"hello over IPv6")
+    sock.close()
+    target.shutdown()
+    server.stop()

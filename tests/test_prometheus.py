@@ -62,6 +62,15 @@ def test_page_reports_every_counter(metrics) -> None:
     assert found[("gjproxy_dialect_tunnels_open", (("dialect", "3.1"),))] == 2
     assert found[("gjproxy_dialect_tunnels_open", (("dialect", "3.0"),))] == 0
     assert found[("gjproxy_relay_buffer_size_bytes", ())] == 65536
+    assert found[("gjproxy_datagrams_dropped_total", (("reason", "fragment"),))] == 0
+
+
+def test_page_reports_drops_by_reason(metrics, counters) -> None:
+    counters.datagram_dropped("queue_full")
+    counters.datagram_dropped("queue_full")
+    found = samples(fetch(metrics)[2])
+    assert found[("gjproxy_datagrams_dropped_total", (("reason", "queue_full"),))] == 2
+    assert found[("gjproxy_datagrams_dropped_total", (("reason", "source"),))] == 0
 
 
 def test_metric_types(metrics) -> None:
@@ -75,6 +84,14 @@ def test_metric_types(metrics) -> None:
         "gjproxy_tunnels_open": "gauge",
         "gjproxy_dialect_tunnels_open": "gauge",
         "gjproxy_relay_buffer_size_bytes": "gauge",
+        "gjproxy_service_connections": "counter",
+        "gjproxy_service_connections_open": "gauge",
+        "gjproxy_service_transferred_bytes": "counter",
+        "gjproxy_doh_lookup_seconds": "summary",
+        "gjproxy_doh_failures": "counter",
+        "gjproxy_dns_cache_hits": "counter",
+        "gjproxy_dns_cache_misses": "counter",
+        "gjproxy_datagrams_dropped": "counter",
     }
 
 

@@ -352,6 +352,7 @@ def test_no_more_input_after_a_refusal() -> None:
         (ConnectStatus.UNREACHABLE, ReplyCode.NETWORK_UNREACHABLE),
         (ConnectStatus.UNKNOWN_HOST, ReplyCode.HOST_UNREACHABLE),
         (ConnectStatus.CONNECTION_LIMIT, ReplyCode.NOT_ALLOWED),
+        (ConnectStatus.NOT_ALLOWED, ReplyCode.NOT_ALLOWED),
     ],
 )
 def test_reply_code_for_every_connect_status(status, code) -> None:

@@ -16,6 +16,7 @@ from schemas.socks5 import (
     PACKETS,
     PASSWORD_REQUEST_READER,
     REQUEST_READER,
+    UDP_DATAGRAM_READER,
     AddressType,
     Command,
     Greeting,
@@ -32,6 +33,7 @@ from schemas.socks5 import (
     SocksReply,
     SocksRequest,
     SocksUdpDatagram,
+    UdpDatagram,
     packet_size,
 )
 
@@ -463,3 +465,31 @@ def test_fast_path_agrees_with_construct(reader: SocksReader, data: bytes) -> No
     except NotFast:
         assert isinstance(by_schema, Defect)
     assert _outcome(reader.read, bytearray(data)) == by_schema
+
+
+_DATAGRAMS = st.builds(
+    lambda fragment, address, port, data: build(
+        SocksUdpDatagram,
+        {"fragment": fragment, "address": address, "port": port, "data": data},
+    ),
+    st.sampled_from([0, 0, 1, 0x80]),
+    _ADDRESSES,
+    st.integers(0, 0xFFFF),
+    st.binary(max_size=8),
+)
+
+
+def _datagram_by_construct(data: bytes) -> UdpDatagram:
+    fields = parse(SocksUdpDatagram, data)
+    return UdpDatagram(fields.fragment, fields.address.host, fields.port, fields.data)
+
+
+@settings(deadline=None, max_examples=400)
+@given(data=st.one_of(st.binary(max_size=24), _damaged(_DATAGRAMS), _DATAGRAMS))
+def test_udp_datagram_reader_agrees_with_construct(data: bytes) -> None:
+    """On any bytes the fast reader gives construct's answer or construct's defect; whatever
+    construct accepts, the fast path reads by itself."""
+    expected = _outcome(_datagram_by_construct, data)
+    assert _outcome(UDP_DATAGRAM_READER.read, data) == expected
+    if not isinstance(expected, Defect):
+        assert UDP_DATAGRAM_READER.read_fast(data) == expected

@@ -10,7 +10,7 @@ import pytest
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
-from tests.peers import start_client, start_server
+from tests.peers import echo, serve_tcp, start_client, start_server
 from tests.test_tunnel import curl
 
 
@@ -83,7 +83,8 @@ def test_user_password_on_the_socks_port(workdir):
     client = start_client(
         workdir, server.port, "--socks-user", "bob", env={"GJPROXY_SOCKS_PASSWORD": "s3cret"}
     )
-    target_port = server.port  # any listening port will do for a CONNECT that succeeds
+    target = serve_tcp(echo)  # not the server's own port: the egress policy denies that
+    target_port = target.server_address[1]
     try:
         good = Proxy.from_url(f"socks5://bob:s3cret@127.0.0.1:{client.port}")
         good.connect("127.0.0.1", target_port, timeout=10).close()
@@ -96,6 +97,7 @@ def test_user_password_on_the_socks_port(workdir):
                 _recv_until_closed(sock, 4) == b"\x05\x02\x01\x01"
             )  # method 2 chosen, then auth failure
     finally:
+        target.shutdown()
         client.stop()
         server.stop()
 

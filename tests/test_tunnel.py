@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from tests.peers import (
     digest_after_eof,
     echo,
     require_tool,
+    serve_files,
     serve_tcp,
     sha256_of,
     start_client,
@@ -82,6 +84,19 @@ def test_curl_gets_100_megabytes_intact(tunnel, web):
     body = curl(tunnel.port, f"http://127.0.0.1:{web.server_port}/big")
     assert len(body) == 100 * 1024 * 1024
     assert hashlib.sha256(body).hexdigest() == sha256_of(web.root / "big")
+
+
+def test_curl_reaches_an_ipv6_literal(tunnel, tmp_path):
+    """curl sends SOCKS address type 4 for [::1]; the tunnel must carry it as jProxy's 2."""
+    root = tmp_path / "www6"
+    root.mkdir()
+    page = os.urandom(100_000)
+    (root / "page").write_bytes(page)
+    web6 = serve_files(root, "::1")
+    try:
+        assert curl(tunnel.port, f"http://[::1]:{web6.server_port}/page") == page
+    finally:
+        web6.shutdown()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])

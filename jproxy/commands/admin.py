@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from jproxy.admin import AdminClientConnection, LoginReplied, MethodReplied
 from jproxy.admin import login_bytes as build_login
 from jproxy.admin import request_bytes as build_request
-from jproxy.config import ConfigError, load, resolve
+from jproxy.config import ConfigError, host_port, host_port_text, load, resolve
 from jproxy.handlers.admin import stream_socket
 from jproxy.passwords import (
     PASSWORD_VARIABLE,
@@ -52,6 +52,10 @@ exit status:
   3  login refused: bad user name or password
   4  protocol error: the server speaks another admin protocol version or replied garbage
   5  cannot connect, connection lost, or no reply within 10 seconds
+130  interrupted (Ctrl-C, at the password prompt or while waiting for the server)
+
+The server's address: --host and --port, else [admin] host and port in the config file, else
+its [server] admin (the address the server listens on), else 127.0.0.1:8080.
 """
 
 QUERIES: dict[str, tuple[Method, str]] = {
@@ -61,6 +65,8 @@ QUERIES: dict[str, tuple[Method, str]] = {
     "get-buffer": (Method.GET_BUFFER_SIZE, "relay buffer size"),
     "tunnels": (Method.TUNNELS_OPEN, "tunnels open"),
     "users": (Method.USERS_CONNECTED, "connected users"),
+    "dns": (Method.DNS_LOOKUPS, "DNS lookups"),
+    "drops": (Method.DATAGRAMS_DROPPED, "datagrams dropped"),
 }
 """Methods without a parameter: command-line name -> (method, label in ``stats``)."""
 
@@ -95,17 +101,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f" password comes from ${PASSWORD_VARIABLE} or a prompt. METHOD is one of:"
         " stats (every value), connections (since start), open (connections open now),"
         " bytes (transferred), tunnels (open now), users (connected tunnel users),"
+        " dns (DoH lookups, failures, their milliseconds, cache hits and misses),"
         " get-buffer, set-buffer N (relay buffer size in bytes), hash-password (print the"
         " password_hash line for the server's [admin] config section).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help="server address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="admin port (default 8080)")
+    parser.add_argument(
+        "--host", help="server address (default: from the config file, else 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, help="admin port (default: from the config file, else 8080)"
+    )
     parser.add_argument(
         "--user", help=f"admin user (default: [admin] user in the config file, ${USER_VARIABLE})"
     )
-    parser.add_argument("--config", help="TOML file; its [admin] keys are the flags' names")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file; its [admin] keys are the flags' names, and [server] admin is used"
+        " (default: none)",
+    )
     parser.add_argument("method", metavar="METHOD", choices=METHODS, help=", ".join(METHODS))
     parser.add_argument("arg", metavar="ARG", nargs="?", help="N for set-buffer")
     parser.set_defaults(handler=run)
@@ -147,8 +163,25 @@ def _ask(
         yield "", _call(host, port, user, password, QUERIES[args.method][0])
 
 
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+"""A server listening on every address is reached on loopback."""
+
+
+def _defaults(config: Mapping) -> dict:
+    """DEFAULTS, with host and port from ``[server] admin`` when the file has it."""
+    server = config.get("server")
+    listen = server.get("admin") if isinstance(server, dict) else None
+    if listen is None:
+        return DEFAULTS
+    if not isinstance(listen, str):
+        raise ConfigError("config: [server] admin must be a str")
+    host, port = host_port(listen, "config: [server] admin")
+    return {**DEFAULTS, "host": _WILDCARDS.get(host, host), "port": port}
+
+
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, int, str]:
-    settings = resolve(args, load(args.config), "admin", DEFAULTS)
+    config = load(args.config)
+    settings = resolve(args, config, "admin", _defaults(config))
     if not 1 <= settings["port"] <= 65535:
         raise ConfigError(f"port must be 1..65535, got {settings['port']}")
     user = settings["user"] or environ.get(USER_VARIABLE)
@@ -191,10 +224,13 @@ def _sockets_to_try(family: int) -> Iterator[socket.socket]:
 
 
 def _connect(host: str, port: int) -> socket.socket:
+    where = host_port_text((host, port))
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        raise AdminCommandError(ExitStatus.UNREACHABLE, f"cannot resolve {host}: {error}") from None
+        raise AdminCommandError(
+            ExitStatus.UNREACHABLE, f"{where}: cannot resolve: {error}"
+        ) from None
     last_error: OSError | None = None
     for family, _, _, _, address in addresses:
         for sock in _sockets_to_try(family):
@@ -205,9 +241,7 @@ def _connect(host: str, port: int) -> socket.socket:
             except OSError as error:
                 sock.close()
                 last_error = error
-    raise AdminCommandError(
-        ExitStatus.UNREACHABLE, f"cannot connect to {host}:{port}: {_why(last_error)}"
-    )
+    raise AdminCommandError(ExitStatus.UNREACHABLE, f"{where}: cannot connect: {_why(last_error)}")
 
 
 def _why(error: OSError | None) -> str:
@@ -241,24 +275,27 @@ def _call(
         ) from None
     client = AdminClientConnection(method)
     pending: list[Reply] = []
+    where = host_port_text((host, port))
     try:
         with _connect(host, port) as sock:
             sock.sendall(login)
             status = _next_reply(sock, client, pending).status
             if status is not AuthStatus.OK:
-                raise AdminCommandError(*_LOGIN_FAILURES[status])
+                code, message = _LOGIN_FAILURES[status]
+                raise AdminCommandError(code, f"{where}: {message}")
             sock.sendall(request)
             reply = _next_reply(sock, client, pending)
     except WireError as error:
-        raise AdminCommandError(ExitStatus.PROTOCOL_ERROR, f"bad reply: {error}") from None
+        raise AdminCommandError(ExitStatus.PROTOCOL_ERROR, f"{where}: bad reply: {error}") from None
     except OSError as error:
         raise AdminCommandError(
-            ExitStatus.UNREACHABLE, f"connection to {host}:{port} lost: {_why(error)}"
+            ExitStatus.UNREACHABLE, f"{where}: connection lost: {_why(error)}"
         ) from None
     if reply.code is Method.INVALID_PARAM:
-        raise AdminCommandError(ExitStatus.REFUSED, f"invalid parameter: {reply.data}")
+        raise AdminCommandError(ExitStatus.REFUSED, f"{where}: invalid parameter: {reply.data}")
     if reply.code is Method.INVALID_METHOD:
         raise AdminCommandError(
-            ExitStatus.REFUSED, f"the server does not offer method {int(method)}: {reply.data}"
+            ExitStatus.REFUSED,
+            f"{where}: the server does not offer method {int(method)}: {reply.data}",
         )
     return reply.data

@@ -6,22 +6,27 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 
 import gevent
 
 from jproxy.channels import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from jproxy.config import (
     ConfigError,
+    ListenError,
     add_tunnel_options,
     check_tunnel_options,
     host_port,
+    listening,
     load,
     resolve,
+    show_defaults,
 )
 from jproxy.handlers.client import DEFAULT_GRACE, TunnelClient
+from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
 from jproxy.handlers.signals import Termination
-from jproxy.handlers.socks5 import Socks5Listener
-from jproxy.keys import KeyFileError, load_client_key
+from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
+from jproxy.keys import KeyFileError, load_client_key, require_private
 from schemas.jproxy import Dialect
 
 log = logging.getLogger("gjproxy.client")
@@ -29,12 +34,15 @@ log = logging.getLogger("gjproxy.client")
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
 SOCKS_PASSWORD_ENV = "GJPROXY_SOCKS_PASSWORD"
 DEFAULTS = {
-    "server": "127.0.0.1:16384",
+    "server": ["127.0.0.1:16384"],
     "key": "key.dat",
     "socks": "127.0.0.1:1080",
     "dialect": "3.1",
     "socks_user": "",
     "socks_password": "",
+    "max_socks": MAX_CLIENTS,
+    "metrics": "",
+    "keylog": "",
     "window": DEFAULT_WINDOW,
     "keepalive": KEEPALIVE_INTERVAL,
     "grace": DEFAULT_GRACE,
@@ -47,32 +55,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the local SOCKS5 proxy that tunnels to a gjproxy server",
         description="Serve SOCKS5 locally and carry every connection through one jProxy tunnel.",
     )
-    parser.add_argument("--config", help="TOML file; its [client] keys are the flags' names")
-    parser.add_argument("--server", metavar="HOST:PORT", help="default 127.0.0.1:16384")
-    parser.add_argument("--key", metavar="FILE", help="client key file (default ./key.dat)")
-    parser.add_argument("--socks", metavar="HOST:PORT", help="default 127.0.0.1:1080")
-    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="default 3.1")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file; its [client] keys are the flags' names"
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        action="append",
+        help="the tunnel server; give it again for more servers, tried in order when one fails",
+    )
+    parser.add_argument("--key", metavar="FILE", help="client key file, mode 0600")
+    parser.add_argument("--socks", metavar="HOST:PORT", help="the local SOCKS5 port")
+    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="jProxy dialect")
     parser.add_argument(
         "--socks-user",
         metavar="USER",
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
         f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
     )
+    parser.add_argument(
+        "--max-socks",
+        type=int,
+        metavar="N",
+        help="SOCKS connections served at once; the next one gets reply 0x01 (general failure)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
+    )
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
+        f" also ${ENVIRONMENT}",
+    )
     add_tunnel_options(parser)
     parser.add_argument(
         "--keepalive",
         type=float,
         metavar="S",
-        help=f"3.1: ping a tunnel quiet this long; silent {DEAD_AFTER}x this: rebuild it"
-        f" (default {KEEPALIVE_INTERVAL:g})",
+        help=f"3.1: ping a tunnel quiet this long; silent {DEAD_AFTER}x this: rebuild it",
     )
+    show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
 
 def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings = resolve(args, load(args.config), "client", DEFAULTS)
-    settings["server"] = host_port(settings["server"], "--server")
+    if not settings["server"]:
+        raise ConfigError("config: [client] server must name at least one HOST:PORT")
+    settings["server"] = [host_port(server, "--server") for server in settings["server"]]
     settings["socks"] = host_port(settings["socks"], "--socks")
+    settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
     check_tunnel_options(settings)
     settings["keepalive"] = float(settings["keepalive"])
     if settings["keepalive"] <= 0:
@@ -80,6 +115,9 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     if settings["dialect"] not in DIALECTS:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
+    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
+    if settings["max_socks"] < 1:
+        raise ConfigError("--max-socks must be at least 1")
     password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
     if settings["socks_user"] and not password:
         raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
@@ -92,24 +130,48 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         key = load_client_key(settings["key"])
+        require_private(settings["key"])
+        key_log = open_key_log(settings["keylog"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
+        return 2
+    except OSError as error:
+        sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
         return 2
     tunnels = TunnelClient(
         settings["server"],
         key,
         settings["dialect"],
+        key_log=key_log,
         window=settings["window"],
         keepalive=settings["keepalive"],
     )
-    listener = Socks5Listener(settings["socks"], tunnels, users=settings["socks_users"])
+    listener = Socks5Listener(
+        settings["socks"],
+        tunnels,
+        users=settings["socks_users"],
+        max_clients=settings["max_socks"],
+    )
+    services = []
     try:
-        listener.start()
-    except OSError as error:
-        sys.stderr.write(f"gjproxy client: cannot listen on {settings['socks']}: {error}\n")
+        listening("--socks", settings["socks"], listener.start)
+        services.append(listener)
+        if settings["metrics"]:
+            # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
+            from jproxy.handlers.prometheus import serve_client_metrics
+
+            metrics = partial(serve_client_metrics, settings["metrics"], tunnels)
+            services.append(listening("--metrics", settings["metrics"], metrics))
+    except ListenError as error:
+        sys.stderr.write(f"gjproxy client: {error}\n")
+        for service in services:
+            service.stop()
         return 1
     tunnels.start()
-    return serve_until_stopped(tunnels, listener, termination, settings["grace"])
+    status = serve_until_stopped(tunnels, listener, termination, settings["grace"])
+    for service in services[1:]:  # serve_until_stopped stopped the listener
+        service.stop()
+    return status
 
 
 def serve_until_stopped(

@@ -1,20 +1,27 @@
 """``gjproxy quickstart``: keys, server and client on this machine, a SOCKS5 port to try.
 
-The first run makes a key pair and an admin password in a local folder (the password is shown
-once; only its hash is kept); later runs reuse them. Server and client run in this one process.
+The first run makes a key pair and an admin password in a local folder; later runs reuse them.
+Every port is opened before the password is made, and its hash is kept only once all of them
+are open, so a busy port never costs the password (it is shown once; only its hash is kept).
+Server and client run in this one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
+from functools import partial
 from pathlib import Path
 
-from jproxy.config import ConfigError, host_port
+from jproxy.config import ConfigError, ListenError, host_port, listening, show_defaults
+from jproxy.egress import EgressPolicy
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.client import TunnelClient
-from jproxy.handlers.server import TunnelServer
+from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.resolver import SystemResolver
+from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import Socks5Listener
 from jproxy.keys import (
@@ -29,35 +36,45 @@ from jproxy.passwords import AdminCredentials, hash_password
 from schemas.jproxy import Dialect
 
 TUNNEL_UP_TIMEOUT = 15.0
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
+"""Everything runs on this host, so the quickstart lets streams reach its loopback."""
+ADMIN_USER = "admin"
+PASSWORD_HASH_FILE = "admin-password-hash"
+DEFAULTS = {
+    "dir": "gjproxy-quickstart",
+    "socks": "127.0.0.1:1080",
+    "listen": "127.0.0.1:16384",
+    "admin": "127.0.0.1:8080",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "quickstart",
         help="run server and client on localhost with keys made on first use",
-        description="Make keys in DIR if there are none, start a tunnel server and a client on "
-        "localhost, and serve SOCKS5 until Ctrl-C.",
+        description="Make keys and an admin password in DIR if there are none, start a tunnel"
+        " server and a client on localhost, and serve SOCKS5 until Ctrl-C.",
     )
-    parser.add_argument("--dir", default="gjproxy-quickstart", help="default ./gjproxy-quickstart")
-    parser.add_argument("--socks", default="127.0.0.1:1080", metavar="HOST:PORT")
-    parser.add_argument("--listen", default="127.0.0.1:16384", metavar="HOST:PORT")
-    parser.add_argument("--admin", default="127.0.0.1:8080", metavar="HOST:PORT")
-    parser.set_defaults(handler=run)
+    parser.add_argument("--dir", metavar="DIR", help="where keys and the password hash live")
+    parser.add_argument("--socks", metavar="HOST:PORT", help="the SOCKS5 port to use")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="the tunnel server's port")
+    parser.add_argument("--admin", metavar="HOST:PORT", help="the admin protocol port")
+    show_defaults(parser, DEFAULTS)
+    parser.set_defaults(handler=run, **DEFAULTS)
 
 
-def _first_run(folder: Path) -> str | None:
-    """Make keys and an admin password hash in ``folder``; the password, if made now."""
-    key_file, hash_file = folder / "key.dat", folder / "admin-password-hash"
-    if not key_file.exists():
+def _make_keys(folder: Path) -> None:
+    """A key pair for user "quickstart" in ``folder`` unless it has one."""
+    if not (folder / "key.dat").exists():
         key, record = generate("quickstart")
-        save_client_key(key, key_file)
+        save_client_key(key, folder / "key.dat")
         save_user(record, folder / "users")
-    if hash_file.exists():
-        return None
-    password = secrets.token_urlsafe(12)
-    hash_file.write_text(hash_password(password) + "\n")
-    hash_file.chmod(0o600)
-    return password
+
+
+def _keep_hash(path: Path, password_hash: str) -> None:
+    """Write the hash, readable by its owner only from the first byte."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(password_hash + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,26 +87,39 @@ def run(args: argparse.Namespace) -> int:
         )
         folder = Path(args.dir)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        new_password = _first_run(folder)
+        _make_keys(folder)
         key = load_client_key(folder / "key.dat")
         users = UserDirectory(folder / "users")
-        password_hash = (folder / "admin-password-hash").read_text().strip()
+        hash_file = folder / PASSWORD_HASH_FILE
+        kept_hash = hash_file.read_text().strip() if hash_file.exists() else None
     except (ConfigError, KeyFileError, OSError) as error:
         sys.stderr.write(f"gjproxy quickstart: {error}\n")
         return 2
-    server = TunnelServer(listen, users)
+    loopback = EgressPolicy.from_rules(LOOPBACK, [])
+    dialer = Dialer(SystemResolver(), loopback, ServerLimits.connect_timeout)
+    server = TunnelServer(listen, users, dialer=dialer)
     started = []
     try:
-        server.start()
+        listening("--listen", listen, server.start)
         started.append(server)
-        tunnels = TunnelClient(server.address, key, Dialect.SECURE_3_1)
+        tunnels = TunnelClient([server.address], key, Dialect.SECURE_3_1)
         listener = Socks5Listener(socks, tunnels)
-        listener.start()
+        listening("--socks", socks, listener.start)
         started.append(listener)
-        credentials = AdminCredentials("admin", password_hash, str(folder / "admin-password-hash"))
-        started.append(serve_admin(admin, credentials, server.counters, server.tuning))
-    except OSError as error:
-        sys.stderr.write(f"gjproxy quickstart: cannot listen: {error}\n")
+        new_password = None if kept_hash else secrets.token_urlsafe(12)
+        password_hash = kept_hash or hash_password(new_password)
+        credentials = AdminCredentials(ADMIN_USER, password_hash, str(hash_file))
+        admin_server = listening(
+            "--admin",
+            admin,
+            partial(serve_admin, admin, credentials, server.counters, server.tuning),
+        )
+        started.append(admin_server)
+        dialer.policy = dialer.policy.listening_on([service.address for service in started])
+        if new_password is not None:
+            _keep_hash(hash_file, password_hash)
+    except (ListenError, OSError) as error:
+        sys.stderr.write(f"gjproxy quickstart: {error}\n")
         for service in started:
             service.stop()
         return 1
@@ -98,13 +128,25 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("gjproxy quickstart: the tunnel did not come up; see the log above\n")
         return 1
     host, port = listener.address
+    admin_host, admin_port = admin_server.address[:2]
+    admin_flags = (
+        f"--port {admin_port}"
+        if admin_host == "127.0.0.1"
+        else f"--host {admin_host} --port {admin_port}"
+    )
     print(f"\ngjproxy is running. SOCKS5 proxy: {host}:{port}  (keys in {folder}/, Ctrl-C stops)")
+    print(f"admin: gjproxy admin {admin_flags} --user {ADMIN_USER} stats")
     if new_password is not None:
-        admin_port = started[-1].address[1]
+        print(f"       password, shown once: {new_password}")
+    else:
         print(
-            f"admin: gjproxy admin --port {admin_port} --user admin stats"
-            f"   (password, shown once: {new_password})"
+            f"       password: the one shown at the first run (its hash is in {hash_file});"
+            f" to get a new one, delete that file and start the quickstart again"
         )
+    print(
+        f"egress: loopback allowed ({', '.join(LOOPBACK)}): this machine's own services are "
+        "reachable through the proxy"
+    )
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
     sys.stdout.flush()
     termination.wait()

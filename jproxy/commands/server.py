@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
+from functools import partial
 
 from jproxy.config import (
     ConfigError,
+    ListenError,
     add_tunnel_options,
     check_tunnel_options,
     host_port,
+    listening,
     load,
     resolve,
+    show_defaults,
 )
+from jproxy.egress import EgressPolicy, RuleError
+from jproxy.handlers.accesslog import AccessLog
 from jproxy.handlers.admin import serve_admin
+from jproxy.handlers.descriptors import raise_fd_limit
+from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.keylog import ENVIRONMENT, open_key_log
+from jproxy.handlers.plain_socks import PlainSocks5Port
+from jproxy.handlers.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.server import ServerLimits, TunnelServer
 from jproxy.handlers.signals import Termination
 from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
-from jproxy.passwords import load_admin_credentials
+from jproxy.metrics import Counters
+from jproxy.passwords import (
+    PASSWORD_VARIABLE,
+    PasswordTable,
+    load_admin_credentials,
+    load_socks_users,
+)
 
 log = logging.getLogger("gjproxy.server")
 
@@ -30,13 +48,23 @@ DEFAULTS = {
     "admin": "127.0.0.1:8080",
     "metrics": "",
     "max_tunnels": ServerLimits.max_tunnels,
+    "max_tunnels_per_user": ServerLimits.max_tunnels_per_user,
+    "max_prelogin": ServerLimits.max_prelogin,
+    "max_prelogin_per_address": ServerLimits.max_prelogin_per_address,
     "max_streams": ServerLimits.max_streams,
     "idle_timeout": ServerLimits.idle_timeout,
     "connect_timeout": ServerLimits.connect_timeout,
     "handshake_timeout": ServerLimits.handshake_timeout,
+    "keylog": "",
+    "doh": "",
+    "doh_ca": "",
+    "access_log": "",
+    "socks": "",
+    "socks_no_auth": False,
     "window": ServerLimits.window,
     "grace": ServerLimits.grace,
 }
+EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,9 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the tunnel server",
         description="Serve jProxy tunnels: log clients in by key and open their connections.",
     )
-    parser.add_argument("--config", help="TOML file; its [server] keys are the flags' names")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="default 0.0.0.0:16384")
-    parser.add_argument("--users", metavar="DIR", help="user files directory (default ./users)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file; its [server] keys are the flags' names"
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", help="where tunnels come in")
+    parser.add_argument("--users", metavar="DIR", help="user files directory")
     parser.add_argument(
         "--allow-legacy",
         action="store_const",
@@ -57,17 +87,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--admin",
         metavar="HOST:PORT",
-        help="admin protocol listener (default 127.0.0.1:8080; on only with admin credentials)",
+        help="admin protocol listener; it needs an admin account ([admin] password_hash or"
+        f" ${PASSWORD_VARIABLE}) and is on whenever there is one",
+    )
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    for flag, kind, metavar, text in (
+        ("--max-tunnels", int, "N", "tunnels served at once"),
+        ("--max-tunnels-per-user", int, "N", "proven tunnels one user may hold"),
+        ("--max-prelogin", int, "N", "connections waiting for login (the oldest gives way)"),
+        ("--max-prelogin-per-address", int, "N", "of those, from one address (IPv6: a /64)"),
+        ("--max-streams", int, "N", "streams per tunnel"),
+        ("--idle-timeout", float, "S", "seconds before an idle stream ends"),
+        ("--connect-timeout", float, "S", "outbound connect timeout (s)"),
+        ("--handshake-timeout", float, "S", "seconds for hello, login and the first frame"),
+    ):
+        parser.add_argument(flag, type=kind, metavar=metavar, help=text)
+    parser.add_argument(
+        "--doh",
+        metavar="URL",
+        help="resolve names over DNS over HTTPS (RFC 8484), e.g. https://1.1.1.1/dns-query;"
+        " a host name in the URL is resolved once, at start (default: the system resolver)",
     )
     parser.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics over HTTP here (off)"
+        "--doh-ca", metavar="FILE", help="PEM CA certificates for the DoH server (default: system)"
     )
-    parser.add_argument("--max-tunnels", type=int, help="tunnels served at once (default 64)")
-    parser.add_argument("--max-streams", type=int, help="streams per tunnel (default 1024)")
-    parser.add_argument("--idle-timeout", type=float, help="seconds before an idle stream ends")
-    parser.add_argument("--connect-timeout", type=float, help="outbound connect timeout (s)")
-    parser.add_argument("--handshake-timeout", type=float, help="handshake+login timeout (s)")
+    parser.add_argument(
+        "--socks",
+        metavar="HOST:PORT",
+        help="also serve plain SOCKS5 here, straight out (off; users from [socks_users],"
+        " or no authentication with --socks-no-auth)",
+    )
+    parser.add_argument(
+        "--socks-no-auth",
+        action="store_const",
+        const=True,
+        help="serve --socks without authentication (only with no [socks_users])",
+    )
+    parser.add_argument(
+        "--access-log",
+        metavar="FILE|-",
+        help="one JSON line per connection to FILE (reopened on SIGHUP) or - for stdout"
+        " (default: the gjproxy.access logger)",
+    )
     add_tunnel_options(parser)
+    parser.add_argument(
+        "--allow-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="let streams reach this network (repeatable; e.g. 127.0.0.0/8, [::1]/128:8000-8999)."
+        " Loopback, private, link-local and multicast ranges are denied unless allowed"
+        " (default: none)",
+    )
+    parser.add_argument(
+        "--deny-egress",
+        action="append",
+        metavar="CIDR[:PORTS]",
+        help="never let streams reach this network (repeatable; beats every allow rule)"
+        " (default: none)",
+    )
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append every tunnel's session key to FILE (mode 0600) to decrypt captures;"
+        f" also ${ENVIRONMENT}",
+    )
+    show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
 
@@ -77,7 +161,13 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["listen"] = host_port(settings["listen"], "--listen")
     settings["admin"] = host_port(settings["admin"], "--admin")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
-    for key in ("max_tunnels", "max_streams"):
+    for key in (
+        "max_tunnels",
+        "max_tunnels_per_user",
+        "max_prelogin",
+        "max_prelogin_per_address",
+        "max_streams",
+    ):
         if settings[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
     check_tunnel_options(settings)
@@ -85,8 +175,63 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         settings[key] = float(settings[key])
         if settings[key] <= 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be positive")
-    settings["admin_credentials"] = load_admin_credentials(config, environ)  # logs if absent
+    check_doh(settings)
+    settings["socks"] = settings["socks"] and host_port(settings["socks"], "--socks")
+    settings["socks_users"] = socks_users(settings, config)
+    settings["egress"] = egress_policy(args, config)
+    settings["keylog"] = args.keylog or environ.get(ENVIRONMENT) or settings["keylog"]
+    settings["admin_credentials"] = load_admin_credentials(config, environ)
+    admin_asked = args.admin is not None or "admin" in config.get("server", {})
+    if admin_asked and settings["admin_credentials"] is None:
+        raise ConfigError(
+            "--admin needs an admin account: [admin] user and password_hash in the config file,"
+            f" or ${PASSWORD_VARIABLE} (see docs/admin.md)"
+        )
     return settings
+
+
+def socks_users(settings: dict, config: dict) -> PasswordTable | None:
+    """The plain SOCKS port's users; None for no authentication, which must be asked for."""
+    users = load_socks_users(config)
+    if not settings["socks"]:
+        return None
+    if settings["socks_no_auth"]:
+        if users.hashes:
+            raise ConfigError("--socks: [socks_users] and --socks-no-auth exclude each other")
+        return None
+    if not users.hashes:
+        raise ConfigError(
+            "--socks needs users ([socks_users] in the config file) or --socks-no-auth"
+        )
+    return users
+
+
+def check_doh(settings: dict) -> None:
+    """A usable ``--doh`` URL, and a ``--doh-ca`` only with it and only when readable."""
+    if settings["doh"]:
+        from jproxy.handlers.doh import parse_doh_url  # dnspython and h2: only when asked for
+
+        try:
+            parse_doh_url(settings["doh"])
+        except ValueError as error:
+            raise ConfigError(f"--doh: {error}") from None
+    elif settings["doh_ca"]:
+        raise ConfigError("--doh-ca needs --doh")
+    if settings["doh_ca"] and not os.access(settings["doh_ca"], os.R_OK):
+        raise ConfigError(f"--doh-ca: cannot read {settings['doh_ca']}")
+
+
+def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
+    """``[egress]`` allow/deny lists, each replaced by its flags when any is given."""
+    flags = argparse.Namespace(allow=args.allow_egress, deny=args.deny_egress)
+    rules = resolve(flags, config, "egress", EGRESS_DEFAULTS)
+    for key, texts in rules.items():
+        if not all(isinstance(text, str) for text in texts):
+            raise ConfigError(f"config: [egress] {key} must be a list of strings")
+    try:
+        return EgressPolicy.from_rules(rules["allow"], rules["deny"])
+    except RuleError as error:
+        raise ConfigError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,8 +242,21 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
         return 2
+    try:
+        key_log = open_key_log(settings["keylog"])
+    except OSError as error:
+        sys.stderr.write(f"gjproxy server: cannot open the key log: {error}\n")
+        return 2
+    try:
+        access_log = AccessLog(settings["access_log"] or None)
+    except OSError as error:
+        sys.stderr.write(f"gjproxy server: --access-log: {error}\n")
+        return 2
     limits = ServerLimits(
         max_tunnels=settings["max_tunnels"],
+        max_tunnels_per_user=settings["max_tunnels_per_user"],
+        max_prelogin=settings["max_prelogin"],
+        max_prelogin_per_address=settings["max_prelogin_per_address"],
         max_streams=settings["max_streams"],
         idle_timeout=settings["idle_timeout"],
         connect_timeout=settings["connect_timeout"],
@@ -106,34 +264,106 @@ def run(args: argparse.Namespace) -> int:
         window=settings["window"],
         grace=settings["grace"],
     )
+    counters = Counters()
+    try:
+        resolver = make_resolver(settings, counters)
+    except ResolveError as error:
+        sys.stderr.write(f"gjproxy server: --doh: {error}\n")
+        return 1
+    fds = raise_fd_limit(limits.max_tunnels + limits.max_prelogin)
+    dialer = Dialer(resolver, settings["egress"], limits.connect_timeout, fds)
     server = TunnelServer(
-        settings["listen"], users, allow_legacy=settings["allow_legacy"], limits=limits
+        settings["listen"],
+        users,
+        allow_legacy=settings["allow_legacy"],
+        limits=limits,
+        counters=counters,
+        dialer=dialer,
+        key_log=key_log,
+        access_log=access_log,
     )
+    # From here on SIGHUP reloads the users: before any port is announced, so a reload sent as
+    # soon as the log says "listening" never meets SIGHUP's default action (exit).
+    sighups = [reload_on_sighup(users), access_log.reopen_on_sighup()]
     services: list = []
     try:
-        server.start()
+        listening("--listen", settings["listen"], server.start)
         services.append(server)
+        page = (server.counters, server.tuning)
         if settings["admin_credentials"] is not None:
-            services.append(
-                serve_admin(
-                    settings["admin"], settings["admin_credentials"], server.counters, server.tuning
-                )
-            )
+            admin = partial(serve_admin, settings["admin"], settings["admin_credentials"], *page)
+            services.append(listening("--admin", settings["admin"], admin))
         if settings["metrics"]:
             # Imported only when asked for: prometheus_client pulls in http, email and wsgiref,
             # about 5 MB of memory in every gjproxy process that would otherwise load it.
             from jproxy.handlers.prometheus import serve_metrics
 
-            services.append(serve_metrics(settings["metrics"], server.counters, server.tuning))
-    except OSError as error:
-        sys.stderr.write(f"gjproxy server: cannot listen: {error}\n")
+            metrics = partial(serve_metrics, settings["metrics"], *page)
+            services.append(listening("--metrics", settings["metrics"], metrics))
+        if settings["socks"]:
+            socks = partial(plain_socks_port, settings, dialer, server, access_log)
+            services.append(listening("--socks", settings["socks"], socks))
+        dialer.policy = dialer.policy.listening_on([service.address for service in services])
+        _log_egress(dialer.policy)
+    except ListenError as error:
+        sys.stderr.write(f"gjproxy server: {error}\n")
+        for sighup in sighups:
+            sighup.cancel()
         for service in services:
             service.stop()
         return 1
-    sighup = reload_on_sighup(users)
     signal_name = termination.wait()
     log.info("%s: shutting down", signal_name)
-    sighup.cancel()
+    for sighup in sighups:
+        sighup.cancel()
     for service in reversed(services):
         service.stop()
+    access_log.close()
     return 0
+
+
+def plain_socks_port(
+    settings: dict, dialer: Dialer, server: TunnelServer, access_log: AccessLog
+) -> PlainSocks5Port:
+    port = PlainSocks5Port(
+        settings["socks"],
+        dialer,
+        users=settings["socks_users"],
+        counters=server.counters,
+        tuning=server.tuning,
+        access_log=access_log,
+        idle_timeout=server.limits.idle_timeout,
+    )
+    port.start()
+    if settings["socks_users"] is None and not ipaddress.ip_address(port.address[0]).is_loopback:
+        log.warning(
+            "plain SOCKS5 on %s without authentication: anyone who reaches it can use it",
+            port.address[0],
+        )
+    return port
+
+
+def make_resolver(settings: dict, counters: Counters) -> Resolver:
+    """DNS over HTTPS when ``--doh`` names a server (its host resolved now), else the system's."""
+    if not settings["doh"]:
+        return SystemResolver()
+    from jproxy.handlers.doh import DohResolver
+
+    return DohResolver.start(
+        settings["doh"],
+        ca_file=settings["doh_ca"] or None,
+        counters=counters,
+        timeout=settings["connect_timeout"],
+    )
+
+
+def _log_egress(policy: EgressPolicy) -> None:
+    allow = ", ".join(rule.text for rule in policy.allow) or "none"
+    deny = ", ".join(rule.text for rule in policy.deny) or "none"
+    ports = ", ".join(str(port) for port in sorted({port for _, port in policy.listeners}))
+    log.info(
+        "egress: allow %s; deny %s; this host's own ports %s and private ranges denied by default",
+        allow,
+        deny,
+        ports,
+    )

@@ -3,6 +3,12 @@
 Each connection is one short exchange, so the peer gets a fixed time budget for sending its
 bytes; a request still incomplete when it runs out is answered 254. Password hashing (scrypt,
 tens of milliseconds) runs in a small thread pool so it never stalls the tunnels' event loop.
+
+Connections count in a small budget per source address and in total, the oldest giving way to
+a newcomer, so idle connections cannot delay the operator. Login attempts are throttled per
+(address, user name): one attempt at a time, each waiting out the doubling delay of the
+failures before it, so parallel connections guess no faster than one; and guesses at other
+names (tunnel users all arrive from the server's own address) never delay the operator's name.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import time
 from functools import partial
 
 import gevent
+from gevent.lock import Semaphore
 from gevent.pool import Pool
-from gevent.server import StreamServer
 from gevent.threadpool import ThreadPool
 
 from jproxy.admin import (
@@ -26,6 +32,9 @@ from jproxy.admin import (
     ServerOutput,
     server_methods,
 )
+from jproxy.config import host_port_text
+from jproxy.handlers.admission import Doorway, Evicted
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.metrics import Counters
 from jproxy.passwords import AdminCredentials, LoginThrottle
 from jproxy.tuning import RelayTuning
@@ -33,6 +42,8 @@ from jproxy.tuning import RelayTuning
 log = logging.getLogger(__name__)
 
 EXCHANGE_DEADLINE = 5.0
+MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_ADDRESS = 16
 SEND_TIMEOUT = 5.0
 RECV_SIZE = 4096
 HASHING_THREADS = 2
@@ -47,13 +58,16 @@ def stream_socket(family: int) -> tuple[socket.socket, str, OSError | None]:
         return socket.socket(family, socket.SOCK_STREAM), "TCP", error
 
 
-def host_port_text(address: tuple) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class _Turns:
+    """One login attempt at a time for one (address, user name); forgotten when nobody waits."""
+
+    def __init__(self) -> None:
+        self.lock = Semaphore(1)
+        self.users = 0
 
 
-class AdminServer(StreamServer):
-    """Accepts admin connections (at most ``pool_size`` at once) and runs one exchange each."""
+class AdminServer(Acceptor):
+    """Runs one exchange per connection; at most ``pool_size`` at once, the oldest giving way."""
 
     def __init__(
         self,
@@ -67,11 +81,15 @@ class AdminServer(StreamServer):
         throttle: LoginThrottle,
         deadline: float,
     ) -> None:
-        super().__init__(listener, spawn=Pool(pool_size))
+        super().__init__(listener, spawn=Pool())  # unbounded: the doorway bounds it
         self.transport = transport
+        self._doorway = Doorway(
+            "admin port", pool_size, min(pool_size, MAX_CONNECTIONS_PER_ADDRESS)
+        )
         self._credentials = credentials
         self._methods = server_methods(counters, tuning)
         self._throttle = throttle
+        self._attempts: dict[tuple[str, bytes], _Turns] = {}
         self._deadline = deadline
         self._hashing = ThreadPool(HASHING_THREADS)
 
@@ -80,16 +98,38 @@ class AdminServer(StreamServer):
         self._hashing.kill()
 
     def _check_credentials(self, ip: str, user: bytes, password: bytes) -> bool:
-        gevent.sleep(self._throttle.delay(ip))
-        accepted = self._hashing.apply(self._credentials.check, (user, password))
-        if accepted:
-            self._throttle.succeeded(ip)
-        else:
-            self._throttle.failed(ip)
-        return accepted
+        key = (ip, user)
+        turns = self._attempts.setdefault(key, _Turns())
+        turns.users += 1
+        try:
+            if not turns.lock.acquire(timeout=self._deadline):
+                log.warning("admin: too many parallel logins from %s, refused one", ip)
+                return False
+            try:
+                gevent.sleep(self._throttle.delay(key))
+                accepted = self._hashing.apply(self._credentials.check, (user, password))
+                if accepted:
+                    self._throttle.succeeded(key)
+                else:
+                    self._throttle.failed(key)
+                return accepted
+            finally:
+                turns.lock.release()
+        finally:
+            turns.users -= 1
+            if not turns.users:
+                del self._attempts[key]
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
-        ip = address[0]
+        try:
+            with self._doorway.waiting(address[0]):
+                self._exchange(sock, address[0])
+        except Evicted:
+            log.debug("admin: dropped a connection from %s for newer ones", address[0])
+        finally:
+            sock.close()
+
+    def _exchange(self, sock: socket.socket, ip: str) -> None:
         exchange = AdminServerConnection(partial(self._check_credentials, ip), self._methods)
         budget = self._deadline
         try:
@@ -102,8 +142,6 @@ class AdminServer(StreamServer):
             sock.shutdown(socket.SHUT_WR)
         except OSError as error:
             log.info("admin: connection from %s failed: %s", ip, error)
-        finally:
-            sock.close()
 
     @staticmethod
     def _receive(sock: socket.socket, budget: float) -> bytes:
@@ -140,7 +178,7 @@ def serve_admin(
     counters: Counters,
     tuning: RelayTuning,
     *,
-    pool_size: int = 64,
+    pool_size: int = MAX_CONNECTIONS,
     throttle: LoginThrottle | None = None,
     deadline: float = EXCHANGE_DEADLINE,
 ) -> AdminServer:

@@ -9,11 +9,19 @@ from collections.abc import Iterator
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 
-from jproxy.handlers.admin import host_port_text
+from jproxy.config import host_port_text
+from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.descriptors import PausesWhenOutOfFds
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
+from jproxy.udp import Drop
 from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
@@ -34,19 +42,7 @@ class CountersCollector:
 
     def collect(self) -> Iterator[Metric]:
         counters = self._counters
-        yield CounterMetricFamily(
-            "gjproxy_connections",
-            "Connections since start (tunnel streams, UDP associations, plain SOCKS5)",
-            value=counters.connections_total,
-        )
-        yield GaugeMetricFamily(
-            "gjproxy_connections_open", "Connections open now", value=counters.connections_open
-        )
-        yield CounterMetricFamily(
-            "gjproxy_transferred_bytes",
-            "Payload bytes relayed since start, both directions",
-            value=counters.bytes_transferred,
-        )
+        yield from _traffic(counters)
         yield GaugeMetricFamily(
             "gjproxy_tunnels_open", "jProxy tunnels open now", value=counters.tunnels_open
         )
@@ -58,6 +54,16 @@ class CountersCollector:
         for dialect in sorted({*DIALECTS, *counters.tunnels_by_dialect}):
             by_dialect.add_metric([dialect], counters.tunnels_by_dialect.get(dialect, 0))
         yield by_dialect
+        yield from _by_service(counters)
+        yield from _dns(counters)
+        dropped = CounterMetricFamily(
+            "gjproxy_datagrams_dropped",
+            "UDP datagrams dropped since start, by reason",
+            labels=["reason"],
+        )
+        for reason in sorted({*(drop.value for drop in Drop), *counters.datagrams_dropped}):
+            dropped.add_metric([reason], counters.datagrams_dropped.get(reason, 0))
+        yield dropped
         yield GaugeMetricFamily(
             "gjproxy_relay_buffer_size_bytes",
             "Bytes a relay reads from a socket at once (admin method 3 changes it)",
@@ -65,7 +71,93 @@ class CountersCollector:
         )
 
 
-class _MetricsServer(WSGIServer):
+class ClientCollector:
+    """The client's page: its SOCKS traffic, and whether its tunnel is up and to which server."""
+
+    def __init__(self, tunnels: TunnelClient) -> None:
+        self._tunnels = tunnels
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _traffic(self._tunnels.counters)
+        yield GaugeMetricFamily(
+            "gjproxy_client_tunnel_up",
+            "1 while the tunnel to the server is up, else 0",
+            value=int(self._tunnels.up),
+        )
+        server = GaugeMetricFamily(
+            "gjproxy_client_server",
+            "The server in use (or tried next while the tunnel is down) and its place in the list",
+            labels=["server"],
+        )
+        server.add_metric([host_port_text(self._tunnels.server)], self._tunnels.server_number)
+        yield server
+
+
+def _traffic(counters: Counters) -> Iterator[Metric]:
+    """Connections and bytes: the same three metrics on the server's page and the client's."""
+    yield CounterMetricFamily(
+        "gjproxy_connections",
+        "Connections since start (tunnel streams, UDP associations, plain SOCKS5)",
+        value=counters.connections_total,
+    )
+    yield GaugeMetricFamily(
+        "gjproxy_connections_open", "Connections open now", value=counters.connections_open
+    )
+    yield CounterMetricFamily(
+        "gjproxy_transferred_bytes",
+        "Payload bytes relayed since start, both directions",
+        value=counters.bytes_transferred,
+    )
+
+
+def _by_service(counters: Counters) -> Iterator[Metric]:
+    """The connection counters again, split by service (tunnel streams, plain SOCKS5)."""
+    families = (
+        (
+            CounterMetricFamily,
+            "gjproxy_service_connections",
+            "Connections since start, by service",
+            "connections_total",
+        ),
+        (
+            GaugeMetricFamily,
+            "gjproxy_service_connections_open",
+            "Connections open now, by service",
+            "connections_open",
+        ),
+        (
+            CounterMetricFamily,
+            "gjproxy_service_transferred_bytes",
+            "Payload bytes relayed since start, by service",
+            "bytes_transferred",
+        ),
+    )
+    for kind, name, text, attribute in families:
+        family = kind(name, text, labels=["service"])
+        for service, values in sorted(counters.by_service.items()):
+            family.add_metric([service], getattr(values, attribute))
+        yield family
+
+
+def _dns(counters: Counters) -> Iterator[Metric]:
+    yield SummaryMetricFamily(
+        "gjproxy_doh_lookup_seconds",
+        "Names looked up over DNS over HTTPS (A and AAAA together), and the time they took",
+        count_value=counters.doh_lookups,
+        sum_value=counters.doh_lookup_seconds,
+    )
+    yield CounterMetricFamily(
+        "gjproxy_doh_failures", "DoH lookups that got no usable answer", value=counters.doh_failures
+    )
+    yield CounterMetricFamily(
+        "gjproxy_dns_cache_hits", "Names answered from the DNS cache", value=counters.dns_cache_hits
+    )
+    yield CounterMetricFamily(
+        "gjproxy_dns_cache_misses", "Names not in the DNS cache", value=counters.dns_cache_misses
+    )
+
+
+class _MetricsServer(PausesWhenOutOfFds, WSGIServer):
     def handle(self, sock: socket.socket, address: tuple) -> None:
         # A scraper that stops sending must not hold a greenlet forever.
         sock.settimeout(SCRAPE_TIMEOUT)
@@ -73,9 +165,18 @@ class _MetricsServer(WSGIServer):
 
 
 def serve_metrics(listen: tuple[str, int], counters: Counters, tuning: RelayTuning) -> WSGIServer:
-    """Start the HTTP page for Prometheus on ``listen``; ``.address`` is where, ``.stop()``."""
+    """Start the server's HTTP page for Prometheus on ``listen``; ``.address``, ``.stop()``."""
+    return _serve(listen, CountersCollector(counters, tuning))
+
+
+def serve_client_metrics(listen: tuple[str, int], tunnels: TunnelClient) -> WSGIServer:
+    """Start the client's HTTP page for Prometheus on ``listen``; ``.address``, ``.stop()``."""
+    return _serve(listen, ClientCollector(tunnels))
+
+
+def _serve(listen: tuple[str, int], collector: CountersCollector | ClientCollector) -> WSGIServer:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CountersCollector(counters, tuning))
+    registry.register(collector)
     server = _MetricsServer(
         listen,
         make_wsgi_app(registry),

@@ -1,26 +1,33 @@
-"""The client's local SOCKS5 port: each accepted connection becomes one tunnel stream.
+"""SOCKS5 ports: the listener both ends share, and the client's port on top of it.
 
-The SOCKS5 state machine (``jproxy.socks5``) reads the greeting and the request; the target
-travels to the server unresolved (no DNS leak here). The tunnel's connect status becomes the
-matching SOCKS reply, and then the socket is relayed as the stream.
+The SOCKS5 state machine (``jproxy.socks5``) reads the greeting and the request. On the
+client's port each accepted connection becomes one tunnel stream: the target travels to the
+server unresolved (no DNS leak here), the tunnel's connect status becomes the matching SOCKS
+reply, and then the socket is relayed as the stream. The server's plain port
+(``jproxy.handlers.plain_socks``) connects straight out instead.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Mapping
 
 import gevent
 from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from jproxy.channels import Exhausted
+from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.client import TunnelClient
+from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.sockets import send_all
+from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.tunnel import TunnelClosed
+from jproxy.hostnames import for_log
 from jproxy.socks5 import (
     ConnectRequested,
+    CredentialCheck,
     Rejected,
     Send,
     Socks5Server,
@@ -32,31 +39,52 @@ from schemas.socks5 import ReplyCode
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0
+"""Seconds a SOCKS client gets for its greeting, login and request (local apps need ms)."""
+MAX_CLIENTS = 1024
+"""Connections past their SOCKS request served at once; the next one is refused (0x01)."""
+MAX_WAITING = 512
+MAX_WAITING_PER_ADDRESS = 256
+"""Connections still in their SOCKS handshake, in all and from one address: the oldest gives
+way to a newcomer, so idle connections cannot delay a real one. Generous, because a browser
+opens a hundred connections at once from one address."""
 CONNECT_TIMEOUT = 20.0
 """How long a SOCKS client waits for the server's connect answer (its own timeout is 10 s)."""
 READ_SIZE = 4096
 LISTEN_BACKLOG = 1024
 
 
-class Socks5Listener:
+class Socks5Port:
+    """A SOCKS5 listener: accepts clients (at most ``max_clients`` at once) and runs the
+    SOCKS5 core on each under the handshake deadline. Subclasses say what CONNECT does;
+    UDP ASSOCIATE is answered 07 (command not supported) unless a subclass serves it.
+
+    ``users`` (clear-text passwords) or ``check_login`` turn on RFC 1929; without either, the
+    port offers "no authentication".
+    """
+
+    name = "SOCKS5"
+
     def __init__(
         self,
         listen: tuple[str, int],
-        tunnels: TunnelClient,
         *,
         users: Mapping[str, str] | None = None,
-        max_clients: int = 1024,
+        check_login: CredentialCheck | None = None,
+        max_clients: int = MAX_CLIENTS,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
-        self.tunnels = tunnels
         self.users = users
+        self.check_login = check_login
+        self.max_clients = max_clients
         self.handshake_timeout = handshake_timeout
+        self._clients = 0
+        self._doorway = Doorway("SOCKS port", MAX_WAITING, MAX_WAITING_PER_ADDRESS)
         # A browser or a load test opens many connections at once: a listen backlog of
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
-        self._server = StreamServer(
-            listen, self._handle, spawn=Pool(max_clients), backlog=LISTEN_BACKLOG
-        )
+        # Every connection gets its greenlet at once (bounded by the handshake budget and
+        # max_clients), so none waits unanswered in the backlog for a pool slot.
+        self._server = Acceptor(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -64,8 +92,10 @@ class Socks5Listener:
 
     def start(self) -> None:
         self._server.start()
-        auth = "user/password" if self.users else "no authentication"
-        log.info("SOCKS5 listening on %s:%d (%s)", *self.address, auth)
+        auth = "no authentication"
+        if self.users is not None or self.check_login is not None:
+            auth = "user/password"
+        log.info("%s listening on %s:%d (%s)", self.name, *self.address, auth)
 
     def close(self) -> None:
         """Accept no more connections; the open ones go on."""
@@ -75,20 +105,35 @@ class Socks5Listener:
         self._server.stop(timeout)
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
-        core = Socks5Server(self.users)
+        core = Socks5Server(self.users, check_login=self.check_login)
         try:
-            request = self._negotiate(sock, core, peer)
-        except (OSError, gevent.Timeout) as error:
-            log.debug("SOCKS client %s:%d gave up: %s", peer[0], peer[1], error)
+            with self._doorway.waiting(peer[0]):
+                request = self._negotiate(sock, core, peer)
+                self._doorway.done_waiting()
+        except (OSError, gevent.Timeout, Evicted) as error:
+            log.debug("SOCKS client %s:%d gave up: %r", peer[0], peer[1], error)
             sock.close()
             return
         if request is None:
             sock.close()
             return
         if isinstance(request, UdpAssociateRequested):
-            self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
+            self._associate(sock, core, request)
             return
-        self._connect(sock, core, request)
+        if self._clients >= self.max_clients:
+            log.warning(
+                "SOCKS client %s:%d refused: %d connections open (the limit)",
+                peer[0],
+                peer[1],
+                self.max_clients,
+            )
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        self._clients += 1
+        try:
+            self._connect(sock, core, request, peer)
+        finally:
+            self._clients -= 1
 
     def _negotiate(
         self, sock: socket.socket, core: Socks5Server, peer: tuple
@@ -108,8 +153,37 @@ class Socks5Listener:
                     else:
                         return event
 
-    def _connect(self, sock: socket.socket, core: Socks5Server, request: ConnectRequested) -> None:
-        target = f"{request.host}:{request.port}"
+    def _connect(
+        self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple
+    ) -> None:
+        raise NotImplementedError
+
+    def _associate(
+        self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested
+    ) -> None:
+        """A port without a UDP relay answers 07, "command not supported"."""
+        self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
+
+    @staticmethod
+    def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
+        try:
+            send_all(sock, core.reply(code))
+        except OSError:
+            pass
+        sock.close()
+
+
+class Socks5Listener(Socks5Port):
+    """The client's SOCKS port: each CONNECT becomes one stream of the tunnel."""
+
+    def __init__(self, listen: tuple[str, int], tunnels: TunnelClient, **options) -> None:
+        super().__init__(listen, **options)
+        self.tunnels = tunnels
+
+    def _connect(
+        self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple
+    ) -> None:
+        target = f"{for_log(request.host)}:{request.port}"
         try:
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
@@ -134,10 +208,33 @@ class Socks5Listener:
         finally:
             counters.connection_closed()
 
-    @staticmethod
-    def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
+    def _associate(
+        self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested
+    ) -> None:
         try:
-            send_all(sock, core.reply(code))
+            datagrams = self.tunnels.datagrams()
+        except TunnelClosed as error:
+            log.info("UDP ASSOCIATE failed: %s", error)
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        if datagrams.udp_unsupported:
+            log.info("UDP ASSOCIATE refused: the server ignores UDP (a 3.0 server, see above)")
+            self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
+            return
+        rules = association_for(
+            sock, request.host, request.port, datagrams.core.dialect, time.monotonic()
+        )
+        relay = SocksUdpRelay(sock, datagrams, rules, self.tunnels.counters)
+        try:
+            send_all(sock, core.reply(ReplyCode.SUCCEEDED, *relay.address))
         except OSError:
-            pass
-        sock.close()
+            relay.udp.close()
+            sock.close()
+            return
+        counters = self.tunnels.counters
+        counters.connection_opened()
+        try:
+            relay.run()
+        finally:
+            counters.connection_closed()
+            sock.close()

@@ -24,6 +24,7 @@ from gevent.event import AsyncResult, Event
 
 from jproxy.channels import Channel, Channels, Do, Ending, Exhausted, ProtocolViolation
 from jproxy.channels import Event as CoreEvent
+from jproxy.datagrams import TYPES as DATAGRAM_TYPES
 from jproxy.handlers.relay import StreamRelay
 from jproxy.handlers.sockets import send_all, send_now, wait_readable
 from jproxy.metrics import Counters
@@ -80,6 +81,8 @@ class Tunnel:
         self.planned = False
         """True when the tunnel ended by our choice or the peer's clean close with no stream."""
         self._on_connect_request = on_connect_request
+        self.datagrams = None
+        """The tunnel's UDP associations and ICMP echoes (``TunnelDatagrams``), when served."""
         self._control: deque[bytes] = deque()
         self._data: deque[bytes] = deque()
         self._unsent: memoryview | None = None
@@ -132,6 +135,8 @@ class Tunnel:
 
     def _end_streams(self) -> None:
         self.perform(self.channels.close_all())
+        if self.datagrams is not None:
+            self.datagrams.close()
         self._space.set()
 
     # --- streams ----------------------------------------------------------------------------
@@ -196,6 +201,18 @@ class Tunnel:
             return
         self._data.extend(messages)
         self._queued += sum(map(len, messages))
+
+    def send_datagram(self, message: bytes) -> bool:
+        """Send one datagram's message without ever waiting; ``False`` (the caller drops it and
+        counts) while the data queue is full or the tunnel is closed."""
+        if self._queued >= DATA_QUEUE_LIMIT or self.closed.is_set():
+            return False
+        if not self._busy:
+            self._send_direct([message])
+        else:
+            self._data.append(message)
+            self._queued += len(message)
+        return True
 
     def _queue_control(self, message: bytes) -> None:
         """Queue a control message; the caller flushes (``perform``, or the end of a chunk)."""
@@ -334,6 +351,8 @@ class Tunnel:
         buffer = bytearray(READ_SIZE)
         view = memoryview(buffer)
         recv_into, feed, receive = self.sock.recv_into, self.session.feed, self.channels.receive
+        if self.datagrams is not None:
+            feed = self._datagrams_taken(feed)
         since_yield = 0
         try:
             if pipelined:
@@ -359,6 +378,21 @@ class Tunnel:
         except OSError as error:
             if not self.closed.is_set():
                 log.info("%s: read failed: %s", self.name, error)
+
+    def _datagrams_taken(self, feed: Callable[[bytes], list[bytes]]) -> Callable:
+        """``feed``, but UDP and ICMP messages go to ``self.datagrams`` instead of the core."""
+        receive = self.datagrams.receive
+
+        def feed_streams(data: bytes) -> list[bytes]:
+            streams = []
+            for message in feed(data):
+                if message[:1] and message[0] in DATAGRAM_TYPES:
+                    receive(message)
+                else:
+                    streams.append(message)
+            return streams
+
+        return feed_streams
 
     def _dispatch(self, events: list[CoreEvent]) -> None:
         """Carry out one chunk's events; data goes out once per stream, at the end."""

@@ -1,0 +1,167 @@
+"""Who gets a socket and a greenlet: connections before login, and logged-in tunnels, sans-I/O.
+
+A connection that has not logged in costs a socket and a greenlet but proves nothing, so such
+connections get their own small budget, per source address and in total, apart from the
+logged-in tunnels (``PreLoginBudget``). A newcomer is always admitted: when its address holds
+its share of connections that have waited ``grace`` seconds or more, the oldest of them is
+dropped; when the whole budget is full, the oldest of the busiest address is. A flood of idle or
+trickling connections thus costs the flooder its own oldest connections and cannot keep out a
+real client, whose login takes milliseconds, while a burst of fresh connections from one
+address (a browser, a NAT) is not cut by the per-address share.
+
+Logged-in tunnels (``TunnelSlots``) are capped in all and per user. A 3.0 login proves nothing
+until its first frame (the login hash travels in clear and ECB has no MAC): such an unproven
+tunnel holds a slot, but never counts toward its user's cap, and any login that needs a slot
+takes it, so a replayed 3.0 hash cannot lock the real user out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+def source_of(host: str) -> str:
+    """The budget's notion of one source: the address itself, or its /64 for IPv6."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return host
+    if address.version == 4:
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
+
+
+class PreLoginBudget:
+    """At most ``total`` connections waiting for login; one source keeps ``per_address`` of them
+    once they waited ``grace`` seconds."""
+
+    def __init__(self, total: int, per_address: int, grace: float = 1.0) -> None:
+        if total < 1 or per_address < 1:
+            raise ValueError("pre-login budgets must be at least 1")
+        self.total = total
+        self.per_address = per_address
+        self.grace = grace
+        self._waiting: dict[str, OrderedDict[Hashable, float]] = {}
+        self._source: dict[Hashable, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def waiting_from(self, source: str) -> int:
+        return len(self._waiting.get(source, ()))
+
+    def admit(self, key: Hashable, source: str, now: float) -> Hashable | None:
+        """Count ``key`` as waiting since ``now``; returns the connection to drop for it, if any."""
+        if key in self._source:
+            raise ValueError(f"{key!r} is already admitted")
+        victim = None
+        own = self._waiting.get(source)
+        if own is not None and len(own) >= self.per_address:
+            oldest, since = next(iter(own.items()))
+            if now - since >= self.grace:
+                victim = oldest
+        if victim is None and len(self._source) >= self.total:
+            busiest = max(self._waiting.values(), key=len)
+            victim = next(iter(busiest))
+        if victim is not None:
+            self.release(victim)
+        self._waiting.setdefault(source, OrderedDict())[key] = now
+        self._source[key] = source
+        return victim
+
+    def release(self, key: Hashable) -> None:
+        """``key`` logged in, failed or was dropped (no-op when it is not waiting)."""
+        source = self._source.pop(key, None)
+        if source is None:
+            return
+        waiting = self._waiting[source]
+        del waiting[key]
+        if not waiting:
+            del self._waiting[source]
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The tunnel has its slot once the ``evict`` tunnels (unproven ones) are closed."""
+
+    evict: tuple[Hashable, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+@dataclass
+class _Tunnel:
+    user: str
+    proven: bool
+
+
+class TunnelSlots:
+    """At most ``max_tunnels`` logged-in tunnels, at most ``max_per_user`` proven ones per user.
+
+    Unproven tunnels (3.0, before their first well-formed frame) are at most ``max_per_user``
+    per user too, the oldest giving way to a newer one of the same user.
+    """
+
+    def __init__(self, max_tunnels: int, max_per_user: int) -> None:
+        if max_tunnels < 1 or max_per_user < 1:
+            raise ValueError("tunnel limits must be at least 1")
+        self.max_tunnels = max_tunnels
+        self.max_per_user = max_per_user
+        self._tunnels: OrderedDict[Hashable, _Tunnel] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    def proven_of(self, user: str) -> int:
+        return sum(t.proven for t in self._tunnels.values() if t.user == user)
+
+    def claim(self, key: Hashable, user: str, *, proven: bool) -> Granted | Refused:
+        """A slot for a new tunnel of ``user``; on success it counts from now on."""
+        if key in self._tunnels:
+            raise ValueError(f"{key!r} already holds a slot")
+        if proven and self.proven_of(user) >= self.max_per_user:
+            return Refused(f"{user} already has {self.max_per_user} tunnels")
+        evict: list[Hashable] = []
+        if not proven:
+            unproven = self._unproven(user)
+            if len(unproven) >= self.max_per_user:
+                evict.append(unproven[0])
+        if len(self._tunnels) - len(evict) >= self.max_tunnels:
+            candidates = [k for k in self._unproven(user) + self._unproven() if k not in evict]
+            if not candidates:
+                return Refused(f"{self.max_tunnels} tunnels are open")
+            evict.append(candidates[0])
+        for victim in evict:
+            del self._tunnels[victim]
+        self._tunnels[key] = _Tunnel(user, proven)
+        return Granted(tuple(evict))
+
+    def prove(self, key: Hashable) -> Granted | Refused:
+        """An unproven tunnel sent a well-formed frame: it now counts toward its user's cap."""
+        tunnel = self._tunnels[key]
+        if tunnel.proven:
+            return Granted()
+        if self.proven_of(tunnel.user) >= self.max_per_user:
+            del self._tunnels[key]
+            return Refused(f"{tunnel.user} already has {self.max_per_user} tunnels")
+        tunnel.proven = True
+        return Granted()
+
+    def release(self, key: Hashable) -> None:
+        self._tunnels.pop(key, None)
+
+    def _unproven(self, user: str | None = None) -> list[Hashable]:
+        """Unproven tunnels (of ``user``, or of anyone), oldest first."""
+        return [
+            key
+            for key, tunnel in self._tunnels.items()
+            if not tunnel.proven and (user is None or tunnel.user == user)
+        ]

@@ -1,0 +1,221 @@
+"""The client's SOCKS5 UDP ASSOCIATE: a UDP port for one SOCKS client, relayed through the
+tunnel (RFC 1928 section 7).
+
+The UDP socket is bound on the local address the SOCKS client reached us on (IPv4 or IPv6),
+and its address and port go in the reply. ``jproxy.udp`` decides which datagrams are relayed;
+each new destination is opened as one jProxy UDP association in a greenlet of its own, while
+its first datagrams wait in a short queue. The association ends when the SOCKS client closes
+its TCP connection, or after its idle timeout.
+
+The Java jProxy server ignores UDP. When an associate gets no answer on a 3.0 tunnel the
+client says so in its log, ends this SOCKS association, and answers later UDP ASSOCIATE
+requests on that tunnel with a general failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+
+import gevent
+from gevent.pool import Group
+from gevent.socket import wait_read
+
+from jproxy.channels import Exhausted
+from jproxy.datagrams import Channel
+from jproxy.handlers.datagrams import AssociateFailed, TunnelDatagrams
+from jproxy.handlers.tunnel import TunnelClosed
+from jproxy.metrics import Counters
+from jproxy.udp import MAX_DATAGRAM, Drop, Dropped, Route, SocksUdpAssociation
+from schemas.jproxy import Dialect, DisconnectReason
+
+log = logging.getLogger(__name__)
+
+ASSOCIATE_TIMEOUT = 10.0
+PENDING_LIMIT = 16
+"""Datagrams to one destination that wait for its jProxy association; more are dropped."""
+RECV_SIZE = 65535
+CHECK_INTERVAL = 1.0
+"""How often an association looks whether its tunnel is still there."""
+
+
+class SocksUdpRelay:
+    """One SOCKS UDP association: ``run`` serves it until the control connection closes."""
+
+    def __init__(
+        self,
+        control: socket.socket,
+        datagrams: TunnelDatagrams,
+        core: SocksUdpAssociation,
+        counters: Counters,
+        *,
+        associate_timeout: float = ASSOCIATE_TIMEOUT,
+    ) -> None:
+        self.control = control
+        self.datagrams = datagrams
+        self.core = core
+        self.counters = counters
+        self.associate_timeout = associate_timeout
+        self.udp = bind_udp_beside(control)
+        self._pending: dict[Route, deque[bytes]] = {}
+        self._greenlets = Group()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.udp.getsockname()[:2]
+
+    def run(self) -> None:
+        self._greenlets.spawn(self._read_udp)
+        try:
+            self._watch_control()
+        finally:
+            self._greenlets.kill()
+            for route in list(self.core.routes.values()):
+                self._end_route(route)
+            self.udp.close()
+
+    # --- the control connection and the idle clock -----------------------------------------------
+
+    def _watch_control(self) -> None:
+        """Until the SOCKS client closes (or sends anything: RFC 1928 gives it no meaning),
+        the association idles out, its tunnel ends (the SOCKS client may associate again on the
+        next one), or a 3.0 server proves to ignore UDP."""
+        tunnel = self.datagrams.tunnel
+        while not self.datagrams.udp_unsupported and not tunnel.closed.is_set():
+            now = time.monotonic()
+            for route in self.core.expired(now):
+                self._end_route(route)
+            if self.core.idle(now):
+                log.info("UDP association from %s: idle, closing", self.core.client_ip)
+                return
+            try:
+                wait = min(max(self.core.next_deadline() - now, 0.05), CHECK_INTERVAL)
+                wait_read(self.control.fileno(), timeout=wait)
+            except TimeoutError:
+                continue
+            try:
+                if not self.control.recv(1):
+                    return
+            except OSError:
+                return
+
+    # --- SOCKS client -> tunnel -----------------------------------------------------------------
+
+    def _read_udp(self) -> None:
+        udp = self.udp
+        while True:
+            wait_read(udp.fileno())
+            while True:
+                try:
+                    datagram, source = udp.recvfrom(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue
+                self._from_client(source, datagram)
+
+    def _from_client(self, source: tuple, datagram: bytes) -> None:
+        action = self.core.from_client(source, datagram, time.monotonic())
+        if isinstance(action, Dropped):
+            self.counters.datagram_dropped(action.reason.value)
+            log.debug("dropped a datagram: %s (%s)", action.reason.value, action.detail)
+            return
+        route = action.route
+        if action.new:
+            self._pending[route] = deque()
+            self._greenlets.spawn(self._open_route, route)
+        pending = self._pending.get(route)
+        if pending is not None:
+            if len(pending) >= PENDING_LIMIT:
+                self.counters.datagram_dropped(Drop.QUEUE_FULL.value)
+            else:
+                pending.append(action.payload)
+        else:
+            self.datagrams.send(route.channel, action.payload)
+
+    def _open_route(self, route: Route) -> None:
+        try:
+            route.channel = self.datagrams.associate(
+                route.host, route.port, _RouteSink(self, route), self.associate_timeout
+            )
+        except (AssociateFailed, TunnelClosed, Exhausted, gevent.Timeout) as error:
+            self._route_failed(route, error)
+            return
+        for payload in self._pending.pop(route, ()):
+            self.datagrams.send(route.channel, payload)
+
+    def _route_failed(self, route: Route, error: BaseException) -> None:
+        self.core.forget(route)
+        for _ in self._pending.pop(route, ()):
+            self.counters.datagram_dropped(Drop.UNANSWERED.value)
+        target = f"{route.host}:{route.port}"
+        if isinstance(error, gevent.Timeout):
+            if self.datagrams.core.dialect is Dialect.LEGACY_3_0:
+                self.datagrams.udp_unsupported = True  # before the log line says so
+                log.warning(
+                    "UDP %s: the server did not answer the associate within %g s; a 3.0 server"
+                    " (the Java jProxy) ignores UDP, so UDP ASSOCIATE fails on this tunnel",
+                    target,
+                    self.associate_timeout,
+                )
+                self.control.shutdown(socket.SHUT_RDWR)  # wakes _watch_control: end
+            else:
+                log.warning("UDP %s: no answer from the server", target)
+        else:
+            log.info("UDP %s failed: %s", target, error or "no answer")
+
+    def _end_route(self, route: Route) -> None:
+        self.core.forget(route)
+        self._pending.pop(route, None)
+        if route.channel is not None:
+            self.datagrams.dissociate(route.channel, DisconnectReason.CLIENT_CLOSED)
+
+    # --- tunnel -> SOCKS client -----------------------------------------------------------------
+
+    def to_client(self, route: Route, data: bytes) -> None:
+        datagram = self.core.to_client(route, data, time.monotonic())
+        if datagram is None:
+            return
+        try:
+            self.udp.sendto(datagram, self.core.client_address)
+        except BlockingIOError:
+            self.counters.datagram_dropped(Drop.QUEUE_FULL.value)
+        except OSError as error:
+            log.debug("datagram to the SOCKS client: %s", error)
+
+
+class _RouteSink:
+    """Where the tunnel delivers one route's datagrams."""
+
+    def __init__(self, relay: SocksUdpRelay, route: Route) -> None:
+        self.relay = relay
+        self.route = route
+
+    def datagram(self, channel: Channel, data: bytes) -> None:
+        self.relay.to_client(self.route, data)
+
+    def ended(self, channel: Channel, reason: DisconnectReason) -> None:
+        self.relay.core.forget(self.route)
+
+
+def bind_udp_beside(control: socket.socket) -> socket.socket:
+    """A non-blocking UDP socket on the local address of ``control`` (the SOCKS connection)."""
+    local = control.getsockname()
+    sock = socket.socket(control.family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((local[0], 0))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def association_for(
+    control: socket.socket, host: str, port: int, dialect: Dialect, now: float
+) -> SocksUdpAssociation:
+    """The rules for the association a SOCKS client asked for on ``control``."""
+    client_ip = control.getpeername()[0]
+    return SocksUdpAssociation(client_ip, host, port, MAX_DATAGRAM[dialect], now)
