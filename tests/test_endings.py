@@ -220,7 +220,7 @@ def test_legacy_slow_readers_neither_stall_the_others_nor_grow_memory(workdir):
     for thread in early:
         thread.join(20)
     peak = 0
-    for _ in range(8):  # the stalled streams are cut within seconds; then all runs freely
+    for _ in range(5):  # the stalled streams are cut within seconds; then all runs freely
         time.sleep(1)
         peak = max(peak, server.rss_kib(), client.rss_kib())
     before = list(moved)
