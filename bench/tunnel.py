@@ -7,9 +7,10 @@ the same run as the peers it is compared with: gjproxy 3.1 and 3.0 (``gjproxy se
 (ss-server + ss-local, chacha20-ietf-poly1305). A peer that is not installed is skipped with a
 note. One target process (a bulk source and an echo server, asyncio) serves them all, and raw
 blocking sockets from threads drive each SOCKS5 port, so the load generator costs little CPU.
-Each proxy runs ``--runs`` times (3) on fresh processes; the table shows medians, then the
-ratios to pproxy with the issue's targets. Exit status 0 whatever the numbers, 1 only when
-something broke. Run: ``python bench/tunnel.py [--runs N] [--only NAME]``. About 5 minutes.
+Each proxy runs ``--runs`` times (3) on fresh processes, the runs of the proxies interleaved;
+the table shows medians, then the ratios to pproxy with the issue's targets. Exit status 0
+whatever the numbers, 1 only when something broke.
+Run: ``python bench/tunnel.py [--runs N] [--only NAME]``. About 3 minutes.
 """
 
 from __future__ import annotations
@@ -660,29 +661,27 @@ def measure(
     return figures, cpu
 
 
-def run_proxy(
-    proxy: Proxy, runs: int, targets: tuple[int, int, int]
-) -> tuple[dict[str, float], dict[str, str]] | None:
-    """Medians of ``runs`` runs, each on freshly started processes; None when skipped."""
+def installed(proxy: Proxy) -> bool:
     missing = [tool for tool in proxy.tools if shutil.which(tool) is None]
     if missing:
         print(f"{proxy.name}: skipped, not installed: {', '.join(missing)}", flush=True)
-        return None
-    samples: dict[str, list[float]] = {}
-    cpu: dict[str, str] = {}
-    for run in range(runs):
-        with tempfile.TemporaryDirectory(prefix="gjproxy-bench-") as folder, ExitStack() as stack:
-            services, socks_port = proxy.start(Path(folder), stack)
-            figures, cpu = measure(services, socks_port, targets)
-        for key, value in figures.items():
-            samples.setdefault(key, []).append(value)
-        print(
-            f"{proxy.name} run {run + 1}: "
-            f"1 stream {figures['mbps_1']:.0f} MB/s, 8 streams {figures['mbps_8']:.0f} MB/s, "
-            f"{figures['cps_1']:.0f} conn/s, echo p50 {figures['echo_p50']:.0f} us",
-            flush=True,
-        )
-    return {key: statistics.median(values) for key, values in samples.items()}, cpu
+    return not missing
+
+
+def run_once(
+    proxy: Proxy, run: int, targets: tuple[int, int, int]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Every figure of one run of ``proxy`` on freshly started processes."""
+    with tempfile.TemporaryDirectory(prefix="gjproxy-bench-") as folder, ExitStack() as stack:
+        services, socks_port = proxy.start(Path(folder), stack)
+        figures, cpu = measure(services, socks_port, targets)
+    print(
+        f"{proxy.name} run {run + 1}: "
+        f"1 stream {figures['mbps_1']:.0f} MB/s, 8 streams {figures['mbps_8']:.0f} MB/s, "
+        f"{figures['cps_1']:.0f} conn/s, echo p50 {figures['echo_p50']:.0f} us",
+        flush=True,
+    )
+    return figures, cpu
 
 
 def print_table(results: dict[str, dict[str, float]], runs: int) -> None:
@@ -746,12 +745,17 @@ def main(argv: list[str] | None = None) -> int:
         raise_fd_limit(2 * HELD_STREAMS + FD_HEADROOM)
         with ExitStack() as stack:
             targets = start_targets(stack)
-            for proxy in PROXIES:
-                if args.only and proxy.name not in args.only:
-                    continue
-                outcome = run_proxy(proxy, args.runs, targets)
-                if outcome is not None:
-                    results[proxy.name], cpu_of[proxy.name] = outcome
+            chosen = [p for p in PROXIES if (not args.only or p.name in args.only) and installed(p)]
+            samples: dict[str, dict[str, list[float]]] = {proxy.name: {} for proxy in chosen}
+            # Runs interleave the proxies, so load from elsewhere on the machine falls on all
+            # of them alike rather than on whichever ran while it lasted.
+            for run in range(args.runs):
+                for proxy in chosen:
+                    figures, cpu_of[proxy.name] = run_once(proxy, run, targets)
+                    for key, value in figures.items():
+                        samples[proxy.name].setdefault(key, []).append(value)
+            for name, figures_of in samples.items():
+                results[name] = {key: statistics.median(v) for key, v in figures_of.items()}
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

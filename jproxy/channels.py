@@ -141,7 +141,7 @@ _REASON_OF = {
     Ending.CLOSED: DisconnectReason.CLIENT_CLOSED,
     Ending.RESET: DisconnectReason.RESET,
     Ending.CUT: DisconnectReason.RESET,
-    Ending.IDLE: DisconnectReason.GENERAL,
+    Ending.IDLE: DisconnectReason.RESET,
     Ending.FAILED: DisconnectReason.GENERAL,
 }
 
@@ -453,7 +453,7 @@ class Channels:
             kind = message[:1].hex() or "-"
             return [Event(Do.WARNING, None, f"ignored a tunnel message of unknown type {kind}")]
         try:
-            schema, fields = parse_message(message, self.receives)
+            schema, fields = parse_message(bytes(message), self.receives)
         except WireError as error:
             return self._on_malformed(message, error)
         if MessageType(fields.type) in SECURE_ONLY and not self.flow_control:

@@ -43,6 +43,11 @@ class Session:
         """One whole frame carrying ``message`` (at most ``max_message`` bytes)."""
         return self._sealer.seal(message)
 
+    def seal_all(self, messages: list[bytes]) -> bytes | bytearray:
+        """The frames of ``messages`` in order, as one piece to send (fewer copies and calls
+        than sealing each)."""
+        return self._sealer.seal_all(messages)
+
     def feed(self, data: bytes) -> list[bytes]:
         """The messages of every frame that ``data`` completes.
 
@@ -79,13 +84,15 @@ class Session:
     def _open_frames(self, view: memoryview, messages: list[bytes]) -> int:
         """Open every whole frame at the start of ``view``; returns the bytes they took."""
         offset, end = 0, len(view)
+        body_length, open_frame, append = self._body_length, self._opener.open, messages.append
         while end - offset >= _HEADER_SIZE:
-            header = view[offset : offset + _HEADER_SIZE]
-            frame_end = offset + _HEADER_SIZE + self._body_length(header)
+            body = offset + _HEADER_SIZE
+            header = view[offset:body]
+            frame_end = body + body_length(header)
             if frame_end > end:
                 break
-            if frame_end > offset + _HEADER_SIZE:
-                messages.append(self._opener.open(header, view[offset + _HEADER_SIZE : frame_end]))
+            if frame_end > body:
+                append(open_frame(header, view[body:frame_end]))
             offset = frame_end
         return offset
 

@@ -390,7 +390,7 @@ def test_an_idle_stream_ends_after_the_idle_timeout_and_not_before():
     assert kinds(events) == [Do.INFO, Do.SEND_AFTER_DATA, Do.CLOSED]
     assert "idle" in events[0].value and events[2] == Event(Do.CLOSED, mine, Ending.IDLE)
     (closed,) = deliver(server, events)
-    assert closed.value is Ending.CLOSED  # the idle side says "general": a normal end there
+    assert closed.value is Ending.RESET  # an abnormal end: both applications see a reset
     deliver(client, server.close(theirs, Ending.CLOSED))
     assert not client.channels and mine.ending is Ending.IDLE
 

@@ -185,6 +185,20 @@ def test_gcm_sealing_is_deterministic_per_key_direction_and_counter() -> None:
     assert again.seal(b"same") == first
 
 
+@pytest.mark.parametrize("dialect", list(Dialect))
+def test_sealing_many_at_once_gives_the_frames_of_sealing_each(dialect: Dialect) -> None:
+    key = bytes(range(16))
+    largest = crypto.MAX_MESSAGE[dialect]
+    messages = [b"", b"x", bytes(15), bytes(16), bytes(range(200)), bytes(largest)]
+    one_by_one, _ = crypto.frame_ciphers(dialect, key, C2S)
+    at_once, _ = crypto.frame_ciphers(dialect, key, C2S)
+    expected = b"".join(one_by_one.seal(message) for message in messages)
+    assert bytes(at_once.seal_all(messages)) == expected
+    assert one_by_one.seal(b"next") == at_once.seal(b"next")  # the counters agree
+    with pytest.raises(ValueError):
+        at_once.seal_all([b"fine", bytes(largest + 1)])
+
+
 def test_gcm_opener_takes_only_the_other_direction() -> None:
     key = crypto.new_session_key()
     sealer, _ = crypto.frame_ciphers(Dialect.SECURE_3_1, key, C2S)

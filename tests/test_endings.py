@@ -203,11 +203,16 @@ def test_legacy_slow_readers_neither_stall_the_others_nor_grow_memory(workdir):
     moved = [0, 0]
     stop = threading.Event()
 
+    problems: list[str] = []
+
     def keep_reading(index: int) -> None:
         with socks_connect(client.port, "127.0.0.1", port) as sock:
             sock.settimeout(20)
-            while not stop.is_set() and (data := sock.recv(1 << 16)):
-                moved[index] += len(data)
+            try:
+                while not stop.is_set() and (data := sock.recv(1 << 20)):
+                    moved[index] += len(data)
+            except OSError as error:
+                problems.append(f"reader {index}: {error!r}")
 
     readers = [threading.Thread(target=keep_reading, args=(i,)) for i in range(2)]
     for reader in readers:
@@ -215,7 +220,7 @@ def test_legacy_slow_readers_neither_stall_the_others_nor_grow_memory(workdir):
     for thread in early:
         thread.join(20)
     peak = 0
-    for _ in range(8):  # the stalled streams are cut within seconds; then all runs freely
+    for _ in range(5):  # the stalled streams are cut within seconds; then all runs freely
         time.sleep(1)
         peak = max(peak, server.rss_kib(), client.rss_kib())
     before = list(moved)
@@ -223,6 +228,7 @@ def test_legacy_slow_readers_neither_stall_the_others_nor_grow_memory(workdir):
     stop.set()
     for reader in readers:
         reader.join(25)
+    assert not problems, (problems, client.log())
     assert all(after - then > 10 << 20 for after, then in zip(moved, before, strict=True)), moved
     assert peak < 150 * 1024, f"RSS peaked at {peak} KiB"
     for sock in stalled:  # each was cut: a reset, after what the buffers held

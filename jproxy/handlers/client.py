@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
 BACKOFF_CAP = 30.0
-DEFAULT_GRACE = 5.0
+DEFAULT_GRACE = 1.0
+"""SIGTERM: a client stops promptly; its open streams get a second to finish."""
 _DRAIN_POLL = 0.1
 
 

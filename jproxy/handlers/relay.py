@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import gevent
@@ -26,12 +26,14 @@ from gevent.event import AsyncResult, Event
 
 from jproxy.channels import LEGACY_BOUND, Channel, Channels, Ending, Side
 from jproxy.channels import Event as CoreEvent
-from jproxy.handlers.sockets import reset, send_now
+from jproxy.handlers.sockets import reset, send_now, wait_readable
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 
 log = logging.getLogger(__name__)
 
+YIELD_EVERY = 256 * 1024
+"""A stream whose socket always has data lets the others run after this many bytes."""
 _ABNORMAL = frozenset({Ending.RESET, Ending.CUT, Ending.IDLE})
 
 
@@ -41,6 +43,7 @@ class Link(Protocol):
     channels: Channels
     counters: Counters
     tuning: RelayTuning
+    clock: Callable[[], float]
 
     def perform(self, events: list[CoreEvent]) -> None: ...
 
@@ -140,7 +143,7 @@ class StreamRelay:
         at the latest until ``deadline`` (monotonic); False if it is still over it then."""
         self._below_bound = self._below_bound or Event()
         while self.channel.undelivered > LEGACY_BOUND and self._ended is None:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.link.clock()
             if remaining <= 0:
                 return False
             self._below_bound.clear()
@@ -167,8 +170,13 @@ class StreamRelay:
         if self._backlog or self._peer_eof:
             self._start_writer()  # what arrived before the stream's socket was ready
         try:
-            if self._ended is None:
-                self._pump(early_data)
+            if self._ended is None and self._pump(early_data) and self._done.is_set():
+                # Local EOF, and the peer's direction is already done: the half-close and the
+                # disconnect leave together.
+                channels = self.link.channels
+                self.link.perform(
+                    channels.finish(self.channel) + channels.close(self.channel, Ending.CLOSED)
+                )
             if self.channel.ours is not Side.CLOSED:
                 self._done.wait()  # the peer's direction: its EOF or goodbye, or the sweep
             elif self._writer is not None:  # 3.0: our EOF was the goodbye; deliver, then close
@@ -181,22 +189,30 @@ class StreamRelay:
             if self._ended is None:
                 self.sock.close()
 
-    def _pump(self, pending: bytes) -> None:
-        """Local socket to tunnel, until EOF, an error, or the stream ends otherwise."""
+    def _pump(self, pending: bytes) -> bool:
+        """Local socket to tunnel, until the stream ends; True at an EOF whose half-close (or
+        3.0 disconnect) is still to be sent, when the peer's direction is already done."""
         link, channels, channel, sock = self.link, self.link.channels, self.channel, self.sock
         counters, tuning = link.counters, link.tuning
+        since_yield, idle = 0, True
         try:
             while True:
                 allowance = channels.allowance(channel)
                 if not allowance:
                     if not self._wait_for_window():
-                        return
+                        return False
                     continue
                 if not pending:
-                    pending = sock.recv(min(tuning.buffer_size, allowance))
+                    wanted = min(tuning.buffer_size, allowance)
+                    if idle:
+                        wait_readable(sock)
+                    pending = sock.recv(wanted)
+                    idle = len(pending) < wanted  # a full read: more is likely waiting
                     if not pending:
+                        if self._done.is_set():
+                            return True
                         link.perform(channels.finish(channel))
-                        return
+                        return False
                     allowance = channels.allowance(channel)
                     if not allowance:
                         continue
@@ -207,12 +223,17 @@ class StreamRelay:
                     pending = b""
                 self.bytes_out += len(chunk)
                 counters.transferred(len(chunk))
-                link.send_data(channels.data(channel, chunk, time.monotonic()))
+                link.send_data(channels.data(channel, chunk, link.clock()))
+                since_yield += len(chunk)
+                if since_yield >= YIELD_EVERY:  # neither recv nor a direct send yields
+                    since_yield = 0
+                    gevent.sleep(0)
         except OSError as error:
             # gevent wakes a reader whose socket we shut down with EBADF: not a failure then.
             if self._ended is None and not self._done.is_set():
                 log.debug("stream %d: local read failed: %s", channel.id, error)
                 self.abort(Ending.RESET)
+        return False
 
     def _wait_for_window(self) -> bool:
         """Wait for window credit; False when nothing more may be sent on this stream."""
@@ -258,10 +279,13 @@ class StreamRelay:
             while backlog and self._ended is None:
                 data = backlog.popleft() if len(backlog) == 1 else b"".join(backlog)
                 backlog.clear()
-                sock.sendall(data)
+                view = memoryview(data)
+                while view:  # report each piece the socket takes: its window leaves at once
+                    sent = sock.send(view)
+                    view = view[sent:]
+                    self._written(sent, self.link.clock())
                 if not backlog:
                     self.blocked_since = None
-                self._written(len(data), time.monotonic())
             if self._ended is None and self._peer_eof:
                 self._finish_inbound()
         except OSError as error:

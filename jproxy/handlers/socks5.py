@@ -21,6 +21,7 @@ from jproxy.channels import Exhausted
 from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.descriptors import Acceptor
+from jproxy.handlers.sockets import send_all
 from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.hostnames import for_log
@@ -144,10 +145,10 @@ class Socks5Port:
                     return None
                 for event in core.receive(data):
                     if isinstance(event, Send):
-                        sock.sendall(event.data)
+                        send_all(sock, event.data)
                     elif isinstance(event, Rejected):
                         log.info("SOCKS client %s:%d refused: %s", peer[0], peer[1], event.reason)
-                        sock.sendall(event.data)
+                        send_all(sock, event.data)
                         return None
                     else:
                         return event
@@ -166,7 +167,7 @@ class Socks5Port:
     @staticmethod
     def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
         try:
-            sock.sendall(core.reply(code))
+            send_all(sock, core.reply(code))
         except OSError:
             pass
         sock.close()
@@ -197,7 +198,7 @@ class Socks5Listener(Socks5Port):
             self._refuse(sock, core, reply_code_for(status))
             return
         try:
-            sock.sendall(core.reply(ReplyCode.SUCCEEDED))
+            send_all(sock, core.reply(ReplyCode.SUCCEEDED))
         except OSError:
             pass  # the relay notices the dead socket and ends the stream
         counters = self.tunnels.counters
@@ -225,7 +226,7 @@ class Socks5Listener(Socks5Port):
         )
         relay = SocksUdpRelay(sock, datagrams, rules, self.tunnels.counters)
         try:
-            sock.sendall(core.reply(ReplyCode.SUCCEEDED, *relay.address))
+            send_all(sock, core.reply(ReplyCode.SUCCEEDED, *relay.address))
         except OSError:
             relay.udp.close()
             sock.close()

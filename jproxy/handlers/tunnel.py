@@ -26,7 +26,7 @@ from jproxy.channels import Channel, Channels, Do, Ending, Exhausted, ProtocolVi
 from jproxy.channels import Event as CoreEvent
 from jproxy.datagrams import TYPES as DATAGRAM_TYPES
 from jproxy.handlers.relay import StreamRelay
-from jproxy.handlers.sockets import send_all, send_now
+from jproxy.handlers.sockets import send_all, send_now, wait_readable
 from jproxy.metrics import Counters
 from jproxy.session import Session
 from jproxy.tuning import RelayTuning
@@ -67,8 +67,11 @@ class Tunnel:
         tuning: RelayTuning,
         on_connect_request: Callable[[Tunnel, Channel], None] | None = None,
         name: str = "tunnel",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sock = sock
+        self.clock = clock
+        """The time source of every deadline (tests pass a fake clock)."""
         self.session = session
         self.channels = channels
         self.counters = counters
@@ -87,7 +90,7 @@ class Tunnel:
         self._busy = False
         self._space = Event()
         self._space.set()
-        self._progress_at = time.monotonic()
+        self._progress_at = self.clock()
         self._handlers = {
             Do.SEND: self._send_event,
             Do.SEND_AFTER_DATA: self._send_after_data_event,
@@ -149,7 +152,7 @@ class Tunnel:
         """
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
-        request = self.channels.open(host, port, time.monotonic())
+        request = self.channels.open(host, port, self.clock())
         relay = StreamRelay(self, request.channel, sock)
         answer = relay.answer = AsyncResult()
         self.send_control(request.value)
@@ -166,7 +169,7 @@ class Tunnel:
 
     def answer(self, channel: Channel, status: ConnectStatus, elapsed_ms: int) -> bool:
         """Server side: answer a connect request; False when nobody waits for it any more."""
-        self.perform(self.channels.answer(channel, status, elapsed_ms, time.monotonic()))
+        self.perform(self.channels.answer(channel, status, elapsed_ms, self.clock()))
         return self.channels.is_live(channel)
 
     def attach(self, channel: Channel, sock: socket.socket) -> StreamRelay:
@@ -176,19 +179,14 @@ class Tunnel:
     # --- sending ----------------------------------------------------------------------------
 
     def perform(self, events: list[CoreEvent]) -> None:
-        """Carry out the core's commands."""
+        """Carry out the core's commands; the messages among them leave in one send."""
         handlers = self._handlers
         for kind, channel, value in events:
             handlers[kind](channel, value)
+        self._flush()
 
     def send_control(self, message: bytes) -> None:
-        if self.closed.is_set():
-            return
-        if len(self._control) >= CONTROL_QUEUE_LIMIT:
-            log.warning("%s: peer does not read our answers, closing the tunnel", self.name)
-            self.close(planned=False)
-            return
-        self._control.append(message)
+        self._queue_control(message)
         self._flush()
 
     def send_data(self, messages: list[bytes]) -> None:
@@ -216,15 +214,25 @@ class Tunnel:
             self._queued += len(message)
         return True
 
-    def _send_after_data(self, message: bytes) -> None:
+    def _queue_control(self, message: bytes) -> None:
+        """Queue a control message; the caller flushes (``perform``, or the end of a chunk)."""
+        if self.closed.is_set():
+            return
+        if len(self._control) >= CONTROL_QUEUE_LIMIT:
+            log.warning("%s: peer does not read our answers, closing the tunnel", self.name)
+            self.close(planned=False)
+            return
+        self._control.append(message)
+
+    def _queue_after_data(self, message: bytes) -> None:
+        """Queue a half-close or disconnect behind the data already queued."""
         if not self.closed.is_set():
             self._data.append(message)
             self._queued += len(message)
-            self._flush()
 
     def _flush(self) -> None:
         """Send what is queued now, unless a writer greenlet already owns the socket."""
-        if self._busy:
+        if self._busy or self.closed.is_set():
             return
         messages = list(self._control)
         self._control.clear()
@@ -237,8 +245,7 @@ class Tunnel:
 
     def _send_direct(self, messages: list[bytes]) -> None:
         """Seal and send without waiting; what the socket does not take goes to the writer."""
-        seal = self.session.seal
-        wire = b"".join([seal(message) for message in messages])
+        wire = self.session.seal_all(messages)
         try:
             sent = send_now(self.sock, wire)
         except OSError as error:
@@ -250,10 +257,10 @@ class Tunnel:
             self._busy = True
             gevent.spawn(self._write_backlog)
         else:
-            self._progress_at = time.monotonic()
+            self._progress_at = self.clock()
 
     def _write_backlog(self) -> None:
-        seal, sock = self.session.seal, self.sock
+        seal_all, sock = self.session.seal_all, self.sock
         control, data = self._control, self._data
         try:
             while True:
@@ -261,20 +268,20 @@ class Tunnel:
                     unsent, self._unsent = self._unsent, None
                     send_all(sock, unsent)
                     self._queued -= len(unsent)
-                self._progress_at = time.monotonic()
+                self._progress_at = self.clock()
                 if self._queued < DATA_QUEUE_LIMIT:
                     self._space.set()
                 if not control and not data:
                     return
-                frames = [seal(message) for message in control]
+                messages = list(control)
                 control.clear()
                 size = 0
                 while data and size < WRITE_BATCH:
                     message = data.popleft()
                     size += len(message)
-                    frames.append(seal(message))
+                    messages.append(message)
                 self._queued -= size
-                wire = b"".join(frames)
+                wire = seal_all(messages)
                 self._unsent = memoryview(wire)
                 self._queued += len(wire)
         except OSError as error:
@@ -290,10 +297,10 @@ class Tunnel:
     # --- the core's commands ----------------------------------------------------------------
 
     def _send_event(self, channel: Channel | None, message: bytes) -> None:
-        self.send_control(message)
+        self._queue_control(message)
 
     def _send_after_data_event(self, channel: Channel | None, message: bytes) -> None:
-        self._send_after_data(message)
+        self._queue_after_data(message)
 
     def _window_event(self, channel: Channel, _: object) -> None:
         if channel.handler is not None:
@@ -313,7 +320,9 @@ class Tunnel:
 
     def _connect_event(self, channel: Channel, _: object) -> None:
         if self._on_connect_request is None:
-            self.perform(self.channels.answer(channel, ConnectStatus.GENERAL_FAILURE, 0, 0.0))
+            self.perform(
+                self.channels.answer(channel, ConnectStatus.GENERAL_FAILURE, 0, self.clock())
+            )
         else:
             self._on_connect_request(self, channel)
 
@@ -347,8 +356,11 @@ class Tunnel:
         since_yield = 0
         try:
             if pipelined:
-                self._dispatch(receive(feed(pipelined), time.monotonic()))
+                self._dispatch(receive(feed(pipelined), self.clock()))
+            count = 0
             while not self.closed.is_set():
+                if count < READ_SIZE:  # the last read emptied the socket: wait before reading
+                    wait_readable(self.sock)
                 count = recv_into(buffer)
                 if not count:
                     self.session.finish()
@@ -356,7 +368,7 @@ class Tunnel:
                     level = logging.INFO if self.planned else logging.WARNING
                     log.log(level, "%s: peer closed the tunnel", self.name)
                     return
-                self._dispatch(receive(feed(view[:count]), time.monotonic()))
+                self._dispatch(receive(feed(view[:count]), self.clock()))
                 since_yield += count
                 if since_yield >= YIELD_EVERY:
                     since_yield = 0
@@ -398,11 +410,11 @@ class Tunnel:
                 continue
             relay = channel.handler if channel is not None else None
             if relay is not None and relay.arrived:
-                relay.deliver_arrived(time.monotonic())
+                relay.deliver_arrived(self.clock())
             if kind is Do.OVER_BOUND and relay is not None:
                 over.append(relay)
             handlers[kind](channel, value)
-        now = time.monotonic()
+        now = self.clock()
         for relay in touched:
             relay.deliver_arrived(now)
         self._flush()  # the window updates those deliveries earned leave now
@@ -414,7 +426,7 @@ class Tunnel:
         takes enough, for at most ``LEGACY_STALL`` seconds counted from the wait's start or
         from when its socket began to refuse data, whichever is earlier; then the stream is
         cut. So several stalled readers cost the other streams about one stall, not one each."""
-        now = time.monotonic()
+        now = self.clock()
         if relay.wait_below_bound(min(now, relay.blocked_since or now) + LEGACY_STALL):
             return
         log.warning(
@@ -430,11 +442,14 @@ class Tunnel:
     def _sweep_loop(self) -> None:
         interval = min(SWEEP_INTERVAL, self.channels.keepalive / 3)
         while not self.closed.wait(interval):
-            now = time.monotonic()
-            self.perform(self.channels.sweep(now))
-            if self._busy and now - self._progress_at > WRITE_STALL:
-                log.warning("%s: peer took no bytes for %gs, closing", self.name, WRITE_STALL)
-                self.close(planned=False)
+            self.sweep(self.clock())
+
+    def sweep(self, now: float) -> None:
+        """Apply every deadline due at ``now``: idle streams, keepalive, a stalled socket."""
+        self.perform(self.channels.sweep(now))
+        if self._busy and now - self._progress_at > WRITE_STALL:
+            log.warning("%s: peer took no bytes for %gs, closing", self.name, WRITE_STALL)
+            self.close(planned=False)
 
 
 __all__ = ["Exhausted", "Tunnel", "TunnelClosed"]
