@@ -55,18 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the local SOCKS5 proxy that tunnels to a gjproxy server",
         description="Serve SOCKS5 locally and carry every connection through one jProxy tunnel.",
     )
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML file; its [client] keys are the flags' names"
-    )
-    parser.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        action="append",
-        help="the tunnel server; give it again for more servers, tried in order when one fails",
-    )
-    parser.add_argument("--key", metavar="FILE", help="client key file, mode 0600")
+    add_server_options(parser)
     parser.add_argument("--socks", metavar="HOST:PORT", help="the local SOCKS5 port")
-    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="jProxy dialect")
     parser.add_argument(
         "--socks-user",
         metavar="USER",
@@ -94,6 +84,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """How a command reaches the tunnel server (``client`` and ``ping`` alike)."""
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file; its [client] keys are the flags' names"
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        action="append",
+        help="the tunnel server; give it again for more servers, tried in order when one fails",
+    )
+    parser.add_argument("--key", metavar="FILE", help="client key file, mode 0600")
+    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="jProxy dialect")
 
 
 def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:

@@ -14,7 +14,7 @@ import time
 import gevent
 
 from jproxy.commands.client import DEFAULTS as CLIENT_DEFAULTS
-from jproxy.commands.client import DIALECTS
+from jproxy.commands.client import DIALECTS, add_server_options
 from jproxy.config import ConfigError, host_port, load, resolve, show_defaults
 from jproxy.handlers.client import open_tunnel, serve_tunnel
 from jproxy.handlers.tunnel import TunnelClosed
@@ -43,15 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("host", metavar="HOST", help="name or IP address to ping")
     parser.add_argument("-c", dest="count", type=int, metavar="N", help="echoes to send")
     parser.add_argument("-i", dest="interval", type=float, metavar="SECONDS", help="between echoes")
-    parser.add_argument("--config", help="TOML file; its [client] keys are the flags' names")
-    parser.add_argument(
-        "--server",
-        action="append",
-        metavar="HOST:PORT",
-        help="the server to ping from (repeatable: the first that answers is used)",
-    )
-    parser.add_argument("--key", metavar="FILE", help="client key file")
-    parser.add_argument("--dialect", choices=sorted(DIALECTS), help="3.0 has no ICMP")
+    add_server_options(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 

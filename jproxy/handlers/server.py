@@ -13,9 +13,11 @@ tunnel ends, every outbound socket it owned is closed with it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gevent
@@ -237,20 +239,27 @@ class TunnelServer:
             self._tunnels.discard(tunnel)
             log.info("%s: closed", tunnel.name)
 
-    def _serve_stream(self, tunnel: Tunnel, user: str, client: str, channel: Channel) -> None:
-        """Open the stream's connection and relay it; one access log record either way."""
-        record = AccessRecord(
-            "tunnel", user, client, host_port_text((channel.host, channel.port)), time.time()
-        )
+    @contextlib.contextmanager
+    def _recorded(self, record: AccessRecord) -> Iterator[float]:
+        """Handle one connection (the block gets its start time); its access-log record is
+        written however the handling ends, as "cut" when the tunnel ended it."""
         started = time.monotonic()
         try:
-            self._open_stream(tunnel, channel, record, started)
+            yield started
         except BaseException:
             record.ended, record.reason = record.ended or "cut", record.reason or "tunnel ended"
             raise
         finally:
             record.duration = time.monotonic() - started
             self.access_log.write(record)
+
+    def _serve_stream(self, tunnel: Tunnel, user: str, client: str, channel: Channel) -> None:
+        """Open the stream's connection and relay it; one access log record either way."""
+        record = AccessRecord(
+            "tunnel", user, client, host_port_text((channel.host, channel.port)), time.time()
+        )
+        with self._recorded(record) as started:
+            self._open_stream(tunnel, channel, record, started)
 
     def _open_stream(
         self, tunnel: Tunnel, channel: Channel, record: AccessRecord, started: float
@@ -290,15 +299,8 @@ class TunnelServer:
         channel = request.channel
         target = host_port_text((channel.host, channel.port))
         record = AccessRecord("tunnel", user, client, target, time.time(), transport="udp")
-        started = time.monotonic()
-        try:
+        with self._recorded(record) as started:
             self._open_association(datagrams, request, record, started)
-        except BaseException:
-            record.ended, record.reason = record.ended or "cut", record.reason or "tunnel ended"
-            raise
-        finally:
-            record.duration = time.monotonic() - started
-            self.access_log.write(record)
 
     def _open_association(
         self,
