@@ -143,7 +143,9 @@ and keygen against gjproxy, and what gjproxy does instead:
   the old stream.
 - The Java server never answers a connect it fails to process (it logged "Unknown address
   type: 4" for one), and the Java client has no time limit for the answer, so its SOCKS
-  client waits forever. The gjproxy client gives up after 20 s and
+  client waits forever. The gjproxy server answers a connect whose type and id it can read
+  but whose rest it cannot with status 1 (general failure) for that id, and logs it at
+  WARNING, so the id is freed on both ends; the gjproxy client gives up after 20 s and
   answers its SOCKS client with reply 1.
 - The Java server ignores a frame with n = 0 and messages it does not know; gjproxy does the
   same in 3.0, while in 3.1 n = 0 and malformed messages end the tunnel.

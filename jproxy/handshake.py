@@ -22,7 +22,6 @@ from schemas.jproxy import (
     MAJOR_VERSION,
     SECURE_ONLY,
     Dialect,
-    Direction,
     HandshakeStatus,
     Hello,
     HelloReply,
@@ -30,7 +29,6 @@ from schemas.jproxy import (
     LoginRequest,
     LoginStatus,
     MessageType,
-    parse_message,
 )
 
 HELLO_SIZE = packed_size(Hello)
@@ -178,14 +176,17 @@ empty frames): beyond them the login is not proven."""
 
 
 class LoginProof:
-    """Checks that the first frame of a fresh session opens to a well-formed client message.
+    """Checks that the first frame of a fresh session opens to a client message of a known type.
 
     The login hash travels in clear, so only a frame sealed with the session key (which only
     the holder of the private key can unwrap) proves who logged in. The proof opens frames with
     its own copy of the server's session (opening the same frames twice is safe; only sealing
     must never reuse a nonce) and keeps every byte, so the real session can open them again in
     order: ``received`` is what the tunnel gets as its first bytes. ``WireError`` (or its
-    ``FrameError``) when the bytes cannot be a real client's.
+    ``FrameError``) when the bytes cannot be a real client's. In 3.1 the frame's tag is the
+    proof; in 3.0 (ECB, no MAC) valid padding and a known type are all a frame can show. The
+    rest of the message is the tunnel's to judge: a 3.0 connect it cannot parse is answered,
+    not taken for a forgery.
     """
 
     def __init__(self, dialect: Dialect, session_key: bytes) -> None:
@@ -200,8 +201,13 @@ class LoginProof:
             raise RuntimeError("the login is already proven")
         self.received += data
         for message in self._session.feed(data):
-            _, fields = parse_message(message, Direction.CLIENT_TO_SERVER)
-            if self.dialect is Dialect.LEGACY_3_0 and MessageType(fields.type) in SECURE_ONLY:
+            if not message:
+                raise WireError("Message", "type", "empty message")
+            try:
+                kind = MessageType(message[0])
+            except ValueError:
+                raise WireError("Message", "type", f"unknown message type {message[0]}") from None
+            if self.dialect is Dialect.LEGACY_3_0 and kind in SECURE_ONLY:
                 raise WireError("Message", "type", "a 3.1 message in a 3.0 tunnel")
             self.proven = True
             return True

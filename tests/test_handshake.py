@@ -552,13 +552,20 @@ def test_proof_refuses_frames_not_sealed_with_the_key(
     ("message", "reason"),
     [(b"", "empty message"), (b"\x99", "unknown message type"), (PING, "3.1 message")],
 )
-def test_legacy_proof_needs_a_well_formed_30_message(
+def test_legacy_proof_needs_a_30_message_type(
     users: UserDirectory, message: bytes, reason: str
 ) -> None:
-    """ECB has no MAC: valid padding and a well-formed message are all a 3.0 frame can show."""
+    """ECB has no MAC: valid padding and a known type are all a 3.0 frame can show."""
     server, client = _logged_in(users, Dialect.LEGACY_3_0)
     with pytest.raises(WireError, match=reason):
         server.proof.receive(client.seal(message))
+
+
+def test_legacy_proof_leaves_a_malformed_connect_to_the_tunnel(users: UserDirectory) -> None:
+    """A connect whose address cannot be parsed proves the key all the same: the tunnel then
+    answers it with a failure for its id (issue 9), instead of closing as if forged."""
+    server, client = _logged_in(users, Dialect.LEGACY_3_0)
+    assert server.proof.receive(client.seal(bytes.fromhex("01 0007 1f90 09 04 7f000001")))
 
 
 def test_legacy_proof_bounds_empty_frames(users: UserDirectory) -> None:

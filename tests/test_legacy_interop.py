@@ -135,3 +135,29 @@ def test_java_client_ipv6_connect_is_answered_and_carries_data(tmp_path):
     sock.close()
     target.shutdown()
     server.stop()
+
+
+def test_a_connect_the_server_cannot_parse_is_answered_for_its_id(tmp_path):
+    """Issue 9: the Java server left such a connect unanswered, so its id stayed taken."""
+    server = start_legacy_server_knowing_the_java_user(tmp_path)
+    target = serve_tcp(echo)
+    sock, session = login(server.port)
+    sock.settimeout(10)
+    # Type and id readable; address type 9 exists in no dialect.
+    sock.sendall(session.seal(bytes.fromhex("01 0007 1f90 09 04 7f000001")))
+    received: list[bytes] = []
+    while not received:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the tunnel:\n" + server.log()
+        received.extend(session.feed(chunk))
+    assert received[0][:4] == bytes.fromhex("01 0007 01"), server.log()  # general failure
+    server.wait_for(r"WARNING .*malformed message .*TcpConnectRequest")
+    port = target.server_address[1].to_bytes(2, "big")  # the id is free: it connects again
+    sock.sendall(session.seal(bytes.fromhex("01 0007") + port + bytes.fromhex("01 04 7f000001")))
+    received.clear()
+    while not received:
+        received.extend(session.feed(sock.recv(65536)))
+    assert received[0][:4] == bytes.fromhex("01 0007 00"), server.log()
+    sock.close()
+    target.shutdown()
+    server.stop()
