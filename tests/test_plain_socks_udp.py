@@ -10,6 +10,7 @@ import dns.message
 import pytest
 import socks
 
+from jproxy.config import host_port_text
 from tests.peers import UdpEcho, read_json_lines, scrape_metrics, start_client, start_server
 from tests.test_plain_socks import PASSWORDS, start_socks_server
 
@@ -37,8 +38,9 @@ def plain_socks(workdir, unbound):
     assert server.stop() == 0, server.log()
 
 
-def test_pysocks_udp_echo_straight_out_and_its_access_record(plain_socks, workdir) -> None:
-    echo = UdpEcho()
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_pysocks_udp_echo_straight_out_and_its_access_record(plain_socks, workdir, host) -> None:
+    echo = UdpEcho(host)
     sock = pysocks_udp(plain_socks.socks_port, "carol")
     sizes = (0, 1, 512, 4096, 60000)  # beyond a tunnel frame: the plain port has no frames
     try:
@@ -54,9 +56,9 @@ def test_pysocks_udp_echo_straight_out_and_its_access_record(plain_socks, workdi
         sock.close()  # closes the control connection too: the association ends
     [record] = read_json_lines(workdir / "access.jsonl", 1)
     echo.close()
-    assert [source[0] for source in echo.sources] == ["127.0.0.1"] * len(sizes)
+    assert [source[0] for source in echo.sources] == [host] * len(sizes)
     [server_port] = {source[1] for source in echo.sources}  # one socket for the destination
-    target = f"127.0.0.1:{echo.address[1]}"
+    target = host_port_text(echo.address)
     assert (record["service"], record["transport"], record["user"]) == ("socks", "udp", "carol")
     assert record["client"].startswith("127.0.0.1:")
     assert (record["target"], record["connected"]) == (target, target)

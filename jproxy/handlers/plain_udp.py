@@ -27,6 +27,7 @@ from jproxy.handlers.admin import host_port_text
 from jproxy.handlers.dialer import Dialer, DialError
 from jproxy.handlers.outbound_udp import open_udp, received, send_or_drop
 from jproxy.handlers.socks_udp import RouteFailed, SocksUdpRelay
+from jproxy.hostnames import for_log
 from jproxy.metrics import Counters
 from jproxy.udp import Drop, Route
 from schemas.jproxy import ConnectStatus
@@ -73,8 +74,13 @@ class DirectRoutes:
             record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
             record.duration = time.monotonic() - started
             self.access_log.write(record)
-            log.info("UDP %s refused: %s", target, error.reason)
+            log.info("UDP %s:%d refused: %s", for_log(route.host), route.port, error.reason)
             raise RouteFailed(Drop.REFUSED, lasting=True) from None
+        except BaseException:  # the association ended during the lookup: one record still
+            record.ended, record.reason = "closed", "the association ended during the lookup"
+            record.duration = time.monotonic() - started
+            self.access_log.write(record)
+            raise
         record.connect_ms = int((time.monotonic() - started) * 1000)
         record.status, record.connected = (
             ConnectStatus.OK.name,
