@@ -21,6 +21,7 @@ from jproxy.channels import Exhausted
 from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.descriptors import Acceptor
+from jproxy.handlers.sockets import send_all
 from jproxy.handlers.socks_udp import SocksUdpRelay, TunnelRoutes, association_for
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.hostnames import for_log
@@ -177,7 +178,7 @@ class Socks5Port:
         """Answer a UDP ASSOCIATE with the relay's address and serve it; it counts as one
         connection of ``service``."""
         try:
-            sock.sendall(core.reply(ReplyCode.SUCCEEDED, *relay.address))
+            send_all(sock, core.reply(ReplyCode.SUCCEEDED, *relay.address))
         except OSError:
             relay.udp.close()
             sock.close()
