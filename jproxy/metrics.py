@@ -1,11 +1,11 @@
 """Live counters of a server process, read by the admin protocol and the Prometheus page.
 
 What counts as a connection (docs/admin.md says the same): every tunnel stream (a TCP connect
-the server accepted), every UDP association and every plain SOCKS5 connection the server
-itself serves. Tunnels are counted separately. Bytes are payload bytes relayed (for UDP, the
-datagrams' payloads), both directions summed. Datagrams dropped (a full queue, a fragment, a
-stranger's source address, ...) are counted by reason. gevent runs one greenlet at a time, so
-plain integers need no lock.
+the server accepted), every UDP association and every plain SOCKS5 connection or UDP
+association the server itself serves. Tunnels are counted separately. Bytes are payload bytes
+relayed (for UDP, the datagrams' payloads), both directions summed. Datagrams dropped (a full
+queue, a fragment, a stranger's source address, ...) are counted by reason. gevent runs one
+greenlet at a time, so plain integers need no lock.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ the UDP port the client's handler bound for it. This core decides which of them 
 only the SOCKS client's IP may send (the address a request names is not trusted over it),
 from the port its request named or, when it named none (0.0.0.0:0 or ::), from the first
 port seen; fragments, malformed headers and datagrams too
-large for one tunnel frame are dropped and counted. Each destination becomes one ``Route``,
-which the handler joins to one jProxy UDP association (names travel unresolved); routes idle
+large for one tunnel frame (or one UDP datagram) are dropped and counted. Each destination
+becomes one ``Route``, which the handler joins to one jProxy UDP association (names travel
+unresolved) or, on the server's plain SOCKS port, to a UDP socket of its own; a destination the
+handler could not open may stay refused, its datagrams dropped, until it idles out. Routes idle
 for ``idle_timeout`` are evicted, and the association itself ends after that long with no
 datagram either way. Replies get the destination as the SOCKS client named it in front.
 
@@ -35,6 +37,9 @@ MAX_DATAGRAM: dict[Dialect, int] = {
 }
 """The largest datagram payload one tunnel frame carries: 4074 bytes (3.0), 4058 bytes (3.1)."""
 
+MAX_UDP_PAYLOAD = 65507
+"""The largest payload of one IPv4 UDP datagram: the plain SOCKS port's limit."""
+
 
 class Drop(enum.Enum):
     """Why a datagram was not relayed; the handler counts each reason."""
@@ -50,6 +55,9 @@ class Drop(enum.Enum):
     """The tunnel's queue was full (counted by the handlers, never by this core)."""
     UNANSWERED = "unanswered"
     """The server did not set up (or refused) the jProxy association (handlers too)."""
+    REFUSED = "refused"
+    """The destination was refused (the plain SOCKS port: egress policy, unknown name); its
+    datagrams are dropped until it idles out."""
 
 
 @dataclass(eq=False, slots=True)
@@ -61,7 +69,8 @@ class Route:
     reply_header: bytes
     last_used: float
     channel: Any = None
-    """The handler's jProxy association for this route."""
+    """The handler's way out for this route (a jProxy association, a UDP socket)."""
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +141,8 @@ class SocksUdpAssociation:
             route = Route(fields.host, fields.port, reply_header, now)
             self.routes[(route.host, route.port)] = route
         route.last_used = now
+        if route.refused:
+            return self._drop(Drop.REFUSED, f"{route.host} port {route.port} was refused")
         return Forward(route, fields.data, new)
 
     def to_client(self, route: Route, payload: bytes, now: float) -> bytes | None:
@@ -146,6 +157,10 @@ class SocksUdpAssociation:
         """The route's jProxy association ended (refused, dissociated by the server)."""
         if self.routes.get((route.host, route.port)) is route:
             del self.routes[(route.host, route.port)]
+
+    def refuse(self, route: Route) -> None:
+        """The route could not be opened: its datagrams are dropped until it idles out."""
+        route.refused = True
 
     def expired(self, now: float) -> list[Route]:
         """Routes idle for ``idle_timeout``, removed; the handler dissociates each."""

@@ -113,6 +113,19 @@ def test_a_forgotten_route_is_made_again() -> None:
     assert again.new and again.route is not route
 
 
+def test_a_refused_route_drops_its_datagrams_until_it_idles_out() -> None:
+    association = _association(idle_timeout=10.0)
+    route = association.from_client(CLIENT, build_udp_request("h", 1, b"a"), 1.0).route
+    association.refuse(route)
+    again = association.from_client(CLIENT, build_udp_request("h", 1, b"b"), 5.0)
+    assert isinstance(again, Dropped) and again.reason is Drop.REFUSED
+    assert association.drops == {Drop.REFUSED: 1}
+    assert association.expired(14.9) == []  # the dropped datagram kept it refused
+    assert association.expired(15.0) == [route]
+    fresh = association.from_client(CLIENT, build_udp_request("h", 1, b"c"), 16.0)
+    assert isinstance(fresh, Forward) and fresh.new and fresh.route is not route
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "name.test"])
 def test_unnamed_source_learns_the_first_port(host: str) -> None:
     association = _association(host, 0)

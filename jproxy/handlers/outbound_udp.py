@@ -13,6 +13,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Iterator
 
 import gevent
 from gevent.socket import wait_read
@@ -20,6 +21,7 @@ from gevent.socket import wait_read
 from jproxy.datagrams import Channel
 from jproxy.handlers.datagrams import TunnelDatagrams
 from jproxy.handlers.dialer import Dialer, DialError, status_for
+from jproxy.metrics import Counters
 from jproxy.udp import Drop
 from schemas.jproxy import ConnectStatus, DisconnectReason
 
@@ -48,6 +50,33 @@ def open_udp(dialer: Dialer, address: str, port: int, local_port: int) -> socket
     return sock
 
 
+def send_or_drop(sock: socket.socket, data: bytes, counters: Counters, peer: str) -> bool:
+    """Send one datagram on a connected UDP socket without waiting; ``False`` when it was
+    dropped: the socket's buffer was full (counted) or the kernel refused it (logged)."""
+    try:
+        sock.send(data)
+    except BlockingIOError:
+        counters.datagram_dropped(Drop.QUEUE_FULL.value)
+        return False
+    except OSError as error:  # e.g. ECONNREFUSED from an earlier port unreachable
+        log.debug("datagram to %s: %s", peer, error)
+        return False
+    return True
+
+
+def received(sock: socket.socket, peer: str) -> Iterator[bytes]:
+    """The datagrams ``sock`` holds now, without waiting; an error (ICMP port unreachable and
+    friends: not fatal for UDP) ends the batch."""
+    while True:
+        try:
+            yield sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            log.debug("from %s: %s", peer, error)
+            return
+
+
 class OutboundAssociation:
     """Joins ``sock`` to ``channel``; ``run`` reads the socket until the association ends."""
 
@@ -72,17 +101,12 @@ class OutboundAssociation:
         idle; empty while it runs or when its tunnel cut it."""
         self._last_activity = time.monotonic()
         self._greenlet: gevent.Greenlet | None = None
+        self._peer = f"{channel.host}:{channel.port}"
 
     # --- Sink: called by the tunnel reader, never blocks -----------------------------------------
 
     def datagram(self, channel: Channel, data: bytes) -> None:
-        try:
-            self.sock.send(data)
-        except BlockingIOError:
-            self.datagrams.counters.datagram_dropped(Drop.QUEUE_FULL.value)
-            return
-        except OSError as error:  # e.g. ECONNREFUSED from an earlier port unreachable
-            log.debug("datagram to %s:%d: %s", channel.host, channel.port, error)
+        if not send_or_drop(self.sock, data, self.datagrams.counters, self._peer):
             return
         self.bytes_out += len(data)
         self._last_activity = time.monotonic()
@@ -116,14 +140,7 @@ class OutboundAssociation:
             self.sock.close()
 
     def _drain(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as error:  # ICMP port unreachable and friends: not fatal for UDP
-                log.debug("from %s:%d: %s", self.channel.host, self.channel.port, error)
-                return
+        for data in received(self.sock, self._peer):
             self._last_activity = time.monotonic()
             if len(data) > self.max_payload:
                 self.datagrams.counters.datagram_dropped(Drop.TOO_LARGE.value)

@@ -1,9 +1,12 @@
-"""The server's plain SOCKS5 port: CONNECT straight out, through the server's one ``Dialer``.
+"""The server's plain SOCKS5 port: CONNECT and UDP ASSOCIATE straight out, through the
+server's one ``Dialer``.
 
 The same resolver (DoH or the system's), egress policy, connect deadline, counters and access
 log as tunnel streams; the dialer's status becomes the SOCKS reply (RFC 1928 section 6).
-RFC 1929 logins are checked against ``[socks_users]`` hashes in a small thread pool, since
-scrypt takes tens of milliseconds. UDP ASSOCIATE and BIND are answered 07 for now.
+UDP ASSOCIATE runs the client's relay (``jproxy.handlers.socks_udp``) with routes that leave
+through sockets of the server's own (``jproxy.handlers.plain_udp``). RFC 1929 logins are
+checked against ``[socks_users]`` hashes in a small thread pool, since scrypt takes tens of
+milliseconds. BIND is answered 07.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from gevent.threadpool import ThreadPool
 from jproxy.handlers.accesslog import AccessLog, AccessRecord
 from jproxy.handlers.admin import host_port_text
 from jproxy.handlers.dialer import Dialer, DialError
+from jproxy.handlers.plain_udp import DirectRoutes
 from jproxy.handlers.sockets import set_nodelay
 from jproxy.handlers.socks5 import Socks5Port
+from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
 from jproxy.handlers.splice import Splice
 from jproxy.metrics import Counters
 from jproxy.passwords import PasswordTable
-from jproxy.socks5 import ConnectRequested, Socks5Server, reply_code_for
+from jproxy.socks5 import ConnectRequested, Socks5Server, UdpAssociateRequested, reply_code_for
 from jproxy.tuning import RelayTuning
+from jproxy.udp import MAX_UDP_PAYLOAD
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
@@ -62,6 +68,23 @@ class PlainSocks5Port(Socks5Port):
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
         self._hashing.kill()
+
+    def _associate(
+        self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested
+    ) -> None:
+        """Each destination is checked by the dialer when its first datagram comes: a refused
+        one is dropped (counted, one access-log record), the association goes on."""
+        rules = association_for(sock, request.host, request.port, MAX_UDP_PAYLOAD, time.monotonic())
+        routes = DirectRoutes(
+            self.dialer,
+            self.counters,
+            self.access_log,
+            user=core.user or "",
+            client=host_port_text(sock.getpeername()),
+            service=SERVICE,
+        )
+        relay = SocksUdpRelay(sock, routes, rules, self.counters)
+        self._relay_udp(sock, core, relay, self.counters, SERVICE)
 
     def _connect(
         self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple

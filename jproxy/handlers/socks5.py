@@ -22,9 +22,10 @@ from jproxy.handlers.admission import Doorway, Evicted
 from jproxy.handlers.client import TunnelClient
 from jproxy.handlers.descriptors import Acceptor
 from jproxy.handlers.sockets import send_all
-from jproxy.handlers.socks_udp import SocksUdpRelay, association_for
+from jproxy.handlers.socks_udp import SocksUdpRelay, TunnelRoutes, association_for
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.hostnames import for_log
+from jproxy.metrics import Counters
 from jproxy.socks5 import (
     ConnectRequested,
     CredentialCheck,
@@ -34,6 +35,7 @@ from jproxy.socks5 import (
     UdpAssociateRequested,
     reply_code_for,
 )
+from jproxy.udp import MAX_DATAGRAM
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
@@ -57,7 +59,8 @@ LISTEN_BACKLOG = 1024
 class Socks5Port:
     """A SOCKS5 listener: accepts clients (at most ``max_clients`` at once) and runs the
     SOCKS5 core on each under the handshake deadline. Subclasses say what CONNECT does;
-    UDP ASSOCIATE is answered 07 (command not supported) unless a subclass serves it.
+    UDP ASSOCIATE is answered 07 (command not supported) unless a subclass serves it (both
+    count toward ``max_clients``).
 
     ``users`` (clear-text passwords) or ``check_login`` turn on RFC 1929; without either, the
     port offers "no authentication".
@@ -117,9 +120,6 @@ class Socks5Port:
         if request is None:
             sock.close()
             return
-        if isinstance(request, UdpAssociateRequested):
-            self._associate(sock, core, request)
-            return
         if self._clients >= self.max_clients:
             log.warning(
                 "SOCKS client %s:%d refused: %d connections open (the limit)",
@@ -131,7 +131,10 @@ class Socks5Port:
             return
         self._clients += 1
         try:
-            self._connect(sock, core, request, peer)
+            if isinstance(request, UdpAssociateRequested):
+                self._associate(sock, core, request)
+            else:
+                self._connect(sock, core, request, peer)
         finally:
             self._clients -= 1
 
@@ -163,6 +166,29 @@ class Socks5Port:
     ) -> None:
         """A port without a UDP relay answers 07, "command not supported"."""
         self._refuse(sock, core, ReplyCode.COMMAND_NOT_SUPPORTED)
+
+    @staticmethod
+    def _relay_udp(
+        sock: socket.socket,
+        core: Socks5Server,
+        relay: SocksUdpRelay,
+        counters: Counters,
+        service: str,
+    ) -> None:
+        """Answer a UDP ASSOCIATE with the relay's address and serve it; it counts as one
+        connection of ``service``."""
+        try:
+            send_all(sock, core.reply(ReplyCode.SUCCEEDED, *relay.address))
+        except OSError:
+            relay.udp.close()
+            sock.close()
+            return
+        counters.connection_opened(service)
+        try:
+            relay.run()
+        finally:
+            counters.connection_closed(service)
+            sock.close()
 
     @staticmethod
     def _refuse(sock: socket.socket, core: Socks5Server, code: ReplyCode) -> None:
@@ -222,19 +248,11 @@ class Socks5Listener(Socks5Port):
             self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
             return
         rules = association_for(
-            sock, request.host, request.port, datagrams.core.dialect, time.monotonic()
+            sock,
+            request.host,
+            request.port,
+            MAX_DATAGRAM[datagrams.core.dialect],
+            time.monotonic(),
         )
-        relay = SocksUdpRelay(sock, datagrams, rules, self.tunnels.counters)
-        try:
-            send_all(sock, core.reply(ReplyCode.SUCCEEDED, *relay.address))
-        except OSError:
-            relay.udp.close()
-            sock.close()
-            return
-        counters = self.tunnels.counters
-        counters.connection_opened()
-        try:
-            relay.run()
-        finally:
-            counters.connection_closed()
-            sock.close()
+        relay = SocksUdpRelay(sock, TunnelRoutes(datagrams), rules, self.tunnels.counters)
+        self._relay_udp(sock, core, relay, self.tunnels.counters, "tunnel")

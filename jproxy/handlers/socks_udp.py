@@ -1,11 +1,14 @@
-"""The client's SOCKS5 UDP ASSOCIATE: a UDP port for one SOCKS client, relayed through the
-tunnel (RFC 1928 section 7).
+"""SOCKS5 UDP ASSOCIATE (RFC 1928 section 7): a UDP port for one SOCKS client, and its relay.
 
 The UDP socket is bound on the local address the SOCKS client reached us on (IPv4 or IPv6),
 and its address and port go in the reply. ``jproxy.udp`` decides which datagrams are relayed;
-each new destination is opened as one jProxy UDP association in a greenlet of its own, while
-its first datagrams wait in a short queue. The association ends when the SOCKS client closes
-its TCP connection, or after its idle timeout.
+each new destination is opened by the relay's ``Routes`` in a greenlet of its own, while its
+first datagrams wait in a short queue. The association ends when the SOCKS client closes its
+TCP connection, or after its idle timeout.
+
+Two kinds of routes: the client's port sends each destination through the tunnel as one jProxy
+UDP association (``TunnelRoutes``, here); the server's plain SOCKS port sends it straight out
+through a UDP socket of its own (``jproxy.handlers.plain_udp``).
 
 The Java jProxy server ignores UDP. When an associate gets no answer on a 3.0 tunnel the
 client says so in its log, ends this SOCKS association, and answers later UDP ASSOCIATE
@@ -14,10 +17,12 @@ requests on that tunnel with a general failure.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import time
 from collections import deque
+from typing import Protocol
 
 import gevent
 from gevent.pool import Group
@@ -28,17 +33,44 @@ from jproxy.datagrams import Channel
 from jproxy.handlers.datagrams import AssociateFailed, TunnelDatagrams
 from jproxy.handlers.tunnel import TunnelClosed
 from jproxy.metrics import Counters
-from jproxy.udp import MAX_DATAGRAM, Drop, Dropped, Route, SocksUdpAssociation
+from jproxy.udp import Drop, Dropped, Route, SocksUdpAssociation
 from schemas.jproxy import Dialect, DisconnectReason
 
 log = logging.getLogger(__name__)
 
 ASSOCIATE_TIMEOUT = 10.0
 PENDING_LIMIT = 16
-"""Datagrams to one destination that wait for its jProxy association; more are dropped."""
+"""Datagrams to one destination that wait for its route to open; more are dropped."""
 RECV_SIZE = 65535
 CHECK_INTERVAL = 1.0
-"""How often an association looks whether its tunnel is still there."""
+"""How often an association looks whether its routes can still be used (its tunnel is up)."""
+
+
+class RouteFailed(Exception):
+    """A route could not be opened: its waiting datagrams are dropped for ``drop``; a
+    ``lasting`` failure keeps the destination refused until it idles out."""
+
+    def __init__(self, drop: Drop, lasting: bool) -> None:
+        super().__init__(drop.value)
+        self.drop = drop
+        self.lasting = lasting
+
+
+class Routes(Protocol):
+    """How a relay's destinations leave: through the tunnel, or straight out."""
+
+    def usable(self) -> bool:
+        """Whether the relay may go on (the tunnel is still up)."""
+
+    def open(self, route: Route, relay: SocksUdpRelay) -> None:
+        """Open ``route`` (its ``channel``), in a greenlet of its own; its replies go to
+        ``relay.to_client``. Raises ``RouteFailed`` (having logged why)."""
+
+    def send(self, route: Route, payload: bytes) -> None:
+        """Send one datagram on an open route; never blocks (drops and counts instead)."""
+
+    def close(self, route: Route, ending: str) -> None:
+        """The route ends: ``closed`` (the association ended) or ``idle``."""
 
 
 class SocksUdpRelay:
@@ -47,17 +79,14 @@ class SocksUdpRelay:
     def __init__(
         self,
         control: socket.socket,
-        datagrams: TunnelDatagrams,
+        routes: Routes,
         core: SocksUdpAssociation,
         counters: Counters,
-        *,
-        associate_timeout: float = ASSOCIATE_TIMEOUT,
     ) -> None:
         self.control = control
-        self.datagrams = datagrams
+        self.routes = routes
         self.core = core
         self.counters = counters
-        self.associate_timeout = associate_timeout
         self.udp = bind_udp_beside(control)
         self._pending: dict[Route, deque[bytes]] = {}
         self._greenlets = Group()
@@ -73,20 +102,19 @@ class SocksUdpRelay:
         finally:
             self._greenlets.kill()
             for route in list(self.core.routes.values()):
-                self._end_route(route)
+                self._end_route(route, "closed")
             self.udp.close()
 
     # --- the control connection and the idle clock -----------------------------------------------
 
     def _watch_control(self) -> None:
         """Until the SOCKS client closes (or sends anything: RFC 1928 gives it no meaning),
-        the association idles out, its tunnel ends (the SOCKS client may associate again on the
-        next one), or a 3.0 server proves to ignore UDP."""
-        tunnel = self.datagrams.tunnel
-        while not self.datagrams.udp_unsupported and not tunnel.closed.is_set():
+        the association idles out, or its routes become unusable (its tunnel ended: the SOCKS
+        client may associate again on the next one, or a 3.0 server proved to ignore UDP)."""
+        while self.routes.usable():
             now = time.monotonic()
             for route in self.core.expired(now):
-                self._end_route(route)
+                self._end_route(route, "idle")
             if self.core.idle(now):
                 log.info("UDP association from %s: idle, closing", self.core.client_ip)
                 return
@@ -101,7 +129,7 @@ class SocksUdpRelay:
             except OSError:
                 return
 
-    # --- SOCKS client -> tunnel -----------------------------------------------------------------
+    # --- SOCKS client -> routes -----------------------------------------------------------------
 
     def _read_udp(self) -> None:
         udp = self.udp
@@ -133,46 +161,29 @@ class SocksUdpRelay:
             else:
                 pending.append(action.payload)
         else:
-            self.datagrams.send(route.channel, action.payload)
+            self.routes.send(route, action.payload)
 
     def _open_route(self, route: Route) -> None:
         try:
-            route.channel = self.datagrams.associate(
-                route.host, route.port, _RouteSink(self, route), self.associate_timeout
-            )
-        except (AssociateFailed, TunnelClosed, Exhausted, gevent.Timeout) as error:
-            self._route_failed(route, error)
+            self.routes.open(route, self)
+        except RouteFailed as failure:
+            if failure.lasting:
+                self.core.refuse(route)
+            else:
+                self.core.forget(route)
+            for _ in self._pending.pop(route, ()):
+                self.counters.datagram_dropped(failure.drop.value)
             return
         for payload in self._pending.pop(route, ()):
-            self.datagrams.send(route.channel, payload)
+            self.routes.send(route, payload)
 
-    def _route_failed(self, route: Route, error: BaseException) -> None:
-        self.core.forget(route)
-        for _ in self._pending.pop(route, ()):
-            self.counters.datagram_dropped(Drop.UNANSWERED.value)
-        target = f"{route.host}:{route.port}"
-        if isinstance(error, gevent.Timeout):
-            if self.datagrams.core.dialect is Dialect.LEGACY_3_0:
-                self.datagrams.udp_unsupported = True  # before the log line says so
-                log.warning(
-                    "UDP %s: the server did not answer the associate within %g s; a 3.0 server"
-                    " (the Java jProxy) ignores UDP, so UDP ASSOCIATE fails on this tunnel",
-                    target,
-                    self.associate_timeout,
-                )
-                self.control.shutdown(socket.SHUT_RDWR)  # wakes _watch_control: end
-            else:
-                log.warning("UDP %s: no answer from the server", target)
-        else:
-            log.info("UDP %s failed: %s", target, error or "no answer")
-
-    def _end_route(self, route: Route) -> None:
+    def _end_route(self, route: Route, ending: str) -> None:
         self.core.forget(route)
         self._pending.pop(route, None)
         if route.channel is not None:
-            self.datagrams.dissociate(route.channel, DisconnectReason.CLIENT_CLOSED)
+            self.routes.close(route, ending)
 
-    # --- tunnel -> SOCKS client -----------------------------------------------------------------
+    # --- routes -> SOCKS client -----------------------------------------------------------------
 
     def to_client(self, route: Route, data: bytes) -> None:
         datagram = self.core.to_client(route, data, time.monotonic())
@@ -183,7 +194,54 @@ class SocksUdpRelay:
         except BlockingIOError:
             self.counters.datagram_dropped(Drop.QUEUE_FULL.value)
         except OSError as error:
+            if error.errno == errno.EMSGSIZE:  # a reply too large once its header is in front
+                self.counters.datagram_dropped(Drop.TOO_LARGE.value)
             log.debug("datagram to the SOCKS client: %s", error)
+
+
+class TunnelRoutes:
+    """The client's routes: each destination is one jProxy UDP association of the tunnel."""
+
+    def __init__(
+        self, datagrams: TunnelDatagrams, *, associate_timeout: float = ASSOCIATE_TIMEOUT
+    ) -> None:
+        self.datagrams = datagrams
+        self.associate_timeout = associate_timeout
+
+    def usable(self) -> bool:
+        return not self.datagrams.udp_unsupported and not self.datagrams.tunnel.closed.is_set()
+
+    def open(self, route: Route, relay: SocksUdpRelay) -> None:
+        try:
+            route.channel = self.datagrams.associate(
+                route.host, route.port, _RouteSink(relay, route), self.associate_timeout
+            )
+        except (AssociateFailed, TunnelClosed, Exhausted, gevent.Timeout) as error:
+            self._failed(route, relay, error)
+            raise RouteFailed(Drop.UNANSWERED, lasting=False) from None
+
+    def send(self, route: Route, payload: bytes) -> None:
+        self.datagrams.send(route.channel, payload)
+
+    def close(self, route: Route, ending: str) -> None:
+        self.datagrams.dissociate(route.channel, DisconnectReason.CLIENT_CLOSED)
+
+    def _failed(self, route: Route, relay: SocksUdpRelay, error: BaseException) -> None:
+        target = f"{route.host}:{route.port}"
+        if isinstance(error, gevent.Timeout):
+            if self.datagrams.core.dialect is Dialect.LEGACY_3_0:
+                self.datagrams.udp_unsupported = True  # before the log line says so
+                log.warning(
+                    "UDP %s: the server did not answer the associate within %g s; a 3.0 server"
+                    " (the Java jProxy) ignores UDP, so UDP ASSOCIATE fails on this tunnel",
+                    target,
+                    self.associate_timeout,
+                )
+                relay.control.shutdown(socket.SHUT_RDWR)  # wakes _watch_control: end
+            else:
+                log.warning("UDP %s: no answer from the server", target)
+        else:
+            log.info("UDP %s failed: %s", target, error or "no answer")
 
 
 class _RouteSink:
@@ -214,8 +272,8 @@ def bind_udp_beside(control: socket.socket) -> socket.socket:
 
 
 def association_for(
-    control: socket.socket, host: str, port: int, dialect: Dialect, now: float
+    control: socket.socket, host: str, port: int, max_payload: int, now: float
 ) -> SocksUdpAssociation:
     """The rules for the association a SOCKS client asked for on ``control``."""
     client_ip = control.getpeername()[0]
-    return SocksUdpAssociation(client_ip, host, port, MAX_DATAGRAM[dialect], now)
+    return SocksUdpAssociation(client_ip, host, port, max_payload, now)
