@@ -208,6 +208,8 @@ class HostileHandler(socketserver.BaseRequestHandler):
         self.unsent: dict[int, bytes] = {}
         try:
             while data := sock.recv(65536):
+                if conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                    continue  # after our GOAWAY: ignore the client until it leaves
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.DataReceived):
                         bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
@@ -236,6 +238,8 @@ class HostileHandler(socketserver.BaseRequestHandler):
             conn.end_stream(stream_id)
 
     def answer(self, conn, stream_id: int, body: bytes) -> None:
+        if conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
+            return  # our GOAWAY went out for an earlier stream of the same read
         asked = dns.message.from_wire(body)
         how = asked.question[0].name.labels[0].decode()
         reply = dns.message.make_response(asked)
