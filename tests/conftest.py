@@ -10,7 +10,7 @@ import pytest
 
 from jproxy.keys import generate, save_client_key, save_user
 from jproxy.tuning import RelayTuning
-from tests.peers import Unbound, serve_files
+from tests.peers import Process, Unbound, serve_files
 
 FILE_SIZES = (0, 1, 4079, 4080, 4081, 65536, 1_000_000)
 BIG_FILE_SIZE = 100 * 1024 * 1024
@@ -70,3 +70,14 @@ def unbound(tmp_path_factory):
     server = Unbound(tmp_path_factory.mktemp("unbound"), DNS_RECORDS)
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """Kill the gjproxy processes a test left running (it failed before stopping them)."""
+    yield
+    while Process.started:
+        process = Process.started.pop()
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait(10)

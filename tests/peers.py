@@ -41,9 +41,14 @@ def require_tool(name: str) -> str:
 class Process:
     """A ``gjproxy`` subcommand in its own process, its log lines collected as they come."""
 
+    started: list[Process] = []
+    """Every process a test started; conftest kills those still running when the test ends,
+    so a test that fails before its own ``stop`` leaves nothing behind."""
+
     def __init__(
         self, *args: str, cwd: Path, env: dict | None = None, prefix: tuple[str, ...] = ()
     ) -> None:
+        Process.started.append(self)
         self.args = args
         self.lines: list[str] = []
         self._new = queue.Queue()

@@ -6,11 +6,15 @@ for a complete response; a planned end is graceful; an idle tunnel stays up.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from python_socks import ProxyError
@@ -174,11 +178,38 @@ def test_data_sent_before_the_connect_reply_is_delivered(workdir):
     server.stop()
 
 
-def endless(sock: socket.socket) -> None:
-    block = b"e" * 65536
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        sock.sendall(block)
+ENDLESS_TARGET = """
+import socketserver, sys, time
+class Endless(socketserver.BaseRequestHandler):
+    def handle(self):
+        block, deadline = b"e" * 65536, time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                self.request.sendall(block)
+        except OSError:
+            pass
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    request_queue_size = 64
+server = Server(("127.0.0.1", 0), Endless)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def endless_target() -> Iterator[int]:
+    """A target that sends 64 KiB blocks for 60 s to whoever connects, in a process of its own:
+    senders in this process would share its GIL with every thread earlier tests left, and one
+    of them could starve (a fairness test must measure the tunnel, not the GIL). Its port."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", ENDLESS_TARGET], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 def test_legacy_slow_readers_neither_stall_the_others_nor_grow_memory(workdir):
@@ -187,8 +218,11 @@ def test_legacy_slow_readers_neither_stall_the_others_nor_grow_memory(workdir):
     server_flags, client_flags = DIALECT_FLAGS["3.0"]
     server = start_server(workdir, *server_flags)
     client = start_client(workdir, server.port, *client_flags)
-    target = serve_tcp(endless)
-    port = target.server_address[1]
+    with endless_target() as port:
+        _slow_readers(server, client, port)
+
+
+def _slow_readers(server, client, port: int) -> None:
     stalled = [socks_connect(client.port, "127.0.0.1", port) for _ in range(4)]
     for sock in stalled:
         sock.recv(1)  # started, then nobody reads
