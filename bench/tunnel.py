@@ -129,16 +129,23 @@ def run_targets(ports: Connection) -> None:
     asyncio.run(_serve_targets(ports))
 
 
-def start_targets(stack: ExitStack) -> tuple[int, int, int]:
-    """(source port, echo port, pid) of a fresh target process, stopped when ``stack`` closes."""
+def start_target_process(stack: ExitStack, run, name: str) -> tuple[tuple, int]:
+    """What a fresh process running ``run(sender)`` sends once it is ready, and its pid; the
+    process is stopped when ``stack`` closes."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=run_targets, args=(sender,), name="bench-targets")
+    process = context.Process(target=run, args=(sender,), name=name)
     process.start()
     stack.callback(_stop_target, process)
     if not receiver.poll(START_TIMEOUT):
-        raise BenchError("the target process did not start")
-    return (*receiver.recv(), process.pid)
+        raise BenchError(f"the {name} process did not start")
+    return receiver.recv(), process.pid
+
+
+def start_targets(stack: ExitStack) -> tuple[int, int, int]:
+    """(source port, echo port, pid) of a fresh target process, stopped when ``stack`` closes."""
+    ports, pid = start_target_process(stack, run_targets, "bench-targets")
+    return (*ports, pid)
 
 
 def _stop_target(process: multiprocessing.Process) -> None:

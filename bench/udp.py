@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import signal
 import socket
@@ -30,12 +29,11 @@ from pathlib import Path
 
 from tunnel import (
     LOOPBACK,
-    START_TIMEOUT,
     BenchError,
     Latencies,
-    _stop_target,
     echo_latencies,
     start_gjproxy,
+    start_target_process,
     start_targets,
 )
 
@@ -95,14 +93,8 @@ def run_udp_targets(ports: Connection) -> None:
 
 def start_udp_targets(stack: ExitStack) -> tuple[int, int]:
     """(echo port, sink port) of a fresh UDP target process, stopped when ``stack`` closes."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=run_udp_targets, args=(sender,), name="bench-udp")
-    process.start()
-    stack.callback(_stop_target, process)
-    if not receiver.poll(START_TIMEOUT):
-        raise BenchError("the UDP target process did not start")
-    return receiver.recv()
+    ports, _ = start_target_process(stack, run_udp_targets, "bench-udp")
+    return ports
 
 
 # --- the tunnel and one SOCKS5 UDP association ---------------------------------------------------
