@@ -62,6 +62,9 @@ from schemas.jproxy import (
 
 ID_SPACE = 1 << 16
 DEFAULT_WINDOW = 1 << 20
+WINDOW_UPDATE_SHARE = 4
+"""A receiver grants credit once a quarter of the window was delivered: few updates (each is a
+frame and a syscall on both ends), and the sender still has three quarters in flight."""
 DEFAULT_MAX_CHANNELS = 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
 MAX_ELAPSED_MS = 0xFFFF
@@ -250,7 +253,7 @@ class Channels:
         self.flow_control = dialect is Dialect.SECURE_3_1
         self.is_client = sends is Direction.CLIENT_TO_SERVER
         self.window = window
-        self.update_threshold = max(1, window // 16)
+        self.update_threshold = max(1, window // WINDOW_UPDATE_SHARE)
         self.max_channels = min(max_channels, ID_SPACE)
         self.max_data = max_message - TCP_PACKET.header_size
         self.idle_timeout = idle_timeout

@@ -13,6 +13,7 @@ from jproxy.channels import (
     DEFAULT_WINDOW,
     KEEPALIVE_INTERVAL,
     LEGACY_BOUND,
+    WINDOW_UPDATE_SHARE,
     Channels,
     Do,
     Ending,
@@ -109,22 +110,22 @@ def test_flow_control_stops_the_sender_until_the_receiver_takes_the_data():
     with pytest.raises(ValueError):
         client.data(mine, b"y", 0.0)
     assert server.delivered(theirs, 1000, 0.0) == []  # below the threshold: no update yet
-    update = server.delivered(theirs, 4 * 1024 - 1000, 0.0)
+    update = server.delivered(theirs, server.update_threshold - 1000, 0.0)
     (opened,) = deliver(client, update)
     assert opened == Event(Do.WINDOW, mine)
-    assert client.allowance(mine) == 4 * 1024
+    assert client.allowance(mine) == server.update_threshold == 16 * 1024
 
 
 def test_window_updates_leave_as_the_data_is_delivered():
-    """A sixteenth of the window delivered grants credit: the sender never stops and waits."""
+    """A quarter of the window delivered grants credit: the sender never stops and waits."""
     client, server = pair()
     mine, theirs = open_stream(client, server)
     server.receive(client.data(mine, b"z" * DEFAULT_WINDOW, 0.0), 0.0)
     granted = 0
-    for _ in range(16):
-        (update,) = server.delivered(theirs, DEFAULT_WINDOW // 16, 0.0)
+    for _ in range(WINDOW_UPDATE_SHARE):
+        (update,) = server.delivered(theirs, server.update_threshold, 0.0)
         deliver(client, update)
-        granted += DEFAULT_WINDOW // 16
+        granted += server.update_threshold
         assert client.allowance(mine) == granted
 
 

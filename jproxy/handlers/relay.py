@@ -1,10 +1,13 @@
 """One stream's local socket joined to its tunnel channel.
 
-The greenlet that calls ``run`` reads the local socket and hands the data to the tunnel,
-never more than the channel's window allows, sending it itself when nothing is queued ahead.
-What the tunnel delivers is written at once when the socket takes it; what it does not take
-waits in a backlog written by a greenlet that exists only while there is a backlog. Each
-delivery grants the peer more window at once.
+Reading the local socket is a libev watcher callback that runs in the hub: it reads once (or a
+few times while reads come back full), hands the data to the tunnel and sends it there when
+nothing is queued ahead, never more than the channel's window allows. No greenlet switch per
+message: the watcher pauses while the window is spent or the tunnel's queue is full, and the
+tunnel resumes it. What the tunnel delivers is written at once when the socket takes it; what
+it does not take waits in a backlog written by a greenlet that exists only while there is a
+backlog. Each delivery grants the peer more window at once. The greenlet that calls ``run``
+only waits for the stream's end, then says goodbye and closes.
 
 No socket timeouts: the tunnel's one sweep ends idle streams (``abort``). A stream that ends
 abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is reset to the
@@ -22,11 +25,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 import gevent
+from gevent import get_hub
 from gevent.event import AsyncResult, Event
 
 from jproxy.channels import LEGACY_BOUND, Channel, Channels, Ending, Side
 from jproxy.channels import Event as CoreEvent
-from jproxy.handlers.sockets import reset, send_now, wait_readable
+from jproxy.handlers.sockets import raw_socket, reset, send_now, send_pieces_now
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 
@@ -34,6 +38,10 @@ log = logging.getLogger(__name__)
 
 YIELD_EVERY = 256 * 1024
 """A stream whose socket always has data lets the others run after this many bytes."""
+_READABLE = 1  # libev's EV_READ
+GATHER_MAX = 64
+"""Up to this many pieces of a chunk go to the socket in one sendmsg; more are joined first
+(the kernel's limit on pieces is 1024)."""
 _ABNORMAL = frozenset({Ending.RESET, Ending.CUT, Ending.IDLE})
 
 
@@ -49,6 +57,10 @@ class Link(Protocol):
 
     def send_data(self, messages: list[bytes]) -> None: ...
 
+    def has_room(self) -> bool: ...
+
+    def wake_when_room(self, resume: Callable[[], None]) -> None: ...
+
 
 class StreamRelay:
     __slots__ = (
@@ -62,7 +74,11 @@ class StreamRelay:
         "answer",
         "_backlog",
         "_writer",
-        "_window",
+        "_reader",
+        "_recv",
+        "_pending",
+        "_pumping",
+        "_eof_unsent",
         "_below_bound",
         "_done",
         "_running",
@@ -83,7 +99,14 @@ class StreamRelay:
         self.answer: AsyncResult | None = None
         self._backlog: deque[bytes] = deque()
         self._writer: gevent.Greenlet | None = None
-        self._window: Event | None = None
+        self._reader = None
+        """The libev watcher of the local socket's readability, while the pump runs."""
+        self._recv: Callable[[int], bytes] | None = None
+        self._pending = b""
+        """Read from the local socket, not yet sent: more than the window allowed."""
+        self._pumping: Event | None = None
+        """Cleared while the local socket is pumped to the tunnel; set when that ends."""
+        self._eof_unsent = False
         self._below_bound: Event | None = None
         self._done = Event()
         """Set when nothing more will reach the local socket (the inbound direction is done)."""
@@ -101,29 +124,33 @@ class StreamRelay:
     # --- called by the tunnel -------------------------------------------------------------
 
     def deliver_arrived(self, now: float) -> None:
-        """Write what the last received chunk carried, as one write when the socket takes it."""
+        """Write what the last received chunk carried, in one syscall when the socket takes it."""
         arrived = self.arrived
         if not arrived:
             return
-        data = arrived[0] if len(arrived) == 1 else b"".join(arrived)
-        arrived.clear()
         if self._ended is not None:
+            arrived.clear()
             return
         if self._running and self._writer is None and not self._backlog:
-            sent = self._send_now(data, now)
-            if sent == len(data):
+            pieces = arrived if len(arrived) <= GATHER_MAX else [b"".join(arrived)]
+            sent = self._send_now(pieces, now)
+            if sent == (len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))):
+                arrived.clear()
                 return
-            data = data[sent:]
+            data = b"".join(pieces)[sent:]
+            arrived.clear()
             if self._ended is not None:
                 return
+        else:
+            data = b"".join(arrived)
+            arrived.clear()
         self._backlog.append(data)
         if self.blocked_since is None:
             self.blocked_since = now
         self._start_writer()
 
     def window_opened(self) -> None:
-        if self._window is not None:
-            self._window.set()
+        self._resume()
 
     def peer_eof(self) -> None:
         self._peer_eof = True
@@ -156,6 +183,7 @@ class StreamRelay:
             return
         self._ended = ending
         self._backlog.clear()
+        self._end_pump()
         self.link.perform(self.link.channels.close(self.channel, ending))
         if self.answer is not None and not self.answer.ready():
             self.answer.set_exception(ConnectionResetError("the stream ended"))
@@ -170,18 +198,21 @@ class StreamRelay:
         if self._backlog or self._peer_eof:
             self._start_writer()  # what arrived before the stream's socket was ready
         try:
-            if self._ended is None and self._pump(early_data) and self._done.is_set():
-                # Local EOF, and the peer's direction is already done: the half-close and the
-                # disconnect leave together.
-                channels = self.link.channels
-                self.link.perform(
-                    channels.finish(self.channel) + channels.close(self.channel, Ending.CLOSED)
-                )
+            if self._ended is None:
+                self._pump(early_data)
+                if self._eof_unsent and self._done.is_set():
+                    # Local EOF, and the peer's direction is already done: the half-close and
+                    # the disconnect leave together.
+                    channels = self.link.channels
+                    self.link.perform(
+                        channels.finish(self.channel) + channels.close(self.channel, Ending.CLOSED)
+                    )
             if self.channel.ours is not Side.CLOSED:
                 self._done.wait()  # the peer's direction: its EOF or goodbye, or the sweep
             elif self._writer is not None:  # 3.0: our EOF was the goodbye; deliver, then close
                 self._writer.join(self.link.channels.idle_timeout)
         finally:
+            self._end_pump()
             if self._writer is not None:
                 self._writer.kill()
             ending = self._ended or Ending.CLOSED
@@ -189,70 +220,114 @@ class StreamRelay:
             if self._ended is None:
                 self.sock.close()
 
-    def _pump(self, pending: bytes) -> bool:
-        """Local socket to tunnel, until the stream ends; True at an EOF whose half-close (or
-        3.0 disconnect) is still to be sent, when the peer's direction is already done."""
-        link, channels, channel, sock = self.link, self.link.channels, self.channel, self.sock
-        counters, tuning = link.counters, link.tuning
-        since_yield, idle = 0, True
+    # --- the local socket to the tunnel: a watcher callback, no greenlet -------------------
+
+    def _pump(self, early_data: bytes) -> None:
+        """Pump the local socket to the tunnel until that direction ends (EOF, the window
+        closed for good, a failure); ``_eof_unsent`` says whether an EOF's half-close (or 3.0
+        disconnect) is still to be sent because the peer's direction was already done."""
+        self._pumping = Event()
+        self._recv = raw_socket(self.sock).recv
+        self._reader = get_hub().loop.io(self.sock.fileno(), _READABLE)
+        self._pending = early_data
+        self._on_readable()
+        self._pumping.wait()
+
+    def _on_readable(self) -> None:
+        """The watcher's callback (in the hub: it must never block)."""
         try:
-            while True:
+            self._pump_some()
+        except OSError as error:  # the tunnel closed, or the local socket failed
+            if self._ended is None and not self._done.is_set():
+                log.debug("stream %d: local read failed: %s", self.channel.id, error)
+                self.abort(Ending.RESET)
+            self._end_pump()
+
+    def _pump_some(self) -> None:
+        """Send what is pending, then what the socket has, up to ``YIELD_EVERY`` bytes, as far
+        as the window allows; then wait in the loop for readability, window or queue room."""
+        link, channel, reader = self.link, self.channel, self._reader
+        if reader is None:
+            return  # the pump ended while this callback was scheduled
+        channels = link.channels
+        taken = 0
+        while True:
+            allowance = channels.allowance(channel)
+            if not allowance:
+                if channel.ours is not Side.OPEN or channel.theirs is Side.CLOSED or self._ended:
+                    self._end_pump()
+                else:
+                    reader.stop()  # window_opened resumes
+                return
+            if not link.has_room():
+                reader.stop()
+                link.wake_when_room(self._resume)
+                return
+            pending = self._pending
+            if pending:
+                self._pending = b""
+            else:
+                if taken >= YIELD_EVERY:  # the others run first; the watcher fires again
+                    if not reader.active:
+                        reader.start(self._on_readable)
+                    return
+                wanted = min(link.tuning.buffer_size, allowance)
+                try:
+                    pending = self._recv(wanted)
+                except BlockingIOError:
+                    if not reader.active:
+                        reader.start(self._on_readable)
+                    return
+                if not pending:
+                    if self._done.is_set():
+                        self._eof_unsent = True
+                    else:
+                        link.perform(channels.finish(channel))
+                    self._end_pump()
+                    return
+                if len(pending) < wanted:  # the socket is empty now, most likely: no recv
+                    taken = YIELD_EVERY  # that fails with EAGAIN after this one
                 allowance = channels.allowance(channel)
                 if not allowance:
-                    if not self._wait_for_window():
-                        return False
+                    self._pending = pending
                     continue
-                if not pending:
-                    wanted = min(tuning.buffer_size, allowance)
-                    if idle:
-                        wait_readable(sock)
-                    pending = sock.recv(wanted)
-                    idle = len(pending) < wanted  # a full read: more is likely waiting
-                    if not pending:
-                        if self._done.is_set():
-                            return True
-                        link.perform(channels.finish(channel))
-                        return False
-                    allowance = channels.allowance(channel)
-                    if not allowance:
-                        continue
-                chunk = pending
-                if len(chunk) > allowance:
-                    chunk, pending = pending[:allowance], pending[allowance:]
-                else:
-                    pending = b""
-                self.bytes_out += len(chunk)
-                counters.transferred(len(chunk))
-                link.send_data(channels.data(channel, chunk, link.clock()))
-                since_yield += len(chunk)
-                if since_yield >= YIELD_EVERY:  # neither recv nor a direct send yields
-                    since_yield = 0
-                    gevent.sleep(0)
-        except OSError as error:
-            # gevent wakes a reader whose socket we shut down with EBADF: not a failure then.
-            if self._ended is None and not self._done.is_set():
-                log.debug("stream %d: local read failed: %s", channel.id, error)
-                self.abort(Ending.RESET)
-        return False
+            if len(pending) > allowance:
+                pending, self._pending = pending[:allowance], pending[allowance:]
+            size = len(pending)
+            taken += size
+            self.bytes_out += size
+            link.counters.transferred(size)
+            link.send_data(channels.data(channel, pending, link.clock()))
 
-    def _wait_for_window(self) -> bool:
-        """Wait for window credit; False when nothing more may be sent on this stream."""
-        channel = self.channel
-        if channel.ours is not Side.OPEN or channel.theirs is Side.CLOSED or self._ended:
-            return False
-        if self.link.channels.allowance(channel):
-            return True
-        self._window = self._window or Event()
-        self._window.clear()
-        self._window.wait()
-        return True
+    def _resume(self) -> None:
+        """Window or queue room came: the paused pump goes on (in the loop, not in the caller)."""
+        reader = self._reader
+        if reader is None:
+            return
+        if self._pending:
+            get_hub().loop.run_callback(self._on_readable)
+        elif not reader.active:
+            reader.start(self._on_readable)
+
+    def _end_pump(self) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        self._reader = None
+        reader.stop()
+        reader.close()
+        self._pumping.set()
 
     # --- writing to the local socket ------------------------------------------------------
 
-    def _send_now(self, data: bytes, now: float) -> int:
-        """What the socket takes without waiting; a failure aborts the stream."""
+    def _send_now(self, pieces: list[bytes], now: float) -> int:
+        """What the socket takes of ``pieces`` (in order, in one syscall) without waiting; a
+        failure aborts the stream."""
         try:
-            sent = send_now(self.sock, data)
+            if len(pieces) == 1:
+                sent = send_now(self.sock, pieces[0])
+            else:
+                sent = send_pieces_now(self.sock, pieces)
         except OSError as error:
             log.debug("stream %d: local write failed: %s", self.channel.id, error)
             self.abort(Ending.RESET)
@@ -309,7 +384,7 @@ class StreamRelay:
     def _close_both_ways(self) -> None:
         self._wake_all()
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes our reading greenlet
+            self.sock.shutdown(socket.SHUT_RDWR)  # our reader sees its EOF
         except OSError:
             pass
 

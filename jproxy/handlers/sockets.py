@@ -44,6 +44,14 @@ def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
         return 0
 
 
+def send_pieces_now(sock: socket.socket, pieces: list[bytes]) -> int:
+    """Like ``send_now`` for several buffers in one syscall (sendmsg), without joining them."""
+    try:
+        return sock._sock.sendmsg(pieces)
+    except BlockingIOError:
+        return 0
+
+
 def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
     """``sendall`` without gevent's per-call SO_SNDBUF lookup; waits (no timeout) while full."""
     view = memoryview(data)
@@ -53,8 +61,7 @@ def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
         sent = sock.send(view)
 
 
-def wait_readable(sock: socket.socket) -> None:
-    """Park the greenlet until ``sock`` is readable, without the recv that gevent tries first
-    (it fails with EAGAIN whenever a stream is idle): one syscall less per message when data
-    comes a little at a time. Raises OSError when another greenlet closes the socket."""
-    sock._wait(sock._read_event)  # gevent's own wait on the socket's cached read watcher
+def raw_socket(sock: socket.socket) -> socket.socket:
+    """The non-blocking socket under a gevent socket: its calls raise ``BlockingIOError``
+    instead of parking the greenlet, as a watcher callback in the hub needs."""
+    return sock._sock  # gevent's own attribute for it

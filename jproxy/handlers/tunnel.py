@@ -1,14 +1,19 @@
 """One logged-in tunnel on a socket: its reader, its sending, its sweep, and its streams.
 
-The reader receives into one buffer, opens the frames, feeds their messages to the channel
-core (``jproxy.channels``) and carries out what comes back: data is gathered per stream and
-written once per received chunk, and the window updates that the deliveries earn leave before
-the next chunk is read. Sending: whoever has messages seals and sends them at once when
-nothing is queued ahead; only what the socket does not take waits, for a writer greenlet that
-exists while there is such a backlog. Frames leave in the order their nonces were counted;
-control messages may overtake queued data, half-closes and disconnects never do. One sweep
-greenlet a second applies the core's deadlines (idle streams, keepalive, a dead peer) and
-cuts a tunnel whose socket took no bytes for ``WRITE_STALL`` seconds.
+The reader is a libev watcher callback in the hub (no greenlet switch per chunk): it receives
+into one buffer, opens the frames, feeds their messages to the channel core
+(``jproxy.channels``) and carries out what comes back: data is gathered per stream and written
+once per received chunk, and the window updates that the deliveries earn leave before the next
+chunk is read. Nothing it calls may block; the one wait of the protocol (3.0's stall for a
+stream over its bound) pauses the watcher and runs in a greenlet.
+
+Sending: whoever has messages seals and sends them at once when nothing is queued ahead; only
+what the socket does not take waits, for a writer greenlet that exists while there is such a
+backlog. Frames leave in the order their nonces were counted; control messages may overtake
+queued data, half-closes and disconnects never do. A stream that finds the data queue full
+pauses its reader until the queue has room again. One sweep greenlet a second applies the
+core's deadlines (idle streams, keepalive, a dead peer) and cuts a tunnel whose socket took no
+bytes for ``WRITE_STALL`` seconds.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from collections import deque
 from collections.abc import Callable
 
 import gevent
+from gevent import get_hub
 from gevent.event import AsyncResult, Event
 
 from jproxy.channels import Channel, Channels, Do, Ending, Exhausted, ProtocolViolation
 from jproxy.channels import Event as CoreEvent
 from jproxy.datagrams import TYPES as DATAGRAM_TYPES
 from jproxy.handlers.relay import StreamRelay
-from jproxy.handlers.sockets import send_all, send_now, wait_readable
+from jproxy.handlers.sockets import raw_socket, send_all, send_now
 from jproxy.metrics import Counters
 from jproxy.session import Session
 from jproxy.tuning import RelayTuning
@@ -48,8 +54,7 @@ WRITE_STALL = 30.0
 SWEEP_INTERVAL = 1.0
 LEGACY_STALL = 3.0
 """3.0: how long one stream over its bound may stall the tunnel before it is cut."""
-YIELD_EVERY = 1 << 20
-"""The reader lets other greenlets run after this many bytes, even when data keeps coming."""
+_READABLE = 1  # libev's EV_READ
 
 
 class TunnelClosed(ConnectionError):
@@ -88,8 +93,16 @@ class Tunnel:
         self._unsent: memoryview | None = None
         self._queued = 0
         self._busy = False
-        self._space = Event()
-        self._space.set()
+        self._dispatching = False
+        """While a received chunk is carried out, messages wait for the one send at its end."""
+        self._room_waiters: list[Callable[[], None]] = []
+        """Streams whose readers paused because the data queue was full."""
+        self._reader = None
+        """The libev watcher of the tunnel socket's readability, while the tunnel reads."""
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._recv_into = raw_socket(sock).recv_into
+        self._feed = session.feed
         self._progress_at = self.clock()
         self._handlers = {
             Do.SEND: self._send_event,
@@ -117,9 +130,11 @@ class Tunnel:
             self.send_control(first)
         sweeper = gevent.spawn(self._sweep_loop)
         try:
-            self._read_loop(pipelined)
+            self._read(pipelined)
+            self.closed.wait()
         finally:
             self.closed.set()
+            self._stop_reading()
             sweeper.kill()
             self._end_streams()
             self.sock.close()
@@ -137,7 +152,7 @@ class Tunnel:
         self.perform(self.channels.close_all())
         if self.datagrams is not None:
             self.datagrams.close()
-        self._space.set()
+        self._wake_room_waiters()
 
     # --- streams ----------------------------------------------------------------------------
 
@@ -189,11 +204,20 @@ class Tunnel:
         self._queue_control(message)
         self._flush()
 
+    def has_room(self) -> bool:
+        """Whether a stream may send data now; when not, ``wake_when_room`` tells it later."""
+        return self._queued < DATA_QUEUE_LIMIT or self.closed.is_set()
+
+    def wake_when_room(self, resume: Callable[[], None]) -> None:
+        self._room_waiters.append(resume)
+
+    def _wake_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for resume in waiters:
+            resume()
+
     def send_data(self, messages: list[bytes]) -> None:
-        """Send one read's worth of data messages, waiting while the queue is full."""
-        while self._queued >= DATA_QUEUE_LIMIT and not self.closed.is_set():
-            self._space.clear()
-            self._space.wait()
+        """Send one read's worth of data messages (the caller asked ``has_room`` first)."""
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
         if not self._busy:
@@ -231,8 +255,9 @@ class Tunnel:
             self._queued += len(message)
 
     def _flush(self) -> None:
-        """Send what is queued now, unless a writer greenlet already owns the socket."""
-        if self._busy or self.closed.is_set():
+        """Send what is queued now, unless a writer greenlet owns the socket or a chunk is being
+        carried out (its end flushes)."""
+        if self._busy or self._dispatching or self.closed.is_set():
             return
         messages = list(self._control)
         self._control.clear()
@@ -269,8 +294,8 @@ class Tunnel:
                     send_all(sock, unsent)
                     self._queued -= len(unsent)
                 self._progress_at = self.clock()
-                if self._queued < DATA_QUEUE_LIMIT:
-                    self._space.set()
+                if self._queued < DATA_QUEUE_LIMIT and self._room_waiters:
+                    self._wake_room_waiters()
                 if not control and not data:
                     return
                 messages = list(control)
@@ -347,37 +372,56 @@ class Tunnel:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _read_loop(self, pipelined: bytes) -> None:
-        buffer = bytearray(READ_SIZE)
-        view = memoryview(buffer)
-        recv_into, feed, receive = self.sock.recv_into, self.session.feed, self.channels.receive
+    def _read(self, pipelined: bytes) -> None:
+        """Start the reader: what came with the login first, then the watcher's callbacks."""
         if self.datagrams is not None:
-            feed = self._datagrams_taken(feed)
-        since_yield = 0
+            self._feed = self._datagrams_taken(self._feed)
+        self._reader = get_hub().loop.io(self.sock.fileno(), _READABLE)
+        self._reader.start(self._on_readable)
+        if pipelined:
+            self._received(pipelined)
+
+    def _on_readable(self) -> None:
+        """The watcher's callback (in the hub: it must never block): one chunk."""
         try:
-            if pipelined:
-                self._dispatch(receive(feed(pipelined), self.clock()))
-            count = 0
-            while not self.closed.is_set():
-                if count < READ_SIZE:  # the last read emptied the socket: wait before reading
-                    wait_readable(self.sock)
-                count = recv_into(buffer)
-                if not count:
-                    self.session.finish()
-                    self.planned = not self.channels.channels
-                    level = logging.INFO if self.planned else logging.WARNING
-                    log.log(level, "%s: peer closed the tunnel", self.name)
-                    return
-                self._dispatch(receive(feed(view[:count]), self.clock()))
-                since_yield += count
-                if since_yield >= YIELD_EVERY:
-                    since_yield = 0
-                    gevent.sleep(0)  # let relays, the sweep and new streams run
-        except (ProtocolViolation, WireError) as error:  # WireError includes FrameError
-            log.warning("%s: closing the tunnel: %s", self.name, error)
+            count = self._recv_into(self._buffer)
+        except BlockingIOError:
+            return
         except OSError as error:
             if not self.closed.is_set():
                 log.info("%s: read failed: %s", self.name, error)
+            self._stop_reading()
+            return
+        if not count:
+            try:
+                self.session.finish()
+            except WireError as error:
+                log.warning("%s: closing the tunnel: %s", self.name, error)
+            else:
+                self.planned = not self.channels.channels
+                level = logging.INFO if self.planned else logging.WARNING
+                log.log(level, "%s: peer closed the tunnel", self.name)
+            self._stop_reading()
+            return
+        self._received(self._view[:count])
+
+    def _received(self, data: bytes) -> None:
+        try:
+            self._dispatch(self.channels.receive(self._feed(data), self.clock()))
+        except (ProtocolViolation, WireError) as error:  # WireError includes FrameError
+            log.warning("%s: closing the tunnel: %s", self.name, error)
+            self._stop_reading()
+        except Exception:  # in the hub nothing may escape: the tunnel would stay half alive
+            log.exception("%s: closing the tunnel after an internal error", self.name)
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        """The reading is over: the tunnel ends (``run`` wakes and cleans up)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
+            reader.close()
+        self.closed.set()
 
     def _datagrams_taken(self, feed: Callable[[bytes], list[bytes]]) -> Callable:
         """``feed``, but UDP and ICMP messages go to ``self.datagrams`` instead of the core."""
@@ -395,9 +439,28 @@ class Tunnel:
         return feed_streams
 
     def _dispatch(self, events: list[CoreEvent]) -> None:
-        """Carry out one chunk's events; data goes out once per stream, at the end."""
+        """Carry out one chunk's events: data goes out once per stream, at the end, and every
+        message all this causes (window updates, answers) leaves in one send after it."""
         touched: list[StreamRelay] = []
         over: list[StreamRelay] = []
+        self._dispatching = True
+        try:
+            self._carry_out(events, touched, over)
+            now = self.clock()
+            for relay in touched:
+                relay.deliver_arrived(now)
+        finally:
+            self._dispatching = False
+        self._flush()
+        if over and self._reader is not None:
+            self._reader.stop()  # no more chunks until the stalls are over
+            gevent.spawn(self._stall_then_read, over)
+
+    def _carry_out(
+        self, events: list[CoreEvent], touched: list[StreamRelay], over: list[StreamRelay]
+    ) -> None:
+        """Gather each stream's data in ``touched``; act on everything else in order (a
+        stream's gathered data is delivered before its other events)."""
         handlers = self._handlers
         for kind, channel, value in events:
             if kind is Do.DATA:
@@ -414,12 +477,12 @@ class Tunnel:
             if kind is Do.OVER_BOUND and relay is not None:
                 over.append(relay)
             handlers[kind](channel, value)
-        now = self.clock()
-        for relay in touched:
-            relay.deliver_arrived(now)
-        self._flush()  # the window updates those deliveries earned leave now
+
+    def _stall_then_read(self, over: list[StreamRelay]) -> None:
         for relay in over:
             self._stall_for(relay)
+        if self._reader is not None and not self.closed.is_set():
+            self._reader.start(self._on_readable)
 
     def _stall_for(self, relay: StreamRelay) -> None:
         """3.0, no windows: a stream over its bound stalls the tunnel reader until its socket
