@@ -344,8 +344,14 @@ class StreamRelay:
             self._below_bound.set()
 
     def _start_writer(self) -> None:
-        if self._running and self._writer is None and not self._done.is_set():
+        """Write the backlog in a greenlet; with none, act on the peer's EOF or goodbye now
+        (a shutdown never waits): most streams end without a greenlet for it."""
+        if not self._running or self._writer is not None or self._done.is_set():
+            return
+        if self._backlog:
             self._writer = gevent.spawn(self._write)
+        elif self._peer_eof and self._ended is None:
+            self._finish_inbound()
 
     def _write(self) -> None:
         """Write the backlog; then act on the peer's EOF or goodbye, if it came."""
