@@ -264,6 +264,17 @@ class FrameHeaderCodec:
     def __init__(self, schema: c.Construct = jproxy.Frame) -> None:
         self.header, _ = header_of(schema)
         self.size = self.header.size
+        if self.size != 1:
+            raise TypeError(f"{schema.name}'s header is not one byte")
+        self.body_lengths = tuple(self._length_or_zero(self.header.pack(n)) for n in range(256))
+        """The body length each header byte announces, indexed by the byte; 0 for a header
+        that ``body_length`` rejects. The frame openers look it up once per frame."""
+
+    def _length_or_zero(self, header: bytes) -> int:
+        try:
+            return self.body_length(header)
+        except WireError:
+            return 0
 
     def body_length(self, header: bytes | memoryview) -> int:
         """Ciphertext bytes announced by a frame header; a zero block count is an error."""
