@@ -236,10 +236,15 @@ class DataMessageCodec:
         self._pack = self.header.pack
         self._unpack_from = self.header.unpack_from
 
-    def build(self, connection_id: int, data: bytes) -> bytes:
+    def build(self, connection_id: int, data: bytes | memoryview) -> bytes:
         """The message bytes carrying ``data`` (at most 65535 bytes) on ``connection_id``."""
+        return self.prefix(connection_id, len(data)) + data
+
+    def prefix(self, connection_id: int, length: int) -> bytes:
+        """The header of a message carrying ``length`` data bytes: one header serves every
+        full-size piece of a long payload."""
         try:
-            return self._pack(self.type_code, connection_id, len(data)) + data
+            return self._pack(self.type_code, connection_id, length)
         except struct.error as error:  # connection id or data length out of range
             raise WireError(self.schema.name, "", str(error)) from None
 
