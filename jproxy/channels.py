@@ -438,19 +438,22 @@ class Channels:
         self.heard_at = now
         events: list[Event] = []
         receivers, channels, flow_control = self._receivers, self.channels, self.flow_control
+        # Enum members as locals: looking one up on its class costs ~70 ns per message.
+        data_type, header_size = _TCP_PACKET, _DATA_HEADER_SIZE
+        open_, closed = Side.OPEN, Side.CLOSED
         run: list[bytes] = []  # the data of consecutive messages for ``carrier``
         carrier = None
         for message in messages:
             # The fast path: well-formed data for an open channel, within its window (3.1) or
             # not crossing its bound (3.0). Anything else goes to ``_on_data``.
-            if message and message[0] == _TCP_PACKET and len(message) >= _DATA_HEADER_SIZE:
+            if message and message[0] == data_type and len(message) >= header_size:
                 _, channel_id, size = _unpack_data_header(message)
                 channel = channels.get(channel_id)
                 if (
                     channel is not None
-                    and size == len(message) - _DATA_HEADER_SIZE
-                    and channel.theirs is Side.OPEN
-                    and channel.ours is not Side.CLOSED
+                    and size == len(message) - header_size
+                    and channel.theirs is open_
+                    and channel.ours is not closed
                     and (
                         channel.receive_window >= size
                         if flow_control
@@ -466,12 +469,12 @@ class Channels:
                             events.append(_delivery(carrier, run))
                             run = []
                         carrier = channel
-                    run.append(message[_DATA_HEADER_SIZE:])
+                    run.append(message[header_size:])
                     continue
             if run:
                 events.append(_delivery(carrier, run))
                 run, carrier = [], None
-            if message and message[0] == _TCP_PACKET:
+            if message and message[0] == data_type:
                 self._on_data(message, now, events)
                 continue
             receiver = receivers.get(message[0] if message else None)
