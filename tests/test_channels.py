@@ -167,6 +167,19 @@ def test_data_of_interleaved_streams_is_delivered_in_runs_in_order():
     assert their_a.receive_window == their_b.receive_window == DEFAULT_WINDOW - 6
 
 
+def test_stray_data_in_the_middle_of_a_run_is_skipped():
+    """Data for an id nobody holds (in flight after a close) between two pieces of one
+    stream's data: dropped silently, the stream's data still delivered in order."""
+    client, server = pair()
+    mine, theirs = open_stream(client, server)
+    stray = TCP_PACKET.build(mine.id + 1, b"late")
+    sent = [*client.data(mine, b"one", 0.0), stray, *client.data(mine, b"two", 0.0)]
+    assert server.receive(sent, 0.0) == [
+        Event(Do.DATA, theirs, b"one"),
+        Event(Do.DATA, theirs, b"two"),
+    ]
+
+
 def test_an_overrun_in_the_middle_of_a_run_delivers_what_came_before_it():
     client, server = pair(window=8192)
     mine, theirs = open_stream(client, server)

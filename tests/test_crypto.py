@@ -275,3 +275,14 @@ def test_gcm_frame_of_only_a_tag_is_bad_padding_not_a_crash() -> None:
     _, opener = _pair(Dialect.SECURE_3_1, key=key)
     with pytest.raises(crypto.FrameError, match="padding"):
         _open(opener, b"\x01" + AESGCM(key).encrypt(nonce, b"", b"\x01"))
+
+
+@pytest.mark.parametrize("last", [b"\x00", b"\x11", b"\x01\x02"], ids=["zero", "17", "mixed"])
+def test_gcm_rejects_authentic_bad_padding(last: bytes) -> None:
+    """A peer holding the key that pads wrongly: the frame authenticates, the padding fails."""
+    key = crypto.new_session_key()
+    nonce = crypto.NONCE_PREFIX[C2S] + bytes(8)
+    plaintext = b"x" * (16 - len(last)) + last
+    _, opener = _pair(Dialect.SECURE_3_1, key=key)
+    with pytest.raises(crypto.FrameError, match="padding"):
+        _open(opener, b"\x02" + AESGCM(key).encrypt(nonce, plaintext, b"\x02"))
