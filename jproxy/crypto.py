@@ -212,7 +212,9 @@ class GcmOpener:
     def open_frames(self, view: memoryview, messages: list[bytes]) -> int:
         """Open every whole frame at the start of ``view`` into ``messages``; returns the
         bytes they took. One loop with no Python call per frame but the cipher's (the
-        padding check is ``_unpadded``'s, inlined): it runs for every frame received."""
+        padding check is ``_unpadded``'s, inlined): it runs for every frame received.
+        ``decrypt_into`` a preallocated buffer measured no faster: the memoryview slice each
+        frame needs costs what the allocation saves, and callers want bytes."""
         decrypt, nonce, prefix = self._aead.decrypt, _NONCE.pack, self._prefix
         append, lengths, headers, padding = messages.append, _BODY_LENGTHS, _HEADER_OF, _PADDING
         counter, offset, end = self._counter, 0, len(view)
