@@ -193,7 +193,7 @@ class GcmSealer(_Sealer):
         append = pieces.append
         for message in messages:
             plaintext = message + padding_after[len(message) % block]
-            header = headers[len(plaintext) // block + 1]  # one more block: the tag
+            header = headers[(len(plaintext) + GCM_TAG_SIZE) // block]
             append(header)
             append(encrypt(nonce(prefix, counter), plaintext, header))
             counter += 1
