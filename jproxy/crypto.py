@@ -125,9 +125,10 @@ class _Sealer(abc.ABC):
     def seal_all(self, messages: list[bytes]) -> bytes:
         """The frames of ``messages``, in order, as one piece of bytes to send."""
 
-    def _check_sizes(self, lengths: list[int]) -> None:
-        if lengths and max(lengths) > self.max_message:
-            raise ValueError(f"message of {max(lengths)} bytes exceeds {self.max_message}")
+    def _check_sizes(self, messages: list[bytes]) -> None:
+        longest = max(map(len, messages), default=0)
+        if longest > self.max_message:
+            raise ValueError(f"message of {longest} bytes exceeds {self.max_message}")
 
 
 class EcbSealer(_Sealer):
@@ -140,7 +141,7 @@ class EcbSealer(_Sealer):
 
     def seal_all(self, messages: list[bytes]) -> bytes:
         """The frames of ``messages``, in order, as one piece of bytes to send."""
-        self._check_sizes(list(map(len, messages)))
+        self._check_sizes(messages)
         encrypt, headers, block = self._encrypt, _HEADERS, BLOCK_SIZE
         pieces = []
         for message in messages:
@@ -182,7 +183,7 @@ class GcmSealer(_Sealer):
 
     def seal_all(self, messages: list[bytes]) -> bytes:
         """The frames of ``messages``, in order, as one piece of bytes to send."""
-        self._check_sizes(list(map(len, messages)))
+        self._check_sizes(messages)
         counter = self._counter
         if counter + len(messages) > COUNTER_LIMIT:
             raise FrameError("frame counter exhausted: the tunnel must be re-established")
