@@ -1,7 +1,7 @@
 """CPU per MB of a bulk download in the pure cores, each end on its own: no sockets, no gevent.
 
-What each end of a 3.1 tunnel does for every byte of a one-stream download, with the real
-``Session`` and ``Channels`` objects of both ends and the batch sizes of the I/O layer:
+What each end of a tunnel (3.1, then 3.0) does for every byte of a one-stream download, with
+the real ``Session`` and ``Channels`` objects of both ends and the I/O layer's sizes:
 
 - server: the target's bytes in reads of the default relay buffer, each read cut into data
   messages (``Channels.data``) and sealed into one piece to send (``Session.seal_all``);
@@ -12,7 +12,7 @@ What each end of a 3.1 tunnel does for every byte of a one-stream download, with
 
 It prints the CPU time (``time.process_time``) of each end per MB of data, the median of
 several rounds, and the Python function calls per MB that cProfile counts. Deterministic
-enough to compare two trees on a busy machine. Run: ``python bench/bulk.py``; about 10 s.
+enough to compare two trees on a busy machine. Run: ``python bench/bulk.py``; a few seconds.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 from jproxy import crypto
-from jproxy.channels import Channels, Do
+from jproxy.channels import DEFAULT_WINDOW, Channels, Do
+from jproxy.handlers.tunnel import READ_SIZE
 from jproxy.session import Role, Session
 from jproxy.tuning import DEFAULT_BUFFER_SIZE
 from schemas.jproxy import ConnectStatus, Dialect, Direction
 
 MB = 10**6
-TUNNEL_READ = 256 * 1024
-"""What the tunnel reader receives at most at once (``jproxy.handlers.tunnel.READ_SIZE``)."""
 
 
 class Download:
@@ -74,8 +73,8 @@ class Download:
         bytes delivered."""
         feed, receive, delivered = self.client.feed, self.client_core.receive, 0
         core, channel, seal_all = self.client_core, self.client_channel, self.client.seal_all
-        for offset in range(0, len(wire), TUNNEL_READ):
-            events = receive(feed(wire[offset : offset + TUNNEL_READ]), 0.0)
+        for offset in range(0, len(wire), READ_SIZE):
+            events = receive(feed(wire[offset : offset + READ_SIZE]), 0.0)
             arrived = [value for kind, _, value in events if kind is Do.DATA]
             data = arrived[0] if len(arrived) == 1 else b"".join(arrived)
             delivered += len(data)
@@ -135,7 +134,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds, median taken (7)")
     arguments = parser.parse_args()
     source = memoryview(os.urandom(arguments.megabytes * MB))
-    batch = 1 << 20  # the default window: what the server may send before the client reads
+    batch = DEFAULT_WINDOW  # what the server may send before the client reads
     print(f"one-stream download, {arguments.megabytes} MB a round, median of {arguments.rounds}")
     print(f"  {'dialect':8} {'server us/MB':>13} {'client us/MB':>13} {'calls/MB':>17}")
     for dialect in (Dialect.SECURE_3_1, Dialect.LEGACY_3_0):
