@@ -2,8 +2,9 @@
 
 ``seal`` turns one message into one frame to send; ``feed`` takes whatever bytes the socket
 gave and returns the messages of every frame they complete. Frames are opened straight out of
-the caller's bytes; only the start of a frame whose end has not arrived yet is kept, so the
-buffer never holds more than one frame.
+the caller's bytes, every whole frame of a receive in one call of the opener's loop; only the
+start of a frame whose end has not arrived yet is kept, so the buffer never holds more than
+one frame.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import enum
 
 from jproxy.crypto import MAX_MESSAGE, FrameError, frame_ciphers
-from schemas.errors import WireError
 from schemas.fast import FRAME_HEADER
 from schemas.jproxy import Dialect, Direction
 
 __all__ = ["FrameError", "Role", "Session"]
 
 _HEADER_SIZE = FRAME_HEADER.size
+_BODY_LENGTHS = FRAME_HEADER.body_lengths
 
 
 class Role(enum.Enum):
@@ -38,6 +39,7 @@ class Session:
         self.max_message = MAX_MESSAGE[dialect]
         self._sealer, self._opener = frame_ciphers(dialect, key, _SENDING[role])
         self._partial = bytearray()
+        self._open_frames = self._opener.open_frames
 
     def seal(self, message: bytes) -> bytes:
         """One whole frame carrying ``message`` (at most ``max_message`` bytes)."""
@@ -73,40 +75,18 @@ class Session:
         if self._partial:
             raise FrameError(f"stream ended {self.buffered} bytes into a frame")
 
-    def _body_length(self, header: bytes | memoryview) -> int:
-        try:
-            return FRAME_HEADER.body_length(header)
-        except WireError:
-            if self.dialect is Dialect.LEGACY_3_0:
-                return 0  # the Java server skips an empty frame; so does 3.0 here
-            raise FrameError("empty frame (n=0)") from None
-
-    def _open_frames(self, view: memoryview, messages: list[bytes]) -> int:
-        """Open every whole frame at the start of ``view``; returns the bytes they took."""
-        offset, end = 0, len(view)
-        body_length, open_frame, append = self._body_length, self._opener.open, messages.append
-        while end - offset >= _HEADER_SIZE:
-            body = offset + _HEADER_SIZE
-            header = view[offset:body]
-            frame_end = body + body_length(header)
-            if frame_end > end:
-                break
-            if frame_end > body:
-                append(open_frame(header, view[body:frame_end]))
-            offset = frame_end
-        return offset
-
     def _complete_partial(self, view: memoryview, messages: list[bytes]) -> int:
         """Move bytes of ``view`` to the partial frame, open it once whole; returns bytes taken."""
-        taken = min(len(view), max(0, _HEADER_SIZE - len(self._partial)))
-        self._partial += view[:taken]
-        if len(self._partial) < _HEADER_SIZE:
+        partial = self._partial
+        taken = min(len(view), max(0, _HEADER_SIZE - len(partial)))
+        partial += view[:taken]
+        if len(partial) < _HEADER_SIZE:
             return taken
-        missing = _HEADER_SIZE + self._body_length(self._partial) - len(self._partial)
+        missing = _HEADER_SIZE + _BODY_LENGTHS[partial[0]] - len(partial)
         more = min(missing, len(view) - taken)
-        self._partial += view[taken : taken + more]
+        partial += view[taken : taken + more]
         if more == missing:
-            frame = memoryview(bytes(self._partial))
-            self._partial.clear()
+            frame = memoryview(bytes(partial))
+            partial.clear()
             self._open_frames(frame, messages)
         return taken + more

@@ -236,10 +236,15 @@ class DataMessageCodec:
         self._pack = self.header.pack
         self._unpack_from = self.header.unpack_from
 
-    def build(self, connection_id: int, data: bytes) -> bytes:
+    def build(self, connection_id: int, data: bytes | memoryview) -> bytes:
         """The message bytes carrying ``data`` (at most 65535 bytes) on ``connection_id``."""
+        return self.prefix(connection_id, len(data)) + data
+
+    def prefix(self, connection_id: int, length: int) -> bytes:
+        """The header of a message carrying ``length`` data bytes: one header serves every
+        full-size piece of a long payload."""
         try:
-            return self._pack(self.type_code, connection_id, len(data)) + data
+            return self._pack(self.type_code, connection_id, length)
         except struct.error as error:  # connection id or data length out of range
             raise WireError(self.schema.name, "", str(error)) from None
 
@@ -264,6 +269,17 @@ class FrameHeaderCodec:
     def __init__(self, schema: c.Construct = jproxy.Frame) -> None:
         self.header, _ = header_of(schema)
         self.size = self.header.size
+        if self.size != 1:
+            raise TypeError(f"{schema.name}'s header is not one byte")
+        self.body_lengths = tuple(self._length_or_zero(self.header.pack(n)) for n in range(256))
+        """The body length each header byte announces, indexed by the byte; 0 for a header
+        that ``body_length`` rejects. The frame openers look it up once per frame."""
+
+    def _length_or_zero(self, header: bytes) -> int:
+        try:
+            return self.body_length(header)
+        except WireError:
+            return 0
 
     def body_length(self, header: bytes | memoryview) -> int:
         """Ciphertext bytes announced by a frame header; a zero block count is an error."""

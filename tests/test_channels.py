@@ -84,10 +84,11 @@ def test_data_is_split_to_fit_one_frame(dialect):
     payload = bytes(range(256)) * 40  # 10240 bytes
     sent = client.data(mine, payload, 1.0)
     assert max(map(len, sent)) == MAX_MESSAGE[dialect]
-    events = server.receive(sent, 1.0)
-    assert kinds(events) == [Do.DATA] * len(sent)
-    assert all(event.channel is theirs for event in events)
-    assert b"".join(bytes(event.value) for event in events) == payload
+    assert [len(message) for message in sent[:-1]] == [MAX_MESSAGE[dialect]] * (len(sent) - 1)
+    assert [TCP_PACKET.parse(message)[0] for message in sent] == [mine.id] * len(sent)
+    assert b"".join(bytes(TCP_PACKET.parse(message)[1]) for message in sent) == payload
+    # The messages of one receive that carry one channel's data come out as one delivery.
+    assert server.receive(sent, 1.0) == [Event(Do.DATA, theirs, payload)]
 
 
 def test_failed_connect_forgets_the_stream_on_both_sides():
@@ -141,6 +142,54 @@ def test_a_peer_that_overruns_its_window_has_the_stream_reset():
     assert closed == Event(Do.CLOSED, mine, Ending.RESET)
     deliver(server, client.close(mine, Ending.RESET))
     assert not server.channels and not client.channels
+
+
+def test_data_of_interleaved_streams_is_delivered_in_runs_in_order():
+    """A delivery joins consecutive data of one stream; anything between ends the run."""
+    client, server = pair()
+    (a, their_a), (b, their_b) = open_stream(client, server), open_stream(client, server)
+    sent = [
+        *client.data(a, b"a1", 0.0),
+        *client.data(a, b"a2", 0.0),
+        *client.data(b, b"b1", 0.0),
+        *client.data(a, b"a3", 0.0),
+        client.finish(a)[0].value,
+        *client.data(b, b"b2", 0.0),
+        *client.data(b, b"b3", 0.0),
+    ]
+    assert server.receive(sent, 0.0) == [
+        Event(Do.DATA, their_a, b"a1a2"),
+        Event(Do.DATA, their_b, b"b1"),
+        Event(Do.DATA, their_a, b"a3"),
+        Event(Do.EOF, their_a),
+        Event(Do.DATA, their_b, b"b2b3"),
+    ]
+    assert their_a.undelivered == 6 and their_b.undelivered == 6
+    assert their_a.receive_window == their_b.receive_window == DEFAULT_WINDOW - 6
+
+
+def test_stray_data_in_the_middle_of_a_run_is_skipped():
+    """Data for an id nobody holds (in flight after a close) between two pieces of one
+    stream's data: dropped silently, the stream's data still delivered in order."""
+    client, server = pair()
+    mine, theirs = open_stream(client, server)
+    stray = TCP_PACKET.build(mine.id + 1, b"late")
+    sent = [*client.data(mine, b"one", 0.0), stray, *client.data(mine, b"two", 0.0)]
+    assert server.receive(sent, 0.0) == [
+        Event(Do.DATA, theirs, b"one"),
+        Event(Do.DATA, theirs, b"two"),
+    ]
+
+
+def test_an_overrun_in_the_middle_of_a_run_delivers_what_came_before_it():
+    client, server = pair(window=8192)
+    mine, theirs = open_stream(client, server)
+    within = TCP_PACKET.build(mine.id, b"w" * 8000)
+    overrun = TCP_PACKET.build(mine.id, b"z" * 193)
+    events = server.receive([within, overrun], 0.0)
+    assert kinds(events) == [Do.DATA, Do.WARNING, Do.SEND_AFTER_DATA, Do.CLOSED]
+    assert events[0] == Event(Do.DATA, theirs, b"w" * 8000)
+    assert events[-1] == Event(Do.CLOSED, theirs, Ending.RESET)
 
 
 def test_legacy_dialect_has_no_window():
@@ -218,8 +267,7 @@ def test_reset_mid_transfer_reaches_the_other_side_as_a_reset():
     in_flight = server.data(theirs, b"d" * 10_000, 0.0)
     reset = server.close(theirs, Ending.RESET)
     events = client.receive(in_flight, 0.0) + deliver(client, reset)
-    assert kinds(events) == [Do.DATA, Do.DATA, Do.DATA, Do.CLOSED]
-    assert events[-1].value is Ending.RESET
+    assert events == [Event(Do.DATA, mine, b"d" * 10_000), Event(Do.CLOSED, mine, Ending.RESET)]
     assert client.allowance(mine) == 0
     deliver(server, client.close(mine, Ending.RESET))
     assert not client.channels and not server.channels
@@ -422,6 +470,10 @@ def test_legacy_stream_over_its_bound_is_reported_once():
         events += client.receive(server.data(theirs, chunk, 0.0), 0.0)
     over = [event for event in events if event.kind is Do.OVER_BOUND]
     assert len(over) == 1 and over[0].channel is mine
+    largest_data = MAX_MESSAGE[Dialect.LEGACY_3_0] - TCP_PACKET.header_size
+    assert LEGACY_BOUND < over[0].value <= LEGACY_BOUND + largest_data  # with the crossing one
+    received = b"".join(event.value for event in events if event.kind is Do.DATA)
+    assert received == chunk * (LEGACY_BOUND // len(chunk) + 4) == b"b" * mine.undelivered
     client.delivered(mine, mine.undelivered, 1.0)
     assert mine.undelivered == 0
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jproxy import crypto
 from jproxy.keys import load_client_key, load_user
@@ -87,7 +88,11 @@ def _pair(dialect: Dialect, direction: Direction = C2S, key: bytes | None = None
 
 
 def _open(opener, frame: bytes) -> bytes:
-    return opener.open(frame[:1], frame[1:])
+    """The message of one whole frame, which the opener must take entirely."""
+    messages: list[bytes] = []
+    assert opener.open_frames(memoryview(frame), messages) == len(frame)
+    (message,) = messages
+    return message
 
 
 def test_the_capture_has_frames_of_every_size_class() -> None:
@@ -231,11 +236,15 @@ def test_gcm_rejects_a_changed_frame(tamper) -> None:
 
 
 def test_gcm_authenticates_the_header() -> None:
-    sealer, opener = _pair(Dialect.SECURE_3_1)
-    frame = sealer.seal(b"y" * 40)  # 3 blocks of ciphertext + tag = 4 blocks
-    assert frame[0] == 4
+    """A body sealed under another header byte does not open; under its own it does."""
+    key = crypto.new_session_key()
+    padded = b"y" * 40 + bytes([8]) * 8  # 3 blocks of ciphertext + tag = 4 blocks
+    nonce = crypto.NONCE_PREFIX[C2S] + bytes(8)  # the first frame's
+    _, opener = _pair(Dialect.SECURE_3_1, key=key)
     with pytest.raises(crypto.FrameError, match="authentication failed"):
-        opener.open(b"\x05", frame[1:])
+        _open(opener, b"\x04" + AESGCM(key).encrypt(nonce, padded, b"\x05"))
+    _, opener = _pair(Dialect.SECURE_3_1, key=key)
+    assert _open(opener, b"\x04" + AESGCM(key).encrypt(nonce, padded, b"\x04")) == b"y" * 40
 
 
 def test_gcm_counter_refuses_to_wrap() -> None:
@@ -247,7 +256,7 @@ def test_gcm_counter_refuses_to_wrap() -> None:
     with pytest.raises(crypto.FrameError, match="counter exhausted"):
         sealer.seal(b"one too many")
     with pytest.raises(crypto.FrameError, match="counter exhausted"):
-        opener.open(b"\x02", bytes(32))
+        _open(opener, b"\x02" + bytes(32))
 
 
 def test_legacy_rejects_bad_padding_that_ecb_cannot_hide() -> None:
@@ -256,4 +265,24 @@ def test_legacy_rejects_bad_padding_that_ecb_cannot_hide() -> None:
     frame = sealer.seal(b"z" * 16)  # a whole block of padding 0x10 follows
     assert frame[0] == 2
     with pytest.raises(crypto.FrameError, match="padding"):
-        _open(opener, frame[:17])  # the message block alone: its last byte is not padding
+        _open(opener, b"\x01" + frame[1:17])  # the message block alone: no padding at its end
+
+
+def test_gcm_frame_of_only_a_tag_is_bad_padding_not_a_crash() -> None:
+    """n=1 in 3.1 authenticates an empty plaintext: no padding byte, a frame error."""
+    key = crypto.new_session_key()
+    nonce = crypto.NONCE_PREFIX[C2S] + bytes(8)
+    _, opener = _pair(Dialect.SECURE_3_1, key=key)
+    with pytest.raises(crypto.FrameError, match="padding"):
+        _open(opener, b"\x01" + AESGCM(key).encrypt(nonce, b"", b"\x01"))
+
+
+@pytest.mark.parametrize("last", [b"\x00", b"\x11", b"\x01\x02"], ids=["zero", "17", "mixed"])
+def test_gcm_rejects_authentic_bad_padding(last: bytes) -> None:
+    """A peer holding the key that pads wrongly: the frame authenticates, the padding fails."""
+    key = crypto.new_session_key()
+    nonce = crypto.NONCE_PREFIX[C2S] + bytes(8)
+    plaintext = b"x" * (16 - len(last)) + last
+    _, opener = _pair(Dialect.SECURE_3_1, key=key)
+    with pytest.raises(crypto.FrameError, match="padding"):
+        _open(opener, b"\x02" + AESGCM(key).encrypt(nonce, plaintext, b"\x02"))

@@ -376,3 +376,13 @@ def test_fast_and_construct_build_the_same_control_bytes(codec: Any, data: st.Da
     else:
         assert codec.fast_build(values) == expected
         assert codec.parse(expected) == codec.values_of(parse(codec.schema, expected))
+
+
+def test_frame_header_lengths_by_byte_agree_with_body_length() -> None:
+    for byte in range(256):
+        header = bytes([byte])
+        try:
+            expected = fast.FRAME_HEADER.body_length(header)
+        except WireError:
+            expected = 0
+        assert fast.FRAME_HEADER.body_lengths[byte] == expected
