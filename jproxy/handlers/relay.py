@@ -272,6 +272,8 @@ class StreamRelay:
                         reader.start(self._on_readable)
                     return
                 wanted = min(link.tuning.buffer_size, allowance)
+                if wanted > channels.max_data:  # whole frames: no small frame per read
+                    wanted -= wanted % channels.max_data
                 try:
                     pending = self._recv(wanted)
                 except BlockingIOError:
