@@ -14,6 +14,7 @@ import datetime
 import enum
 import json
 import logging
+import operator
 import os
 import signal
 import sys
@@ -64,7 +65,7 @@ class AccessRecord:
     def to_json(self) -> str:
         # Every field holds an immutable value: no need for ``dataclasses.asdict``, which
         # deep-copies each one.
-        fields = {name: getattr(self, name) for name in _FIELDS}
+        fields = dict(zip(_FIELDS, _VALUES(self), strict=True))
         started = fields.pop("started")
         fields["duration"] = round(self.duration, 3)
         if isinstance(self.ended, enum.Enum):
@@ -75,6 +76,7 @@ class AccessRecord:
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(AccessRecord))
+_VALUES = operator.attrgetter(*_FIELDS)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 """One encoder for every line (``json.dumps`` with options builds a new one per call)."""
 
