@@ -236,20 +236,23 @@ def wait_listening(port: int, service: Service) -> None:
     raise BenchError(f"{service.name}: port {port} not listening in {START_TIMEOUT:g} s")
 
 
-def start_gjproxy(dialect: str, workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
-    """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``."""
+def start_gjproxy(
+    dialect: str, workdir: Path, stack: ExitStack, command: Callable[[str], list[str]] | None = None
+) -> tuple[list[Service], int]:
+    """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``; ``command(name)``
+    is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``)."""
     key, record = generate("bench")
     save_client_key(key, workdir / "key.dat")
     save_user(record, workdir / "users")
     server_flags, client_flags = DIALECT_FLAGS[dialect]
-    gjproxy = [sys.executable, "-m", "jproxy"]
+    gjproxy = command or (lambda name: [sys.executable, "-m", "jproxy"])
     listen = ["--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS]
-    server = Service("server", [*gjproxy, "server", *listen, *server_flags], workdir)
+    server = Service("server", [*gjproxy("server"), "server", *listen, *server_flags], workdir)
     stack.callback(server.stop)
     tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)
     socks = ["--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0"]
     client = Service(
-        "client", [*gjproxy, "client", *socks, "--key", "key.dat", *client_flags], workdir
+        "client", [*gjproxy("client"), "client", *socks, "--key", "key.dat", *client_flags], workdir
     )
     stack.callback(client.stop)
     socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 def source_of(host: str) -> str:
     """The budget's notion of one source: the address itself, or its /64 for IPv6."""
+    if ":" not in host and "%" not in host:
+        return host  # IPv4 text parses to itself (ipaddress takes only the standard form)
     try:
         address = ipaddress.ip_address(host.split("%")[0])
     except ValueError:

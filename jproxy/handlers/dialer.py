@@ -20,9 +20,10 @@ from typing import NamedTuple
 
 from gevent import socket as gsocket
 
-from jproxy.egress import EgressPolicy
+from jproxy.egress import Address, EgressPolicy
 from jproxy.fds import FdBudget
 from jproxy.handlers.resolver import ResolveError, Resolver
+from jproxy.handlers.sockets import connect
 from jproxy.hostnames import InvalidHost, check_host, ip_literal
 from schemas.jproxy import ConnectStatus
 
@@ -66,19 +67,17 @@ class Dialer:
     def connect(self, host: str, port: int) -> Connected:
         """A connected TCP socket to ``host:port`` and the address it reached; else DialError."""
         deadline = time.monotonic() + self.connect_timeout
-        addresses = self._allowed(host, port, deadline)
-        expired = DialError(ConnectStatus.TIMED_OUT, f"no connection in {self.connect_timeout:g} s")
-        failure = expired
-        for address in addresses:
+        failure = None
+        for address in self._allowed(host, port, deadline):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                failure = expired
+                failure = None  # out of time: that is the failure, whatever came before
                 break
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             sock = self.open_socket(family, socket.SOCK_STREAM)
             sock.settimeout(remaining)
             try:
-                sock.connect((address, port))
+                connect(sock, (address, port))
             except OSError as error:
                 sock.close()
                 failure = DialError(status_for(error), f"connect to {address} port {port}: {error}")
@@ -87,7 +86,9 @@ class Dialer:
                 sock.close()
                 raise
             return Connected(sock, (address, port))
-        raise failure
+        raise failure or DialError(
+            ConnectStatus.TIMED_OUT, f"no connection in {self.connect_timeout:g} s"
+        )
 
     def addresses_for(self, host: str, port: int) -> list[str]:
         """The addresses of ``host`` that the policy lets ``port`` reach, in the order to try,
@@ -113,22 +114,24 @@ class Dialer:
         return sock
 
     def _allowed(self, host: str, port: int, deadline: float) -> list[str]:
-        try:
-            check_host(host)
-        except InvalidHost as error:
-            raise DialError(ConnectStatus.UNKNOWN_HOST, str(error)) from None
-        if ip_literal(host) is not None:
-            addresses = [host]
+        literal = ip_literal(host)
+        if literal is not None:  # judged as parsed here, no second parse
+            candidates: list[tuple[str, str | Address]] = [(host, literal)]
         else:
             try:
+                check_host(host)
                 addresses = self.resolver.resolve(host, max(deadline - time.monotonic(), 0.001))
+            except InvalidHost as error:
+                raise DialError(ConnectStatus.UNKNOWN_HOST, str(error)) from None
             except ResolveError as error:
                 raise DialError(ConnectStatus.UNKNOWN_HOST, str(error)) from None
+            candidates = [(address, address) for address in addresses]
         policy = self.policy
+        guarded = policy.guards_port(port)
         allowed, refusals = [], []
-        for address in addresses:
-            this_host = policy.guards_port(port) and is_this_host(address, port)
-            verdict = policy.judge(address, port, this_host)
+        for address, judged in candidates:
+            this_host = guarded and is_this_host(address, port)
+            verdict = policy.judge(judged, port, this_host)
             if verdict.allowed:
                 allowed.append(address)
             else:

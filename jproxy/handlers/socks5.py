@@ -56,6 +56,11 @@ READ_SIZE = 4096
 LISTEN_BACKLOG = 1024
 
 
+def _target_text(request: ConnectRequested) -> str:
+    """The request's target for a log line (built only when a line is written)."""
+    return f"{for_log(request.host)}:{request.port}"
+
+
 class Socks5Port:
     """A SOCKS5 listener: accepts clients (at most ``max_clients`` at once) and runs the
     SOCKS5 core on each under the handshake deadline. Subclasses say what CONNECT does;
@@ -209,18 +214,18 @@ class Socks5Listener(Socks5Port):
     def _connect(
         self, sock: socket.socket, core: Socks5Server, request: ConnectRequested, peer: tuple
     ) -> None:
-        target = f"{for_log(request.host)}:{request.port}"
         try:
             relay, answer = self.tunnels.open_stream(
                 request.host, request.port, sock, CONNECT_TIMEOUT
             )
         except (TunnelClosed, Exhausted, gevent.Timeout) as error:
-            log.info("CONNECT %s failed: %s", target, error or "no answer from the server")
+            why = error or "no answer from the server"
+            log.info("CONNECT %s failed: %s", _target_text(request), why)
             self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
             return
         status, _ = answer
         if status is not ConnectStatus.OK:
-            log.info("CONNECT %s: server says %s", target, status.name)
+            log.info("CONNECT %s: server says %s", _target_text(request), status.name)
             self._refuse(sock, core, reply_code_for(status))
             return
         try:
