@@ -6,8 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import time
 
 from jproxy.handlers.accesslog import MAX_REASON, AccessLog, AccessRecord
+from tests.peers import start_client, start_server
+from tests.test_tunnel import socks_connect
+
+CONNECTIONS = 40
 
 
 def record(**fields) -> AccessRecord:
@@ -56,3 +62,21 @@ def test_reopen_follows_the_name_and_without_a_file_the_logger_gets_the_line(
     with caplog.at_level(logging.INFO, logger="gjproxy.access"):
         AccessLog(None).write(record())
     assert json.loads(caplog.records[-1].message)["user"] == "bob"
+
+
+def test_without_a_file_every_connection_still_has_its_line(workdir) -> None:
+    """Without ``--access-log`` the JSON lines go through the logger, whose flood limit (20
+    lines of one kind per 10 s) must not drop records: 40 connections, 40 lines."""
+    server = start_server(workdir)
+    client = start_client(workdir, server.port)
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        port = target.getsockname()[1]
+        for _ in range(CONNECTIONS):
+            with socks_connect(client.port, "127.0.0.1", port):
+                target.accept()[0].close()
+    wanted = f'"target":"127.0.0.1:{port}"'
+    deadline = time.monotonic() + 10
+    while sum(wanted in line for line in list(server.lines)) < CONNECTIONS:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    assert "suppressed" not in server.log()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from jproxy.handlers.logs import RepeatLimiter
+from jproxy.handlers.logs import ACCESS_LOGGER, RepeatLimiter
 
 
 class _Collect(logging.Handler):
@@ -64,3 +64,17 @@ def test_the_groups_remembered_are_bounded() -> None:
         logger.warning(f"template {n}")  # a template per line: the worst case for the bound
     assert len(limiter._groups) == 10
     assert len(handler.lines) == 1000
+
+
+def test_access_records_are_never_grouped() -> None:
+    """Every connection's JSON line reaches the log, though all share the template "%s"."""
+    handler, clock = _Collect(), _Clock()
+    handler.addFilter(RepeatLimiter(handler, clock=clock, burst=3))
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.addHandler(handler)
+    try:
+        for n in range(100):
+            logger.warning("%s", f'{{"stream": {n}}}')
+    finally:
+        logger.removeHandler(handler)
+    assert handler.lines == [f'{{"stream": {n}}}' for n in range(100)]

@@ -22,8 +22,10 @@ from typing import TextIO
 
 import gevent
 
+from jproxy.handlers.logs import ACCESS_LOGGER
+
 log = logging.getLogger(__name__)
-access_logger = logging.getLogger("gjproxy.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 MAX_REASON = 300
 """A failure's reason is cut to this many characters: a line stays small whatever went wrong."""

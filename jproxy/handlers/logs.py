@@ -3,7 +3,9 @@
 Records are grouped by logger, level and message template (the text before ``%`` arguments are
 filled in), so "unknown login hash %s" from a thousand peers is one group. Each group may log
 ``burst`` lines per ``window`` seconds; the rest are counted and, once the window is over, one
-line says how many were suppressed. The groups remembered are bounded too.
+line says how many were suppressed. The groups remembered are bounded too. The access log's
+lines are records, not repeats (one per connection, bounded by the connection limits), so
+they are never grouped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ BURST = 20
 WINDOW = 10.0
 MAX_GROUPS = 1024
 SWEEP_INTERVAL = 1.0
+ACCESS_LOGGER = "gjproxy.access"
+"""The logger of the access log's JSON lines when no ``--access-log`` file is given."""
 
 
 @dataclass
@@ -49,6 +53,8 @@ class RepeatLimiter(logging.Filter):
         self._next_sweep = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == ACCESS_LOGGER:
+            return True
         now = self._clock()
         self._sweep(now)
         key = (record.name, record.levelno, str(record.msg))
