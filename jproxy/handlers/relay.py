@@ -30,7 +30,7 @@ from gevent.event import AsyncResult, Event
 
 from jproxy.channels import LEGACY_BOUND, Channel, Channels, Ending, Side
 from jproxy.channels import Event as CoreEvent
-from jproxy.handlers.sockets import raw_socket, reset, send_now, send_pieces_now
+from jproxy.handlers.sockets import raw_socket, read_watcher, reset, send_now, send_pieces_now
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 YIELD_EVERY = 256 * 1024
 """A stream whose socket always has data lets the others run after this many bytes."""
-_READABLE = 1  # libev's EV_READ
 GATHER_MAX = 64
 """Up to this many pieces of a chunk go to the socket in one sendmsg; more are joined first
 (the kernel's limit on pieces is 1024)."""
@@ -228,9 +227,12 @@ class StreamRelay:
         disconnect) is still to be sent because the peer's direction was already done."""
         self._pumping = Event()
         self._recv = raw_socket(self.sock).recv
-        self._reader = get_hub().loop.io(self.sock.fileno(), _READABLE)
+        self._reader = read_watcher(self.sock)
         self._pending = early_data
-        self._on_readable()
+        if early_data:
+            self._on_readable()
+        else:  # a fresh socket is most often empty: no recv that fails with EAGAIN
+            self._reader.start(self._on_readable)
         self._pumping.wait()
 
     def _on_readable(self) -> None:
@@ -316,8 +318,7 @@ class StreamRelay:
         if reader is None:
             return
         self._reader = None
-        reader.stop()
-        reader.close()
+        reader.stop()  # gevent's own watcher: stopped, gevent's close leaves it alone
         self._pumping.set()
 
     # --- writing to the local socket ------------------------------------------------------

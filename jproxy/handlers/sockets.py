@@ -78,6 +78,13 @@ def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
         sent = sock.send(view)
 
 
+def read_watcher(sock: socket.socket):
+    """The libev read watcher gevent keeps for ``sock``, for a callback of our own: a second
+    watcher would cost a syscall per socket (libev checks the descriptor). Stop it before the
+    socket closes; a stopped watcher has no callback, so gevent's close leaves it alone."""
+    return sock._read_event  # gevent's own attribute for it
+
+
 def raw_socket(sock: socket.socket) -> socket.socket:
     """The non-blocking socket under a gevent socket: its calls raise ``BlockingIOError``
     instead of parking the greenlet, as a watcher callback in the hub needs."""
