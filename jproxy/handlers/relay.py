@@ -60,6 +60,8 @@ class Link(Protocol):
 
     def wake_when_room(self, resume: Callable[[], None]) -> None: ...
 
+    def stall_eased(self) -> None: ...
+
 
 class StreamRelay:
     __slots__ = (
@@ -69,6 +71,7 @@ class StreamRelay:
         "bytes_in",
         "bytes_out",
         "blocked_since",
+        "stalling",
         "arrived",
         "answer",
         "_backlog",
@@ -78,7 +81,6 @@ class StreamRelay:
         "_pending",
         "_pumping",
         "_eof_unsent",
-        "_below_bound",
         "_done",
         "_running",
         "_peer_eof",
@@ -93,6 +95,8 @@ class StreamRelay:
         self.bytes_out = 0
         self.blocked_since: float | None = None
         """Since when data waits that the local socket would not take (None: nothing waits)."""
+        self.stalling = False
+        """3.0: the tunnel stopped reading until this stream is under its bound (or cut)."""
         self.arrived: list[bytes] = []
         """Data of the chunk the tunnel reader is working on; ``deliver_arrived`` sends it."""
         self.answer: AsyncResult | None = None
@@ -106,7 +110,6 @@ class StreamRelay:
         self._pumping: Event | None = None
         """Cleared while the local socket is pumped to the tunnel; set when that ends."""
         self._eof_unsent = False
-        self._below_bound: Event | None = None
         self._done = Event()
         """Set when nothing more will reach the local socket (the inbound direction is done)."""
         self._running = False  # until run(): the SOCKS reply has not been sent yet
@@ -164,17 +167,10 @@ class StreamRelay:
         self._start_writer()  # deliver the backlog, then close (run() starts it if not yet)
         self.window_opened()
 
-    def wait_below_bound(self, deadline: float) -> bool:
-        """3.0: wait until the local socket took enough that the stream is under its bound,
-        at the latest until ``deadline`` (monotonic); False if it is still over it then."""
-        self._below_bound = self._below_bound or Event()
-        while self.channel.undelivered > LEGACY_BOUND and self._ended is None:
-            remaining = deadline - self.link.clock()
-            if remaining <= 0:
-                return False
-            self._below_bound.clear()
-            self._below_bound.wait(remaining)
-        return True
+    @property
+    def over_bound(self) -> bool:
+        """3.0: the stream holds more undelivered data than its bound, and goes on."""
+        return self._ended is None and self.channel.undelivered > LEGACY_BOUND
 
     def abort(self, ending: Ending) -> None:
         """End the stream now: reset the local socket, drop what was not delivered."""
@@ -343,8 +339,8 @@ class StreamRelay:
         self.bytes_in += count
         self.link.counters.transferred(count)
         self.link.perform(self.link.channels.delivered(self.channel, count, now))
-        if self._below_bound is not None and self.channel.undelivered <= LEGACY_BOUND:
-            self._below_bound.set()
+        if self.stalling and self.channel.undelivered <= LEGACY_BOUND:
+            self.link.stall_eased()
 
     def _start_writer(self) -> None:
         """Write the backlog in a greenlet; with none, act on the peer's EOF or goodbye now
@@ -400,5 +396,5 @@ class StreamRelay:
     def _wake_all(self) -> None:
         self._done.set()
         self.window_opened()
-        if self._below_bound is not None:
-            self._below_bound.set()
+        if self.stalling:
+            self.link.stall_eased()

@@ -5,7 +5,7 @@ into one buffer, opens the frames, feeds their messages to the channel core
 (``jproxy.channels``) and carries out what comes back: data is gathered per stream and written
 once per received chunk, and the window updates that the deliveries earn leave before the next
 chunk is read. Nothing it calls may block; the one wait of the protocol (3.0's stall for a
-stream over its bound) pauses the watcher and runs in a greenlet.
+stream over its bound) pauses the watcher until a delivery or a timer resumes it.
 
 Sending: whoever has messages seals and sends them at once when nothing is queued ahead; only
 what the socket does not take waits, for a writer greenlet that exists while there is such a
@@ -99,6 +99,9 @@ class Tunnel:
         """Streams whose readers paused because the data queue was full."""
         self._reader = None
         """The libev watcher of the tunnel socket's readability, while the tunnel reads."""
+        self._stalled: dict[StreamRelay, float] = {}
+        """3.0: the streams the reader waits for, each with the time it is cut at."""
+        self._stall_timer = None
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
         self._recv_into = raw_socket(sock).recv_into
@@ -135,6 +138,8 @@ class Tunnel:
         finally:
             self.closed.set()
             self._stop_reading()
+            if self._stall_timer is not None:
+                self._stall_timer.stop()
             sweeper.kill()
             self._end_streams()
             self.sock.close()
@@ -453,8 +458,7 @@ class Tunnel:
             self._dispatching = False
         self._flush()
         if over and self._reader is not None:
-            self._reader.stop()  # no more chunks until the stalls are over
-            gevent.spawn(self._stall_then_read, over)
+            self._stall(over)
 
     def _carry_out(
         self, events: list[CoreEvent], touched: list[StreamRelay], over: list[StreamRelay]
@@ -478,27 +482,42 @@ class Tunnel:
                 over.append(relay)
             handlers[kind](channel, value)
 
-    def _stall_then_read(self, over: list[StreamRelay]) -> None:
+    def _stall(self, over: list[StreamRelay]) -> None:
+        """3.0, no windows: streams over their bound stop the tunnel reader until their
+        sockets take enough, each for at most ``LEGACY_STALL`` seconds counted from now or from
+        when its socket began to refuse data, whichever is earlier; then it is cut. So several
+        stalled readers cost the other streams about one stall, not one each. No greenlet:
+        the relays' deliveries and a timer call ``stall_eased``."""
+        now = self.clock()
         for relay in over:
-            self._stall_for(relay)
+            relay.stalling = True
+            self._stalled[relay] = min(now, relay.blocked_since or now) + LEGACY_STALL
+        self._reader.stop()
+        self.stall_eased()
+
+    def stall_eased(self) -> None:
+        """Cut the stalled streams whose time is up; read again once none is over its bound."""
+        if self._stall_timer is not None:
+            self._stall_timer.stop()
+            self._stall_timer = None
+        now = self.clock()
+        for relay, deadline in list(self._stalled.items()):
+            if relay.over_bound and now < deadline:
+                self._stall_timer = get_hub().loop.timer(deadline - now)
+                self._stall_timer.start(self.stall_eased)
+                return
+            del self._stalled[relay]
+            relay.stalling = False
+            if relay.over_bound:
+                log.warning(
+                    "%s: stream %d: its reader took less than the tunnel brought for %gs; cut",
+                    self.name,
+                    relay.channel.id,
+                    LEGACY_STALL,
+                )
+                relay.abort(Ending.CUT)
         if self._reader is not None and not self.closed.is_set():
             self._reader.start(self._on_readable)
-
-    def _stall_for(self, relay: StreamRelay) -> None:
-        """3.0, no windows: a stream over its bound stalls the tunnel reader until its socket
-        takes enough, for at most ``LEGACY_STALL`` seconds counted from the wait's start or
-        from when its socket began to refuse data, whichever is earlier; then the stream is
-        cut. So several stalled readers cost the other streams about one stall, not one each."""
-        now = self.clock()
-        if relay.wait_below_bound(min(now, relay.blocked_since or now) + LEGACY_STALL):
-            return
-        log.warning(
-            "%s: stream %d: its reader took less than the tunnel brought for %gs; cut",
-            self.name,
-            relay.channel.id,
-            LEGACY_STALL,
-        )
-        relay.abort(Ending.CUT)
 
     # --- the sweep --------------------------------------------------------------------------
 
