@@ -23,6 +23,7 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.handlers.client import DEFAULT_GRACE, TunnelClient
+from jproxy.handlers.heap import keep_heap_reserve
 from jproxy.handlers.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.signals import Termination
 from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
         return 2
+    keep_heap_reserve()
     tunnels = TunnelClient(
         settings["server"],
         key,

@@ -25,6 +25,7 @@ from jproxy.handlers.accesslog import AccessLog
 from jproxy.handlers.admin import serve_admin
 from jproxy.handlers.descriptors import raise_fd_limit
 from jproxy.handlers.dialer import Dialer
+from jproxy.handlers.heap import keep_heap_reserve
 from jproxy.handlers.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.plain_socks import PlainSocks5Port
 from jproxy.handlers.resolver import ResolveError, Resolver, SystemResolver
@@ -265,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     except ResolveError as error:
         sys.stderr.write(f"gjproxy server: --doh: {error}\n")
         return 1
+    keep_heap_reserve()
     fds = raise_fd_limit(limits.max_tunnels + limits.max_prelogin)
     dialer = Dialer(resolver, settings["egress"], limits.connect_timeout, fds)
     server = TunnelServer(
