@@ -28,7 +28,7 @@ from schemas.jproxy import (
     LoginReply,
     LoginRequest,
     LoginStatus,
-    MessageType,
+    message_type_of,
 )
 
 HELLO_SIZE = packed_size(Hello)
@@ -201,12 +201,7 @@ class LoginProof:
             raise RuntimeError("the login is already proven")
         self.received += data
         for message in self._session.feed(data):
-            if not message:
-                raise WireError("Message", "type", "empty message")
-            try:
-                kind = MessageType(message[0])
-            except ValueError:
-                raise WireError("Message", "type", f"unknown message type {message[0]}") from None
+            kind = message_type_of(message)
             if self.dialect is Dialect.LEGACY_3_0 and kind in SECURE_ONLY:
                 raise WireError("Message", "type", "a 3.1 message in a 3.0 tunnel")
             self.proven = True

@@ -412,15 +412,19 @@ SECURE_ONLY = frozenset(
 """Message types that exist only in dialect 3.1."""
 
 
-def parse_message(data: bytes, direction: Direction) -> tuple[c.Construct, c.Container]:
-    """Dispatch one decrypted tunnel message on its type byte: ``(schema, fields)``."""
+def message_type_of(data: bytes) -> MessageType:
+    """The type of one decrypted tunnel message; ``WireError`` when it is empty or unknown."""
     if not data:
         raise WireError("Message", "type", "empty message")
     try:
-        code = MessageType(data[0])
+        return MessageType(data[0])
     except ValueError:
         raise WireError("Message", "type", f"unknown message type 0x{data[0]:02x}") from None
-    schema = MESSAGES[(direction, code)]
+
+
+def parse_message(data: bytes, direction: Direction) -> tuple[c.Construct, c.Container]:
+    """Dispatch one decrypted tunnel message on its type byte: ``(schema, fields)``."""
+    schema = MESSAGES[(direction, message_type_of(data))]
     return schema, parse(schema, data)
 
 
