@@ -248,7 +248,7 @@ class StreamRelay:
         if reader is None:
             return  # the pump ended while this callback was scheduled
         channels = link.channels
-        taken = 0
+        taken, drained = 0, False
         while True:
             allowance = channels.allowance(channel)
             if not allowance:
@@ -265,9 +265,8 @@ class StreamRelay:
             if pending:
                 self._pending = b""
             else:
-                if taken >= YIELD_EVERY:  # the others run first; the watcher fires again
-                    if not reader.active:
-                        reader.start(self._on_readable)
+                if drained or taken >= YIELD_EVERY:  # the others run first
+                    self._listen(reader)
                     return
                 wanted = min(link.tuning.buffer_size, allowance)
                 if wanted > channels.max_data:  # whole frames: no small frame per read
@@ -275,8 +274,7 @@ class StreamRelay:
                 try:
                     pending = self._recv(wanted)
                 except BlockingIOError:
-                    if not reader.active:
-                        reader.start(self._on_readable)
+                    self._listen(reader)
                     return
                 if not pending:
                     if self._done.is_set():
@@ -285,8 +283,8 @@ class StreamRelay:
                         link.perform(channels.finish(channel))
                     self._end_pump()
                     return
-                if len(pending) < wanted:  # the socket is empty now, most likely: no recv
-                    taken = YIELD_EVERY  # that fails with EAGAIN after this one
+                # A short read most likely emptied the socket: no recv that fails with EAGAIN.
+                drained = len(pending) < wanted
                 allowance = channels.allowance(channel)
                 if not allowance:
                     self._pending = pending
@@ -306,7 +304,13 @@ class StreamRelay:
             return
         if self._pending:
             get_hub().loop.run_callback(self._on_readable)
-        elif not reader.active:
+        else:
+            self._listen(reader)
+
+    def _listen(self, reader) -> None:
+        """Wait in the loop for the socket to be readable (the watcher fires again while it
+        is: it is level-triggered)."""
+        if not reader.active:
             reader.start(self._on_readable)
 
     def _end_pump(self) -> None:

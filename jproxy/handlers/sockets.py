@@ -32,7 +32,7 @@ def connect(sock: socket.socket, address: tuple[str, int]) -> None:
     """``sock.connect(address)`` to an IP address within the socket's timeout (gevent's
     ``socket.timeout`` when it passes), in one connect and one SO_ERROR read: gevent's own
     connect also reads SO_ERROR before it starts and connects a second time after the wait."""
-    error = sock._sock.connect_ex(address)
+    error = raw_socket(sock).connect_ex(address)
     if error in _IN_PROGRESS:
         sock._wait(sock._write_event)
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -64,7 +64,7 @@ def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
 def send_pieces_now(sock: socket.socket, pieces: list[bytes]) -> int:
     """Like ``send_now`` for several buffers in one syscall (sendmsg), without joining them."""
     try:
-        return sock._sock.sendmsg(pieces)
+        return raw_socket(sock).sendmsg(pieces)
     except BlockingIOError:
         return 0
 
