@@ -397,28 +397,25 @@ class Tunnel:
                 log.info("%s: read failed: %s", self.name, error)
             self._stop_reading()
             return
-        if not count:
-            try:
-                self.session.finish()
-            except WireError as error:
-                log.warning("%s: closing the tunnel: %s", self.name, error)
-            else:
-                self.planned = not self.channels.channels
-                level = logging.INFO if self.planned else logging.WARNING
-                log.log(level, "%s: peer closed the tunnel", self.name)
-            self._stop_reading()
-            return
-        self._received(self._view[:count])
+        self._received(self._view[:count])  # nothing: the peer closed the tunnel
 
     def _received(self, data: bytes) -> None:
+        """Carry out one chunk, or the peer's close (no data); a broken protocol, or anything
+        else that goes wrong, ends the tunnel: in the hub nothing may escape and leave the
+        tunnel half alive."""
         try:
-            self._dispatch(self.channels.receive(self._feed(data), self.clock()))
+            if data:
+                self._dispatch(self.channels.receive(self._feed(data), self.clock()))
+                return
+            self.session.finish()  # a frame the close cut short is a WireError
+            self.planned = not self.channels.channels
+            level = logging.INFO if self.planned else logging.WARNING
+            log.log(level, "%s: peer closed the tunnel", self.name)
         except (ProtocolViolation, WireError) as error:  # WireError includes FrameError
             log.warning("%s: closing the tunnel: %s", self.name, error)
-            self._stop_reading()
-        except Exception:  # in the hub nothing may escape: the tunnel would stay half alive
+        except Exception:
             log.exception("%s: closing the tunnel after an internal error", self.name)
-            self._stop_reading()
+        self._stop_reading()
 
     def _stop_reading(self) -> None:
         """The reading is over: the tunnel ends (``run`` wakes and cleans up)."""
