@@ -236,11 +236,7 @@ class Tunnel:
         counts) while the data queue is full or the tunnel is closed."""
         if self._queued >= DATA_QUEUE_LIMIT or self.closed.is_set():
             return False
-        if not self._busy:
-            self._send_direct([message])
-        else:
-            self._data.append(message)
-            self._queued += len(message)
+        self.send_data([message])
         return True
 
     def _queue_control(self, message: bytes) -> None:
