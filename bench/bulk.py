@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jproxy import crypto
-from jproxy.channels import DEFAULT_WINDOW, Channels, Do
-from jproxy.handlers.tunnel import READ_SIZE
-from jproxy.session import Role, Session
+from jproxy.handlers.tunnel.driver import READ_SIZE
 from jproxy.tuning import DEFAULT_BUFFER_SIZE
+from jproxy.tunnel import crypto
+from jproxy.tunnel.mux import DEFAULT_WINDOW, Channels, Do
+from jproxy.tunnel.session import Role, Session
 from schemas.jproxy import ConnectStatus, Dialect, Direction
 
 MB = 10**6

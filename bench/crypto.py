@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import time
 
-from jproxy import crypto
-from jproxy.keys import generate
-from jproxy.session import Role, Session
+from jproxy.tunnel import crypto
+from jproxy.tunnel.keys import generate
+from jproxy.tunnel.session import Role, Session
 from schemas.jproxy import Dialect
 
 FRAMES = 20_000

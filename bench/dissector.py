@@ -14,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from jproxy import dissector, keylog
-from jproxy.crypto import EcbSealer, GcmSealer
+from jproxy.gen import dissector
+from jproxy.tunnel import keylog
+from jproxy.tunnel.crypto import EcbSealer, GcmSealer
 from schemas import build, jproxy
 from schemas.jproxy import Dialect, Direction
 from tests.pcap import write_pcap

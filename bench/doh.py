@@ -23,7 +23,7 @@ import gevent
 # The unbound peer is in tests/, which is part of the repository but not of the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jproxy.handlers.doh import DohResolver  # noqa: E402
+from jproxy.handlers.dns.doh import DohResolver  # noqa: E402
 from jproxy.metrics import Counters  # noqa: E402
 from tests.peers import Unbound  # noqa: E402
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import gevent.socket
 
-from jproxy.admin import login_bytes, request_bytes
-from jproxy.handlers.handshake import client_login
-from jproxy.keys import generate, load_client_key, save_client_key, save_user
+from jproxy.admin.protocol import login_bytes, request_bytes
+from jproxy.handlers.tunnel.handshake import client_login
+from jproxy.tunnel.keys import generate, load_client_key, save_client_key, save_user
 from schemas.jproxy import Dialect
 from tests.peers import Flood, Process, echo, serve_tcp, start_client, start_server
 

@@ -1,6 +1,6 @@
 """Time of one whole SOCKS5 handshake in the sans-I/O core, against parsing it with construct.
 
-Every new SOCKS connection on the client runs one handshake through ``jproxy.socks5``: the
+Every new SOCKS connection on the client runs one handshake through ``jproxy.socks.socks5``: the
 greeting, the request (and the user/password login) and the success reply. This prints the
 microseconds ``Socks5Server`` spends on it, beside the same packets sized, parsed and answered
 with construct alone (``packet_size`` + ``parse`` + ``build``: the construct work the core did
@@ -14,7 +14,7 @@ import statistics
 import timeit
 from collections.abc import Callable
 
-from jproxy.socks5 import Socks5Server
+from jproxy.socks.socks5 import Socks5Server
 from schemas import build, parse
 from schemas.socks5 import (
     AddressType,

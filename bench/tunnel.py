@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from jproxy.keys import generate, save_client_key, save_user
+from jproxy.tunnel.keys import generate, save_client_key, save_user
 
 LOOPBACK = "127.0.0.1"
 SOCKET_TIMEOUT = 10.0

@@ -37,7 +37,7 @@ from tunnel import (
     start_targets,
 )
 
-from jproxy.socks5 import build_udp_request
+from jproxy.socks.socks5 import build_udp_request
 from schemas.fields import build, parse
 from schemas.socks5 import SocksMethodRequest, SocksReply, SocksRequest
 

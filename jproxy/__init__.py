@@ -1,6 +1,8 @@
 """gjproxy: a jProxy 3 tunnel proxy on gevent.
 
-The modules directly in this package are sans-I/O protocol cores: they take bytes and return
-bytes and events, and never touch a socket. ``jproxy.handlers`` runs them on gevent sockets;
-``jproxy.commands`` holds the subcommands of the ``gjproxy`` command line.
+Everything outside ``jproxy.handlers`` and ``jproxy.commands`` is sans-I/O: protocol cores
+that take bytes and return bytes and events, grouped by protocol (``tunnel``, ``socks``,
+``admin``, ``dns``), the decisions that need no I/O (``policy``) and what is generated from
+the schemas (``gen``). ``jproxy.handlers`` runs the cores on gevent sockets, grouped the same
+way; ``jproxy.commands`` holds the subcommands of the ``gjproxy`` command line.
 """

@@ -10,7 +10,7 @@ import sys
 from importlib import metadata
 
 from jproxy import commands
-from jproxy.handlers.logs import repeat_limited
+from jproxy.handlers.logs.repeat_limit import repeat_limited
 
 USAGE_ERROR = 2
 INTERRUPTED = 130

@@ -125,7 +125,7 @@ def host_port(text: str, what: str) -> tuple[str, int]:
 
 
 def add_tunnel_options(parser: argparse.ArgumentParser) -> None:
-    """The tunnel settings that server and client share (defaults: jproxy.channels)."""
+    """The tunnel settings that server and client share (defaults: jproxy.tunnel.mux)."""
     parser.add_argument(
         "--window", type=int, metavar="BYTES", help="3.1 flow-control window per stream"
     )

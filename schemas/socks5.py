@@ -280,7 +280,7 @@ def _unterminated(schema: c.Construct) -> c.Construct:
 # Every new SOCKS connection passes through them, and construct takes tens of microseconds per
 # packet. So they read with what they derive from the schemas above (byte tables, address
 # sizes and decoders) and hand anything unusual to construct, which then names the defect
-# exactly as the schema does. tests/test_socks5_schema.py proves both paths agree.
+# exactly as the schema does. tests/unit/test_socks5_schema.py proves both paths agree.
 
 
 class NotFast(Exception):

@@ -1,4 +1,10 @@
-"""Shared fixtures: one key pair for the session, and loopback target servers."""
+"""Shared fixtures: one key pair for the session, and loopback target servers.
+
+The tests sit in three layers, one folder each, and each folder is a pytest marker:
+``tests/unit`` (the pure cores, fed bytes and events with a fake clock), ``tests/io``
+(drivers in this process on real sockets) and ``tests/e2e`` (real processes and real peers).
+``pytest -m "not e2e"`` runs the first two in seconds.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from jproxy.keys import generate, save_client_key, save_user
 from jproxy.tuning import RelayTuning
+from jproxy.tunnel.keys import generate, save_client_key, save_user
 from tests.peers import Process, Unbound, serve_files
 
 FILE_SIZES = (0, 1, 4079, 4080, 4081, 65536, 1_000_000)
 BIG_FILE_SIZE = 100 * 1024 * 1024
+
+
+LAYERS = ("unit", "io", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its layer: the name of the folder it sits in."""
+    for item in items:
+        layer = Path(item.fspath).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,12 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 
-from jproxy.admin import AdminClientConnection, LoginReplied, MethodReplied
-from jproxy.admin import login_bytes as build_login
-from jproxy.admin import request_bytes as build_request
+from jproxy.admin.protocol import AdminClientConnection, LoginReplied, MethodReplied
+from jproxy.admin.protocol import login_bytes as build_login
+from jproxy.admin.protocol import request_bytes as build_request
 from jproxy.config import ConfigError, host_port, host_port_text, load, resolve
-from jproxy.handlers.admin import stream_socket
-from jproxy.passwords import (
+from jproxy.handlers.admin.listener import stream_socket
+from jproxy.policy.passwords import (
     PASSWORD_VARIABLE,
     USER_VARIABLE,
     check_secret_length,

@@ -10,7 +10,6 @@ from functools import partial
 
 import gevent
 
-from jproxy.channels import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -22,12 +21,13 @@ from jproxy.config import (
     resolve,
     show_defaults,
 )
-from jproxy.handlers.client import DEFAULT_GRACE, TunnelClient
-from jproxy.handlers.heap import keep_heap_reserve
-from jproxy.handlers.keylog import add_keylog_option, key_log_path, open_key_log
-from jproxy.handlers.signals import Termination
-from jproxy.handlers.socks5 import MAX_CLIENTS, Socks5Listener
-from jproxy.keys import KeyFileError, load_client_key, require_private
+from jproxy.handlers.net.heap import keep_heap_reserve
+from jproxy.handlers.net.signals import Termination
+from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
+from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
+from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
+from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
+from jproxy.tunnel.mux import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from schemas.jproxy import Dialect
 
 log = logging.getLogger("gjproxy.client")
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         services.append(listener)
         if settings["metrics"]:
             # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
-            from jproxy.handlers.prometheus import serve_client_metrics
+            from jproxy.handlers.admin.prometheus import serve_client_metrics
 
             metrics = partial(serve_client_metrics, settings["metrics"], tunnels)
             services.append(listening("--metrics", settings["metrics"], metrics))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jproxy import dissector
+from jproxy.gen import dissector
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jproxy import clidocs, docs
+from jproxy.gen import cli_docs as clidocs
+from jproxy.gen import protocol_docs as docs
 
 DEFAULT_OUT = Path("docs/protocol.md")
 DEFAULT_CLI_OUT = Path("docs/cli.md")

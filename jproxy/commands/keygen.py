@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jproxy import keys
+from jproxy.tunnel import keys
 
 FAILURE = 1
 

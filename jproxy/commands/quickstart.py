@@ -16,15 +16,16 @@ from functools import partial
 from pathlib import Path
 
 from jproxy.config import ConfigError, ListenError, host_port, listening, show_defaults
-from jproxy.egress import EgressPolicy
-from jproxy.handlers.admin import serve_admin
-from jproxy.handlers.client import TunnelClient
-from jproxy.handlers.dialer import Dialer
-from jproxy.handlers.resolver import SystemResolver
-from jproxy.handlers.server import ServerLimits, TunnelServer
-from jproxy.handlers.signals import Termination
-from jproxy.handlers.socks5 import Socks5Listener
-from jproxy.keys import (
+from jproxy.handlers.admin.listener import serve_admin
+from jproxy.handlers.dns.resolver import SystemResolver
+from jproxy.handlers.net.dialer import Dialer
+from jproxy.handlers.net.signals import Termination
+from jproxy.handlers.socks.port import Socks5Listener
+from jproxy.handlers.tunnel.client import TunnelClient
+from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
+from jproxy.policy.egress import EgressPolicy
+from jproxy.policy.passwords import AdminCredentials, hash_password
+from jproxy.tunnel.keys import (
     KeyFileError,
     UserDirectory,
     generate,
@@ -32,7 +33,6 @@ from jproxy.keys import (
     save_client_key,
     save_user,
 )
-from jproxy.passwords import AdminCredentials, hash_password
 from schemas.jproxy import Dialect
 
 TUNNEL_UP_TIMEOUT = 15.0

@@ -20,25 +20,25 @@ from jproxy.config import (
     resolve,
     show_defaults,
 )
-from jproxy.egress import EgressPolicy, RuleError
-from jproxy.handlers.accesslog import AccessLog
-from jproxy.handlers.admin import serve_admin
-from jproxy.handlers.descriptors import raise_fd_limit
-from jproxy.handlers.dialer import Dialer
-from jproxy.handlers.heap import keep_heap_reserve
-from jproxy.handlers.keylog import add_keylog_option, key_log_path, open_key_log
-from jproxy.handlers.plain_socks import PlainSocks5Port
-from jproxy.handlers.resolver import ResolveError, Resolver, SystemResolver
-from jproxy.handlers.server import ServerLimits, TunnelServer
-from jproxy.handlers.signals import Termination
-from jproxy.keys import KeyFileError, UserDirectory, reload_on_sighup
+from jproxy.handlers.admin.listener import serve_admin
+from jproxy.handlers.dns.resolver import ResolveError, Resolver, SystemResolver
+from jproxy.handlers.logs.access import AccessLog
+from jproxy.handlers.net.descriptors import raise_fd_limit
+from jproxy.handlers.net.dialer import Dialer
+from jproxy.handlers.net.heap import keep_heap_reserve
+from jproxy.handlers.net.signals import Termination
+from jproxy.handlers.socks.plain import PlainSocks5Port
+from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
+from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.metrics import Counters
-from jproxy.passwords import (
+from jproxy.policy.egress import EgressPolicy, RuleError
+from jproxy.policy.passwords import (
     PASSWORD_VARIABLE,
     PasswordTable,
     load_admin_credentials,
     load_socks_users,
 )
+from jproxy.tunnel.keys import KeyFileError, UserDirectory, reload_on_sighup
 
 log = logging.getLogger("gjproxy.server")
 
@@ -205,7 +205,7 @@ def socks_users(settings: dict, config: dict) -> PasswordTable | None:
 def check_doh(settings: dict) -> None:
     """A usable ``--doh`` URL, and a ``--doh-ca`` only with it and only when readable."""
     if settings["doh"]:
-        from jproxy.handlers.doh import parse_doh_url  # dnspython and h2: only when asked for
+        from jproxy.handlers.dns.doh import parse_doh_url  # dnspython and h2: only when asked for
 
         try:
             parse_doh_url(settings["doh"])
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         if settings["metrics"]:
             # Imported only when asked for: prometheus_client pulls in http, email and wsgiref,
             # about 5 MB of memory in every gjproxy process that would otherwise load it.
-            from jproxy.handlers.prometheus import serve_metrics
+            from jproxy.handlers.admin.prometheus import serve_metrics
 
             metrics = partial(serve_metrics, settings["metrics"], *page)
             services.append(listening("--metrics", settings["metrics"], metrics))
@@ -344,7 +344,7 @@ def make_resolver(settings: dict, counters: Counters) -> Resolver:
     """DNS over HTTPS when ``--doh`` names a server (its host resolved now), else the system's."""
     if not settings["doh"]:
         return SystemResolver()
-    from jproxy.handlers.doh import DohResolver
+    from jproxy.handlers.dns.doh import DohResolver
 
     return DohResolver.start(
         settings["doh"],

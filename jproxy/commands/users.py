@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jproxy.keys import KeyFileError, UserDirectory
+from jproxy.tunnel.keys import KeyFileError, UserDirectory
 
 DEFAULT_DIR = "users"
 

@@ -1,0 +1,1 @@
+"""The admin protocol, sans-I/O: both sides of one exchange."""

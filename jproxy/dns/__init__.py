@@ -1,0 +1,1 @@
+"""DNS, sans-I/O: DoH messages and the TTL cache."""

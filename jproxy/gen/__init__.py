@@ -1,0 +1,1 @@
+"""What is generated from the schemas and parsers: protocol docs, CLI docs, the dissector."""

@@ -1,0 +1,1 @@
+"""Name resolution on gevent: the system resolver and DNS over HTTPS."""

@@ -1,0 +1,1 @@
+"""Logging on gevent: the repeat limiter and the JSON access log."""

@@ -1,0 +1,1 @@
+"""Plumbing every listener and dialer shares: sockets, fds, the dialer, signals, heap."""

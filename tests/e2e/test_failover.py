@@ -1,0 +1,89 @@
+"""Several servers for one client: tried in order, the one in use named in the log."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_tunnel import curl
+from tests.peers import Process, start_server
+
+
+def client_of(workdir, *servers: str, config: str | None = None, extra=()) -> Process:
+    args = [*(arg for server in servers for arg in ("--server", server)), *extra]
+    if config is not None:
+        (workdir / "client.toml").write_text(config)
+        args += ["--config", "client.toml"]
+    client = Process("client", *args, "--socks", "127.0.0.1:0", "--key", "key.dat", cwd=workdir)
+    client.port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
+    return client
+
+
+def refusing_address() -> tuple[socket.socket, str]:
+    """A bound port nobody listens on: connections to it are refused at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_dead_first_server_is_skipped_for_the_next(workdir, web):
+    server = start_server(workdir)
+    live = f"127.0.0.1:{server.port}"
+    dead_sock, dead = refusing_address()
+    with dead_sock:
+        client = client_of(workdir, dead, live)
+        client.wait_for(f"cannot reach the server {dead}")
+        client.wait_for(f"tunnel to {live}: up")
+        body = curl(client.port, f"http://127.0.0.1:{web.server_port}/f4080")
+    assert body == (web.root / "f4080").read_bytes()
+    assert client.stop() == 0
+    server.stop()
+
+
+def test_servers_listed_in_the_config_file(workdir):
+    server = start_server(workdir)
+    live = f"127.0.0.1:{server.port}"
+    dead_sock, dead = refusing_address()
+    with dead_sock:
+        client = client_of(workdir, config=f'[client]\nserver = ["{dead}", "{live}"]\n')
+        client.wait_for(f"tunnel to {live}: up")
+    assert client.stop() == 0
+    server.stop()
+
+
+def client_metrics(client: Process) -> dict[tuple[str, tuple], float]:
+    url = f"http://127.0.0.1:{client.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_when_the_server_in_use_dies_the_next_one_takes_over(workdir, web):
+    first, second = start_server(workdir), start_server(workdir)
+    servers = f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"
+    client = client_of(workdir, *servers, extra=("--metrics", "127.0.0.1:0"))
+    pattern = r"metrics: serving Prometheus metrics on http://127\.0\.0\.1:(\d+)/"
+    client.metrics_port = int(client.wait_for(pattern).group(1))
+    client.wait_for(f"tunnel to 127.0.0.1:{first.port}: up")
+    found = client_metrics(client)
+    assert found[("gjproxy_client_tunnel_up", ())] == 1
+    assert found[("gjproxy_client_server", (("server", servers[0]),))] == 1
+    first.stop(signal.SIGKILL)
+    client.wait_for(f"next attempt: server 127.0.0.1:{second.port}", timeout=30)
+    client.wait_for(f"tunnel to 127.0.0.1:{second.port}: up", timeout=30)
+    body = curl(client.port, f"http://127.0.0.1:{web.server_port}/f65536")
+    assert body == (web.root / "f65536").read_bytes()
+    found = client_metrics(client)
+    assert found[("gjproxy_client_server", (("server", servers[1]),))] == 2
+    assert found[("gjproxy_client_tunnel_up", ())] == 1
+    assert found[("gjproxy_connections_total", ())] == 1
+    assert found[("gjproxy_transferred_bytes_total", ())] >= 65536
+    assert client.stop() == 0
+    second.stop()

@@ -1,0 +1,108 @@
+"""File descriptors of a real server under a low RLIMIT_NOFILE: streams are refused with
+status 6 before fds run out, logins and the admin port keep working, and an accept that fails
+with EMFILE costs one log line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from python_socks import ProxyError
+
+from tests.e2e.test_admin_tunnel import ADMIN_ENV, admin
+from tests.e2e.test_tunnel import recv_exactly, socks_connect
+from tests.peers import echo, require_tool, serve_tcp, start_client, start_server
+
+FD_LIMIT = 256
+MAX_ATTEMPTS = 400
+NOT_ALLOWED = 0x02  # the client's SOCKS reply for status 6 (connection limit)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def prlimit(*args: str) -> None:
+    subprocess.run([require_tool("prlimit"), *args], check=True, timeout=10)
+
+
+@pytest.fixture
+def target():
+    server = serve_tcp(echo)
+    yield server
+    server.shutdown()
+
+
+def test_streams_are_refused_before_the_fds_run_out_and_logins_still_work(workdir, target):
+    limited = (require_tool("prlimit"), f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--")
+    server = start_server(
+        workdir, "--admin", "127.0.0.1:0", "--max-tunnels", "8", env=ADMIN_ENV, prefix=limited
+    )
+    budget = server.wait_for(r"file descriptors: limit (\d+) \(hard (\d+)\); streams may use (\d+)")
+    assert budget.groups() == (str(FD_LIMIT), str(FD_LIMIT), str(FD_LIMIT // 2))
+    admin_port = int(server.wait_for(r"admin protocol over TCP on [\d.]+:(\d+)").group(1))
+    client = start_client(workdir, server.port)
+    held, refused = [], None
+    try:
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                sock = socks_connect(client.port, "127.0.0.1", target.server_address[1])
+            except ProxyError as error:
+                refused = error
+                break
+            held.append(sock)
+        assert refused is not None and refused.error_code == NOT_ALLOWED, len(held)
+        assert 64 < len(held) < FD_LIMIT // 2
+        assert open_fds(server.proc.pid) < FD_LIMIT - 64  # the reserve is still free
+        server.wait_for(r'"CONNECTION_LIMIT",.*"reason":"file descriptors running short')
+
+        second = start_client(workdir, server.port)  # a login still finds an fd
+        assert admin(admin_port, "tunnels").stdout.strip() == "2"
+        second.stop()
+
+        held.pop().close()  # one stream ends: the next one fits again
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socks_connect(client.port, "127.0.0.1", target.server_address[1]) as sock:
+                    sock.sendall(b"fits")
+                    assert recv_exactly(sock, 4) == b"fits"
+                break
+            except ProxyError:
+                assert time.monotonic() < deadline, "no stream fits after one closed"
+                time.sleep(0.1)
+    finally:
+        for sock in held:
+            sock.close()
+        client.stop()
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_accept_survives_emfile_and_resumes(workdir):
+    server = start_server(workdir)
+    pid = server.proc.pid
+    try:
+        prlimit("--pid", str(pid), f"--nofile={open_fds(pid)}:")  # soft: not one fd more
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "jproxy", "client", "--server", f"127.0.0.1:{server.port}"]
+            + ["--socks", "127.0.0.1:0", "--key", "key.dat"],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        server.wait_for(r"cannot accept \(\[Errno 24\] Too many open files\), retrying")
+        time.sleep(1)  # several retries, each one silent
+        prlimit("--pid", str(pid), "--nofile=4096:")
+        server.wait_for(r"accepting again after \d+ failed attempts")
+        server.wait_for(r"tunnel alice@127\.0\.0\.1:\d+: logged in")
+        waiting.terminate()
+        waiting.wait(10)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+    assert len([line for line in server.lines if "cannot accept" in line]) == 1

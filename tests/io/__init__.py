@@ -1,0 +1,1 @@
+"""Tests of the io layer (see tests/conftest.py)."""

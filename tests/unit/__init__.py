@@ -1,0 +1,1 @@
+"""Tests of the unit layer (see tests/conftest.py)."""
