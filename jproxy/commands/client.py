@@ -24,8 +24,10 @@ from jproxy.config import (
 from jproxy.handlers.net.heap import keep_heap_reserve
 from jproxy.handlers.net.signals import Termination
 from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
-from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
+from jproxy.handlers.tunnel.client import DEFAULT_GRACE
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
+from jproxy.handlers.tunnel.pool import CONNECT_TIMEOUT, TunnelPool
+from jproxy.tunnel.balance import FAILBACK_AFTER, Strategy
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
 from jproxy.tunnel.mux import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from schemas.jproxy import Dialect
@@ -47,14 +49,19 @@ DEFAULTS = {
     "window": DEFAULT_WINDOW,
     "keepalive": KEEPALIVE_INTERVAL,
     "grace": DEFAULT_GRACE,
+    "tunnels": 1,
+    "strategy": Strategy.FAILOVER.value,
+    "failback_after": FAILBACK_AFTER,
+    "connect_timeout": CONNECT_TIMEOUT,
 }
+MAX_TUNNELS = 64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "client",
         help="run the local SOCKS5 proxy that tunnels to a gjproxy server",
-        description="Serve SOCKS5 locally and carry every connection through one jProxy tunnel.",
+        description="Serve SOCKS5 locally and carry every connection through jProxy tunnels.",
     )
     add_server_options(parser)
     parser.add_argument("--socks", metavar="HOST:PORT", help="the local SOCKS5 port")
@@ -83,8 +90,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help=f"3.1: ping a tunnel quiet this long; silent {DEAD_AFTER}x this: rebuild it",
     )
+    add_pool_options(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
+
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """How many tunnels, to which servers (``jproxy.tunnel.balance``)."""
+    parser.add_argument(
+        "--tunnels",
+        type=int,
+        metavar="N",
+        help="tunnels to each server in use; a new stream takes the least loaded one",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=[strategy.value for strategy in Strategy],
+        help="which --server takes new streams: the first healthy one, the lowest keepalive"
+        " round trip, or each in turn",
+    )
+    parser.add_argument(
+        "--failback-after",
+        type=float,
+        metavar="S",
+        help="a server that failed takes new streams again once healthy this long",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="a SOCKS request waits this long for a tunnel while none is up, then gets 0x01",
+    )
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +146,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["socks"] = host_port(settings["socks"], "--socks")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
     check_tunnel_options(settings)
+    check_pool_options(settings)
     settings["keepalive"] = float(settings["keepalive"])
     if settings["keepalive"] <= 0:
         raise ConfigError("--keepalive must be positive")
@@ -126,6 +163,19 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     return settings
 
 
+def check_pool_options(settings: dict) -> None:
+    if not 1 <= settings["tunnels"] <= MAX_TUNNELS:
+        raise ConfigError(f"--tunnels must be 1..{MAX_TUNNELS}")
+    strategies = {strategy.value: strategy for strategy in Strategy}
+    if settings["strategy"] not in strategies:
+        raise ConfigError(f"strategy must be one of {', '.join(strategies)}")
+    settings["strategy"] = strategies[settings["strategy"]]
+    for key in ("failback_after", "connect_timeout"):
+        settings[key] = float(settings[key])
+        if settings[key] < 0 or (key == "connect_timeout" and not settings[key]):
+            raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+
+
 def run(args: argparse.Namespace) -> int:
     termination = Termination()
     try:
@@ -140,10 +190,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
         return 2
     keep_heap_reserve()
-    tunnels = TunnelClient(
+    tunnels = TunnelPool(
         settings["server"],
         key,
         settings["dialect"],
+        tunnels=settings["tunnels"],
+        strategy=settings["strategy"],
+        failback_after=settings["failback_after"],
+        connect_timeout=settings["connect_timeout"],
         key_log=key_log,
         window=settings["window"],
         keepalive=settings["keepalive"],
@@ -177,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve_until_stopped(
-    tunnels: TunnelClient, listener: Socks5Listener, termination: Termination, grace: float
+    tunnels: TunnelPool, listener: Socks5Listener, termination: Termination, grace: float
 ) -> int:
     """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
     signalled = gevent.spawn(termination.wait)

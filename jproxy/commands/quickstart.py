@@ -21,7 +21,7 @@ from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.net.signals import Termination
 from jproxy.handlers.socks.port import Socks5Listener
-from jproxy.handlers.tunnel.client import TunnelClient
+from jproxy.handlers.tunnel.pool import TunnelPool
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.policy.egress import EgressPolicy
 from jproxy.policy.passwords import AdminCredentials, hash_password
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         listening("--listen", listen, server.start)
         started.append(server)
-        tunnels = TunnelClient([server.address], key, Dialect.SECURE_3_1)
+        tunnels = TunnelPool([server.address], key, Dialect.SECURE_3_1)
         listener = Socks5Listener(socks, tunnels)
         listening("--socks", socks, listener.start)
         started.append(listener)

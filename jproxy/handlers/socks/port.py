@@ -21,8 +21,8 @@ from jproxy.handlers.net.admission import Doorway, Evicted
 from jproxy.handlers.net.descriptors import Acceptor
 from jproxy.handlers.net.sockets import send_all
 from jproxy.handlers.socks.udp_relay import SocksUdpRelay, TunnelRoutes, association_for
-from jproxy.handlers.tunnel.client import TunnelClient
 from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.pool import TunnelPool
 from jproxy.metrics import Counters
 from jproxy.policy.hostnames import for_log
 from jproxy.socks.socks5 import (
@@ -207,7 +207,7 @@ class Socks5Port:
 class Socks5Listener(Socks5Port):
     """The client's SOCKS port: each CONNECT becomes one stream of the tunnel."""
 
-    def __init__(self, listen: tuple[str, int], tunnels: TunnelClient, **options) -> None:
+    def __init__(self, listen: tuple[str, int], tunnels: TunnelPool, **options) -> None:
         super().__init__(listen, **options)
         self.tunnels = tunnels
 
