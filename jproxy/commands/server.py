@@ -30,6 +30,7 @@ from jproxy.handlers.net.signals import Termination
 from jproxy.handlers.socks.plain import PlainSocks5Port
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
+from jproxy.handlers.workers.worker import worker_role
 from jproxy.metrics import Counters
 from jproxy.policy.egress import EgressPolicy, RuleError
 from jproxy.policy.passwords import (
@@ -64,8 +65,10 @@ DEFAULTS = {
     "socks_no_auth": False,
     "window": ServerLimits.window,
     "grace": ServerLimits.grace,
+    "workers": "1",
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
+MAX_WORKERS = 256
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -146,6 +149,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="never let streams reach this network (repeatable; beats every allow rule)"
         " (default: none)",
     )
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="worker processes sharing the ports (auto: one per core); a parent process"
+        " supervises them and serves admin and metrics for all",
+    )
     add_keylog_option(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
@@ -153,7 +162,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     config = load(args.config)
+    if isinstance(config.get("server", {}).get("workers"), int):
+        config["server"]["workers"] = str(config["server"]["workers"])  # a number, or "auto"
     settings = resolve(args, config, "server", DEFAULTS)
+    settings["workers"] = worker_count(settings["workers"])
     settings["listen"] = host_port(settings["listen"], "--listen")
     settings["admin"] = host_port(settings["admin"], "--admin")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
@@ -184,6 +196,15 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
             f" or ${PASSWORD_VARIABLE} (see docs/admin.md)"
         )
     return settings
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a number from 1, or ``auto`` for one per core this process may use."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be auto or 1..{MAX_WORKERS}, got {text!r}")
+    return int(text)
 
 
 def socks_users(settings: dict, config: dict) -> PasswordTable | None:
@@ -232,12 +253,21 @@ def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
 
 def run(args: argparse.Namespace) -> int:
     termination = Termination()
+    role = worker_role()
+    if role is not None:
+        role.begin()
     try:
         settings = settings_from(args)
         users = UserDirectory(settings["users"])
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
         return 2
+    if role is None and settings["workers"] > 1:
+        from jproxy.handlers.workers.supervisor import supervise
+
+        return supervise(settings, settings["workers"], settings["grace"], termination)
+    if role is not None:
+        role.adapt(settings)
     try:
         key_log = open_key_log(settings["keylog"])
     except OSError as error:
@@ -269,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
     keep_heap_reserve()
     fds = raise_fd_limit(limits.max_tunnels + limits.max_prelogin)
     dialer = Dialer(resolver, settings["egress"], limits.connect_timeout, fds)
+    slots = role and role.slots(limits.max_tunnels, limits.max_tunnels_per_user)
     server = TunnelServer(
         settings["listen"],
         users,
@@ -278,7 +309,10 @@ def run(args: argparse.Namespace) -> int:
         dialer=dialer,
         key_log=key_log,
         access_log=access_log,
+        slots=slots,
     )
+    if role is not None:
+        role.share(counters, server.tuning, slots)
     # From here on SIGHUP reloads the users: before any port is announced, so a reload sent as
     # soon as the log says "listening" never meets SIGHUP's default action (exit).
     sighups = [reload_on_sighup(users), access_log.reopen_on_sighup()]
@@ -300,7 +334,8 @@ def run(args: argparse.Namespace) -> int:
         if settings["socks"]:
             socks = partial(plain_socks_port, settings, dialer, server, access_log)
             services.append(listening("--socks", settings["socks"], socks))
-        dialer.policy = dialer.policy.listening_on([service.address for service in services])
+        own = [service.address for service in services] + (role.parent_ports if role else [])
+        dialer.policy = dialer.policy.listening_on(own)
         _log_egress(dialer.policy)
     except ListenError as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
