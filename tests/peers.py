@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import socketserver
-import struct
 import subprocess
 import sys
 import threading
@@ -589,93 +588,3 @@ class UdpEcho:
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
-
-
-class Relay:
-    """A TCP relay on 127.0.0.1 in threads, in front of ``target``: each direction of each
-    connection is delayed by ``delay`` seconds (a longer path) and capped at ``rate`` bytes a
-    second (a per-flow shaper; 0: none). ``garble_first`` flips a byte of the first answer on
-    the first connection (a corrupted login reply). ``cut(n)`` resets connection ``n``."""
-
-    CHUNK = 65536
-    QUEUED = 16
-    """Chunks held per direction: a slow side pushes back on the other through TCP."""
-
-    def __init__(
-        self,
-        target: tuple[str, int],
-        *,
-        delay: float = 0.0,
-        rate: float = 0.0,
-        garble_first: bool = False,
-    ) -> None:
-        self.target, self.delay, self.rate = target, delay, rate
-        self._garble = garble_first
-        self.connections: list[tuple[socket.socket, socket.socket]] = []
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
-        self.port = self.listener.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                inside, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                outside = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                inside.close()
-                continue
-            outside.settimeout(None)
-            garble, self._garble = self._garble, False
-            self.connections.append((inside, outside))
-            for source, sink, flip in ((inside, outside, False), (outside, inside, garble)):
-                chunks = queue.Queue(self.QUEUED)
-                threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
-                threading.Thread(target=self._write, args=(sink, chunks, flip), daemon=True).start()
-
-    def _read(self, source: socket.socket, chunks: queue.Queue) -> None:
-        while True:
-            try:
-                data = source.recv(self.CHUNK)
-            except OSError:
-                data = b""
-            chunks.put((time.monotonic() + self.delay, data))
-            if not data:
-                return
-
-    def _write(self, sink: socket.socket, chunks: queue.Queue, flip: bool) -> None:
-        started, sent = time.monotonic(), 0
-        while True:
-            due, data = chunks.get()
-            wait = max(
-                due - time.monotonic(),
-                sent / self.rate - (time.monotonic() - started) if self.rate else 0,
-            )
-            if wait > 0:
-                time.sleep(wait)
-            try:
-                if not data:
-                    sink.shutdown(socket.SHUT_WR)
-                    return
-                if flip:
-                    data, flip = bytes([data[0] ^ 0xFF]) + data[1:], False
-                sink.sendall(data)
-            except OSError:
-                return
-            sent += len(data)
-
-    def cut(self, number: int) -> None:
-        """Reset both sides of connection ``number`` (a tunnel killed on the path)."""
-        for sock in self.connections[number]:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.shutdown(socket.SHUT_RD)  # wakes the reader thread; sends nothing
-            sock.close()  # linger 0: a reset
-
-    def close(self) -> None:
-        self.listener.close()
-        for pair in self.connections:
-            for sock in pair:
-                sock.close()

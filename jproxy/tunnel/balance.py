@@ -59,6 +59,9 @@ RTT_WEIGHT = 0.25
 """Weight of a new round-trip sample in the smoothed round trip (as TCP's SRTT uses 1/8)."""
 RETRY_START = 0.2
 RETRY_CAP = 30.0
+RETRY_CAP_ALONE = 4.0
+"""While no server has a tunnel up, a failing one is tried again at least this often: the
+client is useless until one answers, and a connect attempt costs little."""
 MISSED_FLOOR = 1.0
 """A keepalive is missed when unanswered for 4 round trips, and at least this long."""
 
@@ -89,6 +92,7 @@ class Server:
     since: float = 0.0
     """When the present health began."""
     failures: int = 0
+    failed_at: float = 0.0
     retry_at: float = 0.0
     why: str = ""
 
@@ -162,6 +166,7 @@ class Balancer:
 
     def _failed(self, server: Server, now: float, why: str) -> None:
         server.failures += 1
+        server.failed_at = now
         server.retry_at = now + retry_delay(server.failures, self._rand())
         self._set(server, Health.FAILING, now, why)
 
@@ -257,10 +262,14 @@ class Balancer:
                 return [j for j in alive if j <= i]
         return alive
 
-    def may_dial(self, index: int, now: float) -> bool:
-        """Whether a tunnel to this server may be dialed now (its backoff is over)."""
+    def may_dial(self, index: int, now: float, *, alone: bool = False) -> bool:
+        """Whether a tunnel to this server may be dialed now: its backoff is over, or, while
+        no server has a tunnel up (``alone``), ``RETRY_CAP_ALONE`` has passed."""
         server = self.servers[index]
-        return server.health is not Health.REFUSED and now >= server.retry_at
+        retry_at = server.retry_at
+        if alone:
+            retry_at = min(retry_at, server.failed_at + RETRY_CAP_ALONE)
+        return server.health is not Health.REFUSED and now >= retry_at
 
     # --- choosing ---------------------------------------------------------------------------
 

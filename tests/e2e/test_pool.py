@@ -8,10 +8,11 @@ import socket
 import struct
 import time
 
+from bench.relay import Relay
 from tests.e2e.test_admin_tunnel import ADMIN_ENV, admin
 from tests.e2e.test_failover import client_of, refusing_address
 from tests.e2e.test_tunnel import recv_exactly, socks_connect
-from tests.peers import Relay, echo, scrape_metrics, serve_tcp, start_server
+from tests.peers import echo, scrape_metrics, serve_tcp, start_server
 
 METRICS = ("--metrics", "127.0.0.1:0")
 
@@ -88,6 +89,7 @@ def test_one_tunnel_killed_while_the_others_carry_on(workdir):
     assert client.stop() == 0
     relay.close()
     server.stop()
+    assert "Traceback" not in client.log() + server.log()
 
 
 def test_a_stopped_server_is_left_for_the_next_within_eight_seconds(workdir, web):
@@ -112,6 +114,7 @@ def test_a_stopped_server_is_left_for_the_next_within_eight_seconds(workdir, web
     assert client.stop() == 0
     first.stop()
     second.stop()
+    assert "Traceback" not in client.log()
 
 
 def test_with_no_tunnel_a_request_fails_with_0x01_after_the_connect_timeout(workdir):
@@ -134,6 +137,7 @@ def test_a_garbled_first_login_is_retried(workdir):
     assert client.stop() == 0
     relay.close()
     server.stop()
+    assert "Traceback" not in client.log() + server.log()
 
 
 def test_fail_back_to_the_first_server_after_it_is_healthy_again(workdir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from tests.e2e.test_tunnel import recv_exactly
 from tests.peers import (
     Process,
     echo,
+    read_json_lines,
     require_tool,
     scrape_metrics,
     serve_tcp,
@@ -32,16 +34,28 @@ def workers_server(workdir, *extra: str) -> Process:
     return server
 
 
-def plain_socks_echo(socks_port: int, target_port: int) -> None:
-    """One connection through the plain SOCKS5 port (no authentication) to the echo server."""
-    with socket.create_connection(("127.0.0.1", socks_port), timeout=10) as sock:
-        sock.sendall(b"\x05\x01\x00")
-        assert recv_exactly(sock, 2) == b"\x05\x00"
-        request = b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
-        sock.sendall(request + target_port.to_bytes(2, "big"))
-        assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
-        sock.sendall(PAYLOAD)
-        assert recv_exactly(sock, len(PAYLOAD)) == PAYLOAD
+def plain_socks_echo(socks_port: int, target_port: int) -> socket.socket:
+    """A connection through the plain SOCKS5 port (no authentication) to the echo server,
+    after one echo."""
+    sock = socket.create_connection(("127.0.0.1", socks_port), timeout=10)
+    sock.sendall(b"\x05\x01\x00")
+    assert recv_exactly(sock, 2) == b"\x05\x00"
+    request = b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+    sock.sendall(request + target_port.to_bytes(2, "big"))
+    assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+    sock.sendall(PAYLOAD)
+    assert recv_exactly(sock, len(PAYLOAD)) == PAYLOAD
+    return sock
+
+
+def serving_pids(port: int) -> set[str]:
+    """The processes holding established connections on local ``port``."""
+    lines = subprocess.run(
+        [require_tool("ss"), "-Htnp", "state", "established", f"sport = :{port}"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return set(re.findall(r"pid=(\d+)", lines))
 
 
 def count(process: Process, text: str) -> int:
@@ -57,7 +71,9 @@ def wait_until(check, timeout: float = 10.0, process: Process | None = None) -> 
 
 def test_two_workers_serve_one_port_with_summed_counters(workdir):
     server = workers_server(
-        workdir, "--socks", "127.0.0.1:0", "--socks-no-auth", "--metrics", "127.0.0.1:0"
+        workdir,
+        *("--socks", "127.0.0.1:0", "--socks-no-auth", "--metrics", "127.0.0.1:0"),
+        *("--access-log", "access.jsonl"),
     )
     metrics_port = int(server.wait_for(r"metrics on http://[\d.]+:(\d+)/").group(1))
     socks_port = int(server.wait_for(r"worker 1 .*SOCKS5 listening on [\d.]+:(\d+)").group(1))
@@ -68,10 +84,12 @@ def test_two_workers_serve_one_port_with_summed_counters(workdir):
     assert len(listeners) == 2
     target = serve_tcp(echo).server_address[1]
 
-    for _ in range(20):
-        plain_socks_echo(socks_port, target)
-    wait_until(lambda: count(server, "gjproxy.access") >= 20, process=server)
-    assert count(server, "worker 1 gjproxy.access") and count(server, "worker 2 gjproxy.access")
+    held = [plain_socks_echo(socks_port, target) for _ in range(20)]
+    assert len(serving_pids(socks_port)) == 2  # both workers serve
+    for sock in held:
+        sock.close()  # 20 access lines, from both workers at once
+    records = read_json_lines(workdir / "access.jsonl", 20)  # whole lines, never interleaved
+    assert len(records) == 20 and all(record["bytes_up"] == len(PAYLOAD) for record in records)
     client = start_client(workdir, server.port)
     with socket.create_connection(("127.0.0.1", client.port), timeout=10):
         pass  # a tunnel is up: one more counted below
@@ -97,7 +115,7 @@ def test_two_workers_serve_one_port_with_summed_counters(workdir):
     os.kill(first, signal.SIGKILL)
     server.wait_for(rf"worker 1 \(pid {first}\) ended with status -9")
     for _ in range(5):
-        plain_socks_echo(socks_port, target)  # the other worker serves meanwhile
+        plain_socks_echo(socks_port, target).close()  # the other worker serves meanwhile
     wait_until(lambda: count(server, "worker 1 jproxy.handlers.socks.port") >= 2, 20)
     wait_until(lambda: admin(server.admin_port, "connections").stdout.strip() == "25")
 

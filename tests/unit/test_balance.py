@@ -71,6 +71,15 @@ def test_a_recovering_server_serves_when_it_is_the_only_one_up() -> None:
     assert core.choose("x", 2.0, {A}) == A
 
 
+def test_with_no_tunnel_anywhere_a_failing_server_is_tried_every_few_seconds() -> None:
+    core = balancer()
+    for _ in range(10):
+        core.login_failed(A, 100.0, "refused")
+    assert not core.may_dial(A, 103.9, alone=True)
+    assert core.may_dial(A, 104.0, alone=True)
+    assert not core.may_dial(A, 104.0)  # with another tunnel up, the full backoff holds
+
+
 def test_backoff_grows_and_is_capped() -> None:
     delays = [retry_delay(n, 1.0) for n in range(1, 12)]
     assert delays == sorted(delays)

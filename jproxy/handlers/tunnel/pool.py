@@ -62,6 +62,8 @@ WATCH_INTERVAL = 0.25
 CONNECT_TIMEOUT = 10.0
 """Seconds a new stream waits for a tunnel while none is up; then it fails (SOCKS 0x01)."""
 _DRAIN_POLL = 0.1
+STABLE_AFTER = 10.0
+"""A tunnel that lived this long before it ended is rebuilt after the shortest wait."""
 FINAL_LOGIN_ERRORS = (KeyRejected, VersionRefused, LegacyServer)
 """Login failures that retrying cannot fix (a refused key, a wrong dialect); every other one
 (a dropped connection, a stall, a garbled reply) could be passing and is retried."""
@@ -76,7 +78,8 @@ class _Slot:
     dialing: bool = False
     next_dial_at: float = 0.0
     failures: int = 0
-    """Ends and failed logins in a row: the next dial waits ``retry_delay`` of it."""
+    """Tunnels of this place that ended young in a row: the next dial waits ``retry_delay``
+    of it, so a server that takes logins and drops them at once is not dialed in a loop."""
     sampled: float | None = None
     """The last pong reported as a round trip."""
     missed: float | None = None
@@ -293,7 +296,7 @@ class TunnelPool:
             slot.tunnel.send_control(channels.ping(now).value)
 
     def _dial_missing(self, index: int, server: _Server, now: float) -> None:
-        if not self.balancer.may_dial(index, now):
+        if not self.balancer.may_dial(index, now, alone=not self._up.is_set()):
             return
         slots = server.slots
         busy = [slot for slot in slots if slot.tunnel is not None or slot.dialing]
@@ -345,8 +348,8 @@ class TunnelPool:
             self._failed(index, slot, f"cannot reach the server {where}: {error}", None)
             return
         tunnel.name = self._name(server, slot)
-        slot.failures = 0
-        self.balancer.login_ok(index, self.clock())
+        up_at = self.clock()
+        self.balancer.login_ok(index, up_at)
         log.info("%s: up (dialect %s)", tunnel.name, version_text(self.dialect))
         slot.tunnel, slot.dialing = tunnel, False
         self._changed()
@@ -354,23 +357,21 @@ class TunnelPool:
             serve_tunnel(tunnel)
         finally:
             slot.tunnel = None
-            self._wait_before_dialing(slot, self.clock())
+            now = self.clock()
+            if now - up_at >= STABLE_AFTER:
+                slot.failures = 0
+            slot.failures += 1
+            slot.next_dial_at = now + retry_delay(slot.failures, random.random())
             self._changed()
             if not self.stopped.is_set():
                 level = logging.INFO if tunnel.planned else logging.WARNING
                 log.log(level, "%s: lost, reconnecting", tunnel.name)
 
-    @staticmethod
-    def _wait_before_dialing(slot: _Slot, now: float) -> None:
-        slot.failures += 1
-        slot.next_dial_at = now + retry_delay(slot.failures, random.random())
-
     def _failed(self, index: int, slot: _Slot, text: str, error: LoginError | None) -> None:
         final = isinstance(error, FINAL_LOGIN_ERRORS)
         now = self.clock()
-        self.balancer.login_failed(index, now, text, final=final)
+        self.balancer.login_failed(index, now, text, final=final)  # its backoff: retry_at
         slot.dialing = False
-        self._wait_before_dialing(slot, now)
         log.warning("%s", text)
         if self.balancer.given_up and not self.stopped.is_set():
             log.error("giving up: %s", error)
