@@ -21,6 +21,7 @@ About 6 minutes.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -225,7 +226,10 @@ def connections_and_bulk(started: Started, targets: tuple[int, int, int]) -> dic
     )
     bulk_cpu = cpu_seconds(server) - cpu
     gigabytes = BULK_STREAMS * BULK_BYTES / 1e9
+    log = services[0].log_path.read_text(errors="replace")
+    logins = re.findall(r"(?:worker (\d+) )?\S+: tunnel \S+: logged in", log)
     return {
+        "tunnels in busiest worker": max(logins.count(n) for n in set(logins)),
         "conn/s": done / elapsed,
         "server CPU ms/1000 conn": connection_cpu / done * 1e6,
         "MB/s (8 downloads)": sum(results),

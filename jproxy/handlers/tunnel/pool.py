@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -126,17 +127,23 @@ class TunnelPool:
             [host_port_text(address) for address in servers], strategy, **options
         )
         self.per_server = tunnels
-        self.key = key
         self.dialect = dialect
         self.counters = counters or Counters()
-        self.tuning = tuning or RelayTuning()
-        self.login_timeout = login_timeout
         self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.key_log = key_log
-        self.window = window
         self.keepalive = keepalive
         self.clock = clock
+        self._dial = partial(
+            open_tunnel,
+            key=key,
+            dialect=dialect,
+            login_timeout=login_timeout,
+            key_log=key_log,
+            counters=self.counters,
+            tuning=tuning or RelayTuning(),
+            window=window,
+            idle_timeout=idle_timeout,
+            keepalive=keepalive,
+        )
         self.fatal: LoginError | None = None
         self.stopped = Event()
         self._up = Event()
@@ -189,7 +196,9 @@ class TunnelPool:
 
     def _server_index(self) -> int:
         current = self.balancer.current
-        return current if current is not None else self.balancer.wanted(self.clock())[0]
+        if current is not None:
+            return current
+        return next(iter(self.balancer.wanted(self.clock())), 0)  # none wanted: all refused
 
     def open_streams(self) -> int:
         return sum(len(tunnel.channels.channels) for tunnel in self._all_tunnels())
@@ -315,6 +324,8 @@ class TunnelPool:
         """A server no longer wanted: its tunnels close once nothing runs through them."""
         for tunnel in server.tunnels():
             datagrams = tunnel.datagrams
+            if tunnel.closed.is_set():
+                continue  # closing already
             if not tunnel.channels.channels and not (datagrams and datagrams.core.channels):
                 log.info("%s: no longer in use, closing", tunnel.name)
                 tunnel.close()
@@ -329,18 +340,7 @@ class TunnelPool:
         """Log in, serve the tunnel until it ends, report each step to the balancer."""
         where = host_port_text(server.address)
         try:
-            tunnel = open_tunnel(
-                server.address,
-                self.key,
-                self.dialect,
-                login_timeout=self.login_timeout,
-                key_log=self.key_log,
-                counters=self.counters,
-                tuning=self.tuning,
-                window=self.window,
-                idle_timeout=self.idle_timeout,
-                keepalive=self.keepalive,
-            )
+            tunnel = self._dial(server.address)
         except LoginError as error:
             self._failed(index, slot, f"tunnel login at {where} failed: {error}", error)
             return
