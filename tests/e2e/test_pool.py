@@ -110,9 +110,8 @@ def test_a_stopped_server_is_left_for_the_next_within_eight_seconds(workdir, web
         assert took < 8.0, client.log()
         assert "keepalive unanswered" in client.log()
     finally:
-        first.proc.send_signal(signal.SIGCONT)
+        first.stop(signal.SIGKILL)  # stopped: it cannot take a SIGTERM now
     assert client.stop() == 0
-    first.stop()
     second.stop()
     assert "Traceback" not in client.log()
 
@@ -143,7 +142,7 @@ def test_a_garbled_first_login_is_retried(workdir):
 def test_fail_back_to_the_first_server_after_it_is_healthy_again(workdir):
     first, second = start_server(workdir), start_server(workdir)
     servers = f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"
-    client = client_of(workdir, *servers, extra=("--failback-after", "2", *METRICS))
+    client = client_of(workdir, *servers, extra=("--failback-after", "1", *METRICS))
     port = metrics_port(client)
     client.wait_for(f"using server {servers[0]}")
     first.stop(signal.SIGKILL)
@@ -151,7 +150,7 @@ def test_fail_back_to_the_first_server_after_it_is_healthy_again(workdir):
     target = serve_tcp(echo)
     held = socks_connect(client.port, "127.0.0.1", target.server_address[1])  # on the second
     first = start_server(workdir, listen=servers[0])
-    client.wait_for(f"server {servers[0]} healthy again for 2s", timeout=40)
+    client.wait_for(f"server {servers[0]} healthy again for 1s", timeout=40)
     client.wait_for(f"now using server {servers[0]}")
     assert scrape_metrics(port)[f"gjproxy_client_server{{server={servers[0]}}}"] == 1
     assert echoes(held)  # the stream on the second server goes on
@@ -173,7 +172,7 @@ def test_fastest_chooses_the_nearer_server(workdir):
     )
     client.wait_for(rf"fastest: (now )?using server {nearby}, round trip", timeout=20)
     client.wait_for(f"tunnel to {relay.address}: up")
-    time.sleep(2)  # a few keepalives later it still holds
+    time.sleep(1.5)  # more keepalives later it still holds
     assert f"now using server {relay.address}" not in client.log()
     assert client.stop() == 0
     relay.close()
