@@ -187,6 +187,17 @@ class Tunnel:
             relay.answer = None
         return relay, answered
 
+    def fail_pending(self, error: Callable[[], BaseException]) -> int:
+        """Client side: every stream still waiting for its connect answer gets ``error()``
+        raised in ``open_stream`` (its server stopped answering: the caller asks elsewhere)."""
+        failed = 0
+        for channel in list(self.channels.channels.values()):
+            relay = channel.handler
+            if relay is not None and relay.answer is not None and not relay.answer.ready():
+                relay.answer.set_exception(error())
+                failed += 1
+        return failed
+
     def answer(self, channel: Channel, status: ConnectStatus, elapsed_ms: int) -> bool:
         """Server side: answer a connect request; False when nobody waits for it any more."""
         self.perform(self.channels.answer(channel, status, elapsed_ms, self.clock()))

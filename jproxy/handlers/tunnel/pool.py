@@ -36,6 +36,7 @@ from jproxy.handlers.tunnel.driver import Tunnel, TunnelClosed
 from jproxy.handlers.tunnel.keylog import KeyLog
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import Counters
+from jproxy.policy.hostnames import for_log
 from jproxy.tuning import RelayTuning
 from jproxy.tunnel.balance import (
     Balancer,
@@ -68,6 +69,12 @@ STABLE_AFTER = 10.0
 FINAL_LOGIN_ERRORS = (KeyRejected, VersionRefused, LegacyServer)
 """Login failures that retrying cannot fix (a refused key, a wrong dialect); every other one
 (a dropped connection, a stall, a garbled reply) could be passing and is retried."""
+
+
+class Rerouted(gevent.Timeout):
+    """Raised in a stream waiting for its connect answer on a tunnel whose server missed a
+    keepalive: the pool asks for it again on another tunnel. A Timeout, so that the tunnel
+    closes the request's channel as it does when the answer is late."""
 
 
 @dataclass
@@ -214,8 +221,15 @@ class TunnelPool:
     def open_stream(
         self, host: str, port: int, sock: socket.socket, timeout: float
     ) -> tuple[StreamRelay, tuple[ConnectStatus, int]]:
-        """A stream to ``host:port`` through the chosen tunnel (``Tunnel.open_stream``)."""
-        return self._tunnel_for(host).open_stream(host, port, sock, timeout)
+        """A stream to ``host:port`` through the chosen tunnel (``Tunnel.open_stream``);
+        asked again on another tunnel when its server misses a keepalive meanwhile."""
+        deadline = self.clock() + timeout
+        while True:
+            tunnel = self._tunnel_for(host)
+            try:
+                return tunnel.open_stream(host, port, sock, max(0.0, deadline - self.clock()))
+            except Rerouted:
+                log.info("%s: no answer yet; asking for %s again", tunnel.name, for_log(host))
 
     def datagrams(self) -> TunnelDatagrams:
         """The chosen tunnel's datagram channels, for a new UDP association."""
@@ -301,6 +315,7 @@ class TunnelPool:
             why = f"keepalive unanswered for {now - pinged:.1f}s"
             log.warning("%s: %s; trying the other servers", slot.tunnel.name, why)
             balancer.missed(index, now, why)
+            slot.tunnel.fail_pending(Rerouted)
         if answered and now - pinged >= self.keepalive:
             slot.tunnel.send_control(channels.ping(now).value)
 
