@@ -30,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from jproxy.policy.backoff import retry_delay
+
 
 class Strategy(enum.Enum):
     FAILOVER = "failover"
@@ -57,8 +59,6 @@ HYSTERESIS_FLOOR = 0.002
 """...and at least this many seconds lower, so jitter of a millisecond never moves it."""
 RTT_WEIGHT = 0.25
 """Weight of a new round-trip sample in the smoothed round trip (as TCP's SRTT uses 1/8)."""
-RETRY_START = 0.2
-RETRY_CAP = 30.0
 RETRY_CAP_ALONE = 4.0
 """While no server has a tunnel up, a failing one is tried again at least this often: the
 client is useless until one answers, and a connect attempt costs little."""
@@ -71,12 +71,6 @@ def missed_after(keepalive: float, rtt: float | None) -> float:
     at most half the keepalive interval (so that a stopped server is noticed well before its
     tunnel is declared dead), but never under ``MISSED_FLOOR``."""
     return max(MISSED_FLOOR, min(keepalive / 2, 4 * (rtt or 0.0)))
-
-
-def retry_delay(failures: int, rand: float) -> float:
-    """Exponential backoff with jitter: the n-th failure waits in [d/2, d], d = start * 2^n."""
-    delay = min(RETRY_CAP, RETRY_START * 2 ** max(0, failures - 1))
-    return delay / 2 + rand * delay / 2
 
 
 @dataclass

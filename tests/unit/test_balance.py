@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from jproxy.policy.backoff import retry_delay
 from jproxy.tunnel.balance import (
     STICKY_HOSTS,
     Balancer,
@@ -12,7 +13,6 @@ from jproxy.tunnel.balance import (
     Strategy,
     least_loaded,
     missed_after,
-    retry_delay,
 )
 
 A, B, C = 0, 1, 2

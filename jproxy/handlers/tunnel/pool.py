@@ -36,6 +36,7 @@ from jproxy.handlers.tunnel.driver import Tunnel, TunnelClosed
 from jproxy.handlers.tunnel.keylog import KeyLog
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import Counters
+from jproxy.policy.backoff import retry_delay
 from jproxy.policy.hostnames import for_log
 from jproxy.tuning import RelayTuning
 from jproxy.tunnel.balance import (
@@ -45,7 +46,6 @@ from jproxy.tunnel.balance import (
     Strategy,
     least_loaded,
     missed_after,
-    retry_delay,
 )
 from jproxy.tunnel.handshake import (
     KeyRejected,

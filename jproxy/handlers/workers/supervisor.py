@@ -20,6 +20,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import gevent
 from gevent import subprocess as gsubprocess
+from gevent.event import Event
 
 from jproxy.config import ListenError, listening
 from jproxy.handlers.net.signals import Termination
@@ -40,7 +42,7 @@ from jproxy.handlers.workers.shared import (
 )
 from jproxy.handlers.workers.worker import TABLE_FILE, WorkerRole
 from jproxy.metrics import Counters
-from jproxy.tunnel.balance import retry_delay
+from jproxy.policy.backoff import retry_delay
 
 log = logging.getLogger("gjproxy.server")
 
@@ -72,11 +74,11 @@ class Worker:
         self.role, self.command, self.table = role, command, table
         self.number = role.index + 1
         self.process: gsubprocess.Popen | None = None
-        self.stopping = False
+        self.stopping = Event()
         self._failures = 0
 
     def run(self) -> None:
-        while not self.stopping:
+        while not self.stopping.is_set():
             started = time.monotonic()
             self.process = gsubprocess.Popen(
                 self.command,
@@ -87,7 +89,7 @@ class Worker:
             log.info("worker %d started (pid %d)", self.number, pid)
             status = self.process.wait()
             self._forget(pid)
-            if self.stopping:
+            if self.stopping.is_set():
                 log.info("worker %d (pid %d) stopped with status %d", self.number, pid, status)
                 return
             lived = time.monotonic() - started
@@ -101,7 +103,7 @@ class Worker:
                 lived,
                 delay,
             )
-            gevent.sleep(delay)
+            self.stopping.wait(delay)
 
     def _forget(self, pid: int) -> None:
         """A dead worker's gauges (open now) and tunnel slots go with it."""
@@ -109,6 +111,11 @@ class Worker:
 
         multiprocess.mark_process_dead(pid, str(self.role.metrics_folder))
         self.table.clear(self.role.index)
+
+    def stop(self) -> None:
+        """No more restarts; SIGTERM to the running process (it drains, then exits)."""
+        self.stopping.set()
+        self.signal(signal.SIGTERM)
 
     def signal(self, number: int) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -156,8 +163,7 @@ def supervise(settings: dict, workers: int, grace: float, termination: Terminati
         log.info("%s: passing it on to %d workers", name, workers)
         sighup.cancel()
         for worker in crew:
-            worker.stopping = True
-            worker.signal(signal.SIGTERM)
+            worker.stop()
         if not gevent.joinall(runners, timeout=grace + STOP_MARGIN, raise_error=False) or any(
             not runner.dead for runner in runners
         ):
@@ -184,7 +190,7 @@ def _refresh(path: str, counters: Counters) -> None:
     while True:
         try:
             summed_counters(path, counters)
-        except (OSError, ValueError) as error:  # a file a worker is writing right now
+        except (OSError, ValueError, struct.error) as error:  # a file being written now
             log.debug("reading the workers' counters: %s", error)
         gevent.sleep(EXPORT_INTERVAL)
 
