@@ -19,6 +19,8 @@ def quickstart(workdir, admin: str = "127.0.0.1:0") -> Process:
         "127.0.0.1:0",
         "--admin",
         admin,
+        "--console",
+        "127.0.0.1:0",
         cwd=workdir,
     )
 
