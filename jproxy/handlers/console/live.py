@@ -237,6 +237,15 @@ class LiveConsole(NullConsole):
                 log.exception("console: sampling failed")
 
     def sample(self) -> None:
+        self.refresh_tunnels()
+        readings = [(row, *row.handle.meter()) for row in self.board.connections.values()]
+        self.board.sample(self.clock(), self.wall(), readings)
+        self.ticks += 1
+        tick, self._tick = self._tick, Event()
+        tick.set()
+
+    def refresh_tunnels(self) -> None:
+        """The tunnels' state, round trip and channels as of now (rates wait for a sample)."""
         if self._client is not None:
             self._follow_client()
         for tunnel in self.board.tunnels.values():
@@ -246,11 +255,6 @@ class LiveConsole(NullConsole):
                 tunnel.channels = len(link.channels.channels)
                 if link.datagrams is not None:
                     tunnel.channels += len(link.datagrams.core.channels)
-        readings = [(row, *row.handle.meter()) for row in self.board.connections.values()]
-        self.board.sample(self.clock(), self.wall(), readings)
-        self.ticks += 1
-        tick, self._tick = self._tick, Event()
-        tick.set()
 
     def reset(self, connection_id: str) -> bool:
         """Reset one connection (its application sees ECONNRESET); False if it is not open."""

@@ -50,6 +50,10 @@ MAX_HEAD = 8192
 HEAD_TIMEOUT = 5.0
 SEND_TIMEOUT = 10.0
 READ_SIZE = 4096
+LINGER = 1.0
+MAX_LINGER_BYTES = 64 * 1024
+BUSY_LINGER = 0.25
+"""The most time a connection past the cap costs us: its 503, and its request read and dropped."""
 MAX_WS_INPUT = 64 * 1024
 """Bytes a WebSocket client may send us in all (it has nothing to say but pings and close)."""
 STATIC = "jproxy.handlers.console"
@@ -102,7 +106,8 @@ class ConsoleServer:
         self._server.start()
         log.info("console on http://%s/ui/", host_port_text(self.address))
 
-    def stop(self, timeout: float = 1.0) -> None:
+    def stop(self, timeout: float = 0.2) -> None:
+        """Stop now: the streams are cut, nothing of the console needs a graceful end."""
         self.live.stop()
         self._server.stop(timeout)
 
@@ -127,8 +132,8 @@ class ConsoleServer:
             with gevent.Timeout(HEAD_TIMEOUT):
                 request = _read_request(sock, conn)
         except h11.RemoteProtocolError as error:
-            status = error.error_status_hint
-            _send_simple(sock, conn, status, f"bad request: {error}")
+            _send_simple(sock, conn, error.error_status_hint, f"bad request: {error}")
+            _linger(sock)
             return
         if request is None:
             return
@@ -204,6 +209,7 @@ class ConsoleServer:
 
     def _json(self, build: Callable[[float], dict]) -> Callable:
         def answer(sock, conn, headers) -> None:
+            self.live.refresh_tunnels()
             _send_json(sock, conn, build(self.live.clock()))
 
         return answer
@@ -348,6 +354,20 @@ def _send_simple(sock: socket.socket, conn: h11.Connection, status: int, message
         pass
 
 
+def _linger(sock: socket.socket, seconds: float = LINGER) -> None:
+    """After an answer to a request we did not read whole: read (and drop) what the client
+    still sends, a little while, so that closing does not reset the connection and destroy
+    the answer before the client reads it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(seconds):
+            taken = 0
+            while taken < MAX_LINGER_BYTES and (data := sock.recv(READ_SIZE)):
+                taken += len(data)
+    except (OSError, gevent.Timeout):
+        pass
+
+
 def _refuse_busy(sock: socket.socket) -> None:
     """503 without reading the request: the console is at its limit of connections."""
     body = b'{"message":"too many console connections"}'
@@ -357,8 +377,9 @@ def _refuse_busy(sock: socket.socket) -> None:
         b"content-length: %d\r\n\r\n" % len(body)
     )
     try:
-        with gevent.Timeout(1.0):
+        with gevent.Timeout(BUSY_LINGER):
             sock.sendall(head + body)
+        _linger(sock, BUSY_LINGER)
     except (OSError, gevent.Timeout):
         pass
     finally:
