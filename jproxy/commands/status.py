@@ -44,9 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f" [server] console, else {DEFAULT_URL}); the secret comes from ?token=,"
         f" ${SECRET_VARIABLE} or the config file's console_secret",
     )
-    parser.add_argument("--config", metavar="FILE", help="the client's or server's TOML file")
     parser.add_argument(
-        "--watch", action="store_true", help=f"refresh every {WATCH_INTERVAL:g} s until Ctrl-C"
+        "--config", metavar="FILE", help="the client's or server's TOML file (default: none)"
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help=f"refresh every {WATCH_INTERVAL:g} s until Ctrl-C (default: off)",
     )
     parser.add_argument(
         "--top", type=int, default=TOP, metavar="N", help=f"connections shown (default: {TOP})"

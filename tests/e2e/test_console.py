@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.e2e.test_tunnel import curl, recv_exactly, socks_connect
 from tests.peers import (
@@ -131,8 +132,7 @@ def rate_limited_curl(socks_port: int, url: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def browser():
     require_tool(CHROMIUM)
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
@@ -316,7 +316,7 @@ def test_hostile_console_clients_are_bounded_and_never_slow_the_tunnel(proxy, we
         for _ in range(8):  # streams that are never read: the console drops or skips them
             sock = socket.create_connection(address, timeout=5)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(f"GET /api/events?token={SECRET} HTTP/1.1\r\n\r\n".encode())
+            sock.sendall(f"GET /api/events?token={SECRET} HTTP/1.1\r\nHost: c\r\n\r\n".encode())
             hostile.append(sock)
         for _ in range(40):  # idle connections past the cap, and a trickled head
             sock = socket.create_connection(address, timeout=5)

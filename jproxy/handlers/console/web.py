@@ -123,6 +123,8 @@ class ConsoleServer:
             self._serve(sock, h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD))
         except (OSError, gevent.Timeout):
             pass
+        except Exception:  # a bug here must cost one console answer, never the proxy
+            log.exception("console: a request failed")
         finally:
             self.clients -= 1
             sock.close()
