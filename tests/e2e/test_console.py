@@ -295,6 +295,8 @@ def test_gjproxy_status_says_up_then_down_with_its_exit_status(workdir):
     finally:
         client.stop()
         server.stop()
+    for process in (server, client):
+        assert "Traceback" not in process.log(), process.log()
 
 
 # --- hostile console clients ----------------------------------------------------------------

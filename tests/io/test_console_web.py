@@ -4,7 +4,9 @@ clash API over HTTP and WebSocket, resets, and hostile clients (slow, many, odd 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from types import SimpleNamespace
 
 import gevent
 import gevent.socket
@@ -13,9 +15,12 @@ from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Ping, Pong, Request, TextMessage
 
+from jproxy.console import shapes
 from jproxy.handlers.console import web
 from jproxy.handlers.console.live import Handle, LiveConsole
 from jproxy.handlers.console.web import ConsoleServer
+from jproxy.handlers.logs.access import AccessRecord
+from schemas.jproxy import ConnectStatus, Dialect
 
 SECRET = "tops3cret"
 
@@ -210,3 +215,86 @@ def test_past_the_cap_a_console_connection_gets_503_and_the_cap_frees(console):
     while console.clients and time.monotonic() < deadline:
         gevent.sleep(0.05)
     assert get(console, "/")[0] == 200
+
+
+def test_a_stream_reader_that_stops_reading_is_dropped_and_nothing_queues(
+    console, monkeypatch, caplog
+):
+    monkeypatch.setattr(web, "SEND_TIMEOUT", 0.5)
+    live = console.live
+    for number in range(600):  # a snapshot of some 150 KB
+        live.board.open(
+            "tcp", "127.0.0.1:1", f"host-{number}.example", 443, tunnel=None, now=0, wall=0,
+            handle=FakeStream().handle(),
+        )  # fmt: skip
+    sock = gevent.socket.socket()
+    sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_RCVBUF, 4096)
+    sock.connect(console.address)
+    sock.sendall(f"GET /api/events?token={SECRET} HTTP/1.1\r\nHost: c\r\n\r\n".encode())
+    deadline = time.monotonic() + 20
+    while console.clients and time.monotonic() < deadline:
+        live.sample()  # each sample is one more message the reader does not take
+        gevent.sleep(0.05)
+    assert console.clients == 0, "the stream still holds its slot"
+    assert len(console._cache) <= 3  # one document per kind, shared: nothing per reader
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    sock.close()
+
+
+class FakeClient:
+    """What the console reads of a ``TunnelClient``."""
+
+    def __init__(self) -> None:
+        self.current = None
+        self.server = ("203.0.113.9", 16384)
+        self.dialect = Dialect.SECURE_3_1
+
+
+class FakeTunnel:
+    def __init__(self) -> None:
+        self.channels = SimpleNamespace(rtt=0.012, channels={1: None, 5: None})
+        self.datagrams = None
+
+
+def test_the_client_s_tunnel_row_follows_its_ups_and_downs():
+    now = [100.0]
+    live = LiveConsole("client", "1", clock=lambda: now[0], wall=lambda: 1e9 + now[0])
+    client = FakeClient()
+    live.watch_client(client)
+    [row] = shapes.tunnels(live.board, now[0])["tunnels"]
+    assert (row["state"], row["server"]) == ("down", "203.0.113.9:16384")
+    client.current = FakeTunnel()
+    now[0] = 105.0
+    live.refresh_tunnels()
+    [row] = shapes.tunnels(live.board, 107.0)["tunnels"]
+    assert (row["state"], row["for"], row["rtt_ms"], row["channels"]) == ("up", 2.0, 12.0, 2)
+    client.current = None
+    live.refresh_tunnels()
+    [row] = shapes.tunnels(live.board, 107.0)["tunnels"]
+    assert row["state"] == "down"
+
+
+def test_refusals_failures_and_warnings_become_notes():
+    live = LiveConsole("server", "1")
+    live.refused(("127.0.0.1", 4000), "10.0.0.1:80", "server says NOT_ALLOWED",
+                 ConnectStatus.NOT_ALLOWED)  # fmt: skip
+    live.refused(("127.0.0.1", 4001), "127.0.0.1:1", "server says REFUSED", ConnectStatus.REFUSED)
+    record = AccessRecord("tunnel", "alice", "127.0.0.1:9", "10.0.0.2:22", 1e9)
+    record.ended, record.reason = "refused", "10.0.0.2 is in a denied range"
+    live.access(record)
+    closed = AccessRecord("tunnel", "alice", "127.0.0.1:9", "127.0.0.1:80", 1e9)
+    closed.ended = "closed"
+    live.access(closed)  # a connection that ended well is no note
+    live.start()
+    try:
+        logging.getLogger("jproxy.test").warning("a warning for %s", "the console")
+    finally:
+        live.stop()
+    notes = shapes.notes(live.board)["notes"]
+    assert [(n["kind"], n["target"]) for n in notes] == [
+        ("warning", ""),
+        ("refused", "10.0.0.2:22"),
+        ("failed", "127.0.0.1:1"),
+        ("refused", "10.0.0.1:80"),
+    ]
+    assert notes[0]["text"] == "a warning for the console" and notes[1]["user"] == "alice"
