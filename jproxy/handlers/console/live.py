@@ -20,6 +20,7 @@ from gevent.event import Event
 
 from jproxy.config import host_port_text
 from jproxy.console.board import Board, Connection, Tunnel
+from jproxy.policy.hostnames import for_log
 from jproxy.tunnel.handshake import version_text
 from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus, DisconnectReason
@@ -261,7 +262,7 @@ class LiveConsole(NullConsole):
         row = self.board.connections.get(connection_id)
         if row is None:
             return False
-        log.info("console: resetting connection %s to %s:%d", row.id, row.host, row.port)
+        log.info("console: resetting connection %s to %s:%d", row.id, for_log(row.host), row.port)
         row.handle.reset()
         return True
 
