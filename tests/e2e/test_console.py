@@ -175,6 +175,12 @@ def test_the_page_shows_a_download_live_and_its_close_button_resets_it(
         shot = tmp_path / "console.png"
         page.screenshot(path=str(shot), full_page=True)
         assert distinct_colours(shot) > 50, "the screenshot looks blank"
+        page.fill("#filter", "no-such-host")  # filtered out, then back
+        page.locator("#connections tbody tr").first.wait_for(state="detached", timeout=5000)
+        page.fill("#filter", str(target_port))
+        row.wait_for(timeout=5000)
+        page.click("#connections th[data-key=download]")  # sorted by it, largest first
+        assert "sorted" in page.get_attribute("#connections th[data-key=download]", "class")
         row.locator("button.close").click()
         _, errors = download.communicate(timeout=15)
         assert download.returncode == 56, errors  # curl: "Recv failure: Connection reset"
