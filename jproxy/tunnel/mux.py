@@ -268,6 +268,8 @@ class Channels:
         one id space for every kind, so they are neither handed out nor accepted here."""
         self.heard_at = now
         self.pinged_at = now
+        self.rtt: float | None = None
+        """3.1 client: the round trip of the last ping answered (the console shows it)."""
         self.dropped_bytes = 0
         """Data that arrived for a channel whose local side is gone (counted, not kept)."""
         self._next_id = 0
@@ -615,7 +617,10 @@ class Channels:
         return [Event(Do.EOF, channel)]
 
     def _on_keepalive(self, now: float, kind: KeepAliveKind) -> list[Event]:
-        return [Event(Do.SEND, None, _PONG)] if kind is KeepAliveKind.PING else []
+        if kind is KeepAliveKind.PING:
+            return [Event(Do.SEND, None, _PONG)]
+        self.rtt = now - self.pinged_at
+        return []
 
     # --- bookkeeping ------------------------------------------------------------------------
 
