@@ -10,8 +10,10 @@ backlog. Each delivery grants the peer more window at once. The greenlet that ca
 only waits for the stream's end, then says goodbye and closes.
 
 No socket timeouts: the tunnel's one sweep ends idle streams (``abort``). A stream that ends
-abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is reset to the
-local application (SO_LINGER 0, then close), never ended with a clean EOF.
+abnormally (a reset of the local socket, a 3.1 peer's reset, the tunnel lost, idle, 3.0 over
+its bound) is reset to the local application (SO_LINGER 0, then close), never ended with a
+clean EOF. A 3.0 peer's disconnect is never abnormal, whatever its reason (the Java peers say
+RESET for every close): what came before it is written, then the socket is closed (FIN).
 
 The relay knows its tunnel only through ``Link``, so this module does not import the tunnel.
 """
