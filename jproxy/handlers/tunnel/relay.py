@@ -387,15 +387,19 @@ class StreamRelay:
             self._close_both_ways()
             return
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            raw_socket(self.sock).shutdown(socket.SHUT_WR)
         except OSError:
             pass
         self._done.set()
 
     def _close_both_ways(self) -> None:
+        """The peer said goodbye: our reader sees its EOF and ends the pump, then ``run``
+        closes the socket (FIN, after what was written)."""
         self._wake_all()
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # our reader sees its EOF
+            # The raw socket: gevent's shutdown would cancel the waits on the socket's
+            # watchers, and the read watcher may be running our callback, not a greenlet.
+            raw_socket(self.sock).shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
