@@ -305,6 +305,8 @@ class TunnelServer:
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = relay.bytes_in, relay.bytes_out
             record.ended = relay.ending
+            if channel.peer_reason is not None:  # the wire's reason, whatever it meant here
+                record.reason = f"disconnect from the client: {channel.peer_reason.name}"
 
     def _serve_association(
         self, datagrams: TunnelDatagrams, user: str, client: str, request: AssociateRequested
