@@ -207,6 +207,13 @@ class TunnelPool:
             return current
         return next(iter(self.balancer.wanted(self.clock())), 0)  # none wanted: all refused
 
+    @property
+    def current(self) -> Tunnel | None:
+        """A tunnel up now to the server in use, if any (the console's client row shows it)."""
+        usable = self._usable()
+        tunnels = usable.get(self.balancer.current) or next(iter(usable.values()), None)
+        return tunnels[0] if tunnels else None
+
     def open_streams(self) -> int:
         return sum(len(tunnel.channels.channels) for tunnel in self._all_tunnels())
 

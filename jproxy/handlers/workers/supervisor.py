@@ -156,6 +156,8 @@ def supervise(settings: dict, workers: int, grace: float, termination: Terminati
             for index in range(workers)
         ]
         sighup = gevent.signal_handler(signal.SIGHUP, _pass_on, crew, signal.SIGHUP)
+        if settings["console"]:
+            log.warning("--console is not served with --workers %d: it shows one process", workers)
         log.info("starting %d workers", workers)
         runners = [gevent.spawn(worker.run) for worker in crew]
         refresher = gevent.spawn(_refresh, str(folder / "metrics"), counters)

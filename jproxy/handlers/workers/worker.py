@@ -1,9 +1,10 @@
-"""One worker of ``gjproxy server --workers N``: the ordinary server, with four differences.
+"""One worker of ``gjproxy server --workers N``: the ordinary server, with these differences.
 
 Its listeners bind with SO_REUSEPORT on the ports the parent reserved (the kernel spreads new
 connections over the workers); it serves no admin listener and no metrics page (the parent
-does, for all); its tunnel limits and relay buffer size are the shared ones; its log lines
-name it. The parent passes all this in ``WORKER_VARIABLE``.
+does, for all) and no console (it would show one process); its tunnel limits and relay buffer
+size are the shared ones; its log lines name it. The parent passes all this in
+``WORKER_VARIABLE``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class WorkerRole:
         settings["socks"] = self.socks or ""
         settings["admin_credentials"] = None
         settings["metrics"] = ""
+        settings["console"] = ""  # one process's view: the parent says it is not served
         Acceptor.reuse_port = True
 
     def begin(self) -> None:
