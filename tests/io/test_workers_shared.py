@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from jproxy.handlers.workers.shared import SharedTable, SharedTunnelSlots
+import dataclasses
+
+from jproxy.handlers.workers.shared import (
+    LABELLED,
+    SCALARS,
+    SERVICE_FIELDS,
+    SharedTable,
+    SharedTunnelSlots,
+)
+from jproxy.metrics import Counters, ServiceCounters
 from jproxy.policy.admission import Granted, Refused
 
 
@@ -32,3 +41,10 @@ def test_a_dead_workers_slots_are_freed(tmp_path) -> None:
 def test_the_buffer_size_is_shared(tmp_path) -> None:
     SharedTable(tmp_path / "table", 2).buffer_size = 4096
     assert SharedTable(tmp_path / "table", 2).buffer_size == 4096
+
+
+def test_every_counter_reaches_the_parent() -> None:
+    """A counter added to ``Counters`` must be mirrored too, or --workers would drop it."""
+    names = {field.name for field in dataclasses.fields(Counters)}
+    assert names == {*SCALARS, *LABELLED, "by_service"}
+    assert set(SERVICE_FIELDS) == {field.name for field in dataclasses.fields(ServiceCounters)}
