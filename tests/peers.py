@@ -46,14 +46,19 @@ class Process:
     so a test that fails before its own ``stop`` leaves nothing behind."""
 
     def __init__(
-        self, *args: str, cwd: Path, env: dict | None = None, prefix: tuple[str, ...] = ()
+        self,
+        *args: str,
+        cwd: Path,
+        env: dict | None = None,
+        prefix: tuple[str, ...] = (),
+        program: tuple[str, ...] = (sys.executable, "-m", "jproxy"),
     ) -> None:
         Process.started.append(self)
         self.args = args
         self.lines: list[str] = []
         self._new = queue.Queue()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "jproxy", *args],
+            [*prefix, *program, *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,

@@ -174,7 +174,7 @@ def _defaults(config: Mapping) -> dict:
     if listen is None:
         return DEFAULTS
     if not isinstance(listen, str):
-        raise ConfigError("config: [server] admin must be a str")
+        raise ConfigError('config: [server] admin must be a string like "HOST:PORT"')
     host, port = host_port(listen, "config: [server] admin")
     return {**DEFAULTS, "host": _WILDCARDS.get(host, host), "port": port}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -22,7 +23,7 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.handlers.net.heap import keep_heap_reserve
-from jproxy.handlers.net.signals import Termination
+from jproxy.handlers.net.signals import Reloader, Termination
 from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
 from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
@@ -154,10 +155,13 @@ def run(args: argparse.Namespace) -> int:
         users=settings["socks_users"],
         max_clients=settings["max_socks"],
     )
+    reloader = client_reloader(args, settings, tunnels, listener)
+    sighups = [reloader.on_sighup()]  # before the port is announced, as on the server
     services = []
     try:
         listening("--socks", settings["socks"], listener.start)
         services.append(listener)
+        warn_if_open(listener)
         if settings["metrics"]:
             # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
             from jproxy.handlers.admin.prometheus import serve_client_metrics
@@ -166,14 +170,60 @@ def run(args: argparse.Namespace) -> int:
             services.append(listening("--metrics", settings["metrics"], metrics))
     except ListenError as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
+        for sighup in sighups:
+            sighup.cancel()
         for service in services:
             service.stop()
         return 1
     tunnels.start()
     status = serve_until_stopped(tunnels, listener, termination, settings["grace"])
+    for sighup in sighups:
+        sighup.cancel()
     for service in services[1:]:  # serve_until_stopped stopped the listener
         service.stop()
     return status
+
+
+def warn_if_open(listener: Socks5Listener) -> None:
+    """A SOCKS port without authentication off loopback lends the tunnel to its network."""
+    host = listener.address[0]
+    if listener.users is None and not ipaddress.ip_address(host.partition("%")[0]).is_loopback:
+        log.warning(
+            "SOCKS5 on %s without authentication: anyone who reaches it can use the tunnel"
+            " (require a login with --socks-user, or listen on 127.0.0.1)",
+            host,
+        )
+
+
+SOCKS_LOGIN_KEYS = ("socks_user", "socks_password", "socks_users")
+
+
+def client_reloader(
+    args: argparse.Namespace, settings: dict, tunnels: TunnelClient, listener: Socks5Listener
+) -> Reloader:
+    """SIGHUP for the client: the SOCKS port's login and limit, and the next tunnels' settings
+    are reloaded; a command that adds settings registers its own ``on_change`` on it."""
+    reloader = Reloader(
+        args.config or "the command line (no --config file)",
+        partial(settings_from, args),
+        settings,
+        lambda key: f"[client] {key}",
+        secrets=SOCKS_LOGIN_KEYS,
+    )
+
+    def socks_login(fresh: dict) -> None:
+        listener.users = fresh["socks_users"]
+
+    def max_socks(fresh: dict) -> None:
+        listener.max_clients = fresh["max_socks"]
+
+    def next_tunnels(fresh: dict) -> None:
+        tunnels.window, tunnels.keepalive = fresh["window"], fresh["keepalive"]
+
+    reloader.on_change(SOCKS_LOGIN_KEYS, socks_login)
+    reloader.on_change(["max_socks"], max_socks)
+    reloader.on_change(["window", "keepalive"], next_tunnels)
+    return reloader
 
 
 def serve_until_stopped(

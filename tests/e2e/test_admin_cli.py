@@ -215,14 +215,21 @@ def test_help_lists_the_exit_statuses() -> None:
     "section, message",
     [
         ("user = 7", "config: [admin] user must be a string"),
-        ('user = "alice"\nport = "8080"', "config: [admin] port must be a int"),
-        ('user = "alice"\ncolour = "red"', "config: unknown key(s) in [admin]: colour"),
+        (
+            'user = "alice"\nport = "8080"',
+            "gjproxy.toml line 3: [admin] port must be a whole number like 8080",
+        ),
+        (
+            'user = "alice"\ncolour = "red"',
+            "gjproxy.toml line 3: unknown key(s) in [admin]: colour",
+        ),
     ],
 )
 def test_a_bad_admin_section_exits_2(tmp_path, section, message) -> None:
     config = tmp_path / "gjproxy.toml"
     config.write_text(f"[admin]\n{section}\n")
     result = gjproxy_admin("--config", str(config), "open")
+    message = message.replace("gjproxy.toml", str(config))
     assert (result.returncode, result.stderr) == (2, f"gjproxy admin: {message}\n")
 
 

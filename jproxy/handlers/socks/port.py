@@ -36,6 +36,7 @@ from jproxy.socks.socks5 import (
 )
 from jproxy.socks.udp_association import MAX_DATAGRAM
 from jproxy.tunnel.mux import Exhausted
+from jproxy.tunnel.statuses import status_text
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
@@ -225,7 +226,7 @@ class Socks5Listener(Socks5Port):
             return
         status, _ = answer
         if status is not ConnectStatus.OK:
-            log.info("CONNECT %s: server says %s", _target_text(request), status.name)
+            log.info("CONNECT %s: server says %s", _target_text(request), status_text(status))
             self._refuse(sock, core, reply_code_for(status))
             return
         try:
