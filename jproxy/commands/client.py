@@ -27,6 +27,7 @@ from jproxy.handlers.net.signals import Reloader, Termination
 from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
 from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
+from jproxy.policy.passwords import SOCKS_PASSWORD_VARIABLE
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
 from jproxy.tunnel.mux import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from schemas.jproxy import Dialect
@@ -34,7 +35,6 @@ from schemas.jproxy import Dialect
 log = logging.getLogger("gjproxy.client")
 
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
-SOCKS_PASSWORD_ENV = "GJPROXY_SOCKS_PASSWORD"
 DEFAULTS = {
     "server": ["127.0.0.1:16384"],
     "key": "key.dat",
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--socks-user",
         metavar="USER",
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
-        f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
+        f" ${SOCKS_PASSWORD_VARIABLE} or [client] socks_password",
     )
     parser.add_argument(
         "--max-socks",
@@ -120,9 +120,9 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["keylog"] = key_log_path(args, environ, settings["keylog"])
     if settings["max_socks"] < 1:
         raise ConfigError("--max-socks must be at least 1")
-    password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
+    password = environ.get(SOCKS_PASSWORD_VARIABLE) or settings["socks_password"]
     if settings["socks_user"] and not password:
-        raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
+        raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_VARIABLE}")
     settings["socks_users"] = {settings["socks_user"]: password} if settings["socks_user"] else None
     return settings
 

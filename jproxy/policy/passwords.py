@@ -37,6 +37,8 @@ _HASH_PATTERN = re.compile(
 
 USER_VARIABLE = "GJPROXY_ADMIN_USER"
 PASSWORD_VARIABLE = "GJPROXY_ADMIN_PASSWORD"
+SOCKS_PASSWORD_VARIABLE = "GJPROXY_SOCKS_PASSWORD"
+"""A SOCKS user's password: the client's ``--socks-user`` and ``hash-password --socks-user``."""
 
 
 def _encoded(secret: str | bytes) -> bytes:
