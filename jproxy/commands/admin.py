@@ -29,6 +29,7 @@ from jproxy.policy.passwords import (
     check_secret_length,
     hash_password,
 )
+from jproxy.tunnel.handshake import foreign_protocol
 from schemas.admin import AuthStatus, Method
 from schemas.errors import WireError
 
@@ -313,6 +314,34 @@ def _next_reply(sock: socket.socket, client: AdminClientConnection, pending: lis
     return pending.pop(0)
 
 
+def _login_reply(
+    sock: socket.socket, client: AdminClientConnection, pending: list[Reply], where: str
+) -> Reply:
+    """The login reply; a port that closes without one (a jProxy tunnel port does) or answers
+    something else is named for what it is."""
+    first = b""
+    try:
+        while not pending:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                break
+            first += data
+            pending += client.receive(data)
+    except WireError:
+        if foreign_protocol(first) is None:
+            raise
+    except ConnectionResetError:
+        pass
+    if pending:
+        return pending.pop(0)
+    what = f"it answered with {foreign_protocol(first)}" if first else "no reply to the login"
+    raise AdminCommandError(
+        ExitStatus.PROTOCOL_ERROR,
+        f"{where}: this is not a gjproxy admin port: {what}; the admin port is the server's"
+        " --admin address",
+    )
+
+
 def _call(
     host: str, port: int, user: str, password: str, method: Method, params: Sequence[str] = ()
 ) -> str:
@@ -329,7 +358,7 @@ def _call(
     try:
         with _connect(host, port) as sock:
             sock.sendall(login)
-            status = _next_reply(sock, client, pending).status
+            status = _login_reply(sock, client, pending, where).status
             if status is not AuthStatus.OK:
                 code, message = _LOGIN_FAILURES[status]
                 raise AdminCommandError(code, f"{where}: {message}")

@@ -230,6 +230,11 @@ def what_came_back(data: bytes) -> str:
     reply, an SSH banner, or so many bytes of something else (shown escaped)."""
     if not data:
         return "nothing"
+    return foreign_protocol(data) or f"{len(data)} byte(s) of something else: {data[:16]!r}"
+
+
+def foreign_protocol(data: bytes) -> str | None:
+    """What protocol ``data``'s first bytes belong to, when it is one known here."""
     if data.startswith(MAGIC):
         return "a jProxy hello (a tunnel port)"
     if data.startswith(b"HTTP/"):
@@ -238,7 +243,7 @@ def what_came_back(data: bytes) -> str:
         return "a TLS record (a TLS port, such as HTTPS)"
     if data.startswith(b"SSH-"):
         return "an SSH banner"
-    return f"{len(data)} byte(s) of something else: {data[:16]!r}"
+    return None
 
 
 TLS_RECORD_TYPES = frozenset({0x15, 0x16})
