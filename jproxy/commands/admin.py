@@ -54,7 +54,8 @@ exit status:
      or failed internally (login status 3)
   2  usage error (bad arguments, bad config file, no user name or password)
   3  login refused: bad user name or password
-  4  protocol error: the server speaks another admin protocol version or replied garbage
+  4  protocol error: the server speaks another admin protocol version or replied garbage,
+     or the port is no admin port (it answered nothing, or another protocol)
   5  cannot connect, connection lost, or no reply within 10 seconds
 130  interrupted (Ctrl-C, at the password prompt or while waiting for the server)
 
@@ -82,7 +83,7 @@ COMMAND_DOCS: dict[str, tuple[str, str]] = {
         "one `label: value` line each (`none` for an empty value)",
     ),
     **{
-        name: (f"method {int(method)}", f"the value: {label} (`none` when empty)")
+        name: (f"method {int(method)}", f"the value: {label}")
         for name, (method, label) in QUERIES.items()
     },
     "set-buffer N": (f"method {int(Method.SET_BUFFER_SIZE)} with N", "the new size"),
