@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from jproxy.cli import build_parser
-from tests.peers import start_server
+from tests.peers import Process, start_server
 
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
 
@@ -155,3 +155,34 @@ def test_every_command_has_a_description_and_every_option_its_default(name):
         if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
             continue
         assert "(default: " in (action.help or ""), f"{name} {action.option_strings[0]}"
+
+
+def test_an_open_client_port_off_loopback_is_a_warning(workdir):
+    args = ("client", "--server", "127.0.0.1:9", "--key", "key.dat", "--socks", "0.0.0.0:0")
+    open_port = Process(*args, cwd=workdir)
+    open_port.wait_for(
+        r"WARNING gjproxy\.client: SOCKS5 on 0\.0\.0\.0 without authentication: anyone who"
+        r" reaches it can use the tunnel \(require a login with --socks-user, or listen on"
+        r" 127\.0\.0\.1\)"
+    )
+    assert open_port.stop() == 0
+    with_login = Process(
+        *args, "--socks-user", "bob", cwd=workdir, env={"GJPROXY_SOCKS_PASSWORD": "pw"}
+    )
+    with_login.wait_for(r"SOCKS5 listening on 0\.0\.0\.0:\d+ \(user/password\)")
+    assert with_login.stop() == 0
+    assert "without authentication" not in with_login.log()
+    loopback = Process(*args[:-1], "127.0.0.1:0", cwd=workdir)
+    loopback.wait_for(r"SOCKS5 listening on 127\.0\.0\.1:\d+ \(no authentication\)")
+    assert loopback.stop() == 0
+    assert "without authentication" not in loopback.log()
+
+
+def test_an_empty_users_folder_is_a_warning(tmp_path):
+    (tmp_path / "users").mkdir()
+    server = start_server(tmp_path)
+    server.wait_for(
+        r"WARNING gjproxy\.server: no users in users: every login is refused until one is added"
+        r" \(gjproxy keygen USER --users-dir users, then SIGHUP\)"
+    )
+    assert server.stop() == 0

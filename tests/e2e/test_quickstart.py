@@ -149,6 +149,39 @@ def test_every_printed_command_works_in_a_new_shell(tmp_path, web):
         assert result.returncode == 0, f"{pasted}\n{result.stdout}{result.stderr}"
         assert result.stdout, pasted
     assert running.stop() == 0
+    assert _as_in_readme(running.log(), console_script, tmp_path) == readme_sample()
+
+
+README = Path(__file__).parents[2] / "README.md"
+README_CLONE = "/root/gjproxy"
+DEFAULT_PORTS = {"socks": 1080, "server": 16384, "admin": 8080}
+
+
+def readme_sample() -> list[str]:
+    """The quickstart's output as README's "Set up" shows it."""
+    block = README.read_text().split("prints (the password differs):", 1)[1]
+    text = block.split("```text\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in text.splitlines()]
+
+
+def _as_in_readme(log: str, console_script: Path, workdir: Path) -> list[str]:
+    """The quickstart's printed lines (not its log lines) as they read in a clone at
+    README_CLONE with the default ports and README's password."""
+    printed = log.split("\ngjproxy is running.", 1)[1]
+    lines = ["gjproxy is running." + printed.splitlines()[0]]
+    lines += [line for line in printed.splitlines()[1:] if not re.match(r"\d{4}-\d\d-\d\d ", line)]
+    text = "\n".join(line.strip() for line in lines)
+    ports = {
+        "socks": re.search(r"SOCKS5 proxy: 127\.0\.0\.1:(\d+)", text)[1],
+        "server": re.search(r"--server 127\.0\.0\.1:(\d+)", text)[1],
+        "admin": re.search(r"--port (\d+)", text)[1],
+    }
+    for name, port in ports.items():
+        text = re.sub(rf"(?<=[: ]){port}\b", str(DEFAULT_PORTS[name]), text)
+    text = text.replace(str(console_script), f"{README_CLONE}/.venv/bin/gjproxy")
+    text = text.replace(str(workdir), README_CLONE)
+    text = re.sub(r"(password, shown once: )\S+", r"\1AbCdEfGhIjKlMnOp", text)
+    return text.splitlines()
 
 
 def test_the_printed_command_names_how_this_gjproxy_runs() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -202,6 +203,8 @@ def test_every_refusal_names_what_would_open_it() -> None:
         "in 127.0.0.0/8, denied by default; open it with --allow-egress 127.0.0.1:5432"
         " (or 127.0.0.0/8, or [egress] allow)"
     )
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert f"({policy.judge('127.0.0.1', 5432).reason})" in readme.replace("`", "")
     assert "--allow-egress [::1]:53 (or ::1/128" in policy.judge("::1", 53).reason
     assert policy.judge("127.0.0.1", 8080).reason == (
         "the server's own listening port 8080; only an allow rule that names the port opens"
