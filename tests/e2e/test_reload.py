@@ -15,6 +15,8 @@ import pytest
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
+from jproxy.policy.passwords import hash_password
+from tests.e2e.test_admin_tunnel import admin
 from tests.e2e.test_egress import NOT_ALLOWED, CountingEcho, echoes, socks_error
 from tests.peers import Process, start_client, start_server
 
@@ -108,3 +110,61 @@ def test_sighup_changes_the_clients_socks_login(workdir) -> None:
         client.stop()
         server.stop()
         target.close()
+
+
+SOCKS_CONFIG = """\
+[server]
+listen = "127.0.0.1:0"
+users = "users"
+socks = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+access_log = "{log}"
+
+[egress]
+allow = ["127.0.0.1/32"]
+
+[socks_users]
+{socks_user} = "{socks_hash}"
+
+[admin]
+user = "ops"
+password_hash = "{admin_hash}"
+"""
+
+
+def test_sighup_changes_socks_users_the_admin_password_and_the_access_log(workdir) -> None:
+    target = CountingEcho()
+    config = workdir / "server.toml"
+    first = {"socks_user": "carol", "socks_hash": hash_password("pw one"), "log": "a.jsonl"}
+    config.write_text(SOCKS_CONFIG.format(**first, admin_hash=hash_password("admin one")))
+    server = Process(
+        "server", "--config", str(config), cwd=workdir, env={"GJPROXY_ADMIN_PASSWORD": ""}
+    )
+    socks = int(server.wait_for(r"plain SOCKS5 listening on 127\.0\.0\.1:(\d+)").group(1))
+    admin_port = int(server.wait_for(r"admin protocol over TCP on 127\.0\.0\.1:(\d+)").group(1))
+    try:
+        assert _plain_echoes(socks, "carol:pw%20one", target.port)
+        second = {"socks_user": "dave", "socks_hash": hash_password("pw two"), "log": "b.jsonl"}
+        config.write_text(SOCKS_CONFIG.format(**second, admin_hash=hash_password("admin two")))
+        _reload(server, r"SIGHUP: \[socks_users\]: \(changed, not shown\)")
+        server.wait_for(r"SIGHUP: \[admin\]: \(changed, not shown\)")
+        server.wait_for(r"SIGHUP: \[server\] access_log: a\.jsonl -> b\.jsonl")
+        assert _plain_echoes(socks, "dave:pw%20two", target.port)
+        with pytest.raises(ProxyError):
+            _plain_echoes(socks, "carol:pw%20one", target.port)
+        assert admin(admin_port, "open", password="admin two").returncode == 0
+        assert admin(admin_port, "open", password="admin one").returncode == 3
+        assert '"user":"carol"' in (workdir / "a.jsonl").read_text()
+        assert '"user":"dave"' in (workdir / "b.jsonl").read_text()
+        assert "dave" not in (workdir / "a.jsonl").read_text()
+    finally:
+        server.stop()
+        target.close()
+    assert "Traceback" not in server.log()
+
+
+def _plain_echoes(port: int, login: str, target_port: int) -> bool:
+    proxy = Proxy.from_url(f"socks5://{login}@127.0.0.1:{port}", rdns=True)
+    with proxy.connect("127.0.0.1", target_port, timeout=15) as sock:
+        sock.sendall(b"ping")
+        return sock.recv(4) == b"ping"
