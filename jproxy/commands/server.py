@@ -10,6 +10,7 @@ import os
 import sys
 from functools import partial
 
+from jproxy import version
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -22,6 +23,8 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.handlers.admin.listener import serve_admin
+from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
+from jproxy.handlers.console.options import add_console_options, check_console, start_console
 from jproxy.handlers.dns.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.logs.access import AccessLog
 from jproxy.handlers.net.descriptors import raise_fd_limit
@@ -65,6 +68,7 @@ DEFAULTS = {
     "socks_no_auth": False,
     "window": ServerLimits.window,
     "grace": ServerLimits.grace,
+    **CONSOLE_DEFAULTS,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -148,6 +152,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " (default: none)",
     )
     add_keylog_option(parser)
+    add_console_options(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -177,6 +182,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["socks_users"] = socks_users(settings, config)
     settings["egress"] = egress_policy(args, config)
     settings["keylog"] = key_log_path(args, environ, settings["keylog"])
+    check_console(settings, environ)
     settings["admin_credentials"] = load_admin_credentials(config, environ)
     admin_asked = args.admin is not None or "admin" in config.get("server", {})
     if admin_asked and settings["admin_credentials"] is None:
@@ -326,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         partial(_reread_settings, args, settings),
         settings,
         label,
-        secrets=("socks_users", "admin_credentials"),
+        secrets=("socks_users", "admin_credentials", "console_secret"),
     )
     reloader.every_time(partial(reread_users, users))
     reloader.every_time(access_log.reopen)
@@ -358,6 +364,11 @@ def run(args: argparse.Namespace) -> int:
             socks_port = listening("--socks", settings["socks"], socks)
             services.append(socks_port)
             reloader.on_change(["socks_users"], partial(_set_socks_users, socks_port))
+        if settings["console"]:
+            console = start_console(settings, "server", version())
+            services.append(console)
+            server.console = console.live
+            access_log.observer = console.live.access
         dialer.policy = dialer.policy.listening_on([service.address for service in services])
         _log_egress(dialer.policy)
     except ListenError as error:

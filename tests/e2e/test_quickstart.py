@@ -27,6 +27,8 @@ def quickstart(workdir, admin: str = "127.0.0.1:0", **options) -> Process:
         "127.0.0.1:0",
         "--admin",
         admin,
+        "--console",
+        "127.0.0.1:0",
         cwd=workdir,
         **options,
     )
@@ -36,6 +38,7 @@ def test_quickstart_makes_keys_once_and_carries_curl(tmp_path, web):
     first = quickstart(tmp_path)
     port = int(first.wait_for(r"SOCKS5 proxy: 127\.0\.0\.1:(\d+)").group(1))
     first.wait_for(r"password, shown once: \S+")
+    first.wait_for(r"console: http://127\.0\.0\.1:\d+/ui/\?token=[\w-]{16,}")
     first.wait_for(r"egress: loopback allowed \(127\.0\.0\.0/8, ::1/128\)")
     first.wait_for(r"curl --socks5-hostname 127\.0\.0\.1:\d+")
     body = curl(port, f"http://127.0.0.1:{web.server_port}/f65536")
@@ -154,12 +157,13 @@ def test_every_printed_command_works_in_a_new_shell(tmp_path, web):
 
 README = Path(__file__).parents[2] / "README.md"
 README_CLONE = "/root/gjproxy"
-DEFAULT_PORTS = {"socks": 1080, "server": 16384, "admin": 8080}
+DEFAULT_PORTS = {"socks": 1080, "server": 16384, "admin": 8080, "console": 9090}
+README_TOKEN = "Tk9UQVJFQUxTRUNSRVQ"
 
 
 def readme_sample() -> list[str]:
-    """The quickstart's output as README's "Set up" shows it."""
-    block = README.read_text().split("prints (the password differs):", 1)[1]
+    """The quickstart's output as README's "Using it" shows it."""
+    block = README.read_text().split("prints (the password and the token differ):", 1)[1]
     text = block.split("```text\n", 1)[1].split("```", 1)[0]
     return [line.strip() for line in text.splitlines()]
 
@@ -175,12 +179,14 @@ def _as_in_readme(log: str, console_script: Path, workdir: Path) -> list[str]:
         "socks": re.search(r"SOCKS5 proxy: 127\.0\.0\.1:(\d+)", text)[1],
         "server": re.search(r"--server 127\.0\.0\.1:(\d+)", text)[1],
         "admin": re.search(r"--port (\d+)", text)[1],
+        "console": re.search(r"console: http://127\.0\.0\.1:(\d+)", text)[1],
     }
     for name, port in ports.items():
         text = re.sub(rf"(?<=[: ]){port}\b", str(DEFAULT_PORTS[name]), text)
     text = text.replace(str(console_script), f"{README_CLONE}/.venv/bin/gjproxy")
     text = text.replace(str(workdir), README_CLONE)
     text = re.sub(r"(password, shown once: )\S+", r"\1AbCdEfGhIjKlMnOp", text)
+    text = re.sub(r"token=[\w-]+", f"token={README_TOKEN}", text)
     return text.splitlines()
 
 

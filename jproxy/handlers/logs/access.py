@@ -17,6 +17,7 @@ import logging
 import operator
 import os
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from jproxy.handlers.logs.repeat_limit import ACCESS_LOGGER
@@ -87,6 +88,8 @@ class AccessLog:
         self.path = path
         self._file: TextIO | None = None
         self._failing = False
+        self.observer: Callable[[AccessRecord], None] | None = None
+        """Also sees every record (the live console keeps the refused and failed ones)."""
         if path == "-":
             self._file = sys.stdout
         elif path:
@@ -98,6 +101,8 @@ class AccessLog:
         return os.fdopen(fd, "a", encoding="ascii", buffering=1)
 
     def write(self, record: AccessRecord) -> None:
+        if self.observer is not None:
+            self.observer(record)
         line = record.to_json()
         if self._file is None:
             access_logger.info("%s", line)
