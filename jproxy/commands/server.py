@@ -21,6 +21,7 @@ from jproxy.config import (
     load,
     resolve,
     show_defaults,
+    where,
 )
 from jproxy.handlers.admin.listener import serve_admin
 from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
@@ -35,7 +36,7 @@ from jproxy.handlers.socks.plain import PlainSocks5Port
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.metrics import Counters
-from jproxy.policy.egress import EgressPolicy, RuleError
+from jproxy.policy.egress import EgressPolicy, Rule, RuleError
 from jproxy.policy.passwords import (
     PASSWORD_VARIABLE,
     PasswordTable,
@@ -228,13 +229,16 @@ def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
     """``[egress]`` allow/deny lists, each replaced by its flags when any is given."""
     flags = argparse.Namespace(allow=args.allow_egress, deny=args.deny_egress)
     rules = resolve(flags, config, "egress", EGRESS_DEFAULTS)
+    parsed = {}
     for key, texts in rules.items():
-        if not all(isinstance(text, str) for text in texts):
-            raise ConfigError(f"config: [egress] {key} must be a list of strings")
-    try:
-        return EgressPolicy.from_rules(rules["allow"], rules["deny"])
-    except RuleError as error:
-        raise ConfigError(str(error)) from None
+        try:
+            parsed[key] = tuple(map(Rule.parse, texts))
+        except RuleError as error:
+            from_file = getattr(flags, key) is None  # else the flag's own text names it
+            raise ConfigError(
+                f"{where(config, 'egress', key)}: {error}" if from_file else str(error)
+            ) from None
+    return EgressPolicy(parsed["allow"], parsed["deny"])
 
 
 RESTART_ONLY_LIMITS = ("max_tunnels", "max_prelogin")

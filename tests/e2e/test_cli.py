@@ -42,6 +42,11 @@ def gjproxy(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedPro
             'gjproxy.toml line 2: [server] listen must be a string like "HOST:PORT"',
         ),
         (["server"], "[server]\nmax_tunels = 1\n", "max_tunels (did you mean max_tunnels?)"),
+        (
+            ["server"],
+            '[egress]\ndeny = []\nallow = ["10.0.0.1/8"]\n',
+            "gjproxy.toml line 3: bad egress rule '10.0.0.1/8'",
+        ),
         (["client"], "[client]\nkeepalive = 'x'\n", "keepalive must be a number like 5"),
         (
             ["server", "--listen", "127.0.0.1:99999"],
