@@ -42,6 +42,7 @@ def test_a_client_at_a_web_server_says_so_once_and_backs_off(workdir) -> None:
         assert attempts[3] - attempts[2] >= 0.35, attempts
         assert client.proc.poll() is None
         assert len(re.findall("not a gjproxy server", client.log())) == 1, client.log()
+        assert "Traceback" not in client.log()
     finally:
         client.stop()
         web.shutdown()

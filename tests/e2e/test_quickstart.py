@@ -152,6 +152,7 @@ def test_every_printed_command_works_in_a_new_shell(tmp_path, web):
         assert result.returncode == 0, f"{pasted}\n{result.stdout}{result.stderr}"
         assert result.stdout, pasted
     assert running.stop() == 0
+    assert "Traceback" not in running.log()
     assert _as_in_readme(running.log(), console_script, tmp_path) == readme_sample()
 
 
