@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one clear line and status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"gjproxy: {message}\n")
+        sys.stderr.write(f"{self.prog}: {message}\n")  # "gjproxy admin: ..." for a command's
         sys.exit(USAGE_ERROR)
 
 

@@ -53,13 +53,14 @@ class Process:
         env: dict | None = None,
         prefix: tuple[str, ...] = (),
         module: str = "jproxy",
+        program: tuple[str, ...] | None = None,
     ) -> None:
         Process.started.append(self)
         self.args = args
         self.lines: list[str] = []
         self._new = queue.Queue()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", module, *args],
+            [*prefix, *(program or (sys.executable, "-m", module)), *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,

@@ -14,6 +14,7 @@ import secrets
 import sys
 from functools import partial
 from pathlib import Path
+from shlex import quote
 
 from jproxy import version
 from jproxy.config import (
@@ -84,6 +85,19 @@ def _make_keys(folder: Path) -> None:
         save_user(record, folder / "users")
 
 
+def command_name(argv0: str | None = None) -> str:
+    """How to run this gjproxy again from any shell: the lines the quickstart prints must work
+    when pasted, also when the command is not on the PATH (README's command 1 puts it in
+    ``.venv/bin``). A command found on the PATH stays ``gjproxy``; a path becomes absolute;
+    ``python -m jproxy`` names this Python."""
+    program = argv0 if argv0 is not None else sys.argv[0]
+    if Path(program).name == "__main__.py":
+        return f"{quote(sys.executable)} -m jproxy"
+    if os.sep not in program:
+        return program
+    return quote(os.path.abspath(program))
+
+
 def _keep_hash(path: Path, password_hash: str) -> None:
     """Write the hash, readable by its owner only from the first byte."""
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
@@ -102,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(args.dir)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _make_keys(folder)
-        key = load_client_key(folder / "key.dat")
+        key_file = folder.absolute() / "key.dat"
+        key = load_client_key(key_file)
         users = UserDirectory(folder / "users")
         hash_file = folder / PASSWORD_HASH_FILE
         kept_hash = hash_file.read_text().strip() if hash_file.exists() else None
@@ -147,14 +162,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("gjproxy quickstart: the tunnel did not come up; see the log above\n")
         return 1
     host, port = listener.address
+    gjproxy = command_name()
     admin_host, admin_port = admin_server.address[:2]
     admin_flags = (
         f"--port {admin_port}"
         if admin_host == "127.0.0.1"
         else f"--host {admin_host} --port {admin_port}"
     )
+    server_flags = f"--server {host_port_text(server.address)} --key {quote(str(key_file))}"
     print(f"\ngjproxy is running. SOCKS5 proxy: {host}:{port}  (keys in {folder}/, Ctrl-C stops)")
-    print(f"admin: gjproxy admin {admin_flags} --user {ADMIN_USER} stats")
+    print(f"admin: {gjproxy} admin {admin_flags} --user {ADMIN_USER} stats")
     if new_password is not None:
         print(f"       password, shown once: {new_password}")
     else:
@@ -168,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     )
     console_url = f"http://{host_port_text(console_server.address)}"
     print(f"console: {console_url}/ui/?token={console['console_secret']}")
-    print(f"        gjproxy status --console '{console_url}/?token={console['console_secret']}'")
+    print(f"        {gjproxy} status --console '{console_url}/?token={console['console_secret']}'")
+    print(f"ping:  {gjproxy} ping -c 3 {server_flags} 127.0.0.1")
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
     sys.stdout.flush()
     termination.wait()

@@ -76,12 +76,12 @@ class ClientCollector:
         yield _drops(self._tunnels.counters)
         yield GaugeMetricFamily(
             "gjproxy_client_tunnel_up",
-            "1 while the tunnel to the server is up, else 0",
+            "1 while any tunnel to a server is up, else 0",
             value=int(self._tunnels.up),
         )
         server = GaugeMetricFamily(
             "gjproxy_client_server",
-            "The server in use (or tried next while the tunnel is down) and its place in the list",
+            "The server new streams go to (tried first while none is up), its place in the list",
             labels=["server"],
         )
         server.add_metric([host_port_text(self._tunnels.server)], self._tunnels.server_number)

@@ -66,6 +66,13 @@ class PlainSocks5Port(Socks5Port):
         self.access_log = access_log
         self.idle_timeout = idle_timeout
 
+    def replace_users(self, users: PasswordTable | None) -> None:
+        """Check logins against ``users`` from now on (a reload); ``ValueError`` when that
+        would switch between authentication and none (the handshake is chosen at start)."""
+        if self._users is None or users is None:
+            raise ValueError("this port serves without authentication")
+        self._users = users
+
     def _check_login(self, user: bytes, password: bytes) -> bool:
         """scrypt off the event loop; the handshake deadline still bounds the wait."""
         return self._hashing.apply(self._users.check, (user, password))

@@ -37,6 +37,7 @@ from jproxy.socks.socks5 import (
 )
 from jproxy.socks.udp_association import MAX_DATAGRAM
 from jproxy.tunnel.mux import Exhausted
+from jproxy.tunnel.statuses import status_text
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
@@ -229,7 +230,7 @@ class Socks5Listener(Socks5Port):
             return
         status, _ = answer
         if status is not ConnectStatus.OK:
-            log.info("CONNECT %s: server says %s", _target_text(request), status.name)
+            log.info("CONNECT %s: server says %s", _target_text(request), status_text(status))
             self.console.refused(peer, _target_text(request), f"server says {status.name}", status)
             self._refuse(sock, core, reply_code_for(status))
             return

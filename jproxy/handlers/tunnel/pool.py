@@ -98,6 +98,8 @@ class _Slot:
 class _Server:
     address: tuple[str, int]
     slots: list[_Slot]
+    said: str | None = None
+    """The last failure logged: the same one again is logged at DEBUG (said once)."""
 
     def tunnels(self) -> list[Tunnel]:
         return [slot.tunnel for slot in self.slots if slot.tunnel is not None]
@@ -137,7 +139,9 @@ class TunnelPool:
         self.dialect = dialect
         self.counters = counters or Counters()
         self.connect_timeout = connect_timeout
+        self.window = window
         self.keepalive = keepalive
+        """Both for the tunnels dialed from now on (SIGHUP may change them)."""
         self.clock = clock
         self._dial = partial(
             open_tunnel,
@@ -147,9 +151,7 @@ class TunnelPool:
             key_log=key_log,
             counters=self.counters,
             tuning=tuning or RelayTuning(),
-            window=window,
             idle_timeout=idle_timeout,
-            keepalive=keepalive,
         )
         self.fatal: LoginError | None = None
         self.stopped = Event()
@@ -362,15 +364,16 @@ class TunnelPool:
         """Log in, serve the tunnel until it ends, report each step to the balancer."""
         where = host_port_text(server.address)
         try:
-            tunnel = self._dial(server.address)
+            tunnel = self._dial(server.address, window=self.window, keepalive=self.keepalive)
         except LoginError as error:
-            self._failed(index, slot, f"tunnel login at {where} failed: {error}", error)
+            self._failed(index, server, slot, f"tunnel login at {where} failed: {error}", error)
             return
         except (OSError, gevent.Timeout) as error:
-            self._failed(index, slot, f"cannot reach the server {where}: {error}", None)
+            self._failed(index, server, slot, f"cannot reach the server {where}: {error}", None)
             return
         tunnel.name = self._name(server, slot)
         up_at = self.clock()
+        server.said = None
         self.balancer.login_ok(index, up_at)
         log.info("%s: up (dialect %s)", tunnel.name, version_text(self.dialect))
         slot.tunnel, slot.dialing = tunnel, False
@@ -389,12 +392,15 @@ class TunnelPool:
                 level = logging.INFO if tunnel.planned else logging.WARNING
                 log.log(level, "%s: lost, reconnecting", tunnel.name)
 
-    def _failed(self, index: int, slot: _Slot, text: str, error: LoginError | None) -> None:
+    def _failed(
+        self, index: int, server: _Server, slot: _Slot, text: str, error: LoginError | None
+    ) -> None:
         final = isinstance(error, FINAL_LOGIN_ERRORS)
         now = self.clock()
         self.balancer.login_failed(index, now, text, final=final)  # its backoff: retry_at
         slot.dialing = False
-        log.warning("%s", text)
+        log.log(logging.DEBUG if text == server.said else logging.WARNING, "%s", text)
+        server.said = text
         if self.balancer.given_up and not self.stopped.is_set():
             log.error("giving up: %s", error)
             self.fatal = error

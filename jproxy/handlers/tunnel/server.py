@@ -138,6 +138,16 @@ class TunnelServer:
             ", legacy 3.0 allowed" if self.allow_legacy else "",
         )
 
+    def set_limits(self, limits: ServerLimits) -> None:
+        """New limits for what comes next (a reload): logins, tunnels and streams opened from
+        now on; what is open keeps going, and a lower limit only refuses newcomers."""
+        self.limits = limits
+        self._doorway.budget.total = limits.max_prelogin
+        self._doorway.budget.per_address = limits.max_prelogin_per_address
+        self._slots.max_tunnels = limits.max_tunnels
+        self._slots.max_per_user = limits.max_tunnels_per_user
+        self.dialer.connect_timeout = limits.connect_timeout
+
     def stop(self, timeout: float = 5.0) -> None:
         """Drain: accept no more tunnels, let open streams finish within the grace time, then
         close every tunnel (which resets the streams still open)."""

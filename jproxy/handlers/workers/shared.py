@@ -149,12 +149,12 @@ class SharedTable:
 
 class SharedTunnelSlots(TunnelSlots):
     """``TunnelSlots`` whose limits count the other workers' tunnels too: each decision is
-    taken under the table's lock with this worker's limits lowered by what the others hold."""
+    taken under the table's lock with this worker's limits lowered by what the others hold
+    (and restored before anything else runs: nothing in between yields to another greenlet)."""
 
     def __init__(self, max_tunnels: int, max_per_user: int, table: SharedTable, worker: int):
         super().__init__(max_tunnels, max_per_user)
         self.table, self.worker = table, worker
-        self._limits = (max_tunnels, max_per_user)
 
     def claim(self, key: Hashable, user: str, *, proven: bool) -> Granted | Refused:
         return self._shared(
@@ -173,7 +173,7 @@ class SharedTunnelSlots(TunnelSlots):
 
     def _shared(self, user: str, decide) -> Granted | Refused:
         table, worker = self.table, self.worker
-        max_tunnels, max_per_user = self._limits
+        max_tunnels, max_per_user = self.max_tunnels, self.max_per_user  # a reload may set them
         with table.locked():
             others = range(table.workers)
             tunnels = sum(table.tunnels(w) for w in others if w != worker)
