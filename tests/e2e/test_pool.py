@@ -133,7 +133,7 @@ def test_a_garbled_first_login_is_retried(workdir):
     server = start_server(workdir)
     relay = Relay(("127.0.0.1", server.port), garble_first=True)
     client = client_of(workdir, relay.address)
-    client.wait_for(f"tunnel login at {relay.address} failed: not a jProxy server")
+    client.wait_for(f"tunnel login at {relay.address} failed: this is not a gjproxy server")
     client.wait_for(f"tunnel to {relay.address}: up")
     assert client.stop() == 0
     relay.close()

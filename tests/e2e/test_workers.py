@@ -113,10 +113,10 @@ def test_two_workers_serve_one_port_with_summed_counters_and_shared_limits(workd
     for number in (1, 2):
         server.wait_for(rf"worker {number} .*relay buffer size now 4096")
 
-    loaded = [count(server, f"worker {n} jproxy.tunnel.keys: loaded") for n in (1, 2)]
+    loaded = [count(server, f"worker {n} gjproxy.server: loaded") for n in (1, 2)]
     server.proc.send_signal(signal.SIGHUP)
     for number, before in zip((1, 2), loaded, strict=True):
-        text = f"worker {number} jproxy.tunnel.keys: loaded"
+        text = f"worker {number} gjproxy.server: loaded"
         wait_until(lambda: count(server, text) > before, process=server)  # noqa: B023
 
     first = int(server.wait_for(r"worker 1 started \(pid (\d+)\)").group(1))
