@@ -9,8 +9,10 @@ import pkgutil
 import sys
 from importlib import metadata
 
+import gevent
+
 from jproxy import commands
-from jproxy.handlers.logs.repeat_limit import repeat_limited
+from jproxy.handlers.logs.repeat_limit import repeat_limited, route_hub_errors
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[repeat_limited(logging.StreamHandler())],
     )
+    route_hub_errors(gevent.get_hub())
     try:
         return args.handler(args)
     except KeyboardInterrupt:

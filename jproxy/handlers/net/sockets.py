@@ -50,7 +50,28 @@ def reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
     except OSError:
         pass
+    close(sock)
+
+
+def close(sock: socket.socket) -> None:
+    """Close ``sock`` after stopping a read watcher started with a callback of our own
+    (``read_watcher``): gevent's close would "cancel" it by throwing into the callback's
+    ``__self__`` as if it were a waiting greenlet, and its hub would print the AttributeError."""
+    watcher = getattr(sock, "_read_event", None)  # None once closed
+    if watcher is not None and watcher.callback is not None:
+        if not hasattr(getattr(watcher.callback, "__self__", None), "throw"):
+            watcher.stop()
     sock.close()
+
+
+def shutdown(sock: socket.socket, how: int) -> None:
+    """``sock.shutdown(how)`` without gevent's cancelling of its watchers (see ``close``): a
+    callback of our own on the read watcher is meant to see the EOF. Errors are ignored: the
+    peer may be gone already."""
+    try:
+        raw_socket(sock).shutdown(how)
+    except OSError:
+        pass
 
 
 def send_now(sock: socket.socket, data: bytes | memoryview) -> int:

@@ -28,7 +28,15 @@ import gevent
 from gevent import get_hub
 from gevent.event import AsyncResult, Event
 
-from jproxy.handlers.net.sockets import raw_socket, read_watcher, reset, send_now, send_pieces_now
+from jproxy.handlers.net.sockets import (
+    close,
+    raw_socket,
+    read_watcher,
+    reset,
+    send_now,
+    send_pieces_now,
+    shutdown,
+)
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from jproxy.tunnel.mux import LEGACY_BOUND, Channel, Channels, Ending, Side
@@ -213,7 +221,7 @@ class StreamRelay:
             ending = self._ended or Ending.CLOSED
             self.link.perform(self.link.channels.close(self.channel, ending))
             if self._ended is None:
-                self.sock.close()
+                close(self.sock)
 
     # --- the local socket to the tunnel: a watcher callback, no greenlet -------------------
 
@@ -384,18 +392,12 @@ class StreamRelay:
         if self.channel.theirs is Side.CLOSED:
             self._close_both_ways()
             return
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        shutdown(self.sock, socket.SHUT_WR)
         self._done.set()
 
     def _close_both_ways(self) -> None:
         self._wake_all()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # our reader sees its EOF
-        except OSError:
-            pass
+        shutdown(self.sock, socket.SHUT_RDWR)  # our reader sees its EOF
 
     def _wake_all(self) -> None:
         self._done.set()
