@@ -17,10 +17,16 @@ status 6 (connection limit). Time is an argument; nothing here reads a clock or 
 from __future__ import annotations
 
 import enum
-from collections.abc import Container
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from jproxy.tunnel.mux import ID_SPACE, MAX_ELAPSED_MS, Exhausted, ProtocolViolation
+from jproxy.tunnel.mux import (
+    DEFAULT_MAX_CHANNELS,
+    ID_SPACE,
+    MAX_ELAPSED_MS,
+    Exhausted,
+    ProtocolViolation,
+)
 from schemas.errors import WireError
 from schemas.fast import (
     UDP_ASSOCIATE_REPLY,
@@ -157,7 +163,8 @@ class Datagrams:
         sends: Direction,
         dialect: Dialect,
         *,
-        streams: Container[int] = (),
+        streams: Collection[int] = (),
+        max_channels: int = DEFAULT_MAX_CHANNELS,
         max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
         echo_rate: float = DEFAULT_ECHO_RATE,
         echo_burst: int = DEFAULT_ECHO_BURST,
@@ -166,6 +173,8 @@ class Datagrams:
         self.dialect = dialect
         self.strict = dialect is Dialect.SECURE_3_1
         self.streams = streams
+        self.max_channels = max_channels
+        """The tunnel's one budget of channels of every kind (streams included)."""
         self.max_associations = max_associations
         self.echo_limit = RateLimit(echo_rate, echo_burst)
         self.channels: dict[int, Channel] = {}
@@ -344,6 +353,8 @@ class Datagrams:
     def _refusal(self, channel_id: int) -> tuple[ConnectStatus, str] | None:
         if channel_id in self.channels or channel_id in self.streams:
             return ConnectStatus.GENERAL_FAILURE, f"connection id {channel_id} is in use"
+        if len(self.channels) + len(self.streams) >= self.max_channels:
+            return ConnectStatus.CONNECTION_LIMIT, f"{self.max_channels} channels open"
         return None
 
     def _udp_count(self) -> int:

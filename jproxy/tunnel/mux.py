@@ -286,7 +286,7 @@ class Channels:
         ``Exhausted`` when the tunnel has no free id or slot. An IP literal travels as an IPv4
         or IPv6 address, anything else as a name the server resolves.
         """
-        if len(self.channels) >= self.max_channels:
+        if self._open_count() >= self.max_channels:
             raise Exhausted(f"{self.max_channels} channels open on this tunnel")
         channel = self._add(Channel(self._free_id(), kind, host, port, now))
         address_type = address_for(host)["type"]
@@ -561,7 +561,7 @@ class Channels:
             text = f"refused connect: connection id {channel_id} is still in use"
             reply = self._connect_reply(channel_id, ConnectStatus.GENERAL_FAILURE, 0)
             return [Event(Do.WARNING, None, text), Event(Do.SEND, None, reply)]
-        if len(self.channels) >= self.max_channels:
+        if self._open_count() >= self.max_channels:
             text = f"refused connect to {host}:{port}: {self.max_channels} channels open"
             reply = self._connect_reply(channel_id, ConnectStatus.CONNECTION_LIMIT, 0)
             return [Event(Do.WARNING, None, text), Event(Do.SEND, None, reply)]
@@ -647,6 +647,10 @@ class Channels:
     def _release(self, channel: Channel) -> None:
         if self.channels.get(channel.id) is channel:
             del self.channels[channel.id]
+
+    def _open_count(self) -> int:
+        """Channels of every kind: streams, associations and echoes share one budget."""
+        return len(self.channels) + len(self.other_channels)
 
     def _owns(self, channel: Channel) -> bool:
         return self.channels.get(channel.id) is channel

@@ -197,7 +197,9 @@ class TunnelServer:
     def _serve_tunnel(self, sock: socket.socket, where: str, login: ServerLogin) -> None:
         user, session = login.user, login.session
         dialect = version_text(session.dialect)
-        streams = Pool(self.limits.max_streams)
+        # Unbounded: the core's admission (``max_streams`` channels of every kind) is the bound;
+        # a bounded pool would have to block when full, and it is spawned into from the hub.
+        streams = Pool()
         channels = Channels(
             Direction.SERVER_TO_CLIENT,
             session.dialect,
@@ -224,6 +226,7 @@ class TunnelServer:
                 Direction.SERVER_TO_CLIENT,
                 session.dialect,
                 streams=channels.channels,
+                max_channels=self.limits.max_streams,
                 max_associations=self.limits.max_associations,
             ),
             self.counters,
