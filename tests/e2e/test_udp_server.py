@@ -16,20 +16,21 @@ from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.metrics import Counters
 from jproxy.policy.egress import EgressPolicy
 from jproxy.tunnel.keys import UserDirectory, load_client_key
-from schemas.jproxy import ConnectStatus, Dialect, DisconnectReason
+from jproxy.tunnel.mux import Ending
+from schemas.jproxy import ConnectStatus, Dialect
 from tests.peers import UdpEcho, start_server, wait_for_access
 
 
 class Sink:
     def __init__(self) -> None:
         self.received: list[bytes] = []
-        self.endings: list[DisconnectReason] = []
+        self.endings: list[Ending] = []
 
     def datagram(self, channel, data: bytes) -> None:
         self.received.append(data)
 
-    def ended(self, channel, reason: DisconnectReason) -> None:
-        self.endings.append(reason)
+    def ended(self, channel, ending: Ending) -> None:
+        self.endings.append(ending)
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ def test_dissociate_closes_the_servers_socket(tunnel_to) -> None:
     tunnel = tunnel_to()
     echo = UdpEcho()
     channel = tunnel.datagrams.associate(*echo.address, Sink(), timeout=10)
-    tunnel.datagrams.dissociate(channel, DisconnectReason.CLIENT_CLOSED)
+    tunnel.datagrams.dissociate(channel)
     gevent.sleep(0.1)  # the tunnel's writer sends the dissociate (wait_for blocks gevent)
     done = wait_for_access(tunnel.server, transport="udp", status="OK", ended="closed", bytes_up=0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reuse:
@@ -151,8 +152,8 @@ def test_server_dissociates_an_idle_association(in_process) -> None:
         while not sink.endings:
             gevent.sleep(0.05)
     assert sink.received == [b"x"]
-    assert sink.endings == [DisconnectReason.GENERAL]
-    assert not tunnel.datagrams.core.channels  # the id is free again on the client
+    assert sink.endings == [Ending.CLOSED]  # the wire's reason GENERAL
+    assert not tunnel.channels.channels  # the id is free again on the client
     assert server.counters.connections_open == 0
     assert server.counters.connections_total == 1
     assert server.counters.bytes_transferred == 2  # one byte each way

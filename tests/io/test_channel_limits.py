@@ -19,20 +19,21 @@ from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.metrics import Counters
 from jproxy.policy.egress import EgressPolicy
 from jproxy.tunnel.keys import UserDirectory, load_client_key
-from schemas.jproxy import ConnectStatus, Dialect, DisconnectReason
+from jproxy.tunnel.mux import Ending
+from schemas.jproxy import ConnectStatus, Dialect
 from tests.peers import UdpEcho, echo, serve_tcp
 
 
 class Sink:
     def __init__(self) -> None:
         self.received: list[bytes] = []
-        self.endings: list[DisconnectReason] = []
+        self.endings: list[Ending] = []
 
     def datagram(self, channel, data: bytes) -> None:
         self.received.append(data)
 
-    def ended(self, channel, reason: DisconnectReason) -> None:
-        self.endings.append(reason)
+    def ended(self, channel, ending: Ending) -> None:
+        self.endings.append(ending)
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_a_connect_over_the_limit_that_an_association_holds_is_refused(tunnel_wi
         assert status is ConnectStatus.CONNECTION_LIMIT
         assert not tunnel.closed.is_set()
         _echoed(tunnel, channel, sink, b"still here")
-        tunnel.datagrams.dissociate(channel, DisconnectReason.CLIENT_CLOSED)
+        tunnel.datagrams.dissociate(channel)
         with gevent.Timeout(10):  # the slot comes back once the server's association ended
             while True:
                 local, _ = gsocket.socketpair()

@@ -30,12 +30,11 @@ from gevent.pool import Group
 from gevent.socket import wait_read
 
 from jproxy.handlers.tunnel.datagrams import AssociateFailed, TunnelDatagrams
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.metrics import Counters
 from jproxy.socks.udp_association import Drop, Dropped, Route, SocksUdpAssociation
-from jproxy.tunnel.datagrams import Channel
-from jproxy.tunnel.mux import Exhausted
-from schemas.jproxy import Dialect, DisconnectReason
+from jproxy.tunnel.mux import Channel, Ending, Exhausted
+from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +224,12 @@ class TunnelRoutes:
         self.datagrams.send(route.channel, payload)
 
     def close(self, route: Route, ending: str) -> None:
-        self.datagrams.dissociate(route.channel, DisconnectReason.CLIENT_CLOSED)
+        self.datagrams.dissociate(route.channel)
 
     def _failed(self, route: Route, relay: SocksUdpRelay, error: BaseException) -> None:
         target = f"{route.host}:{route.port}"
         if isinstance(error, gevent.Timeout):
-            if self.datagrams.core.dialect is Dialect.LEGACY_3_0:
+            if self.datagrams.dialect is Dialect.LEGACY_3_0:
                 self.datagrams.udp_unsupported = True  # before the log line says so
                 log.warning(
                     "UDP %s: the server did not answer the associate within %g s; a 3.0 server"
@@ -255,7 +254,7 @@ class _RouteSink:
     def datagram(self, channel: Channel, data: bytes) -> None:
         self.relay.to_client(self.route, data)
 
-    def ended(self, channel: Channel, reason: DisconnectReason) -> None:
+    def ended(self, channel: Channel, ending: Ending) -> None:
         self.relay.core.forget(self.route)
 
 

@@ -13,7 +13,9 @@ No socket timeouts: the tunnel's one sweep ends idle streams (``abort``). A stre
 abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is reset to the
 local application (SO_LINGER 0, then close), never ended with a clean EOF.
 
-The relay knows its tunnel only through ``Link``, so this module does not import the tunnel.
+The relay knows its tunnel only through ``Link`` (``link.py``), so this module does not import
+the driver. The stream's protocol state (its sides, window, undelivered bytes, since when they
+wait, 3.0's stall) is the core's ``Channel``; the relay holds only what its sockets need.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
 import gevent
 from gevent import get_hub
@@ -37,10 +38,8 @@ from jproxy.handlers.net.sockets import (
     send_pieces_now,
     shutdown,
 )
-from jproxy.metrics import Counters
-from jproxy.tuning import RelayTuning
-from jproxy.tunnel.mux import LEGACY_BOUND, Channel, Channels, Ending, Side
-from jproxy.tunnel.mux import Event as CoreEvent
+from jproxy.handlers.tunnel.link import Link
+from jproxy.tunnel.mux import Channel, Ending, Side
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +51,6 @@ GATHER_MAX = 64
 _ABNORMAL = frozenset({Ending.RESET, Ending.CUT, Ending.IDLE})
 
 
-class Link(Protocol):
-    """What a relay needs of its tunnel."""
-
-    channels: Channels
-    counters: Counters
-    tuning: RelayTuning
-    clock: Callable[[], float]
-
-    def perform(self, events: list[CoreEvent]) -> None: ...
-
-    def send_data(self, messages: list[bytes]) -> None: ...
-
-    def has_room(self) -> bool: ...
-
-    def wake_when_room(self, resume: Callable[[], None]) -> None: ...
-
-    def stall_eased(self) -> None: ...
-
-
 class StreamRelay:
     __slots__ = (
         "link",
@@ -78,8 +58,6 @@ class StreamRelay:
         "sock",
         "bytes_in",
         "bytes_out",
-        "blocked_since",
-        "stalling",
         "arrived",
         "answer",
         "_backlog",
@@ -101,10 +79,6 @@ class StreamRelay:
         self.sock = sock
         self.bytes_in = 0
         self.bytes_out = 0
-        self.blocked_since: float | None = None
-        """Since when data waits that the local socket would not take (None: nothing waits)."""
-        self.stalling = False
-        """3.0: the tunnel stopped reading until this stream is under its bound (or cut)."""
         self.arrived: list[bytes] = []
         """Data of the chunk the tunnel reader is working on; ``deliver_arrived`` sends it."""
         self.answer: AsyncResult | None = None
@@ -155,8 +129,7 @@ class StreamRelay:
             data = b"".join(arrived)
             arrived.clear()
         self._backlog.append(data)
-        if self.blocked_since is None:
-            self.blocked_since = now
+        self.link.channels.waiting(self.channel, now)
         self._start_writer()
 
     def window_opened(self) -> None:
@@ -174,11 +147,6 @@ class StreamRelay:
         self._peer_eof = True
         self._start_writer()  # deliver the backlog, then close (run() starts it if not yet)
         self.window_opened()
-
-    @property
-    def over_bound(self) -> bool:
-        """3.0: the stream holds more undelivered data than its bound, and goes on."""
-        return self._ended is None and self.channel.undelivered > LEGACY_BOUND
 
     def abort(self, ending: Ending) -> None:
         """End the stream now: reset the local socket, drop what was not delivered."""
@@ -351,8 +319,6 @@ class StreamRelay:
         self.bytes_in += count
         self.link.counters.transferred(count)
         self.link.perform(self.link.channels.delivered(self.channel, count, now))
-        if self.stalling and self.channel.undelivered <= LEGACY_BOUND:
-            self.link.stall_eased()
 
     def _start_writer(self) -> None:
         """Write the backlog in a greenlet; with none, act on the peer's EOF or goodbye now
@@ -376,8 +342,6 @@ class StreamRelay:
                     sent = sock.send(view)
                     view = view[sent:]
                     self._written(sent, self.link.clock())
-                if not backlog:
-                    self.blocked_since = None
             if self._ended is None and self._peer_eof:
                 self._finish_inbound()
         except OSError as error:
@@ -402,5 +366,3 @@ class StreamRelay:
     def _wake_all(self) -> None:
         self._done.set()
         self.window_opened()
-        if self.stalling:
-            self.link.stall_eased()
