@@ -16,13 +16,33 @@ def set_nodelay(sock: socket.socket) -> None:
         pass
 
 
+NOTSENT_LOWAT = 128 * 1024
+"""Unsent bytes the kernel may hold per socket: enough to keep a link busy between two sends
+of ours, little enough that what we send next (a small request's answer among downloads)
+does not wait behind megabytes already handed to the kernel. Our own queues, which serve
+channels in turn, hold the rest."""
+
+
+def keep_unsent_low(sock: socket.socket) -> None:
+    """Set TCP_NOTSENT_LOWAT (Linux, macOS): the socket takes no more while ``NOTSENT_LOWAT``
+    bytes wait unsent in the kernel."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, NOTSENT_LOWAT)
+        except OSError:
+            pass
+
+
 def tune_tunnel_socket(sock: socket.socket) -> None:
-    """No delay, and keepalive so the kernel notices a peer that vanished without a FIN."""
+    """No delay, little unsent in the kernel, and keepalive so the kernel notices a peer that
+    vanished without a FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     set_nodelay(sock)
+    keep_unsent_low(sock)
 
 
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY}

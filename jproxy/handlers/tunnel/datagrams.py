@@ -11,9 +11,7 @@ dropped and counted, so UDP never stalls the tunnel's TCP streams.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
-
-from gevent.event import AsyncResult
+from typing import NamedTuple, Protocol
 
 from jproxy.handlers.tunnel.link import Link, TunnelClosed
 from jproxy.socks.udp_association import Drop
@@ -50,7 +48,6 @@ class TunnelDatagrams:
 
     def __init__(self, link: Link) -> None:
         self.tunnel = link
-        self._answers: dict[Channel, AsyncResult] = {}
         self.udp_unsupported = False
         """Client: an associate went unanswered on this 3.0 tunnel (the Java server)."""
 
@@ -73,12 +70,11 @@ class TunnelDatagrams:
         if tunnel.is_closed:
             raise TunnelClosed("the tunnel is closed")
         request = tunnel.channels.associate(host, port, tunnel.clock(), local_port)
-        channel = request.channel
-        channel.handler = sink
-        status, _ = self._wait(channel, request.value, timeout)
+        request.channel.handler = sink
+        status, _ = tunnel.request(request, timeout)
         if status is not ConnectStatus.OK:
             raise AssociateFailed(status)
-        return channel
+        return request.channel
 
     def echo(self, host: str, timeout_ms: int, data: bytes, wait: float) -> EchoAnswer:
         """One ICMP echo from the server's side; ``gevent.Timeout`` after ``wait`` seconds."""
@@ -86,19 +82,7 @@ class TunnelDatagrams:
         if tunnel.is_closed:
             raise TunnelClosed("the tunnel is closed")
         request = tunnel.channels.echo(host, timeout_ms, data, tunnel.clock())
-        return EchoAnswer(*self._wait(request.channel, request.value, wait))
-
-    def _wait(self, channel: Channel, request: bytes, timeout: float) -> Any:
-        """Send ``request`` and wait for its answer; a channel nobody waits for is ended."""
-        answer = self._answers[channel] = AsyncResult()
-        self.tunnel.send_control(request)
-        try:
-            return answer.get(timeout=timeout)
-        except BaseException:
-            self.tunnel.perform(self.tunnel.channels.close(channel, Ending.FAILED))
-            raise
-        finally:
-            self._answers.pop(channel, None)
+        return EchoAnswer(*tunnel.request(request, wait))
 
     # --- either side ----------------------------------------------------------------------------
 
@@ -111,7 +95,7 @@ class TunnelDatagrams:
         message = tunnel.channels.packet(channel, data, tunnel.clock())
         if message is None:
             return False
-        if not tunnel.send_datagram(message):
+        if not tunnel.send_datagram(channel, message):
             tunnel.counters.datagram_dropped(Drop.QUEUE_FULL.value)
             return False
         tunnel.counters.transferred(len(data))
@@ -124,14 +108,6 @@ class TunnelDatagrams:
 
     # --- from the driver (in the hub: nothing here waits) ----------------------------------------
 
-    def answered(self, channel: Channel, value: tuple) -> None:
-        """The answer to an associate or an echo; one nobody waits for any more is ended."""
-        answer = self._answers.get(channel)
-        if answer is not None:
-            answer.set(value)
-        else:
-            self.tunnel.perform(self.tunnel.channels.close(channel, Ending.FAILED))
-
     def datagram(self, channel: Channel, data: bytes) -> None:
         sink = channel.handler
         if sink is not None:
@@ -139,10 +115,7 @@ class TunnelDatagrams:
             sink.datagram(channel, data)
 
     def ended(self, channel: Channel, ending: Ending) -> None:
-        """The channel ended: a waiting request fails, the sink hears of it."""
-        answer = self._answers.get(channel)
-        if answer is not None and not answer.ready():
-            answer.set_exception(TunnelClosed("the tunnel closed"))
+        """The channel ended: its sink hears of it."""
         sink, channel.handler = channel.handler, None
         if sink is not None:
             sink.ended(channel, ending)

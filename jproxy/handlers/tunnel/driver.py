@@ -14,8 +14,13 @@ long. One libev timer calls the core's ``handle_timer`` at its ``next_deadline``
 
 Sending: whoever has messages seals and sends them at once when nothing is queued ahead; only
 what the socket does not take waits, for a writer greenlet that exists while there is such a
-backlog. Frames leave in the order their nonces were counted; control messages may overtake
-queued data, half-closes and disconnects never do. A stream that finds the data queue full
+backlog. What waits waits per channel, and the writer takes the channels in turn, one message
+(at most one frame) from each (deficit round-robin with a quantum of one frame): a small
+request on one stream leaves after at most one frame of each other busy channel, never behind
+a download's whole backlog. The kernel keeps little unsent (``TCP_NOTSENT_LOWAT``), so the
+queue that decides the order is this one. Frames leave in the order their nonces were
+counted; control messages may overtake queued data, half-closes and disconnects never overtake
+their own channel's data. A stream that finds the data queue full
 pauses its reader until the queue has room again. The core hears when the socket refuses
 bytes and when it takes them again, and declares the peer dead when it took none for its
 ``WRITE_STALL``.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import gevent
@@ -99,8 +104,11 @@ class Tunnel:
         block (it runs in the hub): it spawns a greenlet."""
         self.datagrams = TunnelDatagrams(self)
         """The tunnel's UDP associations and ICMP echoes."""
+        self._answers: dict[Channel, AsyncResult] = {}
+        """Client: the requests that wait for the server's answer (``request``)."""
         self._control: deque[bytes] = deque()
-        self._data: deque[bytes] = deque()
+        self._data: OrderedDict[Channel, deque[bytes]] = OrderedDict()
+        """The messages that wait, per channel, in the order the channels are served next."""
         self._unsent: memoryview | None = None
         self._queued = 0
         self._busy = False
@@ -130,7 +138,7 @@ class Tunnel:
             Do.ASSOCIATE: self._request_event,
             Do.DATAGRAM: self.datagrams.datagram,
             Do.ECHO: self._request_event,
-            Do.ECHOED: self.datagrams.answered,
+            Do.ECHOED: self._answered_event,
             Do.PAUSE_READING: self._pause_event,
             Do.RESUME_READING: self._resume_event,
         }
@@ -183,18 +191,23 @@ class Tunnel:
             raise TunnelClosed("the tunnel is closed")
         request = self.channels.open(host, port, self.clock())
         relay = StreamRelay(self, request.channel, sock)
-        answer = relay.answer = AsyncResult()
+        return relay, self.request(request, timeout)
+
+    def request(self, request: Event, timeout: float) -> tuple:
+        """Client side: send a request of the core's (a stream's, an association's or an
+        echo's) and wait for its answer, the one place that does: ``TunnelClosed`` if the
+        channel or the tunnel ends first; after ``gevent.Timeout`` (or any other error) the
+        channel is ended, so a late answer finds nobody and is not acted on."""
+        channel = request.channel
+        answer = self._answers[channel] = AsyncResult()
         self.send_control(request.value)
         try:
-            answered = answer.get(timeout=timeout)
-        except gevent.Timeout:
-            self.perform(self.channels.close(request.channel, Ending.FAILED))
+            return answer.get(timeout=timeout)
+        except BaseException:
+            self.perform(self.channels.close(channel, Ending.FAILED))
             raise
-        except ConnectionResetError:
-            raise TunnelClosed("the tunnel closed") from None
         finally:
-            relay.answer = None
-        return relay, answered
+            del self._answers[channel]
 
     def answer(self, channel: Channel, status: ConnectStatus, value: int) -> bool:
         """Server side: answer a connect (``value``: elapsed ms) or associate (``value``: the
@@ -231,23 +244,44 @@ class Tunnel:
         for resume in waiters:
             resume()
 
-    def send_data(self, messages: list[bytes]) -> None:
-        """Send one read's worth of data messages (the caller asked ``has_room`` first)."""
+    def send_data(self, channel: Channel, messages: list[bytes]) -> None:
+        """Send one read's worth of ``channel``'s data messages (the caller asked ``has_room``
+        first): at once when nothing waits, else behind that channel's own."""
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
-        if not self._busy:
+        if not self._busy and not self._data:
             self._send_direct(messages)
             return
-        self._data.extend(messages)
-        self._queued += sum(map(len, messages))
+        self._enqueue(channel, messages)
 
-    def send_datagram(self, message: bytes) -> bool:
+    def send_datagram(self, channel: Channel, message: bytes) -> bool:
         """Send one datagram's message without ever waiting; ``False`` (the caller drops it and
         counts) while the data queue is full or the tunnel is closed."""
         if self._queued >= DATA_QUEUE_LIMIT or self.closed.is_set():
             return False
-        self.send_data([message])
+        self.send_data(channel, [message])
         return True
+
+    def _enqueue(self, channel: Channel, messages: list[bytes]) -> None:
+        queue = self._data.get(channel)
+        if queue is None:
+            queue = self._data[channel] = deque()
+        queue.extend(messages)
+        self._queued += sum(map(len, messages))
+
+    def _take(self, limit: int) -> list[bytes]:
+        """Up to about ``limit`` bytes of waiting messages, one from each channel in turn (a
+        channel served goes to the back of the line)."""
+        data, taken, size = self._data, [], 0
+        while data and size < limit:
+            channel, queue = data.popitem(last=False)
+            message = queue.popleft()
+            taken.append(message)
+            size += len(message)
+            if queue:
+                data[channel] = queue
+        self._queued -= size
+        return taken
 
     def _queue_control(self, message: bytes) -> None:
         """Queue a control message; the caller flushes (``perform``, or the end of a chunk)."""
@@ -259,25 +293,26 @@ class Tunnel:
             return
         self._control.append(message)
 
-    def _queue_after_data(self, message: bytes) -> None:
-        """Queue a half-close or disconnect behind the data already queued."""
+    def _queue_after_data(self, channel: Channel, message: bytes) -> None:
+        """Queue a half-close, disconnect or dissociate behind its channel's queued data."""
         if not self.closed.is_set():
-            self._data.append(message)
-            self._queued += len(message)
+            self._enqueue(channel, [message])
 
     def _flush(self) -> None:
-        """Send what is queued now, unless a writer greenlet owns the socket or a chunk is being
-        carried out (its end flushes)."""
+        """Send what is queued now (control messages, then a batch of data taken in turn),
+        unless a writer greenlet owns the socket or a chunk is being carried out (its end
+        flushes); what is left goes to a writer."""
         if self._busy or self._dispatching or self.closed.is_set():
             return
         messages = list(self._control)
         self._control.clear()
         if self._data:
-            messages.extend(self._data)
-            self._data.clear()
-            self._queued = 0
+            messages += self._take(WRITE_BATCH)
         if messages:
             self._send_direct(messages)
+        if self._data and not self._busy and not self.closed.is_set():
+            self._busy = True
+            gevent.spawn(self._write_backlog)
 
     def _send_direct(self, messages: list[bytes]) -> None:
         """Seal and send without waiting; what the socket does not take goes to the writer."""
@@ -297,14 +332,15 @@ class Tunnel:
 
     def _write_backlog(self) -> None:
         seal_all, sock = self.session.seal_all, self.sock
-        control, data = self._control, self._data
+        control = self._control
+        self.channels.write_blocked(self.clock())
         try:
             while True:
                 if self._unsent is not None:
                     unsent, self._unsent = self._unsent, None
                     send_all(sock, unsent)
                     self._queued -= len(unsent)
-                more = bool(control or data)
+                more = bool(control or self._data)
                 self.channels.wrote(self.clock(), blocked=more)
                 if self._queued < DATA_QUEUE_LIMIT and self._room_waiters:
                     self._wake_room_waiters()
@@ -312,12 +348,7 @@ class Tunnel:
                     return
                 messages = list(control)
                 control.clear()
-                size = 0
-                while data and size < WRITE_BATCH:
-                    message = data.popleft()
-                    size += len(message)
-                    messages.append(message)
-                self._queued -= size
+                messages += self._take(WRITE_BATCH)
                 wire = seal_all(messages)
                 self._unsent = memoryview(wire)
                 self._queued += len(wire)
@@ -336,8 +367,8 @@ class Tunnel:
     def _send_event(self, channel: Channel | None, message: bytes) -> None:
         self._queue_control(message)
 
-    def _send_after_data_event(self, channel: Channel | None, message: bytes) -> None:
-        self._queue_after_data(message)
+    def _send_after_data_event(self, channel: Channel, message: bytes) -> None:
+        self._queue_after_data(channel, message)
 
     def _window_event(self, channel: Channel, _: object) -> None:
         if channel.handler is not None:
@@ -348,15 +379,15 @@ class Tunnel:
             channel.handler.peer_eof()
 
     def _closed_event(self, channel: Channel, ending: Ending) -> None:
+        answer = self._answers.get(channel)
+        if answer is not None and not answer.ready():
+            answer.set_exception(TunnelClosed(f"the request ended: {ending.value}"))
         if channel.kind is not Kind.TCP:
             self.datagrams.ended(channel, ending)
             return
         relay = channel.handler
-        if relay is None:
-            return  # server: still connecting; its answer finishes the goodbye
-        if relay.answer is not None and not relay.answer.ready():
-            relay.answer.set_exception(ConnectionResetError("the tunnel closed"))
-        relay.peer_closed(ending)
+        if relay is not None:  # the server's is None while it connects: its answer ends it
+            relay.peer_closed(ending)
 
     def _connect_event(self, channel: Channel, value: object) -> None:
         self._request_event(channel, value, Do.CONNECT)
@@ -375,14 +406,12 @@ class Tunnel:
             failure = ConnectStatus.GENERAL_FAILURE
             self.perform(self.channels.answer(channel, failure, 0, self.clock()))
 
-    def _answered_event(self, channel: Channel, value: tuple[ConnectStatus, int]) -> None:
-        if channel.kind is not Kind.TCP:
-            self.datagrams.answered(channel, value)
-            return
-        relay = channel.handler
-        if relay is not None and relay.answer is not None:
-            relay.answer.set(value)
-        else:  # nobody waits any more: the SOCKS client gave up
+    def _answered_event(self, channel: Channel, value: tuple) -> None:
+        """Client: the answer to a stream's, an association's or an echo's request."""
+        answer = self._answers.get(channel)
+        if answer is not None:
+            answer.set(value)
+        else:  # nobody waits any more (the SOCKS client gave up): end what it opened
             self.perform(self.channels.close(channel, Ending.FAILED))
 
     def _warning_event(self, channel: Channel | None, text: str) -> None:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.mux import Channels, Event
+from jproxy.tunnel.mux import Channel, Channels, Event
 
 
 class TunnelClosed(ConnectionError):
@@ -25,16 +25,19 @@ class Link(Protocol):
     clock: Callable[[], float]
     name: str
 
+    def request(self, request: Event, timeout: float) -> tuple:
+        """Send a request of the core's and wait for its answer (client side)."""
+
     def perform(self, events: list[Event]) -> None:
         """Carry out the core's commands (never waits)."""
 
     def send_control(self, message: bytes) -> None:
         """Send a control message now, ahead of queued data (never waits)."""
 
-    def send_data(self, messages: list[bytes]) -> None:
+    def send_data(self, channel: Channel, messages: list[bytes]) -> None:
         """Send one read's worth of a stream's data messages (the caller asked ``has_room``)."""
 
-    def send_datagram(self, message: bytes) -> bool:
+    def send_datagram(self, channel: Channel, message: bytes) -> bool:
         """Send one datagram's message, or drop it (False) while the data queue is full."""
 
     def has_room(self) -> bool:

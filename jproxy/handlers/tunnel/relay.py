@@ -27,10 +27,11 @@ from collections.abc import Callable
 
 import gevent
 from gevent import get_hub
-from gevent.event import AsyncResult, Event
+from gevent.event import Event
 
 from jproxy.handlers.net.sockets import (
     close,
+    keep_unsent_low,
     raw_socket,
     read_watcher,
     reset,
@@ -43,8 +44,9 @@ from jproxy.tunnel.mux import Channel, Ending, Side
 
 log = logging.getLogger(__name__)
 
-YIELD_EVERY = 256 * 1024
-"""A stream whose socket always has data lets the others run after this many bytes."""
+YIELD_EVERY = 64 * 1024
+"""A stream whose socket always has data lets the others run after this many bytes (one read
+of the default size): no stream takes more than its share of a loop turn while others wait."""
 GATHER_MAX = 64
 """Up to this many pieces of a chunk go to the socket in one sendmsg; more are joined first
 (the kernel's limit on pieces is 1024)."""
@@ -59,7 +61,6 @@ class StreamRelay:
         "bytes_in",
         "bytes_out",
         "arrived",
-        "answer",
         "_backlog",
         "_writer",
         "_reader",
@@ -69,7 +70,6 @@ class StreamRelay:
         "_eof_unsent",
         "_done",
         "_running",
-        "_peer_eof",
         "_ended",
     )
 
@@ -81,7 +81,6 @@ class StreamRelay:
         self.bytes_out = 0
         self.arrived: list[bytes] = []
         """Data of the chunk the tunnel reader is working on; ``deliver_arrived`` sends it."""
-        self.answer: AsyncResult | None = None
         self._backlog: deque[bytes] = deque()
         self._writer: gevent.Greenlet | None = None
         self._reader = None
@@ -95,10 +94,15 @@ class StreamRelay:
         self._done = Event()
         """Set when nothing more will reach the local socket (the inbound direction is done)."""
         self._running = False  # until run(): the SOCKS reply has not been sent yet
-        self._peer_eof = False
         self._ended: Ending | None = None
         channel.handler = self
         sock.settimeout(None)
+        keep_unsent_low(sock)
+
+    @property
+    def _peer_done(self) -> bool:
+        """The peer sends no more (its half-close or its disconnect): the core's state."""
+        return self.channel.theirs >= Side.EOF
 
     @property
     def ending(self) -> Ending:
@@ -136,7 +140,6 @@ class StreamRelay:
         self._resume()
 
     def peer_eof(self) -> None:
-        self._peer_eof = True
         self._start_writer()
 
     def peer_closed(self, ending: Ending) -> None:
@@ -144,7 +147,6 @@ class StreamRelay:
         if ending in _ABNORMAL:
             self.abort(ending)
             return
-        self._peer_eof = True
         self._start_writer()  # deliver the backlog, then close (run() starts it if not yet)
         self.window_opened()
 
@@ -156,8 +158,6 @@ class StreamRelay:
         self._backlog.clear()
         self._end_pump()
         self.link.perform(self.link.channels.close(self.channel, ending))
-        if self.answer is not None and not self.answer.ready():
-            self.answer.set_exception(ConnectionResetError("the stream ended"))
         reset(self.sock)
         self._wake_all()
 
@@ -166,7 +166,7 @@ class StreamRelay:
     def run(self, early_data: bytes = b"") -> None:
         """Relay until the stream ends; always closes the socket and says goodbye to the peer."""
         self._running = True
-        if self._backlog or self._peer_eof:
+        if self._backlog or self._peer_done:
             self._start_writer()  # what arrived before the stream's socket was ready
         try:
             if self._ended is None:
@@ -271,7 +271,7 @@ class StreamRelay:
             taken += size
             self.bytes_out += size
             link.counters.transferred(size)
-            link.send_data(channels.data(channel, pending, link.clock()))
+            link.send_data(channel, channels.data(channel, pending, link.clock()))
 
     def _resume(self) -> None:
         """Window or queue room came: the paused pump goes on (in the loop, not in the caller)."""
@@ -327,7 +327,7 @@ class StreamRelay:
             return
         if self._backlog:
             self._writer = gevent.spawn(self._write)
-        elif self._peer_eof and self._ended is None:
+        elif self._peer_done and self._ended is None:
             self._finish_inbound()
 
     def _write(self) -> None:
@@ -342,7 +342,7 @@ class StreamRelay:
                     sent = sock.send(view)
                     view = view[sent:]
                     self._written(sent, self.link.clock())
-            if self._ended is None and self._peer_eof:
+            if self._ended is None and self._peer_done:
                 self._finish_inbound()
         except OSError as error:
             if self._ended is None:
