@@ -69,7 +69,7 @@ class Routes(Protocol):
     def send(self, route: Route, payload: bytes) -> None:
         """Send one datagram on an open route; never blocks (drops and counts instead)."""
 
-    def close(self, route: Route, ending: str) -> None:
+    def close(self, route: Route, ending: Ending) -> None:
         """The route ends: ``closed`` (the association ended) or ``idle``."""
 
 
@@ -102,7 +102,7 @@ class SocksUdpRelay:
         finally:
             self._greenlets.kill()
             for route in list(self.core.routes.values()):
-                self._end_route(route, "closed")
+                self._end_route(route, Ending.CLOSED)
             self.udp.close()
 
     # --- the control connection and the idle clock -----------------------------------------------
@@ -114,7 +114,7 @@ class SocksUdpRelay:
         while self.routes.usable():
             now = time.monotonic()
             for route in self.core.expired(now):
-                self._end_route(route, "idle")
+                self._end_route(route, Ending.IDLE)
             if self.core.idle(now):
                 log.info("UDP association from %s: idle, closing", self.core.client_ip)
                 return
@@ -177,7 +177,7 @@ class SocksUdpRelay:
         for payload in self._pending.pop(route, ()):
             self.routes.send(route, payload)
 
-    def _end_route(self, route: Route, ending: str) -> None:
+    def _end_route(self, route: Route, ending: Ending) -> None:
         self.core.forget(route)
         self._pending.pop(route, None)
         if route.channel is not None:
@@ -223,7 +223,7 @@ class TunnelRoutes:
     def send(self, route: Route, payload: bytes) -> None:
         self.datagrams.send(route.channel, payload)
 
-    def close(self, route: Route, ending: str) -> None:
+    def close(self, route: Route, ending: Ending) -> None:
         self.datagrams.dissociate(route.channel)
 
     def _failed(self, route: Route, relay: SocksUdpRelay, error: BaseException) -> None:

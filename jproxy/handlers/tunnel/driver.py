@@ -73,6 +73,8 @@ CONTROL_QUEUE_LIMIT = 16384
 """Unsent control messages a tunnel may hold; a peer that makes us answer more but does not
 read the answers is cut off."""
 _READABLE = 1  # libev's EV_READ
+_REQUESTS = {Kind.TCP: Do.CONNECT, Kind.UDP: Do.ASSOCIATE, Kind.ICMP: Do.ECHO}
+"""The event that asks the server for a channel of each kind."""
 
 
 class Tunnel:
@@ -130,7 +132,7 @@ class Tunnel:
             Do.WINDOW: self._window_event,
             Do.EOF: self._eof_event,
             Do.CLOSED: self._closed_event,
-            Do.CONNECT: self._connect_event,
+            Do.CONNECT: self._request_event,
             Do.ANSWERED: self._answered_event,
             Do.WARNING: self._warning_event,
             Do.INFO: self._info_event,
@@ -389,16 +391,11 @@ class Tunnel:
         if relay is not None:  # the server's is None while it connects: its answer ends it
             relay.peer_closed(ending)
 
-    def _connect_event(self, channel: Channel, value: object) -> None:
-        self._request_event(channel, value, Do.CONNECT)
-
-    def _request_event(self, channel: Channel, value: object, kind: Do | None = None) -> None:
+    def _request_event(self, channel: Channel, value: object) -> None:
         """Server: the core admitted a request; ``on_request`` starts its work (or, with none,
         it is refused)."""
-        if kind is None:
-            kind = Do.ASSOCIATE if channel.kind is Kind.UDP else Do.ECHO
         if self._on_request is not None:
-            self._on_request(self, Event(kind, channel, value))
+            self._on_request(self, Event(_REQUESTS[channel.kind], channel, value))
         elif channel.kind is Kind.ICMP:
             failure = ConnectStatus.GENERAL_FAILURE
             self.perform(self.channels.echo_reply(channel, failure, 0, b""))

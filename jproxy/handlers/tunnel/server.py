@@ -272,7 +272,7 @@ class TunnelServer:
             record.connect_ms = _ms_since(started)
             tunnel.answer(channel, status, record.connect_ms)
             record.status, record.reason = error.status.name, error.reason
-            record.ended = _refused_or_failed(error)
+            record.ended = error.ending
             return
         except BaseException:
             tunnel.answer(channel, ConnectStatus.GENERAL_FAILURE, 0)
@@ -315,7 +315,7 @@ class TunnelServer:
         except DialError as error:
             tunnel.answer(channel, status_for_dialect(error.status, tunnel.channels.dialect), 0)
             record.status, record.reason = error.status.name, error.reason
-            record.ended = _refused_or_failed(error)
+            record.ended = error.ending
             return
         record.connect_ms = _ms_since(started)
         record.status, record.connected = (
@@ -350,7 +350,7 @@ class TunnelServer:
         except DialError as error:
             status = status_for_dialect(error.status, tunnel.channels.dialect)
             echo = Echo(status, 0, b"", "")
-            record.ended = _refused_or_failed(error)
+            record.ended = error.ending
             record.reason = error.reason
         except IcmpUnavailable as error:
             log.warning("echo to %s: %s", for_log(channel.host), error)
@@ -365,11 +365,6 @@ class TunnelServer:
             record.reason = f"{echo.status.name} via {echo.via}"
         record.duration = echo.elapsed_ms / 1000
         self.access_log.write(record)
-
-
-def _refused_or_failed(error: DialError) -> Ending:
-    """How a request the dialer refused ended: refused by the egress policy, or failed."""
-    return Ending.REFUSED if error.status is ConnectStatus.NOT_ALLOWED else Ending.FAILED
 
 
 def _ms_since(started: float) -> int:
