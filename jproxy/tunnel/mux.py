@@ -779,8 +779,7 @@ class Channels:
         if refusal is not None:
             status, why = refusal
             reply = self._connect_reply(channel_id, status, 0)
-            text = f"refused connect to {host}:{port}: {why}"
-            return [Event(Do.WARNING, None, text), Event(Do.SEND, None, reply)]
+            return _refused(Do.WARNING, f"refused connect to {host}:{port}: {why}", reply)
         channel = self._add(Channel(channel_id, Kind.TCP, host, port, now))
         return [Event(Do.CONNECT, channel, (host, port))]
 
@@ -792,9 +791,8 @@ class Channels:
             status, why = refusal
             reply = UDP_ASSOCIATE_REPLY.build(channel_id, status, 0)
             text = f"refused a UDP association with {host}:{port}: {why}"
-            return [Event(Do.INFO, None, text), Event(Do.SEND, None, reply)]
+            return _refused(Do.INFO, text, reply)
         channel = self._add(Channel(channel_id, Kind.UDP, host, port, now))
-        self.associations += 1
         return [Event(Do.ASSOCIATE, channel, local_port)]
 
     def _on_echo_request(
@@ -807,8 +805,7 @@ class Channels:
         if refusal is not None:
             status, why = refusal
             reply = self._echo_reply(channel_id, status, 0, b"")
-            text = f"refused an echo to {host}: {why}"
-            return [Event(Do.INFO, None, text), Event(Do.SEND, None, reply)]
+            return _refused(Do.INFO, f"refused an echo to {host}: {why}", reply)
         channel = self._add(Channel(channel_id, Kind.ICMP, host, 0, now))
         return [Event(Do.ECHO, channel, (timeout_ms, bytes(data)))]
 
@@ -966,14 +963,13 @@ class Channels:
         """Client: a channel of ``kind`` on a free id, within the budget."""
         if len(self.channels) >= self.max_channels:
             raise Exhausted(f"{self.max_channels} channels open on this tunnel")
-        channel = self._add(Channel(self._free_id(), kind, host, port, now))
-        if kind is Kind.UDP:
-            self.associations += 1
-        return channel
+        return self._add(Channel(self._free_id(), kind, host, port, now))
 
     def _add(self, channel: Channel) -> Channel:
         channel.send_window = channel.receive_window = self.window
         self.channels[channel.id] = channel
+        if channel.kind is Kind.UDP:
+            self.associations += 1
         return channel
 
     @staticmethod
@@ -1007,6 +1003,11 @@ class Channels:
             if candidate not in self.channels:
                 return candidate
         raise Exhausted("no free connection id")
+
+
+def _refused(level: Do, text: str, reply: bytes) -> list[Event]:
+    """A request refused by the core itself: the line to log and the answer that says why."""
+    return [Event(level, None, text), Event(Do.SEND, None, reply)]
 
 
 def _delivery(channel: Channel, run: list[bytes]) -> Event:

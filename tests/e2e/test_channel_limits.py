@@ -20,23 +20,12 @@ from jproxy.metrics import Counters
 from jproxy.tunnel.keys import load_client_key
 from jproxy.tunnel.mux import DEFAULT_MAX_CHANNELS
 from schemas.jproxy import ConnectStatus, Dialect
-from tests.peers import UdpEcho, start_server
+from tests.peers import DatagramSink, UdpEcho, start_server
 
 STREAMS = 900
 ASSOCIATIONS = DEFAULT_MAX_CHANNELS - STREAMS
 OVER = 76
 """Requests past the budget: a third streams, a third associations, a third echoes."""
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-
-    def datagram(self, channel, data: bytes) -> None:
-        self.received.append(data)
-
-    def ended(self, channel, ending) -> None:
-        pass
 
 
 def _echo(sock, _address) -> None:
@@ -72,7 +61,7 @@ def test_requests_of_every_kind_past_the_budget_are_refused_one_by_one(workdir, 
             assert status is ConnectStatus.OK
             gevent.spawn(relay.run)
             held.append((app, relay))
-        sink = Sink()
+        sink = DatagramSink()
         associations = [
             tunnel.datagrams.associate(*udp_echo.address, sink, timeout=10)
             for _ in range(ASSOCIATIONS)
@@ -86,7 +75,7 @@ def test_requests_of_every_kind_past_the_budget_are_refused_one_by_one(workdir, 
                 app.close()
             elif kind == 1:
                 with pytest.raises(AssociateFailed) as failed:
-                    tunnel.datagrams.associate(*udp_echo.address, Sink(), timeout=10)
+                    tunnel.datagrams.associate(*udp_echo.address, DatagramSink(), timeout=10)
                 status = failed.value.status
             else:
                 status = tunnel.datagrams.echo("127.0.0.1", 1000, b"ping", 10).status

@@ -15,25 +15,29 @@ from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.tunnel.client import open_tunnel, serve_tunnel
 from jproxy.handlers.tunnel.datagrams import AssociateFailed
+from jproxy.handlers.tunnel.driver import Tunnel
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.metrics import Counters
 from jproxy.policy.egress import EgressPolicy
 from jproxy.tunnel.keys import UserDirectory, load_client_key
-from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus, Dialect
-from tests.peers import UdpEcho, echo, serve_tcp
+from tests.peers import DatagramSink, UdpEcho, echo, serve_tcp
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.endings: list[Ending] = []
-
-    def datagram(self, channel, data: bytes) -> None:
-        self.received.append(data)
-
-    def ended(self, channel, ending: Ending) -> None:
-        self.endings.append(ending)
+def serve_in_process(workdir, limits: ServerLimits) -> tuple[TunnelServer, Tunnel, gevent.Greenlet]:
+    """A ``TunnelServer`` with ``limits`` in this process (loopback allowed), and a running
+    tunnel to it (the greenlet that runs it)."""
+    policy = EgressPolicy.from_rules(["127.0.0.0/8"], [])
+    dialer = Dialer(SystemResolver(), policy, limits.connect_timeout)
+    server = TunnelServer(
+        ("127.0.0.1", 0), UserDirectory(workdir / "users"), limits=limits, dialer=dialer
+    )
+    server.start()
+    key = load_client_key(workdir / "key.dat")
+    tunnel = open_tunnel(
+        server.address, key, Dialect.SECURE_3_1, login_timeout=10, counters=Counters()
+    )
+    return server, tunnel, gevent.spawn(serve_tunnel, tunnel)
 
 
 @pytest.fixture
@@ -42,18 +46,7 @@ def tunnel_with_limit(workdir):
     opened = []
 
     def open_(max_streams: int):
-        limits = ServerLimits(max_streams=max_streams)
-        policy = EgressPolicy.from_rules(["127.0.0.0/8"], [])
-        dialer = Dialer(SystemResolver(), policy, limits.connect_timeout)
-        server = TunnelServer(
-            ("127.0.0.1", 0), UserDirectory(workdir / "users"), limits=limits, dialer=dialer
-        )
-        server.start()
-        key = load_client_key(workdir / "key.dat")
-        tunnel = open_tunnel(
-            server.address, key, Dialect.SECURE_3_1, login_timeout=10, counters=Counters()
-        )
-        runner = gevent.spawn(serve_tunnel, tunnel)
+        server, tunnel, runner = serve_in_process(workdir, ServerLimits(max_streams=max_streams))
         opened.append((server, tunnel, runner))
         return tunnel
 
@@ -64,7 +57,7 @@ def tunnel_with_limit(workdir):
         server.stop()
 
 
-def _echoed(tunnel, channel, sink: Sink, data: bytes) -> None:
+def _echoed(tunnel, channel, sink: DatagramSink, data: bytes) -> None:
     assert tunnel.datagrams.send(channel, data)
     with gevent.Timeout(10):
         while data not in sink.received:
@@ -75,7 +68,7 @@ def test_a_connect_over_the_limit_that_an_association_holds_is_refused(tunnel_wi
     """--max-streams 1: an association holds the one slot; a CONNECT gets status 6 and the
     tunnel lives (this used to spawn into a full pool in the hub and end the tunnel)."""
     tunnel = tunnel_with_limit(1)
-    udp_echo, sink = UdpEcho(), Sink()
+    udp_echo, sink = UdpEcho(), DatagramSink()
     target = serve_tcp(echo)
     try:
         channel = tunnel.datagrams.associate(*udp_echo.address, sink, timeout=10)
@@ -113,7 +106,7 @@ def test_an_association_over_the_limit_that_a_stream_holds_is_refused(tunnel_wit
         )
         assert status is ConnectStatus.OK
         with pytest.raises(AssociateFailed) as failed:
-            tunnel.datagrams.associate(*udp_echo.address, Sink(), timeout=10)
+            tunnel.datagrams.associate(*udp_echo.address, DatagramSink(), timeout=10)
         assert failed.value.status is ConnectStatus.CONNECTION_LIMIT
         assert not tunnel.closed.is_set()
     finally:

@@ -16,14 +16,8 @@ from jproxy.tunnel.mux import (
     RateLimit,
 )
 from schemas.fast import UDP_DISSOCIATE, UDP_PACKET
-from schemas.jproxy import ConnectStatus, Dialect, Direction, DisconnectReason
-
-C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
-MAX_MESSAGE = {Dialect.SECURE_3_1: 4063, Dialect.LEGACY_3_0: 4079}
-
-
-def core(sends: Direction, dialect: Dialect = Dialect.SECURE_3_1, **options) -> Channels:
-    return Channels(sends, dialect, max_message=MAX_MESSAGE[dialect], now=0.0, **options)
+from schemas.jproxy import ConnectStatus, Dialect, DisconnectReason
+from tests.unit.test_mux import C2S, S2C, core
 
 
 def _pair(dialect: Dialect = Dialect.SECURE_3_1, **server_options) -> tuple[Channels, Channels]:
