@@ -1,17 +1,18 @@
 """One stream's local socket joined to its tunnel channel.
 
-Reading the local socket is a libev watcher callback that runs in the hub: it reads once (or a
-few times while reads come back full), hands the data to the tunnel and sends it there when
-nothing is queued ahead, never more than the channel's window allows. No greenlet switch per
+Reading the local socket is a libev watcher callback that runs in the hub: it reads once per
+turn of the loop (one buffer, so no stream takes more than its share while others wait), hands
+the data to the driver, which sends it at once when nothing is queued ahead, never more than
+the channel's window allows. No greenlet switch per
 message: the watcher pauses while the window is spent or the tunnel's queue is full, and the
 tunnel resumes it. What the tunnel delivers is written at once when the socket takes it; what
 it does not take waits in a backlog written by a greenlet that exists only while there is a
 backlog. Each delivery grants the peer more window at once. The greenlet that calls ``run``
 only waits for the stream's end, then says goodbye and closes.
 
-No socket timeouts: the tunnel's one sweep ends idle streams (``abort``). A stream that ends
-abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is reset to the
-local application (SO_LINGER 0, then close), never ended with a clean EOF.
+No socket timeouts: the core's timer ends idle streams (a CLOSED event: ``peer_closed``). A
+stream that ends abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is
+reset to the local application (SO_LINGER 0, then close), never ended with a clean EOF.
 
 The relay knows its tunnel only through ``Link`` (``link.py``), so this module does not import
 the driver. The stream's protocol state (its sides, window, undelivered bytes, since when they
@@ -143,7 +144,7 @@ class StreamRelay:
         self._start_writer()
 
     def peer_closed(self, ending: Ending) -> None:
-        """The peer (or the tunnel, or the sweep) ended the stream."""
+        """The peer (or the tunnel's end, or the core's timer) ended the stream."""
         if ending in _ABNORMAL:
             self.abort(ending)
             return
@@ -179,7 +180,7 @@ class StreamRelay:
                         channels.finish(self.channel) + channels.close(self.channel, Ending.CLOSED)
                     )
             if self.channel.ours is not Side.CLOSED:
-                self._done.wait()  # the peer's direction: its EOF or goodbye, or the sweep
+                self._done.wait()  # the peer's direction: its EOF or goodbye, or a timer
             elif self._writer is not None:  # 3.0: our EOF was the goodbye; deliver, then close
                 self._writer.join(self.link.channels.idle_timeout)
         finally:
