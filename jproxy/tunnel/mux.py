@@ -190,7 +190,9 @@ _ENDING_OF = {
     DisconnectReason.BROKEN_PIPE: Ending.RESET,
     DisconnectReason.RESET: Ending.RESET,
 }
-"""What the peer's disconnect (or dissociate) reason means."""
+"""3.1: what the peer's disconnect (or dissociate) reason means. In 3.0 a reason means
+nothing: the Java peers send RESET for every close, a clean one included, so a 3.0 disconnect
+always ends the stream in order (CLOSED: what came before it is delivered, then FIN)."""
 _REASONS = {
     Kind.TCP: {
         Ending.CLOSED: DisconnectReason.CLIENT_CLOSED,
@@ -289,6 +291,7 @@ class Channel:
         "blocked_since",
         "active_at",
         "ending",
+        "peer_reason",
         "handler",
     )
 
@@ -306,6 +309,9 @@ class Channel:
         """Since when undelivered data waits (None: nothing waits)."""
         self.active_at = now
         self.ending: Ending | None = None
+        self.peer_reason: DisconnectReason | None = None
+        """The reason the peer's disconnect carried, when that disconnect ended the stream
+        (not when it answered ours): the access log records it."""
         self.handler: Any = None
 
     def __repr__(self) -> str:
@@ -376,6 +382,8 @@ class Channels:
         self.associations = 0
         self.heard_at = now
         self.pinged_at = now
+        self.rtt: float | None = None
+        """3.1 client: the round trip of the last ping answered (the console shows it)."""
         self.dropped_bytes = 0
         """Data that arrived for a channel whose local side is gone (counted, not kept)."""
         self.stalled: dict[Channel, float] = {}
@@ -854,7 +862,9 @@ class Channels:
         if channel is None or not self._move(channel, "theirs", Move.CLOSE):
             return []
         already_done = channel.ours is Side.CLOSED
-        self._end(channel, _ENDING_OF[reason])
+        if not already_done:
+            channel.peer_reason = reason
+        self._end(channel, _ENDING_OF[reason] if self.secure else Ending.CLOSED)
         events = self._unstall(channel) if channel in self.stalled else []
         if channel.kind is Kind.UDP:
             self._move(channel, "ours", Move.CLOSE)  # nothing answers a dissociate
@@ -891,7 +901,10 @@ class Channels:
         return [Event(Do.DATAGRAM, channel, bytes(data))]
 
     def _on_keepalive(self, now: float, kind: KeepAliveKind) -> list[Event]:
-        return [Event(Do.SEND, None, _PONG)] if kind is KeepAliveKind.PING else []
+        if kind is KeepAliveKind.PING:
+            return [Event(Do.SEND, None, _PONG)]
+        self.rtt = now - self.pinged_at
+        return []
 
     # --- 3.0's stall ------------------------------------------------------------------------
 

@@ -11,8 +11,11 @@ backlog. Each delivery grants the peer more window at once. The greenlet that ca
 only waits for the stream's end, then says goodbye and closes.
 
 No socket timeouts: the core's timer ends idle streams (a CLOSED event: ``peer_closed``). A
-stream that ends abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is
-reset to the local application (SO_LINGER 0, then close), never ended with a clean EOF.
+stream that ends abnormally (a reset of the local socket, a 3.1 peer's reset, the tunnel lost,
+idle, 3.0 over its bound) is reset to the local application (SO_LINGER 0, then close), never
+ended with a clean EOF. A 3.0 peer's disconnect is never abnormal, whatever its reason (the
+Java peers say RESET for every close): what came before it is written, then the socket is
+closed (FIN).
 
 The relay knows its tunnel only through ``Link`` (``link.py``), so this module does not import
 the driver. The stream's protocol state (its sides, window, undelivered bytes, since when they
@@ -361,8 +364,10 @@ class StreamRelay:
         self._done.set()
 
     def _close_both_ways(self) -> None:
+        """The peer said goodbye: our reader sees its EOF and ends the pump, then ``run``
+        closes the socket (FIN, after what was written)."""
         self._wake_all()
-        shutdown(self.sock, socket.SHUT_RDWR)  # our reader sees its EOF
+        shutdown(self.sock, socket.SHUT_RDWR)  # our own, not gevent's: see sockets.shutdown
 
     def _wake_all(self) -> None:
         self._done.set()
