@@ -605,3 +605,17 @@ class UdpEcho:
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
+
+
+class DatagramSink:
+    """Where a tunnel delivers one UDP association's datagrams and its end, for tests."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.endings: list = []
+
+    def datagram(self, channel, data: bytes) -> None:
+        self.received.append(data)
+
+    def ended(self, channel, ending) -> None:
+        self.endings.append(ending)

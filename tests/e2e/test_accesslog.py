@@ -10,6 +10,7 @@ import socket
 import time
 
 from jproxy.handlers.logs.access import MAX_REASON, AccessLog, AccessRecord
+from jproxy.tunnel.mux import Ending
 from tests.e2e.test_tunnel import socks_connect
 from tests.peers import start_client, start_server
 
@@ -24,7 +25,7 @@ def test_a_hostile_target_stays_on_one_ascii_line_and_reasons_are_bounded(tmp_pa
     log = AccessLog(str(tmp_path / "access.jsonl"))
     hostile = AccessRecord("tunnel", "bob", "127.0.0.1:1", 'x\n{"status":"OK"}\u2028é:80', 0.0)
     log.write(hostile)
-    log.write(record(reason="r" * 10_000, ended="failed", status="UNKNOWN_HOST"))
+    log.write(record(reason="r" * 10_000, ended=Ending.FAILED, status="UNKNOWN_HOST"))
     log.close()
     text = (tmp_path / "access.jsonl").read_bytes()
     assert text.isascii()
