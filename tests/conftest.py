@@ -19,7 +19,14 @@ import pytest
 
 from jproxy.socks.socks5 import Socks5Server
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.keys import ClientKey, UserRecord, generate, save_client_key, save_user
+from jproxy.tunnel.keys import (
+    ClientKey,
+    UserDirectory,
+    UserRecord,
+    generate,
+    save_client_key,
+    save_user,
+)
 from tests.keyfiles import JAVA, JAVA_HASH
 from tests.peers import Process, Unbound, serve_files
 from tests.socks5_handler import TIMEOUT, serve_one
@@ -119,6 +126,12 @@ def java_users(tmp_path: Path) -> Path:
     users.mkdir()
     shutil.copy(JAVA / "server-user.dat", users / f"{JAVA_HASH}.dat")
     return users
+
+
+@pytest.fixture
+def users(java_users: Path) -> UserDirectory:
+    """A server's users directory that knows the Java capture's user (alice)."""
+    return UserDirectory(java_users)
 
 
 @pytest.fixture
