@@ -156,7 +156,8 @@ SHUTDOWN_POLL = 0.02
 was half a second of every test that stopped one."""
 
 
-def _serve_in_a_thread(server: socketserver.BaseServer) -> None:
+def serve_in_a_thread(server: socketserver.BaseServer) -> None:
+    """Run ``server`` in a daemon thread until its ``shutdown()``."""
     threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), daemon=True).start()
 
 
@@ -178,7 +179,7 @@ def serve_files(directory: Path, host: str = "127.0.0.1") -> ThreadingHTTPServer
     """An HTTP server for ``directory`` on ``host`` (127.0.0.1 or ::1), on a free port."""
     handler = partial(_QuietHTTPHandler, directory=str(directory))
     server = (_HTTPServer6 if ":" in host else _HTTPServer)((host, 0), handler)
-    _serve_in_a_thread(server)
+    serve_in_a_thread(server)
     return server
 
 
@@ -204,7 +205,7 @@ def serve_tcp(handle, host: str = "127.0.0.1") -> _Threaded:
                 pass
 
     server = (_Threaded6 if ":" in host else _Threaded)((host, 0), Handler)
-    _serve_in_a_thread(server)
+    serve_in_a_thread(server)
     return server
 
 
