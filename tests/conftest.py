@@ -1,9 +1,12 @@
-"""Shared fixtures: one key pair for the session, and loopback target servers.
+"""Shared fixtures: key pairs and users folders, loopback target servers, and the thinnest
+SOCKS5 handler for the core's tests with real clients.
 
 The tests sit in three layers, one folder each, and each folder is a pytest marker:
-``tests/unit`` (the pure cores, fed bytes and events with a fake clock), ``tests/io``
-(drivers in this process on real sockets) and ``tests/e2e`` (real processes and real peers).
-``pytest -m "not e2e"`` runs the first two in seconds.
+``tests/unit`` (pure code: the cores fed bytes and events with a fake clock, the generated
+docs, the parsers; no socket, no wait, no subprocess), ``tests/io`` (drivers in this process
+on real sockets, files and signals; their deadlines are made short) and ``tests/e2e`` (real
+processes and real peers, started through tests/peers.py). ``pytest -m "not e2e"`` runs the
+first two in about 25 s. tests/unit/test_layers.py keeps every test file in a layer's folder.
 """
 
 from __future__ import annotations
