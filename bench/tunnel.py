@@ -255,6 +255,16 @@ def wait_listening(port: int, service: Service) -> None:
     raise BenchError(f"{service.name}: port {port} not listening in {START_TIMEOUT:g} s")
 
 
+def keys_and_environment(workdir: Path, tree: Path) -> dict[str, str]:
+    """Writes a key pair into ``workdir`` (key.dat, users/); the environment of a process that
+    imports the gjproxy package of the checkout ``tree``."""
+    key, record = generate("bench")
+    save_client_key(key, workdir / "key.dat")
+    save_user(record, workdir / "users")
+    search_path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": search_path}
+
+
 def start_gjproxy(
     dialect: str,
     workdir: Path,
@@ -265,13 +275,9 @@ def start_gjproxy(
     """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``; ``command(name)``
     is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``),
     with the package of the checkout ``tree`` first on PYTHONPATH (default: this one)."""
-    key, record = generate("bench")
-    save_client_key(key, workdir / "key.dat")
-    save_user(record, workdir / "users")
+    env = keys_and_environment(workdir, tree)
     server_flags, client_flags = DIALECT_FLAGS[dialect]
     gjproxy = command or (lambda name: [sys.executable, "-m", "jproxy"])
-    search_path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": search_path}
     listen = ["--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS]
     server = Service("server", [*gjproxy("server"), "server", *listen, *server_flags], workdir, env)
     stack.callback(server.stop)
@@ -282,6 +288,21 @@ def start_gjproxy(
     stack.callback(client.stop)
     socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")
+    return [server, client], socks_port
+
+
+def start_minimal_relay(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
+    """bench/minimal_relay.py: gjproxy 3.1's wire on gevent without gjproxy's machinery."""
+    env = keys_and_environment(workdir, ROOT)
+    relay = [sys.executable, str(ROOT / "bench" / "minimal_relay.py")]
+    listen = ["--listen", f"{LOOPBACK}:0", "--users", "users"]
+    server = Service("relay-server", [*relay, "server", *listen], workdir, env)
+    stack.callback(server.stop)
+    tunnel_port = server.wait_for(r"server listening on [\d.]+:(\d+)").group(1)
+    socks = ["--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0"]
+    client = Service("relay-client", [*relay, "client", *socks, "--key", "key.dat"], workdir, env)
+    stack.callback(client.stop)
+    socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     return [server, client], socks_port
 
 
@@ -365,9 +386,12 @@ class Proxy:
     start: Callable[[Path, ExitStack], tuple[list[Service], int]]
 
 
+RELAY = "minimal relay"
+"""bench/minimal_relay.py, named short for the table's columns."""
 PROXIES = [
     Proxy("gjproxy 3.1", (), lambda d, s: start_gjproxy("3.1", d, s)),
     Proxy("gjproxy 3.0", (), lambda d, s: start_gjproxy("3.0", d, s)),
+    Proxy(RELAY, (), start_minimal_relay),
     Proxy("pproxy", ("pproxy",), start_pproxy),
     Proxy("ssh -D", ("ssh", "sshd", "ssh-keygen"), start_ssh),
     Proxy("ss-libev", ("ss-server", "ss-local"), start_shadowsocks),
@@ -580,49 +604,65 @@ def echo_latencies(socks_port: int, echo_port: int) -> Latencies:
 
 
 def run_downloads(
-    socks_port: int, source_port: int, received: SynchronizedArray, ready: Connection
+    socks_port: int,
+    source_port: int,
+    received: SynchronizedArray,
+    cut: SynchronizedArray,
+    ready: Connection,
 ) -> None:
     """The downloads' process: LOADED_DOWNLOADS endless downloads through the SOCKS port, each
-    read as fast as it comes in its own thread, counting bytes into ``received[index]``; ready
-    once every one has received data. It runs until stopped, at most as long as the whole
-    measurement may last (a process of its own, so that its reading never holds up the echo's
-    thread)."""
+    read as fast as it comes in its own thread, counting bytes into ``received[index]`` and
+    setting ``cut[index]`` if the proxy ends it (closed or reset); ready once every one has
+    received data. It runs until stopped, at most as long as the whole measurement may last
+    (a process of its own, so that its reading never holds up the echo's thread)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     socks = [socks_open(socks_port, source_port) for _ in range(LOADED_DOWNLOADS)]
-    started = threading.Barrier(LOADED_DOWNLOADS + 1)
-    deadline = time.monotonic() + START_TIMEOUT + LOADED_RAMP_SECONDS + LOADED_SECONDS
+    began = time.monotonic()
+    deadline = began + START_TIMEOUT + LOADED_RAMP_SECONDS + LOADED_SECONDS
 
     def download(index: int) -> None:
         sock, buffer = socks[index], bytearray(RECV_BUFFER)
-        sock.sendall(ENDLESS.to_bytes(8, "big"))
-        received[index] += sock.recv_into(buffer)
-        started.wait(START_TIMEOUT)
-        while time.monotonic() < deadline and (got := sock.recv_into(buffer)):
-            received[index] += got
+        try:
+            sock.sendall(ENDLESS.to_bytes(8, "big"))
+            while time.monotonic() < deadline:
+                if not (got := sock.recv_into(buffer)):
+                    cut[index] = 1
+                    return
+                received[index] += got
+        except OSError:
+            cut[index] = 1
 
     for index in range(LOADED_DOWNLOADS):
         threading.Thread(target=download, args=(index,), daemon=True).start()
-    started.wait(START_TIMEOUT)
-    ready.send(True)
+    # Never stop reading while waiting for the others: a proxy without flow control would
+    # hold their data behind the data of a download nobody reads.
+    while not all(received) and time.monotonic() < began + START_TIMEOUT:
+        time.sleep(0.01)
+    if all(received):
+        ready.send(True)
     time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 def loaded_echo_latencies(
     socks_port: int, source_port: int, echo_port: int
-) -> tuple[Latencies, float, float]:
+) -> tuple[Latencies, float, int, float]:
     """Round trips of ECHO_SIZE bytes on one established stream while LOADED_DOWNLOADS endless
-    downloads run through the same proxy; the downloads' MB/s meanwhile (proof of load), and
-    the CPU their process used (a share of one core, its start included)."""
+    downloads run through the same proxy; the downloads' MB/s meanwhile (proof of load), how
+    many the proxy cut short, and the CPU their process used (a share of one core, its start
+    included)."""
     payload = os.urandom(ECHO_SIZE)
     samples: list[float] = []
     context = multiprocessing.get_context("spawn")
     received = context.Array("q", LOADED_DOWNLOADS)
+    cut = context.Array("b", LOADED_DOWNLOADS)
     with socks_open(socks_port, echo_port) as sock, ExitStack() as downloads:
         for _ in range(ECHO_WARMUP):
             round_trip(sock, payload)
         spawned = time.monotonic()
         _, pid = start_target_process(
-            downloads, partial(run_downloads, socks_port, source_port, received), "bench-downloads"
+            downloads,
+            partial(run_downloads, socks_port, source_port, received, cut),
+            "bench-downloads",
         )
         time.sleep(LOADED_RAMP_SECONDS)
         before, began = sum(received), time.perf_counter()
@@ -633,7 +673,8 @@ def loaded_echo_latencies(
             samples.append(time.perf_counter() - sent)
         mbps = (sum(received) - before) / MB / (time.perf_counter() - began)
         cpu = cpu_seconds(pid, tree=False) / (time.monotonic() - spawned)
-    return Latencies(samples), mbps, cpu
+        ended = sum(cut)
+    return Latencies(samples), mbps, ended, cpu
 
 
 def connection_rate(socks_port: int, echo_port: int, concurrency: int) -> tuple[float, Latencies]:
@@ -708,6 +749,7 @@ FIGURES = [
     Figure("loaded_p50", f"  the same behind {LOADED_DOWNLOADS} downloads, p50", "ms", False),
     Figure("loaded_p99", f"  the same behind {LOADED_DOWNLOADS} downloads, p99", "ms", False),
     Figure("loaded_mbps", f"  the {LOADED_DOWNLOADS} downloads meanwhile", "MB/s", True),
+    Figure("loaded_cut", "  downloads the proxy cut short meanwhile", "count", False),
     Figure("rss_idle", "RSS idle, all processes", "MB", False),
     Figure("rss_held", f"RSS with {HELD_STREAMS} streams, all processes", "MB", False),
 ]
@@ -748,7 +790,7 @@ def measure(
     cpu["echo_p50"] = meter.summary()
 
     meter = CpuMeter(pids)
-    latencies, figures["loaded_mbps"], downloads_cpu = loaded_echo_latencies(
+    latencies, figures["loaded_mbps"], figures["loaded_cut"], downloads_cpu = loaded_echo_latencies(
         socks_port, source_port, echo_port
     )
     figures["loaded_p50"], figures["loaded_p99"] = latencies.at(50, 1e-3), latencies.at(99, 1e-3)
@@ -798,7 +840,8 @@ def run_once(
         f"{proxy.name} run {run + 1}: "
         f"1 stream {figures['mbps_1']:.0f} MB/s, 8 streams {figures['mbps_8']:.0f} MB/s, "
         f"{figures['cps_1']:.0f} conn/s, echo p50 {figures['echo_p50']:.0f} us, "
-        f"behind downloads p50 {figures['loaded_p50']:.2f} ms p99 {figures['loaded_p99']:.2f} ms",
+        f"behind downloads p50 {figures['loaded_p50']:.2f} ms p99 {figures['loaded_p99']:.2f} ms"
+        + (f" ({figures['loaded_cut']:.0f} downloads cut)" if figures["loaded_cut"] else ""),
         flush=True,
     )
     return figures, cpu
@@ -831,6 +874,8 @@ def print_ratios(results: dict[str, dict[str, float]]) -> None:
             continue
         print(f"\n{name} / {PEER}:")
         for figure in FIGURES:
+            if figure.unit == "count":
+                continue  # the table shows the counts; a ratio of them says nothing
             ratio = results[name][figure.key] / peer[figure.key] if peer[figure.key] else 0.0
             verdict = ""
             if name == "gjproxy 3.1" and figure.key in TARGETS:
@@ -903,6 +948,8 @@ def print_against_baseline(results: dict[str, dict[str, float]]) -> None:
             continue
         print(f"\n{current} / {name} (> {WORSE_BY:.0%} worse is flagged):")
         for figure in FIGURES:
+            if figure.unit == "count":
+                continue
             ours, theirs = results[current][figure.key], results[name][figure.key]
             ratio = ours / theirs if theirs else 0.0
             worse = ratio < 1 - WORSE_BY if figure.higher_is_better else ratio > 1 + WORSE_BY
