@@ -2,7 +2,8 @@
 
 Unit tests say the tunnel works; this says how fast it is with real processes on loopback, in
 the same run as the peers it is compared with: gjproxy 3.1 and 3.0 (``gjproxy server`` and
-``gjproxy client``, keys in a temporary folder), pproxy (plain SOCKS5, pure-Python asyncio),
+``gjproxy client``, keys in a temporary folder), a minimal gevent relay of the same wire
+(bench/minimal_relay.py), pproxy (plain SOCKS5, pure-Python asyncio),
 ``ssh -D`` (our own sshd on a loopback port, throwaway keys, aes128-gcm) and shadowsocks-libev
 (ss-server + ss-local, chacha20-ietf-poly1305). A peer that is not installed is skipped with a
 note. One target process (a bulk source and an echo server, asyncio) serves them all, and raw
@@ -13,8 +14,8 @@ is also timed while 4 endless downloads run through the same proxy (issue 19: a 
 must not wait behind bulk traffic), and ``--baseline DIR`` runs a second checkout's gjproxy
 beside this one, so that before and after come from the same run on the same machine. Exit
 status 0 whatever the numbers, 1 only when something broke.
-Run: ``python bench/tunnel.py [--runs N] [--only NAME] [--baseline DIR]``. About 4 minutes,
-1.5 more with a baseline.
+Run: ``python bench/tunnel.py [--runs N] [--only NAME] [--baseline DIR]``. About 7 minutes,
+2 more with a baseline.
 """
 
 from __future__ import annotations
@@ -749,7 +750,7 @@ FIGURES = [
     Figure("loaded_p50", f"  the same behind {LOADED_DOWNLOADS} downloads, p50", "ms", False),
     Figure("loaded_p99", f"  the same behind {LOADED_DOWNLOADS} downloads, p99", "ms", False),
     Figure("loaded_mbps", f"  the {LOADED_DOWNLOADS} downloads meanwhile", "MB/s", True),
-    Figure("loaded_cut", "  downloads the proxy cut short meanwhile", "count", False),
+    Figure("loaded_cut", "  downloads cut short meanwhile", "count", False),
     Figure("rss_idle", "RSS idle, all processes", "MB", False),
     Figure("rss_held", f"RSS with {HELD_STREAMS} streams, all processes", "MB", False),
 ]
