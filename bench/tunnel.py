@@ -271,21 +271,25 @@ def start_gjproxy(
     workdir: Path,
     stack: ExitStack,
     command: Callable[[str], list[str]] | None = None,
+    extra: dict[str, list[str]] | None = None,
     tree: Path = ROOT,
 ) -> tuple[list[Service], int]:
     """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``; ``command(name)``
-    is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``),
-    with the package of the checkout ``tree`` first on PYTHONPATH (default: this one)."""
+    is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``);
+    ``extra[name]`` are more flags for it; the package of the checkout ``tree`` comes first on
+    PYTHONPATH (default: this one)."""
+    extra = extra or {}
     env = keys_and_environment(workdir, tree)
     server_flags, client_flags = DIALECT_FLAGS[dialect]
     gjproxy = command or (lambda name: [sys.executable, "-m", "jproxy"])
     listen = ["--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS]
-    server = Service("server", [*gjproxy("server"), "server", *listen, *server_flags], workdir, env)
+    server_argv = [*gjproxy("server"), "server", *listen, *server_flags, *extra.get("server", [])]
+    server = Service("server", server_argv, workdir, env)
     stack.callback(server.stop)
     tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)
     socks = ["--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0"]
     client_argv = [*gjproxy("client"), "client", *socks, "--key", "key.dat", *client_flags]
-    client = Service("client", client_argv, workdir, env)
+    client = Service("client", [*client_argv, *extra.get("client", [])], workdir, env)
     stack.callback(client.stop)
     socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")

@@ -10,6 +10,7 @@ from functools import partial
 
 import gevent
 
+from jproxy import version
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -21,6 +22,8 @@ from jproxy.config import (
     resolve,
     show_defaults,
 )
+from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
+from jproxy.handlers.console.options import add_console_options, check_console, start_console
 from jproxy.handlers.net.heap import keep_heap_reserve
 from jproxy.handlers.net.signals import Termination
 from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
@@ -47,6 +50,7 @@ DEFAULTS = {
     "window": DEFAULT_WINDOW,
     "keepalive": KEEPALIVE_INTERVAL,
     "grace": DEFAULT_GRACE,
+    **CONSOLE_DEFAULTS,
 }
 
 
@@ -76,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
     )
     add_keylog_option(parser)
+    add_console_options(parser)
     add_tunnel_options(parser)
     parser.add_argument(
         "--keepalive",
@@ -117,6 +122,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
     settings["keylog"] = key_log_path(args, environ, settings["keylog"])
+    check_console(settings, environ)
     if settings["max_socks"] < 1:
         raise ConfigError("--max-socks must be at least 1")
     password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
@@ -164,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
 
             metrics = partial(serve_client_metrics, settings["metrics"], tunnels)
             services.append(listening("--metrics", settings["metrics"], metrics))
+        if settings["console"]:
+            console = start_console(settings, "client", version())
+            services.append(console)
+            listener.console = console.live
+            console.live.watch_client(tunnels)
     except ListenError as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
         for service in services:

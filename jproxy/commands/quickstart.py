@@ -15,8 +15,17 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from jproxy.config import ConfigError, ListenError, host_port, listening, show_defaults
+from jproxy import version
+from jproxy.config import (
+    ConfigError,
+    ListenError,
+    host_port,
+    host_port_text,
+    listening,
+    show_defaults,
+)
 from jproxy.handlers.admin.listener import serve_admin
+from jproxy.handlers.console.options import start_console
 from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.net.signals import Termination
@@ -45,6 +54,7 @@ DEFAULTS = {
     "socks": "127.0.0.1:1080",
     "listen": "127.0.0.1:16384",
     "admin": "127.0.0.1:8080",
+    "console": "127.0.0.1:9090",
 }
 
 
@@ -59,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--socks", metavar="HOST:PORT", help="the SOCKS5 port to use")
     parser.add_argument("--listen", metavar="HOST:PORT", help="the tunnel server's port")
     parser.add_argument("--admin", metavar="HOST:PORT", help="the admin protocol port")
+    parser.add_argument(
+        "--console", metavar="HOST:PORT", help="the client's live console (a new secret each run)"
+    )
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run, **DEFAULTS)
 
@@ -85,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             host_port(args.listen, "--listen"),
             host_port(args.admin, "--admin"),
         )
+        console = {"console": host_port(args.console, "--console")}
         folder = Path(args.dir)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _make_keys(folder)
@@ -115,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
             partial(serve_admin, admin, credentials, server.counters, server.tuning),
         )
         started.append(admin_server)
+        console["console_secret"] = secrets.token_urlsafe(16)
+        console_server = start_console(console, "client", version())
+        started.append(console_server)
+        listener.console = console_server.live
+        console_server.live.watch_client(tunnels)
         dialer.policy = dialer.policy.listening_on([service.address for service in started])
         if new_password is not None:
             _keep_hash(hash_file, password_hash)
@@ -147,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         f"egress: loopback allowed ({', '.join(LOOPBACK)}): this machine's own services are "
         "reachable through the proxy"
     )
+    console_url = f"http://{host_port_text(console_server.address)}"
+    print(f"console: {console_url}/ui/?token={console['console_secret']}")
+    print(f"        gjproxy status --console '{console_url}/?token={console['console_secret']}'")
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
     sys.stdout.flush()
     termination.wait()

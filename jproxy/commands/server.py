@@ -9,6 +9,7 @@ import os
 import sys
 from functools import partial
 
+from jproxy import version
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -21,6 +22,8 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.handlers.admin.listener import serve_admin
+from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
+from jproxy.handlers.console.options import add_console_options, check_console, start_console
 from jproxy.handlers.dns.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.logs.access import AccessLog
 from jproxy.handlers.net.descriptors import raise_fd_limit
@@ -64,6 +67,7 @@ DEFAULTS = {
     "socks_no_auth": False,
     "window": ServerLimits.window,
     "grace": ServerLimits.grace,
+    **CONSOLE_DEFAULTS,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -147,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " (default: none)",
     )
     add_keylog_option(parser)
+    add_console_options(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -176,6 +181,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["socks_users"] = socks_users(settings, config)
     settings["egress"] = egress_policy(args, config)
     settings["keylog"] = key_log_path(args, environ, settings["keylog"])
+    check_console(settings, environ)
     settings["admin_credentials"] = load_admin_credentials(config, environ)
     admin_asked = args.admin is not None or "admin" in config.get("server", {})
     if admin_asked and settings["admin_credentials"] is None:
@@ -300,6 +306,11 @@ def run(args: argparse.Namespace) -> int:
         if settings["socks"]:
             socks = partial(plain_socks_port, settings, dialer, server, access_log)
             services.append(listening("--socks", settings["socks"], socks))
+        if settings["console"]:
+            console = start_console(settings, "server", version())
+            services.append(console)
+            server.console = console.live
+            access_log.observer = console.live.access
         dialer.policy = dialer.policy.listening_on([service.address for service in services])
         _log_egress(dialer.policy)
     except ListenError as error:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jproxy.tunnel import keys
 from tests.keyfiles import USER_NAMES, file_mode
 from tests.peers import Process, require_tool, start_client, start_server
@@ -137,13 +139,14 @@ def _client(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_client_refuses_a_key_file_others_can_read(workdir: Path) -> None:
-    (workdir / "key.dat").chmod(0o640)
+@pytest.mark.parametrize("mode", [0o640, 0o644])  # 0644: what the Java keygen leaves
+def test_the_client_refuses_a_key_file_others_can_read(workdir: Path, mode: int) -> None:
+    (workdir / "key.dat").chmod(mode)
     refused = _client("--key", "key.dat", cwd=workdir)
     assert refused.returncode == 2
     assert refused.stderr == (
-        "gjproxy client: key.dat: mode 0640 lets group or others read it; a private key must"
-        " be private to its owner: chmod 600 key.dat\n"
+        f"gjproxy client: key.dat: mode {mode:04o} lets group or others read it; a private key"
+        " must be private to its owner: chmod 600 key.dat\n"
     )
 
 

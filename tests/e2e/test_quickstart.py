@@ -19,6 +19,8 @@ def quickstart(workdir, admin: str = "127.0.0.1:0") -> Process:
         "127.0.0.1:0",
         "--admin",
         admin,
+        "--console",
+        "127.0.0.1:0",
         cwd=workdir,
     )
 
@@ -27,6 +29,7 @@ def test_quickstart_makes_keys_once_and_carries_curl(tmp_path, web):
     first = quickstart(tmp_path)
     port = int(first.wait_for(r"SOCKS5 proxy: 127\.0\.0\.1:(\d+)").group(1))
     first.wait_for(r"password, shown once: \S+")
+    first.wait_for(r"console: http://127\.0\.0\.1:\d+/ui/\?token=[\w-]{16,}")
     first.wait_for(r"egress: loopback allowed \(127\.0\.0\.0/8, ::1/128\)")
     first.wait_for(r"curl --socks5-hostname 127\.0\.0\.1:\d+")
     body = curl(port, f"http://127.0.0.1:{web.server_port}/f65536")

@@ -18,6 +18,7 @@ import operator
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import gevent
@@ -90,6 +91,8 @@ class AccessLog:
         self.path = path
         self._file: TextIO | None = None
         self._failing = False
+        self.observer: Callable[[AccessRecord], None] | None = None
+        """Also sees every record (the live console keeps the refused and failed ones)."""
         if path == "-":
             self._file = sys.stdout
         elif path:
@@ -101,6 +104,8 @@ class AccessLog:
         return os.fdopen(fd, "a", encoding="ascii", buffering=1)
 
     def write(self, record: AccessRecord) -> None:
+        if self.observer is not None:
+            self.observer(record)
         line = record.to_json()
         if self._file is None:
             access_logger.info("%s", line)

@@ -108,6 +108,11 @@ class TunnelClient:
         return self._server_index + 1
 
     @property
+    def current(self) -> Tunnel | None:
+        """The tunnel up now, if any."""
+        return self._tunnel
+
+    @property
     def up(self) -> bool:
         return self._up.is_set()
 

@@ -24,6 +24,7 @@ import gevent
 from gevent.pool import Pool
 
 from jproxy.handlers.admin.listener import host_port_text
+from jproxy.handlers.console.live import NO_CONSOLE
 from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.logs.access import AccessLog, AccessRecord
 from jproxy.handlers.net.admission import Doorway, Evicted
@@ -88,6 +89,8 @@ class ServerLimits:
 
 
 class TunnelServer:
+    console = NO_CONSOLE
+
     def __init__(
         self,
         listen: tuple[str, int],
@@ -236,9 +239,11 @@ class TunnelServer:
         log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
+        shown = self.console.tunnel_opened(tunnel, where, user)
         try:
             tunnel.run(login.proof.received)
         finally:
+            self.console.tunnel_closed(shown)
             streams.kill(block=True, timeout=5)
             self.counters.tunnel_closed(user, dialect)
             self._tunnels.discard(tunnel)
@@ -290,12 +295,18 @@ class TunnelServer:
         set_nodelay(sock)
         self.counters.connection_opened()
         relay = tunnel.attach(channel, sock)
+        shown = self.console.stream(
+            relay, record.client, channel.host, channel.port, user=record.user, toward=False
+        )
         try:
             relay.run()
         finally:
+            self.console.closed(shown)
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = relay.bytes_in, relay.bytes_out
             record.ended = relay.ending
+            if channel.peer_reason is not None:  # the wire's reason, whatever it meant here
+                record.reason = f"disconnect from the client: {channel.peer_reason.name}"
 
     def _serve_association(
         self, datagrams: TunnelDatagrams, user: str, client: str, request: AssociateRequested
@@ -344,9 +355,13 @@ class TunnelServer:
             idle_timeout=self.limits.udp_idle_timeout,
         )
         self.counters.connection_opened()
+        shown = self.console.association(
+            association, record.client, channel.host, channel.port, user=record.user
+        )
         try:
             association.run()
         finally:
+            self.console.closed(shown)
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = association.bytes_out, association.bytes_in
             record.ended = association.ending
