@@ -20,7 +20,8 @@ from jproxy.metrics import Counters
 from jproxy.tunnel.keys import load_client_key
 from jproxy.tunnel.mux import DEFAULT_MAX_CHANNELS
 from schemas.jproxy import ConnectStatus, Dialect
-from tests.peers import DatagramSink, UdpEcho, start_server
+from tests.datagram_sink import DatagramSink
+from tests.peers import UdpEcho, start_server
 
 STREAMS = 900
 ASSOCIATIONS = DEFAULT_MAX_CHANNELS - STREAMS

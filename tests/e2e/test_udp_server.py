@@ -1,4 +1,4 @@
-"""The server's UDP associations, driven by gjproxy's own tunnel code in this process (so the
+"""A real server's UDP associations, driven by gjproxy's own tunnel code in this process (so the
 test can ask for what the client never asks: a local port, a target the policy denies)."""
 
 from __future__ import annotations
@@ -10,13 +10,11 @@ import pytest
 
 from jproxy.handlers.tunnel.client import open_tunnel, serve_tunnel
 from jproxy.handlers.tunnel.datagrams import AssociateFailed
-from jproxy.handlers.tunnel.server import ServerLimits
 from jproxy.metrics import Counters
 from jproxy.tunnel.keys import load_client_key
-from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus, Dialect
-from tests.io.test_channel_limits import serve_in_process
-from tests.peers import DatagramSink, UdpEcho, start_server, wait_for_access
+from tests.datagram_sink import DatagramSink
+from tests.peers import UdpEcho, start_server, wait_for_access
 
 
 @pytest.fixture
@@ -102,34 +100,4 @@ def test_dissociate_closes_the_servers_socket(tunnel_to) -> None:
     done = wait_for_access(tunnel.server, transport="udp", status="OK", ended="closed", bytes_up=0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reuse:
         reuse.bind(("0.0.0.0", done["local_port"]))  # the server's socket is gone
-    echo.close()
-
-
-@pytest.fixture
-def in_process(workdir):
-    """A ``TunnelServer`` in this process (short UDP idle timeout, loopback allowed) and a
-    running tunnel to it."""
-    server, tunnel, runner = serve_in_process(workdir, ServerLimits(udp_idle_timeout=0.5))
-    yield server, tunnel
-    tunnel.close()
-    runner.join(5)
-    server.stop()
-
-
-def test_server_dissociates_an_idle_association(in_process) -> None:
-    server, tunnel = in_process
-    echo = UdpEcho()
-    sink = DatagramSink()
-    channel = tunnel.datagrams.associate(*echo.address, sink, timeout=10)
-    assert server.counters.connections_open == 1
-    tunnel.datagrams.send(channel, b"x")
-    with gevent.Timeout(10):
-        while not sink.endings:
-            gevent.sleep(0.05)
-    assert sink.received == [b"x"]
-    assert sink.endings == [Ending.CLOSED]  # the wire's reason GENERAL
-    assert not tunnel.channels.channels  # the id is free again on the client
-    assert server.counters.connections_open == 0
-    assert server.counters.connections_total == 1
-    assert server.counters.bytes_transferred == 2  # one byte each way
     echo.close()

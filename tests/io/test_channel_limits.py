@@ -21,7 +21,8 @@ from jproxy.metrics import Counters
 from jproxy.policy.egress import EgressPolicy
 from jproxy.tunnel.keys import UserDirectory, load_client_key
 from schemas.jproxy import ConnectStatus, Dialect
-from tests.peers import DatagramSink, UdpEcho, echo, serve_tcp
+from tests.datagram_sink import DatagramSink
+from tests.peers import UdpEcho, echo, serve_tcp
 
 
 def serve_in_process(workdir, limits: ServerLimits) -> tuple[TunnelServer, Tunnel, gevent.Greenlet]:
