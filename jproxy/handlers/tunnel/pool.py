@@ -3,8 +3,9 @@
 The decisions are the balancer's (``jproxy.tunnel.balance``: health, strategy, stickiness);
 this module carries them out with greenlets. One watcher greenlet, every ``WATCH_INTERVAL``:
 
-- pings every 3.1 tunnel once per keepalive interval, busy or not, and reports each round
-  trip; a ping unanswered for ``missed_after`` marks its server failing at once, so the next
+- reports each round trip of the keepalive pings the core sends every 3.1 tunnel once per
+  interval, busy or not; a ping unanswered for ``missed_after`` marks its server failing at
+  once, so the next
   server is dialed in parallel with the stuck one (which stays, and dies by itself if its
   server never answers: ``jproxy.tunnel.mux.DEAD_AFTER``);
 - dials the tunnels the balancer wants and whose backoff is over (one probe at a time to a
@@ -32,8 +33,9 @@ from gevent.event import AsyncResult, Event
 from jproxy.config import host_port_text
 from jproxy.handlers.tunnel.client import open_tunnel, serve_tunnel
 from jproxy.handlers.tunnel.datagrams import TunnelDatagrams
-from jproxy.handlers.tunnel.driver import Tunnel, TunnelClosed
+from jproxy.handlers.tunnel.driver import Tunnel
 from jproxy.handlers.tunnel.keylog import KeyLog
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import Counters
 from jproxy.policy.backoff import retry_delay
@@ -55,7 +57,7 @@ from jproxy.tunnel.handshake import (
     version_text,
 )
 from jproxy.tunnel.keys import ClientKey
-from jproxy.tunnel.mux import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
+from jproxy.tunnel.mux import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL, Kind
 from schemas.jproxy import ConnectStatus, Dialect
 
 log = logging.getLogger(__name__)
@@ -298,7 +300,7 @@ class TunnelPool:
         """One round of the watcher: keepalives, health, dials and closes."""
         for index, server in enumerate(self.servers):
             for slot in server.slots:
-                if slot.tunnel is not None and slot.tunnel.channels.flow_control:
+                if slot.tunnel is not None and slot.tunnel.channels.secure:
                     self._keepalive(index, slot, now)
         for line in self.balancer.update(now, self._usable()):
             log.info("%s", line)
@@ -311,7 +313,7 @@ class TunnelPool:
         self._changed()
 
     def _keepalive(self, index: int, slot: _Slot, now: float) -> None:
-        """Report the round trip of the last ping, or its being missed; ping again when due."""
+        """Report the round trip of the core's last ping, or its being missed."""
         channels, balancer = slot.tunnel.channels, self.balancer
         pinged, ponged = channels.pinged_at, channels.ponged_at
         if ponged is not None and ponged >= pinged and slot.sampled != ponged:
@@ -325,8 +327,6 @@ class TunnelPool:
             log.warning("%s: %s; trying the other servers", slot.tunnel.name, why)
             balancer.missed(index, now, why)
             slot.tunnel.fail_pending(Rerouted)
-        if answered and now - pinged >= self.keepalive:
-            slot.tunnel.send_control(channels.ping(now).value)
 
     def _dial_missing(self, index: int, server: _Server, now: float) -> None:
         if not self.balancer.may_dial(index, now, alone=not self._up.is_set()):
@@ -347,10 +347,9 @@ class TunnelPool:
     def _close_idle(self, server: _Server) -> None:
         """A server no longer wanted: its tunnels close once nothing runs through them."""
         for tunnel in server.tunnels():
-            datagrams = tunnel.datagrams
             if tunnel.closed.is_set():
                 continue  # closing already
-            if not tunnel.channels.channels and not (datagrams and datagrams.core.channels):
+            if not tunnel.channels.channels:  # every kind of channel
                 log.info("%s: no longer in use, closing", tunnel.name)
                 tunnel.close()
 
@@ -409,12 +408,15 @@ class TunnelPool:
 
 
 def tunnel_load(tunnel: Tunnel) -> Load:
-    """A tunnel's open channels (streams and datagram channels) and bytes in flight (sent but
+    """A tunnel's open channels (of every kind) and bytes in flight (sent on its streams but
     not yet granted back by the peer's window updates)."""
     channels = tunnel.channels
-    datagrams = len(tunnel.datagrams.core.channels) if tunnel.datagrams is not None else 0
     in_flight = 0
-    if channels.flow_control:
+    if channels.secure:
         window = channels.window
-        in_flight = sum(window - channel.send_window for channel in channels.channels.values())
-    return Load(len(channels.channels) + datagrams, in_flight)
+        in_flight = sum(
+            window - channel.send_window
+            for channel in channels.channels.values()
+            if channel.kind is Kind.TCP
+        )
+    return Load(len(channels.channels), in_flight)
