@@ -288,7 +288,13 @@ def run(args: argparse.Namespace) -> int:
         services.append(server)
         page = (server.counters, server.tuning)
         if settings["admin_credentials"] is not None:
-            admin = partial(serve_admin, settings["admin"], settings["admin_credentials"], *page)
+            admin = partial(
+                serve_admin,
+                settings["admin"],
+                settings["admin_credentials"],
+                *page,
+                origins=dialer.origins,
+            )
             services.append(listening("--admin", settings["admin"], admin))
         if settings["metrics"]:
             # Imported only when asked for: prometheus_client pulls in http, email and wsgiref,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
+import weakref
 from typing import NamedTuple
 
 from gevent import socket as gsocket
@@ -45,6 +46,36 @@ class Connected(NamedTuple):
     address: tuple[str, int]
 
 
+class Origins:
+    """Who asked for each open outbound TCP connection of the server, by its local address.
+
+    A tunnel or plain SOCKS user may connect back to the server's own admin or SOCKS port (when
+    the egress policy allows it); that listener then sees the server's own address. ``of``
+    tells it where the connection really comes from, so login throttles key guesses by their
+    origin and do not delay the operator who logs in from that same address. Sockets are held
+    weakly: the table never outlives the connections.
+    """
+
+    def __init__(self) -> None:
+        self._by_local: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._origin: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def record(self, sock: socket.socket, origin: str) -> None:
+        try:
+            local = sock.getsockname()[:2]
+        except OSError:
+            return
+        self._by_local[local] = sock
+        self._origin[sock] = origin
+
+    def of(self, peer: tuple) -> str | None:
+        """The origin of the connection that arrives from ``peer``, if the server opened it."""
+        sock = self._by_local.get(tuple(peer[:2]))
+        if sock is None or sock.fileno() == -1:
+            return None
+        return self._origin.get(sock)
+
+
 class Dialer:
     """``connect(host, port)`` for every outbound TCP connection of the server.
 
@@ -63,9 +94,11 @@ class Dialer:
         self.policy = policy
         self.connect_timeout = connect_timeout
         self.fds = fds
+        self.origins = Origins()
 
-    def connect(self, host: str, port: int) -> Connected:
-        """A connected TCP socket to ``host:port`` and the address it reached; else DialError."""
+    def connect(self, host: str, port: int, *, origin: str = "") -> Connected:
+        """A connected TCP socket to ``host:port`` and the address it reached; else DialError.
+        ``origin`` (the user and address asking) is kept in ``origins`` while it is open."""
         deadline = time.monotonic() + self.connect_timeout
         failure = None
         for address in self._allowed(host, port, deadline):
@@ -85,6 +118,8 @@ class Dialer:
             except BaseException:  # killed with its tunnel: the socket goes too
                 sock.close()
                 raise
+            if origin:
+                self.origins.record(sock, origin)
             return Connected(sock, (address, port))
         raise failure or DialError(
             ConnectStatus.TIMED_OUT, f"no connection in {self.connect_timeout:g} s"

@@ -270,7 +270,8 @@ class TunnelServer:
         self, tunnel: Tunnel, channel: Channel, record: AccessRecord, started: float
     ) -> None:
         try:
-            sock, address = self.dialer.connect(channel.host, channel.port)
+            origin = f"tunnel user {record.user}"
+            sock, address = self.dialer.connect(channel.host, channel.port, origin=origin)
         except DialError as error:
             status = status_for_dialect(error.status, tunnel.channels.dialect)
             record.connect_ms = _ms_since(started)
