@@ -7,9 +7,10 @@ connections guess for 20 s while a real login is timed every second:
 
 - plain SOCKS (RFC 1929): guesses from 127.0.0.1; real logins from 127.0.0.2, and from
   127.0.0.1 itself with the user's right password (proven once before the attack);
-- admin: guesses from 127.0.0.1; the operator logs in from 127.0.0.2;
+- admin: guesses from 127.0.0.3; the operator logs in from 127.0.0.2;
 - admin through the tunnel: a tunnel user guesses the operator's own name through the client's
-  SOCKS port (the server's connections reach the admin port from 127.0.0.1); the operator logs
+  SOCKS port (the server's connections reach the admin port from 127.0.0.1; ``--allow-egress``
+  names the admin port, as the server's own ports are refused otherwise); the operator logs
   in directly from 127.0.0.1.
 
 Prints guesses answered and guesses really checked (answered minus those the server turned
@@ -33,7 +34,7 @@ from bench.flood import ADMIN_PASSWORD, ADMIN_USER, _logged, _table, _timed  # n
 from jproxy.admin.protocol import login_bytes, request_bytes  # noqa: E402
 from jproxy.policy.passwords import hash_password  # noqa: E402
 from jproxy.tunnel.keys import generate, save_client_key, save_user  # noqa: E402
-from tests.peers import Process, start_client, start_server  # noqa: E402
+from tests.peers import Process, _free_port, start_client, start_server  # noqa: E402
 
 SECONDS = 20.0
 PARALLEL = 32
@@ -89,6 +90,7 @@ def _attack(
 ) -> None:
     before = len(server.lines)
     answered = [0]
+    errors: dict[str, int] = {}
     stop = time.monotonic() + SECONDS
 
     def guesser(n: int) -> None:
@@ -96,10 +98,14 @@ def _attack(
         while time.monotonic() < stop:
             count += 1
             try:
-                if guess(f"guess-{n}-{count}") == b"\x01\x01":
-                    answered[0] += 1
-            except OSError:
-                pass
+                got = guess(f"guess-{n}-{count}")
+            except (OSError, AssertionError) as error:
+                got = type(error).__name__.encode()
+                time.sleep(0.01)
+            if got == b"\x01\x01":
+                answered[0] += 1
+            else:
+                errors[repr(got)] = errors.get(repr(got), 0) + 1
 
     threads = [threading.Thread(target=guesser, args=(n,)) for n in range(PARALLEL)]
     for thread in threads:
@@ -123,7 +129,7 @@ def _attack(
     print(
         f"\n{title}: {PARALLEL} parallel guessers for {SECONDS:g} s: "
         f"{answered[0] * per_minute:,.0f} guesses/min answered, "
-        f"{(answered[0] - turned_away) * per_minute:,.0f}/min checked"
+        f"{(answered[0] - turned_away) * per_minute:,.0f}/min checked; other outcomes: {errors}"
     )
     _table("  real logins meanwhile", rows)
 
@@ -137,11 +143,12 @@ def main() -> int:
         f'[socks_users]\n{SOCKS_USER} = "{hash_password(SOCKS_PASSWORD)}"\n'
     )
     env = {"GJPROXY_ADMIN_USER": ADMIN_USER, "GJPROXY_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    admin_port = _free_port()
+    admin = f"127.0.0.1:{admin_port}"  # named, so that tunnel users may reach it
     server = start_server(
-        workdir, "--config", "gjproxy.toml", "--admin", "127.0.0.1:0", "--socks", "127.0.0.1:0",
-        env=env,
+        workdir, "--config", "gjproxy.toml", "--admin", admin, "--allow-egress", admin,
+        "--socks", "127.0.0.1:0", env=env,
     )  # fmt: skip
-    admin_port = int(server.wait_for(r"admin protocol over \w+ on [\d.]+:(\d+)").group(1))
     socks_port = int(server.wait_for(r"plain SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client = start_client(workdir, server.port)
     print(f"jproxy from {sys.modules['jproxy'].__file__}")
@@ -161,7 +168,7 @@ def main() -> int:
         _attack(
             server,
             "admin port",
-            lambda password: _admin(admin, password),
+            lambda password: _admin(admin, password, "127.0.0.3"),
             {"operator from 127.0.0.2": lambda: _admin(admin, ADMIN_PASSWORD, "127.0.0.2")},
         )
         tunnel = _through_tunnel(client.port, admin_port)

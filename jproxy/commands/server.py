@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for flag, kind, metavar, text in (
         ("--max-tunnels", int, "N", "tunnels served at once"),
         ("--max-tunnels-per-user", int, "N", "proven tunnels one user may hold"),
-        ("--max-prelogin", int, "N", "connections waiting for login (the oldest gives way)"),
+        ("--max-prelogin", int, "N", "connections waiting for login (the least far gives way)"),
         ("--max-prelogin-per-address", int, "N", "of those, from one address (IPv6: a /64)"),
         ("--max-streams", int, "N", "streams per tunnel"),
         ("--idle-timeout", float, "S", "seconds before an idle stream ends"),

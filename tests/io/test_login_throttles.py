@@ -51,7 +51,7 @@ def socks_port():
     port.checks = checks
     port.start()
     yield port
-    port.stop()
+    port.stop(timeout=0.1)  # the guessers still waiting are cut
 
 
 def test_plain_socks_guesses_wait_their_turn_and_spare_other_addresses(socks_port) -> None:
@@ -67,10 +67,10 @@ def test_plain_socks_guesses_wait_their_turn_and_spare_other_addresses(socks_por
         b"\x01\x00"
     )
     assert time.monotonic() - started < 1.0
-    gevent.joinall(guesses, timeout=20)
-    assert {guess.value for guess in guesses} <= {b"\x01\x01", b""}
-    # One at a time after 0.25, 0.5, 1, 2 s... within the 5 s handshake deadline.
-    assert len([user for user in socks_port.checks if user == USER.encode()]) <= 1 + 6
+    gevent.sleep(1.0)
+    gevent.killall(guesses)
+    # One at a time, after 0.25, 0.5, 1 s: a handful checked in 1.5 s, not 32 (nor 64).
+    assert 2 <= len(socks_port.checks) - 1 <= 5, socks_port.checks
 
 
 def test_a_proven_password_is_not_held_up_by_guesses_from_its_own_address(socks_port) -> None:
@@ -83,7 +83,7 @@ def test_a_proven_password_is_not_held_up_by_guesses_from_its_own_address(socks_
     started = time.monotonic()
     assert socks_login(socks_port.address, USER.encode(), PASSWORD.encode()) == b"\x01\x00"
     assert time.monotonic() - started < 0.5
-    gevent.joinall(guesses, timeout=20)
+    gevent.killall(guesses)
 
 
 def test_guesses_through_the_servers_own_connections_do_not_delay_the_operator() -> None:

@@ -38,6 +38,7 @@ from jproxy.handlers.net.descriptors import Acceptor
 from jproxy.handlers.net.dialer import Origins
 from jproxy.handlers.net.logins import ThrottledLogins
 from jproxy.metrics import Counters
+from jproxy.policy.admission import GREETED, KNOWN
 from jproxy.policy.passwords import AdminCredentials, LoginThrottle
 from jproxy.tuning import RelayTuning
 
@@ -89,6 +90,15 @@ class AdminServer(Acceptor):
         super().stop(timeout)
         self._logins.stop()
 
+    def _check(self, origin: str, user: bytes, password: bytes) -> bool:
+        """A well-formed login request moves its connection ahead of silent ones in the
+        pre-login budget, and proven credentials further still."""
+        self._doorway.progressed(GREETED)
+        accepted = self._logins.check(origin, user, password)
+        if accepted:
+            self._doorway.progressed(KNOWN)
+        return accepted
+
     def handle(self, sock: socket.socket, address: tuple) -> None:
         try:
             with self._doorway.waiting(address[0]):
@@ -101,7 +111,7 @@ class AdminServer(Acceptor):
     def _exchange(self, sock: socket.socket, address: tuple) -> None:
         ip = address[0]
         origin = self._origins.of(address) or ip
-        exchange = AdminServerConnection(partial(self._logins.check, origin), self._methods)
+        exchange = AdminServerConnection(partial(self._check, origin), self._methods)
         budget = self._deadline
         try:
             while not exchange.finished:

@@ -161,6 +161,7 @@ class TunnelServer:
                     self.allow_legacy,
                     self.limits.handshake_timeout,
                     self.key_log,
+                    progressed=self._doorway.progressed,
                 )
                 if login is None:
                     return
