@@ -24,7 +24,7 @@ from gevent import socket as gsocket
 from jproxy.handlers.dns.resolver import ResolveError, Resolver
 from jproxy.handlers.net.sockets import connect
 from jproxy.policy.egress import Address, EgressPolicy
-from jproxy.policy.fds import FdBudget
+from jproxy.policy.fds import FdBudget, fair_share
 from jproxy.policy.hostnames import InvalidHost, check_host, ip_literal
 from schemas.jproxy import ConnectStatus
 
@@ -76,6 +76,40 @@ class Origins:
         return self._origin.get(sock)
 
 
+class FdShares:
+    """The open sockets each owner (a user) got from the dialer, held weakly, and whether one
+    more keeps the owner within its ``fair_share`` of the streams' fds."""
+
+    def __init__(self, for_streams: int) -> None:
+        self.for_streams = for_streams
+        self._held: dict[str, weakref.WeakSet] = {}
+
+    def held(self, owner: str) -> int:
+        return len(self._held.get(owner, ()))
+
+    def allows(self, owner: str) -> bool:
+        if self._within(owner):
+            return True
+        self._forget_closed()  # closed sockets not yet collected must not count
+        return self._within(owner)
+
+    def add(self, owner: str, sock: socket.socket) -> None:
+        self._held.setdefault(owner, weakref.WeakSet()).add(sock)
+
+    def _within(self, owner: str) -> bool:
+        mine = self.held(owner)
+        others = sum(len(socks) for name, socks in self._held.items() if name != owner)
+        return mine < fair_share(self.for_streams, others)
+
+    def _forget_closed(self) -> None:
+        for owner, socks in list(self._held.items()):
+            for sock in list(socks):
+                if sock.fileno() == -1:
+                    socks.discard(sock)
+            if not socks:
+                del self._held[owner]
+
+
 class Dialer:
     """``connect(host, port)`` for every outbound TCP connection of the server.
 
@@ -95,6 +129,7 @@ class Dialer:
         self.connect_timeout = connect_timeout
         self.fds = fds
         self.origins = Origins()
+        self.shares = None if fds is None else FdShares(fds.for_streams)
 
     def connect(self, host: str, port: int, *, origin: str = "") -> Connected:
         """A connected TCP socket to ``host:port`` and the address it reached; else DialError.
@@ -107,7 +142,7 @@ class Dialer:
                 failure = None  # out of time: that is the failure, whatever came before
                 break
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = self.open_socket(family, socket.SOCK_STREAM)
+            sock = self.open_socket(family, socket.SOCK_STREAM, owner=origin)
             sock.settimeout(remaining)
             try:
                 connect(sock, (address, port))
@@ -125,14 +160,21 @@ class Dialer:
             ConnectStatus.TIMED_OUT, f"no connection in {self.connect_timeout:g} s"
         )
 
+    def holds(self, owner: str, sock: socket.socket) -> None:
+        """Count ``sock``, opened elsewhere for ``owner`` (a plain SOCKS client's own socket,
+        its UDP relay socket), in the owner's fair share of fds."""
+        if self.shares is not None:
+            self.shares.add(owner, sock)
+
     def addresses_for(self, host: str, port: int) -> list[str]:
         """The addresses of ``host`` that the policy lets ``port`` reach, in the order to try,
         without connecting (UDP associations); DialError when there are none."""
         return self._allowed(host, port, time.monotonic() + self.connect_timeout)
 
-    def open_socket(self, family: int, kind: int) -> socket.socket:
-        """A new gevent socket within the fd budget; DialError(CONNECTION_LIMIT) when fds run
-        short, so logins and admin connections keep theirs."""
+    def open_socket(self, family: int, kind: int, *, owner: str = "") -> socket.socket:
+        """A new gevent socket within the fd budget and ``owner``'s fair share of it;
+        DialError(CONNECTION_LIMIT) when fds run short, so logins and admin connections keep
+        theirs, or when ``owner`` holds its share, so other users keep theirs."""
         try:
             sock = gsocket.socket(family, kind)
         except OSError as error:
@@ -146,6 +188,15 @@ class Dialer:
                 f"file descriptors running short ({self.fds.reserve} of {self.fds.limit} kept "
                 "for logins and admin)",
             )
+        if self.shares is not None:
+            if not self.shares.allows(owner):
+                sock.close()
+                raise DialError(
+                    ConnectStatus.CONNECTION_LIMIT,
+                    f"{owner or 'this user'} holds its fair share of file descriptors "
+                    f"({self.shares.held(owner)} of {self.shares.for_streams} for streams)",
+                )
+            self.shares.add(owner, sock)
         return sock
 
     def _allowed(self, host: str, port: int, deadline: float) -> list[str]:

@@ -21,7 +21,7 @@ from jproxy.handlers.logs.access import AccessLog, AccessRecord
 from jproxy.handlers.net.dialer import Dialer, DialError
 from jproxy.handlers.net.logins import ThrottledLogins
 from jproxy.handlers.net.sockets import set_nodelay
-from jproxy.handlers.socks.plain_udp import DirectRoutes
+from jproxy.handlers.socks.plain_udp import DirectRoutes, owner_of
 from jproxy.handlers.socks.port import HANDSHAKE_TIMEOUT, Socks5Port
 from jproxy.handlers.socks.splice import Splice
 from jproxy.handlers.socks.udp_relay import SocksUdpRelay, association_for
@@ -101,6 +101,8 @@ class PlainSocks5Port(Socks5Port):
             service=SERVICE,
         )
         relay = SocksUdpRelay(sock, routes, rules, self.counters)
+        self.dialer.holds(routes.owner, sock)  # the client's fds count in its share too
+        self.dialer.holds(routes.owner, relay.udp)
         self._relay_udp(sock, core, relay, self.counters, SERVICE)
 
     def _connect(
@@ -108,6 +110,7 @@ class PlainSocks5Port(Socks5Port):
     ) -> None:
         target = host_port_text((request.host, request.port))
         record = AccessRecord(SERVICE, core.user or "", host_port_text(peer), target, time.time())
+        self.dialer.holds(owner_of(record.user, record.client), sock)  # its share counts both
         started = time.monotonic()
         try:
             self._serve(sock, core, request, record, started)
@@ -124,11 +127,7 @@ class PlainSocks5Port(Socks5Port):
         started: float,
     ) -> None:
         try:
-            origin = (
-                f"SOCKS user {core.user}"
-                if core.user
-                else f"SOCKS client {record.client.rpartition(':')[0]}"
-            )
+            origin = owner_of(record.user, record.client)
             out, address = self.dialer.connect(request.host, request.port, origin=origin)
         except DialError as error:
             record.connect_ms = int((time.monotonic() - started) * 1000)

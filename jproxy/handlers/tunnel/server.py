@@ -69,6 +69,11 @@ DEFAULT_GRACE = 5.0
 _DRAIN_POLL = 0.1
 
 
+def _owner(user: str) -> str:
+    """Who a stream or UDP socket is for, in the dialer's fd shares and login origins."""
+    return f"tunnel user {user}"
+
+
 @dataclass
 class ServerLimits:
     max_tunnels: int = 64
@@ -271,7 +276,7 @@ class TunnelServer:
         self, tunnel: Tunnel, channel: Channel, record: AccessRecord, started: float
     ) -> None:
         try:
-            origin = f"tunnel user {record.user}"
+            origin = _owner(record.user)
             sock, address = self.dialer.connect(channel.host, channel.port, origin=origin)
         except DialError as error:
             status = status_for_dialect(error.status, tunnel.channels.dialect)
@@ -319,7 +324,8 @@ class TunnelServer:
         channel = request.channel
         try:
             address = self.dialer.addresses_for(channel.host, channel.port)[0]
-            sock = open_udp(self.dialer, address, channel.port, request.local_port)
+            owner = _owner(record.user)
+            sock = open_udp(self.dialer, address, channel.port, request.local_port, owner)
         except DialError as error:
             status = status_for_dialect(error.status, datagrams.core.dialect)
             datagrams.send_control(datagrams.core.answer(channel, status, 0))
