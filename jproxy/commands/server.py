@@ -25,7 +25,7 @@ from jproxy.handlers.dns.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.logs.access import AccessLog
 from jproxy.handlers.net.descriptors import raise_fd_limit
 from jproxy.handlers.net.dialer import Dialer
-from jproxy.handlers.net.heap import keep_heap_reserve
+from jproxy.handlers.net.heap import HeapTrimmer, keep_heap_reserve
 from jproxy.handlers.net.signals import Termination
 from jproxy.handlers.socks.plain import PlainSocks5Port
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
@@ -315,7 +315,10 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             service.stop()
         return 1
+    trimmer = HeapTrimmer(lambda: counters.connections_total, lambda: counters.connections_open)
+    trimmer.start()
     signal_name = termination.wait()
+    trimmer.stop()
     log.info("%s: shutting down", signal_name)
     for sighup in sighups:
         sighup.cancel()
