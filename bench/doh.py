@@ -53,6 +53,15 @@ def timings(count: int, action: Callable[[int], object]) -> list[float]:
     return spent
 
 
+def at_once(resolve: Callable[[str], object], first: int) -> float:
+    """Lookups a second of ``CONCURRENT`` names from ``h{first}`` on, all asked at once."""
+    names = [f"h{index}.bench.test" for index in range(first, first + CONCURRENT)]
+    started = time.perf_counter()
+    lookups = [gevent.spawn(resolve, name) for name in names]
+    gevent.joinall(lookups, raise_error=True, timeout=30)
+    return CONCURRENT / (time.perf_counter() - started)
+
+
 def report(what: str, spent: list[float]) -> None:
     cuts = statistics.quantiles(spent, n=100)
     print(f"{what:48} p50 {cuts[49]:9.0f} µs   p99 {cuts[98]:9.0f} µs   (n={len(spent)})")
@@ -89,13 +98,9 @@ def run(unbound: Unbound) -> None:
     report("lookup on a new connection (TCP+TLS+h2 setup)", timings(FRESH, fresh))
 
     first = SEQUENTIAL + 1
-    names = [f"h{index}.bench.test" for index in range(first, first + CONCURRENT)]
-    started = time.perf_counter()
-    lookups = [gevent.spawn(shared.resolve, name, 10) for name in names]
-    gevent.joinall(lookups, raise_error=True, timeout=30)
-    elapsed = time.perf_counter() - started
+    rate = at_once(lambda name: shared.resolve(name, 10), first)
     print(
-        f"{CONCURRENT} names at once: {CONCURRENT / elapsed:,.0f} lookups/s, "
+        f"{CONCURRENT} names at once: {rate:,.0f} lookups/s, "
         f"{shared.http.connections_opened} connection(s) opened in all, "
         f"{unbound.https_connections()} open at unbound"
     )
@@ -136,13 +141,9 @@ def run_httpx(unbound: Unbound, httpx, first: int) -> None:
         "httpx h2, thread pool: lookup on its connection",
         timings(SEQUENTIAL, lambda i: resolve(f"h{first + 1 + i}.bench.test")),
     )
-    first += SEQUENTIAL + 1
-    started = time.perf_counter()
-    lookups = [gevent.spawn(resolve, f"h{first + i}.bench.test") for i in range(CONCURRENT)]
-    gevent.joinall(lookups, raise_error=True, timeout=30)
-    elapsed = time.perf_counter() - started
+    rate = at_once(resolve, first + SEQUENTIAL + 1)
     print(
-        f"httpx: {CONCURRENT} names at once: {CONCURRENT / elapsed:,.0f} lookups/s, "
+        f"httpx: {CONCURRENT} names at once: {rate:,.0f} lookups/s, "
         f"{unbound.https_connections()} open at unbound; "
         f"{len(failures)} request(s) failed and were asked again {sorted(set(failures))}"
     )
