@@ -5,11 +5,13 @@ with EMFILE costs one log line, not a traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+import socks
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
@@ -17,7 +19,7 @@ from jproxy.policy.passwords import hash_password
 from jproxy.tunnel.keys import generate, save_client_key, save_user
 from tests.e2e.test_admin_tunnel import ADMIN_ENV, admin
 from tests.e2e.test_tunnel import recv_exactly, socks_connect
-from tests.peers import echo, require_tool, serve_tcp, start_client, start_server
+from tests.peers import UdpEcho, echo, require_tool, serve_tcp, start_client, start_server
 
 FD_LIMIT = 256
 MAX_ATTEMPTS = 400
@@ -132,8 +134,9 @@ def _echoes(sock) -> bool:
 
 
 def test_one_user_cannot_take_every_fd_from_the_others(workdir, target):
-    """Under a 1,024 fd limit, a tunnel user and then a plain SOCKS user each hold streams
-    until refused: each stops at its fair share, and other users' connects still work."""
+    """Under a 1,024 fd limit, a tunnel user holds streams and a plain SOCKS user UDP
+    destinations until refused: each stops at its fair share, and other users' connects still
+    work."""
     bob = workdir / "bob"
     bob.mkdir()
     key, record = generate("bob")
@@ -159,6 +162,7 @@ def test_one_user_cannot_take_every_fd_from_the_others(workdir, target):
         return sock
 
     held: list = []
+    udp_echo = UdpEcho("0.0.0.0")
     try:
         hog, refused = _hold_until_refused(
             lambda: socks_connect(alice.port, "127.0.0.1", echo_port), FAIR_LIMIT
@@ -169,16 +173,26 @@ def test_one_user_cannot_take_every_fd_from_the_others(workdir, target):
         assert _echoes(socks_connect(second.port, "127.0.0.1", echo_port))  # bob gets in
         assert _echoes(plain("dave"))
 
-        hog, refused = _hold_until_refused(lambda: plain("carol"), FAIR_LIMIT)
-        held += hog
-        assert refused is not None, len(hog)
+        # carol: UDP associations of 64 destinations each (a socket each on the server)
+        for association in range(4):
+            carol = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+            carol.set_proxy(
+                socks.SOCKS5, "127.0.0.1", socks_port, True, "carol", FAIR_USERS["carol"]
+            )
+            held.append(carol)
+            for n in range(64):
+                carol.sendto(b"hog", (f"127.0.{2 + association}.{1 + n}", udp_echo.address[1]))
         server.wait_for(r'"reason":"SOCKS user carol holds its fair share of file descriptors')
+        with pytest.raises(ProxyError):
+            plain("carol")  # at its share: TCP is refused too
         assert _echoes(socks_connect(second.port, "127.0.0.1", echo_port))
         assert _echoes(plain("dave"))
         assert open_fds(server.proc.pid) < FAIR_LIMIT - 64
+        assert "Traceback" not in server.log()
     finally:
         for sock in held:
             sock.close()
+        udp_echo.close()
         second.stop()
         alice.stop()
         server.stop()
