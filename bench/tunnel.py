@@ -237,23 +237,29 @@ def wait_listening(port: int, service: Service) -> None:
 
 
 def start_gjproxy(
-    dialect: str, workdir: Path, stack: ExitStack, command: Callable[[str], list[str]] | None = None
+    dialect: str,
+    workdir: Path,
+    stack: ExitStack,
+    command: Callable[[str], list[str]] | None = None,
+    extra: dict[str, list[str]] | None = None,
 ) -> tuple[list[Service], int]:
     """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``; ``command(name)``
-    is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``)."""
+    is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``);
+    ``extra[name]`` are more flags for it."""
+    extra = extra or {}
     key, record = generate("bench")
     save_client_key(key, workdir / "key.dat")
     save_user(record, workdir / "users")
     server_flags, client_flags = DIALECT_FLAGS[dialect]
     gjproxy = command or (lambda name: [sys.executable, "-m", "jproxy"])
     listen = ["--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS]
-    server = Service("server", [*gjproxy("server"), "server", *listen, *server_flags], workdir)
+    server_argv = [*gjproxy("server"), "server", *listen, *server_flags, *extra.get("server", [])]
+    server = Service("server", server_argv, workdir)
     stack.callback(server.stop)
     tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)
     socks = ["--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0"]
-    client = Service(
-        "client", [*gjproxy("client"), "client", *socks, "--key", "key.dat", *client_flags], workdir
-    )
+    client_argv = [*gjproxy("client"), "client", *socks, "--key", "key.dat", *client_flags]
+    client = Service("client", [*client_argv, *extra.get("client", [])], workdir)
     stack.callback(client.stop)
     socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")

@@ -39,21 +39,28 @@ def require_tool(name: str) -> str:
 
 
 class Process:
-    """A ``gjproxy`` subcommand in its own process, its log lines collected as they come."""
+    """A ``gjproxy`` subcommand (or another ``module`` run with ``-m``) in its own process, its
+    log lines collected as they come."""
 
     started: list[Process] = []
     """Every process a test started; conftest kills those still running when the test ends,
     so a test that fails before its own ``stop`` leaves nothing behind."""
 
     def __init__(
-        self, *args: str, cwd: Path, env: dict | None = None, prefix: tuple[str, ...] = ()
+        self,
+        *args: str,
+        cwd: Path,
+        env: dict | None = None,
+        prefix: tuple[str, ...] = (),
+        module: str = "jproxy",
+        program: tuple[str, ...] | None = None,
     ) -> None:
         Process.started.append(self)
         self.args = args
         self.lines: list[str] = []
         self._new = queue.Queue()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "jproxy", *args],
+            [*prefix, *(program or (sys.executable, "-m", module)), *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
@@ -146,6 +153,16 @@ def start_client(workdir: Path, server_port: int, *extra: str, env=None) -> Proc
     client.port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")
     return client
+
+
+def start_java_peer(workdir: Path, role: str, *extra: str) -> Process:
+    """``tests/java_peer.py``: a 3.0 ``server`` or ``client`` that behaves on the wire as the
+    Java programs do; ``port`` is its tunnel (server) or SOCKS5 (client) port."""
+    repo = str(Path(__file__).parents[1])
+    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    peer = Process(role, *extra, cwd=workdir, env={"PYTHONPATH": path}, module="tests.java_peer")
+    peer.port = int(peer.wait_for(r"listening on (\d+)").group(1))
+    return peer
 
 
 # --- loopback targets ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -10,6 +11,7 @@ from functools import partial
 
 import gevent
 
+from jproxy import version
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -21,11 +23,14 @@ from jproxy.config import (
     resolve,
     show_defaults,
 )
+from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
+from jproxy.handlers.console.options import add_console_options, check_console, start_console
 from jproxy.handlers.net.heap import keep_heap_reserve
-from jproxy.handlers.net.signals import Termination
+from jproxy.handlers.net.signals import Reloader, Termination
 from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
 from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
+from jproxy.policy.passwords import SOCKS_PASSWORD_VARIABLE
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
 from jproxy.tunnel.mux import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from schemas.jproxy import Dialect
@@ -33,7 +38,6 @@ from schemas.jproxy import Dialect
 log = logging.getLogger("gjproxy.client")
 
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
-SOCKS_PASSWORD_ENV = "GJPROXY_SOCKS_PASSWORD"
 DEFAULTS = {
     "server": ["127.0.0.1:16384"],
     "key": "key.dat",
@@ -47,6 +51,7 @@ DEFAULTS = {
     "window": DEFAULT_WINDOW,
     "keepalive": KEEPALIVE_INTERVAL,
     "grace": DEFAULT_GRACE,
+    **CONSOLE_DEFAULTS,
 }
 
 
@@ -62,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--socks-user",
         metavar="USER",
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
-        f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
+        f" ${SOCKS_PASSWORD_VARIABLE} or [client] socks_password",
     )
     parser.add_argument(
         "--max-socks",
@@ -76,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
     )
     add_keylog_option(parser)
+    add_console_options(parser)
     add_tunnel_options(parser)
     parser.add_argument(
         "--keepalive",
@@ -117,11 +123,12 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
     settings["keylog"] = key_log_path(args, environ, settings["keylog"])
+    check_console(settings, environ)
     if settings["max_socks"] < 1:
         raise ConfigError("--max-socks must be at least 1")
-    password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
+    password = environ.get(SOCKS_PASSWORD_VARIABLE) or settings["socks_password"]
     if settings["socks_user"] and not password:
-        raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
+        raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_VARIABLE}")
     settings["socks_users"] = {settings["socks_user"]: password} if settings["socks_user"] else None
     return settings
 
@@ -154,26 +161,80 @@ def run(args: argparse.Namespace) -> int:
         users=settings["socks_users"],
         max_clients=settings["max_socks"],
     )
+    reloader = client_reloader(args, settings, tunnels, listener)
+    sighups = [reloader.on_sighup()]  # before the port is announced, as on the server
     services = []
     try:
         listening("--socks", settings["socks"], listener.start)
         services.append(listener)
+        warn_if_open(listener)
         if settings["metrics"]:
             # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
             from jproxy.handlers.admin.prometheus import serve_client_metrics
 
             metrics = partial(serve_client_metrics, settings["metrics"], tunnels)
             services.append(listening("--metrics", settings["metrics"], metrics))
+        if settings["console"]:
+            console = start_console(settings, "client", version())
+            services.append(console)
+            listener.console = console.live
+            console.live.watch_client(tunnels)
     except ListenError as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
+        for sighup in sighups:
+            sighup.cancel()
         for service in services:
             service.stop()
         return 1
     tunnels.start()
     status = serve_until_stopped(tunnels, listener, termination, settings["grace"])
+    for sighup in sighups:
+        sighup.cancel()
     for service in services[1:]:  # serve_until_stopped stopped the listener
         service.stop()
     return status
+
+
+def warn_if_open(listener: Socks5Listener) -> None:
+    """A SOCKS port without authentication off loopback lends the tunnel to its network."""
+    host = listener.address[0]
+    if listener.users is None and not ipaddress.ip_address(host.partition("%")[0]).is_loopback:
+        log.warning(
+            "SOCKS5 on %s without authentication: anyone who reaches it can use the tunnel"
+            " (require a login with --socks-user, or listen on 127.0.0.1)",
+            host,
+        )
+
+
+SOCKS_LOGIN_KEYS = ("socks_user", "socks_password", "socks_users")
+
+
+def client_reloader(
+    args: argparse.Namespace, settings: dict, tunnels: TunnelClient, listener: Socks5Listener
+) -> Reloader:
+    """SIGHUP for the client: the SOCKS port's login and limit, and the next tunnels' settings
+    are reloaded; a command that adds settings registers its own ``on_change`` on it."""
+    reloader = Reloader(
+        args.config or "the command line (no --config file)",
+        partial(settings_from, args),
+        settings,
+        lambda key: f"[client] {key}",
+        secrets=(*SOCKS_LOGIN_KEYS, "console_secret"),
+    )
+
+    def socks_login(fresh: dict) -> None:
+        listener.users = fresh["socks_users"]
+
+    def max_socks(fresh: dict) -> None:
+        listener.max_clients = fresh["max_socks"]
+
+    def next_tunnels(fresh: dict) -> None:
+        tunnels.window, tunnels.keepalive = fresh["window"], fresh["keepalive"]
+
+    reloader.on_change(SOCKS_LOGIN_KEYS, socks_login)
+    reloader.on_change(["max_socks"], max_socks)
+    reloader.on_change(["window", "keepalive"], next_tunnels)
+    return reloader
 
 
 def serve_until_stopped(

@@ -142,6 +142,9 @@ _ENDING_OF = {
     DisconnectReason.BROKEN_PIPE: Ending.RESET,
     DisconnectReason.RESET: Ending.RESET,
 }
+"""3.1: what the peer's disconnect reason means. In 3.0 a reason means nothing: the Java peers
+send RESET for every close, a clean one included, so a 3.0 disconnect always ends the stream
+in order (CLOSED: what came before it is delivered, then FIN)."""
 _REASON_OF = {
     Ending.CLOSED: DisconnectReason.CLIENT_CLOSED,
     Ending.RESET: DisconnectReason.RESET,
@@ -211,6 +214,7 @@ class Channel:
         "undelivered",
         "active_at",
         "ending",
+        "peer_reason",
         "handler",
     )
 
@@ -225,6 +229,9 @@ class Channel:
         self.undelivered = 0
         self.active_at = now
         self.ending: Ending | None = None
+        self.peer_reason: DisconnectReason | None = None
+        """The reason the peer's disconnect carried, when that disconnect ended the stream
+        (not when it answered ours): the access log records it."""
         self.handler: Any = None
 
     def __repr__(self) -> str:
@@ -268,6 +275,8 @@ class Channels:
         one id space for every kind, so they are neither handed out nor accepted here."""
         self.heard_at = now
         self.pinged_at = now
+        self.rtt: float | None = None
+        """3.1 client: the round trip of the last ping answered (the console shows it)."""
         self.dropped_bytes = 0
         """Data that arrived for a channel whose local side is gone (counted, not kept)."""
         self._next_id = 0
@@ -590,7 +599,9 @@ class Channels:
             return []
         channel.theirs = _step(channel, channel.theirs, Move.CLOSE)
         already_done = channel.ours is Side.CLOSED
-        self._end(channel, _ENDING_OF[reason])
+        if not already_done:
+            channel.peer_reason = reason
+        self._end(channel, _ENDING_OF[reason] if self.flow_control else Ending.CLOSED)
         if already_done or not self.flow_control:
             self._release(channel)
         return [] if already_done else [Event(Do.CLOSED, channel, channel.ending)]
@@ -615,7 +626,10 @@ class Channels:
         return [Event(Do.EOF, channel)]
 
     def _on_keepalive(self, now: float, kind: KeepAliveKind) -> list[Event]:
-        return [Event(Do.SEND, None, _PONG)] if kind is KeepAliveKind.PING else []
+        if kind is KeepAliveKind.PING:
+            return [Event(Do.SEND, None, _PONG)]
+        self.rtt = now - self.pinged_at
+        return []
 
     # --- bookkeeping ------------------------------------------------------------------------
 

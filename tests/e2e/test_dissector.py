@@ -94,7 +94,8 @@ def tshark_pdml(pcap: Path, *options: str) -> ET.Element:
 def dissected(root: ET.Element, protocol: str = "jproxy") -> dict[str, list[tuple]]:
     """Per direction, each message tshark shows: ``(name, [(field, value), ...], problems)``.
 
-    Frames are looked into: the message a frame carries is listed, not the frame.
+    Frames are looked into: the message a frame carries is listed, not the frame (which has
+    a field of its own, ``jproxy.frame``: ``jproxy.message`` is never a frame).
     """
     messages: dict[str, list[tuple]] = {"c2s": [], "s2c": []}
     for packet in root.iter("packet"):
@@ -102,8 +103,9 @@ def dissected(root: ET.Element, protocol: str = "jproxy") -> dict[str, list[tupl
         direction = "c2s" if port is not None and int(port.get("show")) == CLIENT[1] else "s2c"
         for proto in packet.findall(f"proto[@name='{protocol}']"):
             for item in proto.iter("field"):
-                if item.get("name") != f"{protocol}.message" or item.get("show") == "Frame":
+                if item.get("name") != f"{protocol}.message":
                     continue
+                assert item.get("show") != "Frame", "a frame shown as a message"
                 values = [
                     (child.get("name"), _value(child))
                     for child in item
@@ -116,7 +118,9 @@ def dissected(root: ET.Element, protocol: str = "jproxy") -> dict[str, list[tupl
 
 
 def frames(root: ET.Element) -> list[ET.Element]:
-    return [item for item in root.iter("field") if item.get("show") == "Frame"]
+    found = [item for item in root.iter("field") if item.get("name") == "jproxy.frame"]
+    assert all(item.get("show") == "Frame" for item in found)
+    return found
 
 
 def experts(element: ET.Element) -> list[str]:

@@ -20,6 +20,7 @@ DOC = Path(__file__).parents[2] / "docs" / "dissector.md"
 SAMPLES = {
     "summary": (),
     "connect": ("-O", "jproxy", "-Y", 'jproxy.message == "TcpConnectRequest"'),
+    "fields": ("-T", "fields", "-e", "frame.number", "-e", "jproxy.frame", "-e", "jproxy.message"),
 }
 """Each sample's tshark options, after reading the capture with the key log."""
 

@@ -12,11 +12,14 @@ import signal
 import stat
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import gevent
 import pytest
 
+from jproxy.commands.server import reread_users
+from jproxy.handlers.net.signals import Reloader
 from jproxy.tunnel import keys
 from schemas import WireError, build, parse
 from schemas.keys import (
@@ -111,9 +114,9 @@ def test_files_are_private_and_never_overwritten(tmp_path: Path, generated) -> N
 @pytest.mark.parametrize(
     ("source", "damage", "problem"),
     [
-        ("client-key.dat", lambda data: data[:-1], "not a valid client key file"),
-        ("client-key.dat", lambda data: data[:3], "not a valid client key file"),
-        ("client-key.dat", lambda data: data + b"\x00", "not a valid client key file"),
+        ("client-key.dat", lambda data: data[:-1], "not a valid client key file (truncated at"),
+        ("client-key.dat", lambda data: data[:3], "not a valid client key file (truncated at"),
+        ("client-key.dat", lambda data: data + b"\x00", "key file (trailing bytes after the end"),
         ("client-key.dat", lambda data: data[:4] + b"\x30" * 1218 + data[-32:], "PKCS#8"),
         ("server-user.dat", lambda data: data[:200], "not a valid user file"),
         ("server-user.dat", lambda data: b"\x00\x02\xff\xfe" + data[4:], "not a valid user file"),
@@ -131,6 +134,15 @@ def test_damaged_files_name_the_file_and_the_problem(
         load(path)
     assert str(path) in str(caught.value)
     assert problem in str(caught.value)
+    assert "ClientKeyFile" not in str(caught.value)  # the parser's names stay inside
+
+
+def test_a_garbage_key_file_says_where_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "key.dat"
+    path.write_bytes(b"hello, I am no key\n")
+    with pytest.raises(keys.KeyFileError) as caught:
+        keys.load_client_key(path)
+    assert str(caught.value) == f"{path}: not a valid client key file (truncated at byte 19)"
 
 
 def test_missing_file_is_a_key_file_error(tmp_path: Path) -> None:
@@ -173,9 +185,16 @@ def test_user_directory_must_exist(tmp_path: Path) -> None:
         keys.UserDirectory(tmp_path / "nowhere")
 
 
+def _users_reloader(users: keys.UserDirectory) -> Reloader:
+    """The server's SIGHUP, without a config file: the users are reread every time."""
+    reloader = Reloader("no file", dict, {}, str)
+    reloader.every_time(partial(reread_users, users))
+    return reloader
+
+
 def test_sighup_reloads_the_users(java_users: Path, generated) -> None:
     users = keys.UserDirectory(java_users)
-    handler = keys.reload_on_sighup(users)
+    handler = _users_reloader(users).on_sighup()
     try:
         _, record = generated
         keys.save_user(record, java_users)
@@ -195,10 +214,10 @@ def test_sighup_with_a_vanished_directory_keeps_the_users(
     java_users: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     users = keys.UserDirectory(java_users)
-    handler = keys.reload_on_sighup(users)
+    handler = _users_reloader(users).on_sighup()
     try:
         shutil.rmtree(java_users)
-        with caplog.at_level(logging.WARNING, logger="jproxy.tunnel.keys"):
+        with caplog.at_level(logging.WARNING, logger="gjproxy.server"):
             os.kill(os.getpid(), signal.SIGHUP)
             with gevent.Timeout(5):
                 while not caplog.records:
@@ -415,6 +434,7 @@ def test_keygen_adds_a_user_to_an_existing_server_directory(tmp_path: Path) -> N
         f"{record.login_hash.hex().upper()}  {record.user}" for record in users.records()
     ]
     assert f"{bob.login_hash.hex().upper()}  bob" in listed.stdout
+    assert listed.stderr == ""  # no log line between the listing's lines in a terminal
 
 
 def _client(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -427,13 +447,14 @@ def _client(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_client_refuses_a_key_file_others_can_read(workdir: Path) -> None:
-    (workdir / "key.dat").chmod(0o640)
+@pytest.mark.parametrize("mode", [0o640, 0o644])  # 0644: what the Java keygen leaves
+def test_the_client_refuses_a_key_file_others_can_read(workdir: Path, mode: int) -> None:
+    (workdir / "key.dat").chmod(mode)
     refused = _client("--key", "key.dat", cwd=workdir)
     assert refused.returncode == 2
     assert refused.stderr == (
-        "gjproxy client: key.dat: mode 0640 lets group or others read it; a private key must"
-        " be private to its owner: chmod 600 key.dat\n"
+        f"gjproxy client: key.dat: mode {mode:04o} lets group or others read it; a private key"
+        " must be private to its owner: chmod 600 key.dat\n"
     )
 
 

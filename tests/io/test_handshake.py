@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import gevent
 import pytest
-from gevent import socket
+from gevent import socket, ssl
 
 from jproxy.handlers.tunnel.handshake import client_login, server_login
 from jproxy.tunnel import handshake
@@ -20,6 +22,7 @@ from jproxy.tunnel.keys import ClientKey, UserDirectory, generate, load_client_k
 from jproxy.tunnel.session import Session
 from schemas import WireError, build
 from schemas.jproxy import Dialect, KeepAlive, KeepAliveKind, TcpDisconnect
+from tests.peers import self_signed_certificate
 
 JAVA = Path(__file__).parents[1] / "vectors" / "java-3.0"
 VECTORS = json.loads((JAVA / "vectors.json").read_text())
@@ -189,8 +192,36 @@ def test_legacy_client_logs_in_to_the_recorded_java_server() -> None:
 @pytest.mark.parametrize(
     ("dialect", "replies", "error", "message"),
     [
-        (Dialect.SECURE_3_1, b"HTTP/1.0 400", handshake.NotJProxyServer, "not a jProxy server"),
-        (Dialect.SECURE_3_1, b"jProxy\x07", handshake.NotJProxyServer, "not a jProxy server"),
+        (
+            Dialect.SECURE_3_1,
+            b"HTTP/1.0 400",
+            handshake.NotJProxyServer,
+            "this is not a gjproxy server: it answered with an HTTP reply",
+        ),
+        (
+            Dialect.SECURE_3_1,
+            b"\x15\x03\x01\x00\x02\x02\x46",  # OpenSSL's alert to bytes that are no TLS
+            handshake.NotJProxyServer,
+            "this is not a gjproxy server: it answered with a TLS record",
+        ),
+        (
+            Dialect.SECURE_3_1,
+            b"SSH-2.0-OpenSSH_9.2p1\r\n",
+            handshake.NotJProxyServer,
+            "it answered with an SSH banner",
+        ),
+        (
+            Dialect.SECURE_3_1,
+            b"garbage",
+            handshake.NotJProxyServer,
+            "it answered with 7 byte(s) of something else: b'garbage'",
+        ),
+        (
+            Dialect.SECURE_3_1,
+            b"jProxy\x07",
+            handshake.FatalLoginError,
+            "the server's hello has an unknown status",
+        ),
         (
             Dialect.SECURE_3_1,
             REFUSED_HELLO,
@@ -230,6 +261,9 @@ def test_legacy_client_logs_in_to_the_recorded_java_server() -> None:
     ],
     ids=[
         "http",
+        "tls",
+        "ssh",
+        "other",
         "bad-status",
         "refused-3.1",
         "refused-3.0",
@@ -244,7 +278,8 @@ def test_client_core_errors(dialect: Dialect, replies: bytes, error: type, messa
     client.start()
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
         _feed_bytewise(client, replies)
-    assert caught.value.fatal
+    # Another kind of server may stand at that address for now: the client backs off and tries.
+    assert caught.value.fatal is not isinstance(caught.value, handshake.NotJProxyServer)
 
 
 # --- real sockets -----------------------------------------------------------------------------
@@ -453,14 +488,48 @@ def test_client_against_a_web_server() -> None:
         sock.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
     with scripted_server(web_server) as address, _connect(address) as sock:
-        with pytest.raises(handshake.NotJProxyServer, match="not a jProxy server"):
+        with pytest.raises(handshake.NotJProxyServer, match="it answered with an HTTP reply") as e:
             client_login(sock, JAVA_KEY, Dialect.SECURE_3_1, timeout=5)
+    assert not e.value.fatal  # the client backs off and tries again
+
+
+def test_client_against_a_silent_server_asks_whether_it_is_gjproxy() -> None:
+    with scripted_server(lambda sock: sock.recv(8) and gevent.sleep(2)) as address:
+        with _connect(address) as sock, pytest.raises(handshake.LoginError) as e:
+            client_login(sock, JAVA_KEY, Dialect.SECURE_3_1, timeout=0.3)
+    assert str(e.value) == (
+        "no answer to the hello within 0.3 s: is this a gjproxy server? It sent nothing"
+    )
+    assert not e.value.fatal
+
+
+def test_client_against_a_real_tls_port_says_so(tmp_path: Path) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*self_signed_certificate(tmp_path))
+
+    def tls_server(sock: socket.socket) -> None:
+        with contextlib.suppress(ssl.SSLError, OSError):
+            context.wrap_socket(sock, server_side=True)
+
+    with scripted_server(tls_server) as address, _connect(address) as sock:
+        with pytest.raises(handshake.LoginError) as e:
+            client_login(sock, JAVA_KEY, Dialect.SECURE_3_1, timeout=5)
+    # OpenSSL resets a connection whose first record is no TLS, or answers with an alert.
+    assert re.fullmatch(
+        "(the server reset the connection without answering the hello: is this a gjproxy"
+        " server\\? Nothing came back|.*it answered with a TLS record.*)",
+        str(e.value),
+    ), e.value
 
 
 def test_server_closing_during_login_is_worth_a_retry() -> None:
     with scripted_server(lambda sock: sock.recv(8)) as address, _connect(address) as sock:
-        with pytest.raises(handshake.LoginError, match="closed the connection during login") as e:
+        with pytest.raises(handshake.LoginError) as e:
             client_login(sock, JAVA_KEY, Dialect.SECURE_3_1, timeout=5)
+    assert str(e.value) == (
+        "the server closed the connection without answering the hello: is this a gjproxy"
+        " server? Nothing came back"
+    )
     assert not e.value.fatal
 
 

@@ -376,7 +376,8 @@ def test_legacy_malformed_data_resets_only_its_stream():
     assert kinds(events) == [Do.WARNING, Do.SEND_AFTER_DATA, Do.CLOSED]
     assert events[-1] == Event(Do.CLOSED, theirs, Ending.RESET)
     (closed,) = deliver(client, events)
-    assert closed == Event(Do.CLOSED, mine, Ending.RESET)
+    # The server resets its own side; a 3.0 disconnect's reason means nothing to the client.
+    assert closed == Event(Do.CLOSED, mine, Ending.CLOSED)
     assert client.is_live(other) and len(server.channels) == 1
 
 
@@ -392,17 +393,6 @@ def test_an_unparseable_legacy_connect_gets_a_failure_for_its_id():
 
 def test_default_window_is_one_mebibyte():
     assert DEFAULT_WINDOW == 1 << 20
-
-
-def test_the_java_clients_padded_disconnect_closes_the_stream():
-    client, server = pair(Dialect.LEGACY_3_0)
-    mine, theirs = open_stream(client, server)
-    (goodbye,) = client.close(mine, Ending.RESET)
-    padded = goodbye.value + b"\x00"
-    assert len(padded) == 5
-    (closed,) = server.receive([padded], 0.0)
-    assert closed == Event(Do.CLOSED, theirs, Ending.RESET)
-    assert not server.channels
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
@@ -507,3 +497,93 @@ def test_legacy_tunnels_never_ping_and_never_die_of_silence():
     """3.0 has no keepalive message (the Java server would not understand it)."""
     client, server = pair(Dialect.LEGACY_3_0)
     assert client.sweep(86400.0) == [] and server.sweep(86400.0) == []
+
+
+# --- 3.0: the reason of a peer's disconnect carries no meaning (issue 18) ---------------------
+
+
+def java_disconnect(channel_id: int, reason: DisconnectReason, padded: bool) -> bytes:
+    """The Java peers' disconnect: the server's 4 bytes, the client's with a zero appended."""
+    return bytes([0x41, channel_id >> 8, channel_id & 0xFF, reason]) + b"\x00" * padded
+
+
+@pytest.mark.parametrize("reason", list(DisconnectReason))
+def test_legacy_client_delivers_then_closes_cleanly_whatever_the_servers_reason(reason):
+    """The Java server sends RESET for every close: the data before it is delivered, then
+    the stream ends CLOSED (a FIN to the application), and the wire's reason is kept."""
+    client, server = pair(Dialect.LEGACY_3_0)
+    mine, theirs = open_stream(client, server)
+    last = server.data(theirs, b"the whole body", 0.0)
+    events = client.receive([*last, java_disconnect(mine.id, reason, padded=False)], 1.0)
+    assert events == [
+        Event(Do.DATA, mine, b"the whole body"),
+        Event(Do.CLOSED, mine, Ending.CLOSED),
+    ]
+    assert mine.ending is Ending.CLOSED and mine.peer_reason is reason
+    assert not client.channels  # the Java server never answers a disconnect
+
+
+@pytest.mark.parametrize("reason", list(DisconnectReason))
+def test_legacy_server_closes_the_target_cleanly_whatever_the_clients_reason(reason):
+    """The Java client sends RESET (padded to 5 bytes) when its SOCKS client closes: the
+    upload's last bytes reach the target, then a FIN."""
+    client, server = pair(Dialect.LEGACY_3_0)
+    mine, theirs = open_stream(client, server)
+    last = client.data(mine, b"end of the upload", 0.0)
+    events = server.receive([*last, java_disconnect(theirs.id, reason, padded=True)], 1.0)
+    assert events == [
+        Event(Do.DATA, theirs, b"end of the upload"),
+        Event(Do.CLOSED, theirs, Ending.CLOSED),
+    ]
+    assert theirs.ending is Ending.CLOSED and theirs.peer_reason is reason
+    assert not server.channels
+
+
+@pytest.mark.parametrize(
+    ("reason", "ending"),
+    [
+        (DisconnectReason.GENERAL, Ending.CLOSED),
+        (DisconnectReason.CLIENT_CLOSED, Ending.CLOSED),
+        (DisconnectReason.BROKEN_PIPE, Ending.RESET),
+        (DisconnectReason.RESET, Ending.RESET),
+    ],
+)
+def test_3_1_keeps_the_meaning_of_reasons(reason, ending):
+    """Both ends of 3.1 are gjproxy: a RESET there is a real reset, passed on as one."""
+    client, server = pair()
+    mine, theirs = open_stream(client, server)
+    events = client.receive(
+        [*server.data(theirs, b"x", 0.0), java_disconnect(mine.id, reason, padded=False)], 1.0
+    )
+    assert events == [Event(Do.DATA, mine, b"x"), Event(Do.CLOSED, mine, ending)]
+    assert mine.peer_reason is reason
+
+
+def test_a_disconnect_answering_ours_records_no_reason():
+    """The peer's reason is kept only when its disconnect ended the stream."""
+    client, server = pair()
+    mine, theirs = open_stream(client, server)
+    (closed,) = deliver(server, client.close(mine, Ending.RESET))
+    assert deliver(client, server.close(theirs, Ending.CLOSED)) == []
+    assert mine.ending is Ending.RESET and mine.peer_reason is None
+    assert theirs.peer_reason is DisconnectReason.RESET
+
+
+def test_legacy_endings_this_end_detects_stay_abnormal():
+    """What gjproxy finds itself is still a reset in 3.0: a local reset, an idle stream, a
+    malformed stream, a lost tunnel. The disconnect it sends says RESET."""
+    client, server = pair(Dialect.LEGACY_3_0, **QUIET)
+    reset, _ = open_stream(client, server)
+    idle, _ = open_stream(client, server)
+    _, malformed = open_stream(client, server)
+    cut, _ = open_stream(client, server)
+    (goodbye,) = client.close(reset, Ending.RESET)
+    assert TCP_DISCONNECT.parse(goodbye.value) == (reset.id, DisconnectReason.RESET)
+    assert reset.ending is Ending.RESET
+    server.delivered(server.channels[cut.id], 0, IDLE)  # keeps the server's side awake
+    client.delivered(cut, 0, IDLE)
+    swept = client.sweep(IDLE + 1)
+    assert Event(Do.CLOSED, idle, Ending.IDLE) in swept
+    bad = bytes([0x21, 0, malformed.id, 0, 9]) + b"abc"
+    assert server.receive([bad], IDLE + 1)[-1] == Event(Do.CLOSED, malformed, Ending.RESET)
+    assert client.close_all() == [Event(Do.CLOSED, cut, Ending.CUT)]

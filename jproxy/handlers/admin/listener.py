@@ -82,7 +82,8 @@ class AdminServer(Acceptor):
             "admin port", pool_size, min(pool_size, MAX_CONNECTIONS_PER_ADDRESS)
         )
         self._methods = server_methods(counters, tuning)
-        self._logins = ThrottledLogins("admin", credentials.check, throttle, deadline)
+        self._credentials = credentials
+        self._logins = ThrottledLogins("admin", self._matches, throttle, deadline)
         self._origins = origins or Origins()
         self._deadline = deadline
 
@@ -98,6 +99,13 @@ class AdminServer(Acceptor):
         if accepted:
             self._doorway.progressed(KNOWN)
         return accepted
+
+    def replace_credentials(self, credentials: AdminCredentials) -> None:
+        """Check logins against ``credentials`` from now on (a reload)."""
+        self._credentials = credentials
+
+    def _matches(self, user: bytes, password: bytes) -> bool:
+        return self._credentials.check(user, password)
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         try:

@@ -16,11 +16,9 @@ import json
 import logging
 import operator
 import os
-import signal
 import sys
+from collections.abc import Callable
 from typing import TextIO
-
-import gevent
 
 from jproxy.handlers.logs.repeat_limit import ACCESS_LOGGER
 
@@ -90,6 +88,8 @@ class AccessLog:
         self.path = path
         self._file: TextIO | None = None
         self._failing = False
+        self.observer: Callable[[AccessRecord], None] | None = None
+        """Also sees every record (the live console keeps the refused and failed ones)."""
         if path == "-":
             self._file = sys.stdout
         elif path:
@@ -101,6 +101,8 @@ class AccessLog:
         return os.fdopen(fd, "a", encoding="ascii", buffering=1)
 
     def write(self, record: AccessRecord) -> None:
+        if self.observer is not None:
+            self.observer(record)
         line = record.to_json()
         if self._file is None:
             access_logger.info("%s", line)
@@ -131,9 +133,13 @@ class AccessLog:
             old.close()
         log.info("access log %s reopened", self.path)
 
-    def reopen_on_sighup(self) -> gevent.signal_handler:
-        """Reopen whenever the process gets SIGHUP; returns the handler (``.cancel()``)."""
-        return gevent.signal_handler(signal.SIGHUP, self.reopen)
+    def move_to(self, path: str | None) -> None:
+        """Write to ``path`` from now on (a reload changed ``--access-log``); OSError if it
+        cannot be opened, and the log goes on where it was."""
+        fresh = sys.stdout if path == "-" else self._open(path) if path else None
+        old, self._file, self.path = self._file, fresh, path
+        if old is not None and old is not sys.stdout:
+            old.close()
 
     def close(self) -> None:
         if self._file is not None and self._file is not sys.stdout:

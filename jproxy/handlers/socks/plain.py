@@ -58,14 +58,15 @@ class PlainSocks5Port(Socks5Port):
         access_log: AccessLog,
         idle_timeout: float,
     ) -> None:
+        self._users = users
         self._logins = None
         if users is not None:
             self._logins = ThrottledLogins(
                 "plain SOCKS5",
-                users.check,
+                lambda user, password: self._users.check(user, password),
                 LoginThrottle(),
                 HANDSHAKE_TIMEOUT,
-                remembered=users.remembered,
+                remembered=lambda user, password: self._users.remembered(user, password),
             )
         super().__init__(listen, check_login=None if users is None else users.check)
         self.dialer = dialer
@@ -73,6 +74,13 @@ class PlainSocks5Port(Socks5Port):
         self.tuning = tuning
         self.access_log = access_log
         self.idle_timeout = idle_timeout
+
+    def replace_users(self, users: PasswordTable | None) -> None:
+        """Check logins against ``users`` from now on (a reload); ``ValueError`` when that
+        would switch between authentication and none (the handshake is chosen at start)."""
+        if self._users is None or users is None:
+            raise ValueError("this port serves without authentication")
+        self._users = users
 
     def _credential_check(self, peer: tuple) -> CredentialCheck | None:
         """Throttled by origin: the peer's address, or the tunnel or SOCKS user who had the

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import gevent
 from gevent.pool import Pool
 
+from jproxy.handlers.console.live import NO_CONSOLE
 from jproxy.handlers.net.admission import Doorway, Evicted
 from jproxy.handlers.net.descriptors import Acceptor
 from jproxy.handlers.net.sockets import send_all
@@ -36,6 +37,7 @@ from jproxy.socks.socks5 import (
 )
 from jproxy.socks.udp_association import MAX_DATAGRAM
 from jproxy.tunnel.mux import Exhausted
+from jproxy.tunnel.statuses import status_text
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
@@ -211,6 +213,8 @@ class Socks5Port:
 class Socks5Listener(Socks5Port):
     """The client's SOCKS port: each CONNECT becomes one stream of the tunnel."""
 
+    console = NO_CONSOLE
+
     def __init__(self, listen: tuple[str, int], tunnels: TunnelClient, **options) -> None:
         super().__init__(listen, **options)
         self.tunnels = tunnels
@@ -225,11 +229,13 @@ class Socks5Listener(Socks5Port):
         except (TunnelClosed, Exhausted, gevent.Timeout) as error:
             why = error or "no answer from the server"
             log.info("CONNECT %s failed: %s", _target_text(request), why)
+            self.console.refused(peer, _target_text(request), str(why))
             self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
             return
         status, _ = answer
         if status is not ConnectStatus.OK:
-            log.info("CONNECT %s: server says %s", _target_text(request), status.name)
+            log.info("CONNECT %s: server says %s", _target_text(request), status_text(status))
+            self.console.refused(peer, _target_text(request), f"server says {status.name}", status)
             self._refuse(sock, core, reply_code_for(status))
             return
         try:
@@ -238,10 +244,12 @@ class Socks5Listener(Socks5Port):
             pass  # the relay notices the dead socket and ends the stream
         counters = self.tunnels.counters
         counters.connection_opened()
+        shown = self.console.stream(relay, peer, request.host, request.port)
         try:
             relay.run(core.early_data)
         finally:
             counters.connection_closed()
+            self.console.closed(shown)
 
     def _associate(
         self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested

@@ -108,6 +108,11 @@ class TunnelClient:
         return self._server_index + 1
 
     @property
+    def current(self) -> Tunnel | None:
+        """The tunnel up now, if any."""
+        return self._tunnel
+
+    @property
     def up(self) -> bool:
         return self._up.is_set()
 
@@ -144,6 +149,7 @@ class TunnelClient:
     def _maintain(self) -> None:
         delays = backoff_delays()
         logged_in_before = False
+        said = None
         while not self.stopped.is_set():
             try:
                 tunnel = self._connect()
@@ -155,14 +161,17 @@ class TunnelClient:
                     self.fatal = error
                     self.stopped.set()
                     return
-                log.warning("tunnel login at %s:%d failed: %s", *self.server, error)
+                # Said once (the same failure at the same server again: debug), then backoff.
+                level = logging.DEBUG if said == (self.server, str(error)) else logging.WARNING
+                said = (self.server, str(error))
+                log.log(level, "tunnel login at %s:%d failed: %s", *self.server, error)
                 self._next_server()
             except (OSError, gevent.Timeout) as error:
                 log.warning("cannot reach the server %s:%d: %s", *self.server, error)
                 self._next_server()
             else:
                 delays = backoff_delays()
-                logged_in_before = True
+                logged_in_before, said = True, None
                 self._serve(tunnel)
             if self.stopped.wait(next(delays)):
                 return

@@ -30,6 +30,7 @@ from jproxy.tunnel.datagrams import (
     EchoRequested,
     Refused,
 )
+from jproxy.tunnel.statuses import status_text
 from schemas.jproxy import ConnectStatus, DisconnectReason
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class AssociateFailed(Exception):
     """The server refused a UDP association; ``status`` is its answer."""
 
     def __init__(self, status: ConnectStatus) -> None:
-        super().__init__(f"server says {status.name}")
+        super().__init__(f"server says {status_text(status)}")
         self.status = status
 
 

@@ -22,7 +22,7 @@ import gevent
 
 from jproxy.handlers.tunnel.keylog import KeyLog
 from jproxy.policy.admission import GREETED, KNOWN, SILENT
-from jproxy.tunnel.handshake import ClientHandshake, LoginError, LoginProof, Phase, ServerHandshake
+from jproxy.tunnel.handshake import ClientHandshake, LoginProof, Phase, ServerHandshake
 from jproxy.tunnel.keys import ClientKey, UserDirectory
 from jproxy.tunnel.session import Session
 from schemas import WireError, build
@@ -75,15 +75,25 @@ def client_login(
     Socket errors (``OSError``) pass through unchanged.
     """
     core = ClientHandshake(key, dialect)
-    expired = LoginError(f"no complete login reply from the server within {timeout:g} s")
-    with gevent.Timeout(timeout, expired):
-        sock.sendall(core.start())
-        if not _run(sock, core, read_size=0):
-            raise LoginError("the server closed the connection during login")
-        session = core.session
-        if dialect is Dialect.SECURE_3_1:
-            # The first frame proves to the server that we could unwrap the session key.
-            sock.sendall(session.seal(_PING))
+    deadline = gevent.Timeout(timeout)
+    try:
+        with deadline:
+            sock.sendall(core.start())
+            try:
+                completed = _run(sock, core, read_size=0)
+            except ConnectionResetError:
+                # A TLS server, for one, resets a connection whose first bytes are no TLS.
+                raise core.closed("reset") from None
+            if not completed:
+                raise core.closed()
+            session = core.session
+            if dialect is Dialect.SECURE_3_1:
+                # The first frame proves to the server that we could unwrap the session key.
+                sock.sendall(session.seal(_PING))
+    except gevent.Timeout as error:
+        if error is not deadline:
+            raise
+        raise core.no_reply(timeout) from None
     if key_log is not None:
         key_log.record(*core.key_log_entry)
     return session

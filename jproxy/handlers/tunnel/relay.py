@@ -10,8 +10,10 @@ backlog. Each delivery grants the peer more window at once. The greenlet that ca
 only waits for the stream's end, then says goodbye and closes.
 
 No socket timeouts: the tunnel's one sweep ends idle streams (``abort``). A stream that ends
-abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is reset to the
-local application (SO_LINGER 0, then close), never ended with a clean EOF.
+abnormally (a reset of the local socket, a 3.1 peer's reset, the tunnel lost, idle, 3.0 over
+its bound) is reset to the local application (SO_LINGER 0, then close), never ended with a
+clean EOF. A 3.0 peer's disconnect is never abnormal, whatever its reason (the Java peers say
+RESET for every close): what came before it is written, then the socket is closed (FIN).
 
 The relay knows its tunnel only through ``Link``, so this module does not import the tunnel.
 """
@@ -385,15 +387,19 @@ class StreamRelay:
             self._close_both_ways()
             return
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            raw_socket(self.sock).shutdown(socket.SHUT_WR)
         except OSError:
             pass
         self._done.set()
 
     def _close_both_ways(self) -> None:
+        """The peer said goodbye: our reader sees its EOF and ends the pump, then ``run``
+        closes the socket (FIN, after what was written)."""
         self._wake_all()
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # our reader sees its EOF
+            # The raw socket: gevent's shutdown would cancel the waits on the socket's
+            # watchers, and the read watcher may be running our callback, not a greenlet.
+            raw_socket(self.sock).shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 

@@ -24,6 +24,7 @@ import gevent
 from gevent.pool import Pool
 
 from jproxy.handlers.admin.listener import host_port_text
+from jproxy.handlers.console.live import NO_CONSOLE
 from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.logs.access import AccessLog, AccessRecord
 from jproxy.handlers.net.admission import Doorway, Evicted
@@ -93,6 +94,8 @@ class ServerLimits:
 
 
 class TunnelServer:
+    console = NO_CONSOLE
+
     def __init__(
         self,
         listen: tuple[str, int],
@@ -136,6 +139,16 @@ class TunnelServer:
             *self.address,
             ", legacy 3.0 allowed" if self.allow_legacy else "",
         )
+
+    def set_limits(self, limits: ServerLimits) -> None:
+        """New limits for what comes next (a reload): logins, tunnels and streams opened from
+        now on; what is open keeps going, and a lower limit only refuses newcomers."""
+        self.limits = limits
+        self._doorway.budget.total = limits.max_prelogin
+        self._doorway.budget.per_address = limits.max_prelogin_per_address
+        self._slots.max_tunnels = limits.max_tunnels
+        self._slots.max_per_user = limits.max_tunnels_per_user
+        self.dialer.connect_timeout = limits.connect_timeout
 
     def stop(self, timeout: float = 5.0) -> None:
         """Drain: accept no more tunnels, let open streams finish within the grace time, then
@@ -242,9 +255,11 @@ class TunnelServer:
         log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
+        shown = self.console.tunnel_opened(tunnel, where, user)
         try:
             tunnel.run(login.proof.received)
         finally:
+            self.console.tunnel_closed(shown)
             streams.kill(block=True, timeout=5)
             self.counters.tunnel_closed(user, dialect)
             self._tunnels.discard(tunnel)
@@ -297,12 +312,18 @@ class TunnelServer:
         set_nodelay(sock)
         self.counters.connection_opened()
         relay = tunnel.attach(channel, sock)
+        shown = self.console.stream(
+            relay, record.client, channel.host, channel.port, user=record.user, toward=False
+        )
         try:
             relay.run()
         finally:
+            self.console.closed(shown)
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = relay.bytes_in, relay.bytes_out
             record.ended = relay.ending
+            if channel.peer_reason is not None:  # the wire's reason, whatever it meant here
+                record.reason = f"disconnect from the client: {channel.peer_reason.name}"
 
     def _serve_association(
         self, datagrams: TunnelDatagrams, user: str, client: str, request: AssociateRequested
@@ -352,9 +373,13 @@ class TunnelServer:
             idle_timeout=self.limits.udp_idle_timeout,
         )
         self.counters.connection_opened()
+        shown = self.console.association(
+            association, record.client, channel.host, channel.port, user=record.user
+        )
         try:
             association.run()
         finally:
+            self.console.closed(shown)
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = association.bytes_out, association.bytes_in
             record.ended = association.ending
