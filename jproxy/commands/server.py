@@ -388,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             service.stop()
         return 1
-    trimmer = HeapTrimmer(lambda: counters.connections_total, lambda: counters.connections_open)
+    trimmer = HeapTrimmer(lambda: counters.connections_open)
     trimmer.start()
     signal_name = termination.wait()
     trimmer.stop()

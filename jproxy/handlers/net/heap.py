@@ -15,8 +15,7 @@ Python's oldest garbage generation. ``HeapTrimmer``, once a burst has mostly end
 (``worth_trimming``), runs a full ``gc.collect()`` and then ``malloc_trim(0)``, which gives
 every free page of the heap back (``madvise``): after the same burst the server is at 51 MB,
 and the next bursts peak where the first did instead of higher (93, 109 MB without it). It
-costs milliseconds at most once per ``TRIM_INTERVAL``, never while long-lived connections
-hold the load.
+costs some milliseconds once per burst, never under a steady load.
 """
 
 from __future__ import annotations
@@ -49,10 +48,10 @@ def keep_heap_reserve() -> bool:
     )
 
 
-TRIM_INTERVAL = 5.0
-"""Seconds between looks at the load."""
+TRIM_INTERVAL = 0.5
+"""Seconds between looks at the number of open connections (a look costs nothing)."""
 BURST = 64
-"""Connections opened since the last trim that make a burst worth trimming after."""
+"""Open connections at the peak that make a burst worth trimming after."""
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -64,28 +63,23 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def worth_trimming(opened_since: int, open_now: int) -> bool:
-    """A burst happened (``BURST`` connections or more opened since the last trim) and most of
-    it has ended (at most half of them are still open)."""
-    return opened_since >= BURST and open_now <= opened_since // 2
+def worth_trimming(peak: int, open_now: int) -> bool:
+    """A burst happened (``BURST`` connections or more open at once since the last trim) and
+    has mostly ended (at most half of its peak is still open). A steady load, however many
+    short connections come and go, never trims."""
+    return peak >= BURST and open_now <= peak // 2
 
 
 class HeapTrimmer:
-    """Every ``interval`` s, ``malloc_trim(0)`` when ``worth_trimming``: ``opened()`` counts
-    connections and tunnels ever opened, ``open_now()`` those open."""
+    """Every ``interval`` s a look at ``open_now()``, the open connections; ``gc.collect()``
+    and ``malloc_trim(0)`` when ``worth_trimming`` (then the peak starts again from now)."""
 
-    def __init__(
-        self,
-        opened: Callable[[], int],
-        open_now: Callable[[], int],
-        interval: float = TRIM_INTERVAL,
-    ) -> None:
-        self.opened = opened
+    def __init__(self, open_now: Callable[[], int], interval: float = TRIM_INTERVAL) -> None:
         self.open_now = open_now
         self.interval = interval
         self.trims = 0
         self._trim = _malloc_trim()
-        self._opened_at_trim = opened()
+        self._peak = 0
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -98,14 +92,15 @@ class HeapTrimmer:
 
     def look(self) -> bool:
         """One look at the load; whether it trimmed."""
-        opened, open_now = self.opened(), self.open_now()
-        if self._trim is None or not worth_trimming(opened - self._opened_at_trim, open_now):
+        open_now = self.open_now()
+        self._peak = max(self._peak, open_now)
+        if self._trim is None or not worth_trimming(self._peak, open_now):
             return False
         gc.collect()  # the burst's tunnels and streams that wait in reference cycles go first
         self._trim(0)
         self.trims += 1
-        self._opened_at_trim = opened
-        log.debug("heap trimmed after a burst (%d open now)", open_now)
+        log.debug("heap trimmed after a burst (peak %d open, %d now)", self._peak, open_now)
+        self._peak = open_now
         return True
 
     def _run(self) -> None:
