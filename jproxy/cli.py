@@ -8,8 +8,10 @@ import logging
 import pkgutil
 import sys
 
+import gevent
+
 from jproxy import commands, version
-from jproxy.handlers.logs.repeat_limit import repeat_limited
+from jproxy.handlers.logs.repeat_limit import repeat_limited, route_hub_errors
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[repeat_limited(logging.StreamHandler())],
     )
+    route_hub_errors(gevent.get_hub())
     try:
         return args.handler(args)
     except KeyboardInterrupt:

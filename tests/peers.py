@@ -168,6 +168,16 @@ def start_java_peer(workdir: Path, role: str, *extra: str) -> Process:
 # --- loopback targets ---------------------------------------------------------------------
 
 
+SHUTDOWN_POLL = 0.02
+"""How often a loopback server's loop looks for ``shutdown()``: socketserver's default 0.5 s
+was half a second of every test that stopped one."""
+
+
+def serve_in_a_thread(server: socketserver.BaseServer) -> None:
+    """Run ``server`` in a daemon thread until its ``shutdown()``."""
+    threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), daemon=True).start()
+
+
 class _QuietHTTPHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
@@ -186,7 +196,7 @@ def serve_files(directory: Path, host: str = "127.0.0.1") -> ThreadingHTTPServer
     """An HTTP server for ``directory`` on ``host`` (127.0.0.1 or ::1), on a free port."""
     handler = partial(_QuietHTTPHandler, directory=str(directory))
     server = (_HTTPServer6 if ":" in host else _HTTPServer)((host, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_a_thread(server)
     return server
 
 
@@ -212,7 +222,7 @@ def serve_tcp(handle, host: str = "127.0.0.1") -> _Threaded:
                 pass
 
     server = (_Threaded6 if ":" in host else _Threaded)((host, 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_a_thread(server)
     return server
 
 

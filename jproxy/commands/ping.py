@@ -17,7 +17,7 @@ from jproxy.commands.client import DEFAULTS as CLIENT_DEFAULTS
 from jproxy.commands.client import DIALECTS, add_server_options
 from jproxy.config import ConfigError, host_port, load, resolve, show_defaults
 from jproxy.handlers.tunnel.client import open_tunnel, serve_tunnel
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.metrics import Counters
 from jproxy.tunnel.handshake import LoginError
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private

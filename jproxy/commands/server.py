@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("--max-tunnels-per-user", int, "N", "proven tunnels one user may hold"),
         ("--max-prelogin", int, "N", "connections waiting for login (the least far gives way)"),
         ("--max-prelogin-per-address", int, "N", "of those, from one address (IPv6: a /64)"),
-        ("--max-streams", int, "N", "streams per tunnel"),
+        ("--max-streams", int, "N", "channels per tunnel: streams, UDP associations, echoes"),
         ("--idle-timeout", float, "S", "seconds before an idle stream ends"),
         ("--connect-timeout", float, "S", "outbound connect timeout (s)"),
         ("--handshake-timeout", float, "S", "seconds for hello, login and the first frame"),

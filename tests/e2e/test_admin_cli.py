@@ -15,7 +15,7 @@ from gevent.server import StreamServer
 
 from jproxy.metrics import Counters
 from jproxy.policy.passwords import load_socks_users, verify_password
-from tests.io.test_admin_server import PASSWORD, USER, start_admin
+from tests.admin_listener import PASSWORD, USER, start_admin
 from tests.peers import start_server
 
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import socket
@@ -11,7 +10,6 @@ import sys
 
 import pytest
 
-from jproxy.cli import build_parser
 from tests.peers import Process, start_server
 
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
@@ -142,24 +140,6 @@ def test_bare_gjproxy_prints_usage_and_version_is_one_line(tmp_path):
     version = gjproxy("--version", cwd=tmp_path)
     assert version.returncode == 0
     assert re.fullmatch(r"gjproxy \S+\n", version.stdout)
-
-
-def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    [subparsers] = [action for action in parser._actions if action.dest == "command"]
-    return {"gjproxy": parser, **subparsers.choices}
-
-
-@pytest.mark.parametrize("name", sorted(subcommand_parsers()))
-def test_every_command_has_a_description_and_every_option_its_default(name):
-    parser = subcommand_parsers()[name]
-    assert parser.description, f"{name} has no description"
-    for action in parser._actions:
-        if not action.option_strings or action.help == argparse.SUPPRESS:
-            continue
-        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-            continue
-        assert "(default: " in (action.help or ""), f"{name} {action.option_strings[0]}"
 
 
 def test_an_open_client_port_off_loopback_is_a_warning(workdir):

@@ -394,9 +394,3 @@ def test_the_page_stream_survives_a_thousand_connections_with_bounded_memory(pro
     rss_growth = client.rss_kib() - rss_before
     assert rss_growth < 40 * 1024, f"RSS grew {rss_growth} KiB"
     reader.sock.close()
-
-
-def test_docs_console_md_shows_the_screenshot():
-    docs = Path(__file__).resolve().parents[2] / "docs"
-    assert "console.png" in (docs / "console.md").read_text()
-    assert (docs / "console.png").stat().st_size > 10_000

@@ -20,6 +20,7 @@ from jproxy.handlers.console import web
 from jproxy.handlers.console.live import Handle, LiveConsole
 from jproxy.handlers.console.web import ConsoleServer
 from jproxy.handlers.logs.access import AccessRecord
+from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus, Dialect
 
 SECRET = "tops3cret"
@@ -280,10 +281,10 @@ def test_refusals_failures_and_warnings_become_notes():
                  ConnectStatus.NOT_ALLOWED)  # fmt: skip
     live.refused(("127.0.0.1", 4001), "127.0.0.1:1", "server says REFUSED", ConnectStatus.REFUSED)
     record = AccessRecord("tunnel", "alice", "127.0.0.1:9", "10.0.0.2:22", 1e9)
-    record.ended, record.reason = "refused", "10.0.0.2 is in a denied range"
+    record.ended, record.reason = Ending.REFUSED, "10.0.0.2 is in a denied range"
     live.access(record)
     closed = AccessRecord("tunnel", "alice", "127.0.0.1:9", "127.0.0.1:80", 1e9)
-    closed.ended = "closed"
+    closed.ended = Ending.CLOSED
     live.access(closed)  # a connection that ended well is no note
     live.start()
     try:

@@ -13,6 +13,7 @@ from jproxy.tunnel.mux import (
     DEFAULT_WINDOW,
     KEEPALIVE_INTERVAL,
     LEGACY_BOUND,
+    PING,
     WINDOW_UPDATE_SHARE,
     Channels,
     Do,
@@ -424,8 +425,8 @@ def test_an_idle_stream_ends_after_the_idle_timeout_and_not_before():
     client, server = pair(**QUIET)
     mine, theirs = open_stream(client, server)
     server.receive(client.data(mine, b"x", 100.0), 100.0)
-    assert without_logs(client.sweep(100.0 + IDLE - 1)) == []
-    events = client.sweep(100.0 + IDLE + 1)
+    assert without_logs(client.handle_timer(100.0 + IDLE - 1)) == []
+    events = client.handle_timer(100.0 + IDLE + 1)
     assert kinds(events) == [Do.INFO, Do.SEND_AFTER_DATA, Do.CLOSED]
     assert "idle" in events[0].value and events[2] == Event(Do.CLOSED, mine, Ending.IDLE)
     (closed,) = deliver(server, events)
@@ -439,14 +440,14 @@ def test_delivering_data_keeps_a_stream_alive():
     mine, theirs = open_stream(client, server)
     for minute in range(1, 20):
         server.delivered(theirs, 10, minute * 60.0)
-        assert without_logs(server.sweep(minute * 60.0 + 1)) == []
+        assert without_logs(server.handle_timer(minute * 60.0 + 1)) == []
 
 
 def test_no_window_granted_for_the_idle_timeout_ends_the_stream():
     client, server = pair(window=4096, **QUIET)
     mine, _ = open_stream(client, server)
     server.receive(client.data(mine, b"w" * 4096, 5.0), 5.0)  # the server never delivers
-    events = client.sweep(5.0 + IDLE + 1)
+    events = client.handle_timer(5.0 + IDLE + 1)
     assert "no window granted" in events[0].value
     assert events[-1] == Event(Do.CLOSED, mine, Ending.IDLE)
 
@@ -458,45 +459,45 @@ def test_legacy_stream_over_its_bound_is_reported_once():
     events = []
     for _ in range(LEGACY_BOUND // len(chunk) + 4):
         events += client.receive(server.data(theirs, chunk, 0.0), 0.0)
-    over = [event for event in events if event.kind is Do.OVER_BOUND]
-    assert len(over) == 1 and over[0].channel is mine
+    over = [event for event in events if event.kind is Do.PAUSE_READING]
+    assert len(over) == 1 and over[0].channel is mine and mine in client.stalled
     largest_data = MAX_MESSAGE[Dialect.LEGACY_3_0] - TCP_PACKET.header_size
     assert LEGACY_BOUND < over[0].value <= LEGACY_BOUND + largest_data  # with the crossing one
     received = b"".join(event.value for event in events if event.kind is Do.DATA)
     assert received == chunk * (LEGACY_BOUND // len(chunk) + 4) == b"b" * mine.undelivered
-    client.delivered(mine, mine.undelivered, 1.0)
-    assert mine.undelivered == 0
+    assert kinds(client.delivered(mine, mine.undelivered, 1.0)) == [Do.RESUME_READING]
+    assert mine.undelivered == 0 and not client.stalled
 
 
 def test_a_3_1_client_pings_a_quiet_tunnel_and_the_server_answers():
     client, server = pair()
-    first = client.ping(0.0)
+    first = Event(Do.SEND, None, PING)  # the login sent it; the core counts it sent at 0.0
     assert KEEPALIVE.parse(first.value) == (KeepAliveKind.PING,)
     (pong,) = deliver(server, first)
     assert KEEPALIVE.parse(pong.value) == (KeepAliveKind.PONG,)
     assert client.receive([pong.value], 0.5) == []
-    assert client.sweep(KEEPALIVE_INTERVAL - 1) == []
-    (ping,) = client.sweep(KEEPALIVE_INTERVAL + 1)
+    assert client.handle_timer(KEEPALIVE_INTERVAL - 1) == []
+    (ping,) = client.handle_timer(KEEPALIVE_INTERVAL + 1)
     assert ping.value == first.value
-    assert client.sweep(KEEPALIVE_INTERVAL + 2) == []  # one ping per interval
-    assert server.sweep(KEEPALIVE_INTERVAL + 2) == []  # the server never pings
+    assert client.handle_timer(KEEPALIVE_INTERVAL + 2) == []  # one ping per interval
+    assert server.handle_timer(KEEPALIVE_INTERVAL + 2) == []  # the server never pings
     (pong,) = deliver(server, ping, KEEPALIVE_INTERVAL + 1)
     client.receive([pong.value], KEEPALIVE_INTERVAL + 1.1)
-    assert client.sweep(KEEPALIVE_INTERVAL * 2) == []
+    assert client.handle_timer(KEEPALIVE_INTERVAL * 2) == []
 
 
 def test_a_silent_peer_is_declared_dead_after_several_intervals():
     client, server = pair()
     dead_at = KEEPALIVE_INTERVAL * DEAD_AFTER
-    assert Do.DEAD not in kinds(client.sweep(dead_at - 1))
-    assert Do.DEAD in kinds(client.sweep(dead_at + 1))
-    assert server.sweep(dead_at * 100) == []  # the server cannot know the client's interval
+    assert Do.DEAD not in kinds(client.handle_timer(dead_at - 1))
+    assert Do.DEAD in kinds(client.handle_timer(dead_at + 1))
+    assert server.handle_timer(dead_at * 100) == []  # the server cannot know the client's interval
 
 
 def test_legacy_tunnels_never_ping_and_never_die_of_silence():
     """3.0 has no keepalive message (the Java server would not understand it)."""
     client, server = pair(Dialect.LEGACY_3_0)
-    assert client.sweep(86400.0) == [] and server.sweep(86400.0) == []
+    assert client.handle_timer(86400.0) == [] and server.handle_timer(86400.0) == []
 
 
 # --- 3.0: the reason of a peer's disconnect carries no meaning (issue 18) ---------------------
@@ -582,7 +583,7 @@ def test_legacy_endings_this_end_detects_stay_abnormal():
     assert reset.ending is Ending.RESET
     server.delivered(server.channels[cut.id], 0, IDLE)  # keeps the server's side awake
     client.delivered(cut, 0, IDLE)
-    swept = client.sweep(IDLE + 1)
+    swept = client.handle_timer(IDLE + 1)
     assert Event(Do.CLOSED, idle, Ending.IDLE) in swept
     bad = bytes([0x21, 0, malformed.id, 0, 9]) + b"abc"
     assert server.receive([bad], IDLE + 1)[-1] == Event(Do.CLOSED, malformed, Ending.RESET)

@@ -23,7 +23,7 @@ from jproxy.console.board import Board, Connection, Tunnel
 from jproxy.policy.hostnames import for_log
 from jproxy.tunnel.handshake import version_text
 from jproxy.tunnel.mux import Ending
-from schemas.jproxy import ConnectStatus, DisconnectReason
+from schemas.jproxy import ConnectStatus
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ class LiveConsole(NullConsole):
         """The server opened a UDP association for a tunnel."""
 
         def reset() -> None:
-            association.datagrams.dissociate(association.channel, DisconnectReason.RESET)
-            association.ended(association.channel, DisconnectReason.RESET)
+            association.datagrams.dissociate(association.channel, Ending.RESET)
+            association.ended(association.channel, Ending.RESET)
 
         handle = Handle(lambda: (association.bytes_out, association.bytes_in), reset)
         return self._open("udp", source, host, port, association.datagrams.tunnel, handle, user)
@@ -148,9 +148,9 @@ class LiveConsole(NullConsole):
 
     def access(self, record) -> None:
         """An access log record (server): the refused and failed ones become notes."""
-        if record.ended in ("refused", "failed"):
+        if record.ended in (Ending.REFUSED, Ending.FAILED):
             self.board.note(
-                str(record.ended),
+                record.ended.value,
                 record.reason or record.status,
                 record.started,
                 user=record.user,
@@ -253,9 +253,7 @@ class LiveConsole(NullConsole):
             link = tunnel.handle
             if link is not None:
                 tunnel.rtt = link.channels.rtt
-                tunnel.channels = len(link.channels.channels)
-                if link.datagrams is not None:
-                    tunnel.channels += len(link.datagrams.core.channels)
+                tunnel.channels = len(link.channels.channels)  # every kind
 
     def reset(self, connection_id: str) -> bool:
         """Reset one connection (its application sees ECONNRESET); False if it is not open."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import enum
 import json
 import logging
 import operator
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from jproxy.handlers.logs.repeat_limit import ACCESS_LOGGER
+from jproxy.tunnel.mux import Ending
 
 log = logging.getLogger(__name__)
 access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -53,8 +53,9 @@ class AccessRecord:
     bytes_down: int = 0
     duration: float = 0.0
     """seconds from the request to the end"""
-    ended: str | enum.Enum = ""
-    """closed, reset, cut, idle, refused (by the egress policy) or failed (the connect)"""
+    ended: Ending | None = None
+    """closed, reset, cut, idle, refused (by the egress policy) or failed (the connect); the
+    line says its value"""
     reason: str = ""
     """why it failed, when it did"""
     transport: str = "tcp"
@@ -68,8 +69,7 @@ class AccessRecord:
         fields = dict(zip(_FIELDS, _VALUES(self), strict=True))
         started = fields.pop("started")
         fields["duration"] = round(self.duration, 3)
-        if isinstance(self.ended, enum.Enum):
-            fields["ended"] = self.ended.value
+        fields["ended"] = "" if self.ended is None else self.ended.value
         fields["reason"] = self.reason[:MAX_REASON]
         when = datetime.datetime.fromtimestamp(started, datetime.UTC)
         return _ENCODER.encode({"time": when.isoformat(timespec="milliseconds"), **fields})

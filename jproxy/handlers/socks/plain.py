@@ -36,6 +36,7 @@ from jproxy.socks.socks5 import (
 )
 from jproxy.socks.udp_association import MAX_UDP_PAYLOAD
 from jproxy.tuning import RelayTuning
+from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
@@ -140,7 +141,9 @@ class PlainSocks5Port(Socks5Port):
         except DialError as error:
             record.connect_ms = int((time.monotonic() - started) * 1000)
             record.status, record.reason = error.status.name, error.reason
-            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            record.ended = (
+                Ending.REFUSED if error.status is ConnectStatus.NOT_ALLOWED else Ending.FAILED
+            )
             self._refuse(sock, core, reply_code_for(error.status))
             return
         record.connect_ms = int((time.monotonic() - started) * 1000)
@@ -151,7 +154,7 @@ class PlainSocks5Port(Socks5Port):
         except OSError as error:
             out.close()
             sock.close()
-            record.ended, record.reason = "reset", f"the SOCKS client went away: {error}"
+            record.ended, record.reason = Ending.RESET, f"the SOCKS client went away: {error}"
             return
         splice = Splice(
             sock,

@@ -23,7 +23,7 @@ from jproxy.handlers.net.descriptors import Acceptor
 from jproxy.handlers.net.sockets import send_all
 from jproxy.handlers.socks.udp_relay import SocksUdpRelay, TunnelRoutes, association_for
 from jproxy.handlers.tunnel.client import TunnelClient
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.metrics import Counters
 from jproxy.policy.hostnames import for_log
 from jproxy.socks.socks5 import (
@@ -268,7 +268,7 @@ class Socks5Listener(Socks5Port):
             sock,
             request.host,
             request.port,
-            MAX_DATAGRAM[datagrams.core.dialect],
+            MAX_DATAGRAM[datagrams.dialect],
             time.monotonic(),
         )
         relay = SocksUdpRelay(sock, TunnelRoutes(datagrams), rules, self.tunnels.counters)

@@ -21,13 +21,13 @@ from gevent.event import Event
 
 from jproxy.handlers.net.sockets import tune_tunnel_socket
 from jproxy.handlers.tunnel.datagrams import TunnelDatagrams
-from jproxy.handlers.tunnel.driver import Tunnel, TunnelClosed
+from jproxy.handlers.tunnel.driver import Tunnel
 from jproxy.handlers.tunnel.handshake import client_login
 from jproxy.handlers.tunnel.keylog import KeyLog
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.datagrams import Datagrams
 from jproxy.tunnel.handshake import LoginError, version_text
 from jproxy.tunnel.keys import ClientKey
 from jproxy.tunnel.mux import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL, Channels
@@ -248,15 +248,9 @@ def open_tunnel(
         tuning=tuning or RelayTuning(),
         name=f"tunnel to {server[0]}:{server[1]}",
     )
-    datagrams = Datagrams(Direction.CLIENT_TO_SERVER, session.dialect, streams=channels.channels)
-    tunnel.datagrams = TunnelDatagrams(tunnel, datagrams, counters)
-    channels.other_channels = datagrams.channels
     return tunnel
 
 
 def serve_tunnel(tunnel: Tunnel) -> None:
-    """Run a client's tunnel until it ends."""
-    channels = tunnel.channels
-    # 3.1: a ping is the first frame, the proof that we hold the session key.
-    first = channels.ping(time.monotonic()).value if channels.flow_control else None
-    tunnel.run(first=first)
+    """Run a client's tunnel until it ends (3.1: the login sent its first ping)."""
+    tunnel.run()

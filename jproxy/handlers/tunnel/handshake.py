@@ -24,9 +24,10 @@ from jproxy.handlers.tunnel.keylog import KeyLog
 from jproxy.policy.admission import GREETED, KNOWN, SILENT
 from jproxy.tunnel.handshake import ClientHandshake, LoginProof, Phase, ServerHandshake
 from jproxy.tunnel.keys import ClientKey, UserDirectory
+from jproxy.tunnel.mux import PING
 from jproxy.tunnel.session import Session
-from schemas import WireError, build
-from schemas.jproxy import Dialect, KeepAlive, KeepAliveKind
+from schemas import WireError
+from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,6 @@ HANDSHAKE_TIMEOUT = 10.0
 
 SERVER_READ_SIZE = 4096
 """Bytes the server reads at once during login: bounds what it can hold as pipelined."""
-
-
-_PING = build(KeepAlive, {"kind": KeepAliveKind.PING})
 
 
 def _run(
@@ -89,7 +87,7 @@ def client_login(
             session = core.session
             if dialect is Dialect.SECURE_3_1:
                 # The first frame proves to the server that we could unwrap the session key.
-                sock.sendall(session.seal(_PING))
+                sock.sendall(session.seal(PING))  # the core counts it as its first ping
     except gevent.Timeout as error:
         if error is not deadline:
             raise
