@@ -10,6 +10,7 @@ machines has no netem, and tc's per-flow shaping would need a network namespace 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import struct
@@ -102,7 +103,10 @@ class Relay:
         """Reset both sides of connection ``number`` (a tunnel killed on the path)."""
         for sock in self.connections[number]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.shutdown(socket.SHUT_RD)  # wakes the reader thread; sends nothing
+            # Wakes the reader thread; sends nothing. OSError (ENOTCONN): this side is reset
+            # already (the first side's end went through and its peer answered with a reset).
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
             sock.close()  # linger 0: a reset
 
     def close(self) -> None:
