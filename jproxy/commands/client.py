@@ -1,4 +1,5 @@
-"""``gjproxy client``: a local SOCKS5 port whose connections travel through one tunnel."""
+"""``gjproxy client``: a local SOCKS5/SOCKS4/HTTP proxy port whose connections travel through
+one tunnel, or straight out, or nowhere, as the routing rules say; and port forwards."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from functools import partial
 
 import gevent
 
+from jproxy.commands.route import (
+    add_front_options,
+    front_settings,
+    own_listeners,
+    reload_on_sighup,
+    start_forwards,
+)
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -22,8 +30,10 @@ from jproxy.config import (
     show_defaults,
 )
 from jproxy.handlers.net.heap import keep_heap_reserve
+from jproxy.handlers.net.router import DIRECT_TIMEOUT, client_router, direct_dialer
 from jproxy.handlers.net.signals import Termination
-from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
+from jproxy.handlers.socks.client_port import ClientPort
+from jproxy.handlers.socks.port import MAX_CLIENTS
 from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
@@ -47,17 +57,24 @@ DEFAULTS = {
     "window": DEFAULT_WINDOW,
     "keepalive": KEEPALIVE_INTERVAL,
     "grace": DEFAULT_GRACE,
+    "rules": [],
+    "access_log": "",
+    "forward": [],
+    "forward_udp": [],
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "client",
-        help="run the local SOCKS5 proxy that tunnels to a gjproxy server",
-        description="Serve SOCKS5 locally and carry every connection through one jProxy tunnel.",
+        help="run the local SOCKS5/SOCKS4/HTTP proxy that tunnels to a gjproxy server",
+        description="Serve SOCKS5, SOCKS4/4a and HTTP proxy on one local port and carry each"
+        " connection through one jProxy tunnel, or as the routing rules say.",
     )
     add_server_options(parser)
-    parser.add_argument("--socks", metavar="HOST:PORT", help="the local SOCKS5 port")
+    parser.add_argument(
+        "--socks", metavar="HOST:PORT", help="the local port: SOCKS5, SOCKS4/4a and HTTP proxy"
+    )
     parser.add_argument(
         "--socks-user",
         metavar="USER",
@@ -75,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
     )
+    add_front_options(parser)
     add_keylog_option(parser)
     add_tunnel_options(parser)
     parser.add_argument(
@@ -123,6 +141,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     if settings["socks_user"] and not password:
         raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
     settings["socks_users"] = {settings["socks_user"]: password} if settings["socks_user"] else None
+    front_settings(settings)
     return settings
 
 
@@ -148,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
         window=settings["window"],
         keepalive=settings["keepalive"],
     )
-    listener = Socks5Listener(
+    router = client_router(tunnels, settings["rule_set"], settings["access_log"])
+    listener = ClientPort(
         settings["socks"],
-        tunnels,
+        router,
         users=settings["socks_users"],
         max_clients=settings["max_socks"],
     )
@@ -158,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         listening("--socks", settings["socks"], listener.start)
         services.append(listener)
+        services += start_forwards(settings, router)
         if settings["metrics"]:
             # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
             from jproxy.handlers.admin.prometheus import serve_client_metrics
@@ -169,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             service.stop()
         return 1
+    router.dialer = direct_dialer(own_listeners(services), DIRECT_TIMEOUT)
+    reload_on_sighup(args, router)
     tunnels.start()
     status = serve_until_stopped(tunnels, listener, termination, settings["grace"])
     for service in services[1:]:  # serve_until_stopped stopped the listener
@@ -177,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve_until_stopped(
-    tunnels: TunnelClient, listener: Socks5Listener, termination: Termination, grace: float
+    tunnels: TunnelClient, listener: ClientPort, termination: Termination, grace: float
 ) -> int:
     """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
     signalled = gevent.spawn(termination.wait)

@@ -19,8 +19,9 @@ from jproxy.config import ConfigError, ListenError, host_port, listening, show_d
 from jproxy.handlers.admin.listener import serve_admin
 from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.net.dialer import Dialer
+from jproxy.handlers.net.router import client_router
 from jproxy.handlers.net.signals import Termination
-from jproxy.handlers.socks.port import Socks5Listener
+from jproxy.handlers.socks.client_port import ClientPort
 from jproxy.handlers.tunnel.client import TunnelClient
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.policy.egress import EgressPolicy
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         listening("--listen", listen, server.start)
         started.append(server)
         tunnels = TunnelClient([server.address], key, Dialect.SECURE_3_1)
-        listener = Socks5Listener(socks, tunnels)
+        listener = ClientPort(socks, client_router(tunnels))
         listening("--socks", socks, listener.start)
         started.append(listener)
         new_password = None if kept_hash else secrets.token_urlsafe(12)
@@ -134,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
         if admin_host == "127.0.0.1"
         else f"--host {admin_host} --port {admin_port}"
     )
-    print(f"\ngjproxy is running. SOCKS5 proxy: {host}:{port}  (keys in {folder}/, Ctrl-C stops)")
+    print(
+        f"\ngjproxy is running. SOCKS5, SOCKS4 and HTTP proxy: {host}:{port}"
+        f"  (keys in {folder}/, Ctrl-C stops)"
+    )
     print(f"admin: gjproxy admin {admin_flags} --user {ADMIN_USER} stats")
     if new_password is not None:
         print(f"       password, shown once: {new_password}")
@@ -148,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         "reachable through the proxy"
     )
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
+    print(f"       curl -x http://{host}:{port} https://example.com/")
     sys.stdout.flush()
     termination.wait()
     tunnels.stop()
