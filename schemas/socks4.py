@@ -42,13 +42,6 @@ def is_socks4a(address: str) -> bool:
     return address.startswith("0.0.0.") and address != "0.0.0.0"
 
 
-def _names_follow(this: c.Container) -> bool:
-    try:
-        return is_socks4a(this["address"])
-    except KeyError:  # sizeof() without a parsed address: the size varies
-        raise c.SizeofError("the host follows only in SOCKS4a") from None
-
-
 class _Text(c.Adapter):
     """NUL-terminated bytes (at most ``MAX_TEXT`` before the NUL), kept as ASCII text."""
 
@@ -76,9 +69,14 @@ Socks4Request = packet(
     "port" / doc(_Port, "DSTPORT"),
     "address" / doc(_IpAddress(4), "DSTIP; SOCKS4a: 0.0.0.x (x not 0) means a name follows"),
     "user_id" / doc(_Text(), "USERID, up to 255 bytes, then a NUL byte (gjproxy ignores it)"),
+    "socks4a"
+    / doc(
+        c.Computed(lambda this: is_socks4a(this.address)),
+        "no bytes: whether DSTIP is 0.0.0.x with x not 0 (SOCKS4a)",
+    ),
     "host"
     / doc(
-        c.If(_names_follow, _Text()),
+        c.If(c.this.socks4a, _Text()),
         "SOCKS4a only: the host name, up to 255 bytes, then a NUL byte",
     ),
     doc_text="client -> server, the first bytes of a SOCKS4 or SOCKS4a connection",

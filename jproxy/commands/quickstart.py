@@ -135,10 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if admin_host == "127.0.0.1"
         else f"--host {admin_host} --port {admin_port}"
     )
-    print(
-        f"\ngjproxy is running. SOCKS5, SOCKS4 and HTTP proxy: {host}:{port}"
-        f"  (keys in {folder}/, Ctrl-C stops)"
-    )
+    print(f"\ngjproxy is running. SOCKS5 proxy: {host}:{port}  (keys in {folder}/, Ctrl-C stops)")
     print(f"admin: gjproxy admin {admin_flags} --user {ADMIN_USER} stats")
     if new_password is not None:
         print(f"       password, shown once: {new_password}")
@@ -152,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         "reachable through the proxy"
     )
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
-    print(f"       curl -x http://{host}:{port} https://example.com/")
+    print(f"       curl -x http://{host}:{port} https://example.com/   (the same port, HTTP proxy)")
     sys.stdout.flush()
     termination.wait()
     tunnels.stop()

@@ -14,7 +14,7 @@ import sys
 
 import gevent
 
-from jproxy.config import ConfigError, listening, load
+from jproxy.config import ConfigError, listening, load, show_defaults
 from jproxy.handlers.dns.resolver import ResolveError, SystemResolver
 from jproxy.handlers.net.router import Router
 from jproxy.handlers.tunnel.forward import TcpForward, UdpForward, parse_forward
@@ -34,12 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " rule that made it, from --rule flags and the [client] rules of --config.",
     )
     parser.add_argument("target", metavar="HOST[:PORT]", help="a name or an IP address")
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML file whose [client] rules are used (default: none)"
-    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file whose [client] rules are used")
     parser.add_argument(
         "--rule", dest="rules", action="append", metavar="RULE", help="a rule, as for the client"
     )
+    show_defaults(parser, {"rules": []})
     parser.set_defaults(handler=run)
 
 
