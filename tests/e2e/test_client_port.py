@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -496,3 +497,66 @@ def test_route_command_prints_the_decision(tmp_path):
     )
     done = run(sys.executable, "-m", "jproxy", "route", "--config", str(config), "example.org")
     assert done.stdout.decode().strip() == "example.org:443 -> REJECT (rule: MATCH,REJECT)"
+
+
+def test_sighup_reloads_the_rules(workdir, www):
+    config = workdir / "client.toml"
+    config.write_text('[client]\nrules = ["IP-CIDR,127.0.0.1/32,REJECT"]\n')
+    server = start_server(workdir)
+    client = start_client(workdir, server.port, "--config", str(config))
+    url = f"http://127.0.0.1:{www.server_address[1]}/small"
+    try:
+        done = curl("-x", f"http://127.0.0.1:{client.port}", "-i", url)
+        assert done.stdout.startswith(b"HTTP/1.1 403"), done.stdout
+        config.write_text('[client]\nrules = ["IP-CIDR,127.0.0.1/32,TUNNEL"]\n')
+        client.proc.send_signal(signal.SIGHUP)
+        client.wait_for(r"SIGHUP: 1 routing rule\(s\) loaded")
+        done = curl("-x", f"http://127.0.0.1:{client.port}", url)
+        assert sha(done.stdout) == file_hash(www, "small")
+        config.write_text("[client]\nrules = [\n")  # broken: the rules in use stay
+        client.proc.send_signal(signal.SIGHUP)
+        client.wait_for(r"SIGHUP: rules not reloaded, the old ones stay: .*not valid TOML")
+        done = curl("-x", f"http://127.0.0.1:{client.port}", url)
+        assert sha(done.stdout) == file_hash(www, "small")
+    finally:
+        client.stop()
+        server.stop()
+    assert "Traceback" not in client.log()
+
+
+def test_udp_destinations_follow_the_rules(workdir):
+    import socks
+
+    from tests.peers import UdpEcho
+
+    server = start_server(workdir, "--access-log", str(workdir / "server.log"))
+    echo = UdpEcho("127.0.0.1")
+    rejected = UdpEcho("127.0.0.1")
+    client = start_client(
+        workdir,
+        server.port,
+        "--access-log",
+        str(workdir / "client.log"),
+        "--rule",
+        f"DST-PORT,{rejected.address[1]},REJECT",
+        "--rule",
+        "IP-CIDR,127.0.0.1/32,DIRECT",
+    )
+    sock = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.set_proxy(socks.SOCKS5, "127.0.0.1", client.port)
+    sock.settimeout(10)
+    try:
+        sock.sendto(b"to the rejected one", rejected.address)
+        sock.sendto(b"hello", echo.address)
+        assert sock.recvfrom(65535)[0] == b"hello"
+        assert rejected.received == 0
+    finally:
+        sock.close()
+        client.stop()
+        server.stop()
+        echo.close()
+        rejected.close()
+    target = f"127.0.0.1:{echo.address[1]}"
+    assert records(workdir / "client.log", 1, transport="udp", target=target, service="direct")
+    server_records = read_json_lines(workdir / "server.log", 0, timeout=1)
+    assert not any(record["target"] == target for record in server_records)

@@ -24,7 +24,7 @@ from gevent import socket as gsocket
 from jproxy.config import host_port_text
 from jproxy.handlers.net.admission import Evicted
 from jproxy.handlers.net.router import Refused, Router
-from jproxy.handlers.net.sockets import reset, send_all
+from jproxy.handlers.net.sockets import reset, send_all, set_nodelay
 from jproxy.http.proxy import (
     Answer,
     Body,
@@ -98,6 +98,7 @@ class _HttpClient:
         self.upstream: _Upstream | None = None
 
     def run(self) -> None:
+        set_nodelay(self.sock)
         try:
             with ExitStack() as stack:
                 event = self._first_request()
@@ -269,11 +270,17 @@ class _HttpClient:
         return True
 
     def _relay_response(self, upstream: _Upstream) -> bool:
+        """The response to the client, each batch of what h11 made of one read in one send
+        (a head and a body sent apart would wait on Nagle and delayed ACKs)."""
         core = self.core
         idle = self.router.idle_timeout
+        out: list[bytes] = []
         while True:
             piece = core.next_response()
             if isinstance(piece, NeedData):
+                if out:
+                    send_all(self.sock, b"".join(out))
+                    out.clear()
                 with gevent.Timeout(idle):
                     try:
                         data = upstream.sock.recv(READ_SIZE)
@@ -288,9 +295,9 @@ class _HttpClient:
                 self._send(piece.data)
                 return False
             assert isinstance(piece, ToClient)
-            if piece.data:
-                send_all(self.sock, piece.data)
+            out.append(piece.data)
             if piece.done:
+                send_all(self.sock, b"".join(out))
                 return True
 
     def _send(self, data: bytes) -> None:

@@ -22,7 +22,6 @@ from jproxy.handlers.net.descriptors import Acceptor
 from jproxy.handlers.net.sockets import send_all
 from jproxy.handlers.socks.udp_relay import SocksUdpRelay
 from jproxy.metrics import Counters
-from jproxy.policy.hostnames import for_log
 from jproxy.socks.socks5 import (
     ConnectRequested,
     CredentialCheck,
@@ -46,11 +45,6 @@ way to a newcomer, so idle connections cannot delay a real one. Generous, becaus
 opens a hundred connections at once from one address."""
 READ_SIZE = 4096
 LISTEN_BACKLOG = 1024
-
-
-def _target_text(request: ConnectRequested) -> str:
-    """The request's target for a log line (built only when a line is written)."""
-    return f"{for_log(request.host)}:{request.port}"
 
 
 class Socks5Port:
