@@ -230,11 +230,9 @@ class UdpForward:
                     self._end(sender)
 
     def _end(self, sender: _Sender) -> None:
-        if self._senders.get(sender.address) is sender:
-            del self._senders[sender.address]
         if sender.channel is not None:
             sender.datagrams.dissociate(sender.channel, DisconnectReason.CLIENT_CLOSED)
-            sender.channel = None
+        self.forget(sender)
 
     def forget(self, sender: _Sender) -> None:
         """The association ended on the tunnel's side: the next datagram opens a new one."""
