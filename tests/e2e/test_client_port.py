@@ -75,10 +75,15 @@ def proxy(tmp_path_factory, key_pair):
     try:
         yield client
     finally:
-        client.stop()
-        server.stop()
-    log = "\n".join([client.log(), server.log()])
-    assert "Traceback" not in log, log
+        stop(client, server)
+
+
+def stop(*processes: Process) -> None:
+    """Stop the processes; a traceback in a log is a defect whatever the test did."""
+    for process in processes:
+        process.stop()
+    for process in processes:
+        assert "Traceback" not in process.log(), process.log()
 
 
 def sha(data: bytes) -> str:
@@ -209,8 +214,7 @@ def test_server_egress_refusal_names_the_option(workdir):
         done = curl("-x", f"http://127.0.0.1:{client.port}", "-i", "http://no.such.invalid/")
         assert done.stdout.startswith(b"HTTP/1.1 502"), done.stdout
     finally:
-        client.stop()
-        server.stop()
+        stop(client, server)
 
 
 def test_basic_auth_wrong_and_right(workdir, www):
@@ -230,8 +234,7 @@ def test_basic_auth_wrong_and_right(workdir, www):
         done = curl("-x", f"http://ann:s3cret@127.0.0.1:{client.port}", "-p", url)
         assert sha(done.stdout) == file_hash(www, "small")
     finally:
-        client.stop()
-        server.stop()
+        stop(client, server)
 
 
 def test_forwards_tcp_and_dns_over_udp(workdir, www, unbound):
@@ -256,8 +259,7 @@ def test_forwards_tcp_and_dns_over_udp(workdir, www, unbound):
         answer = dns.query.udp(query, "127.0.0.1", port=udp_port, timeout=10)
         assert [item.address for item in answer.answer[0]] == ["127.0.0.1"]
     finally:
-        client.stop()
-        server.stop()
+        stop(client, server)
 
 
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -482,8 +484,7 @@ def test_unrecognized_bytes_are_counted(workdir):
         samples = scrape_metrics(metrics_port)
         assert samples["gjproxy_client_unrecognized_connections_total"] == 3
     finally:
-        client.stop()
-        server.stop()
+        stop(client, server)
 
 
 def test_route_command_prints_the_decision(tmp_path):
@@ -519,9 +520,7 @@ def test_sighup_reloads_the_rules(workdir, www):
         done = curl("-x", f"http://127.0.0.1:{client.port}", url)
         assert sha(done.stdout) == file_hash(www, "small")
     finally:
-        client.stop()
-        server.stop()
-    assert "Traceback" not in client.log()
+        stop(client, server)
 
 
 def test_udp_destinations_follow_the_rules(workdir):
@@ -532,6 +531,7 @@ def test_udp_destinations_follow_the_rules(workdir):
     server = start_server(workdir, "--access-log", str(workdir / "server.log"))
     echo = UdpEcho("127.0.0.1")
     rejected = UdpEcho("127.0.0.1")
+    tunnelled = UdpEcho("::1")
     client = start_client(
         workdir,
         server.port,
@@ -549,14 +549,20 @@ def test_udp_destinations_follow_the_rules(workdir):
         sock.sendto(b"to the rejected one", rejected.address)
         sock.sendto(b"hello", echo.address)
         assert sock.recvfrom(65535)[0] == b"hello"
+        sock.sendto(b"through", tunnelled.address)
+        assert sock.recvfrom(65535)[0] == b"through"
         assert rejected.received == 0
     finally:
         sock.close()
-        client.stop()
-        server.stop()
-        echo.close()
-        rejected.close()
+        stop(client, server)
+        for peer in (echo, rejected, tunnelled):
+            peer.close()
+    log = workdir / "client.log"
     target = f"127.0.0.1:{echo.address[1]}"
-    assert records(workdir / "client.log", 1, transport="udp", target=target, service="direct")
-    server_records = read_json_lines(workdir / "server.log", 0, timeout=1)
+    assert records(log, 3, transport="udp", target=target, service="direct", route="DIRECT")
+    assert records(log, 3, target=f"127.0.0.1:{rejected.address[1]}", route="REJECT")
+    through = f"[::1]:{tunnelled.address[1]}"
+    assert records(log, 3, target=through, route="TUNNEL", rule="MATCH,TUNNEL", bytes_up=7)
+    server_records = read_json_lines(workdir / "server.log", 1)
+    assert any(record["target"] == through for record in server_records)
     assert not any(record["target"] == target for record in server_records)

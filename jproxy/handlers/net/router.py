@@ -211,42 +211,79 @@ class Router:
 class RuledUdpRoutes:
     """A SOCKS UDP association's routes on the client: each destination goes the way the
     rules say, through the tunnel (``TunnelRoutes``) or straight out (``DirectRoutes``, the
-    server's plain-port routes, here on the client's dialer); a rejected one is dropped."""
+    server's plain-port routes, here on the client's dialer); a rejected one is dropped.
+    Each destination leaves one access-log record (``transport`` udp, with route and rule)."""
 
     def __init__(self, router: Router, tunnel: Routes, *, user: str, peer: tuple) -> None:
         self.router = router
         self.tunnel = tunnel
+        self.user = user
+        self.client = host_port_text(peer)
         self.direct = DirectRoutes(
             router.dialer,
             router.counters,
             router.access_log,
             user=user,
-            client=host_port_text(peer),
+            client=self.client,
             service=DIRECT_SERVICE,
         )
-        self._ways: dict[int, Routes] = {}
+        self._ways: dict[Route, tuple[Routes, AccessRecord | None]] = {}
 
     def usable(self) -> bool:
         return self.tunnel.usable()
 
     def open(self, route: Route, relay: SocksUdpRelay) -> None:
         decision = self.router.decide(route.host, route.port)
+        if decision.action is Action.DIRECT:
+            self.direct.route, self.direct.rule = decision.action.value, decision.rule
+            self.direct.open(route, relay)  # it writes its own record
+            self._ways[route] = (self.direct, None)
+            return
+        record = AccessRecord(
+            "socks5",
+            self.user,
+            self.client,
+            host_port_text((route.host, route.port)),
+            time.time(),
+            transport="udp",
+            route=decision.action.value,
+            rule=decision.rule,
+        )
         if decision.action is Action.REJECT:
             log.info(
                 "UDP %s:%d rejected by the rule %s", for_log(route.host), route.port, decision.rule
             )
+            record.status, record.ended = ConnectStatus.NOT_ALLOWED.name, "refused"
+            record.reason = f"rejected by the rule {decision.rule}"
+            self.router.access_log.write(record)
             raise RouteFailed(Drop.REFUSED, lasting=True)
-        way = self.direct if decision.action is Action.DIRECT else self.tunnel
-        way.open(route, relay)
-        self._ways[id(route)] = way
+        started = time.monotonic()
+        try:
+            self.tunnel.open(route, relay)
+        except RouteFailed:
+            record.ended, record.reason = "failed", "no answer from the server"
+            record.duration = time.monotonic() - started
+            self.router.access_log.write(record)
+            raise
+        record.status, record.connected = ConnectStatus.OK.name, "tunnel"
+        record.connect_ms = int((time.monotonic() - started) * 1000)
+        self._ways[route] = (self.tunnel, record)
 
     def send(self, route: Route, payload: bytes) -> None:
-        self._ways[id(route)].send(route, payload)
+        way, record = self._ways[route]
+        if record is not None:
+            record.bytes_up += len(payload)
+        way.send(route, payload)
 
     def close(self, route: Route, ending: str) -> None:
-        way = self._ways.pop(id(route), None)
-        if way is not None:
-            way.close(route, ending)
+        way, record = self._ways.pop(route, (None, None))
+        if way is None:
+            return
+        way.close(route, ending)
+        if record is not None:
+            record.ended = ending
+            record.duration = time.time() - record.started
+            self.router.access_log.write(record)
 
 
 def direct_dialer(own_listeners: list[tuple[str, int]], connect_timeout: float) -> Dialer:
