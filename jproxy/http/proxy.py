@@ -88,6 +88,10 @@ class Forward:
     host: str
     port: int
     head: bytes
+    interim: bytes = b""
+    """``100 Continue`` for a client that waits for it before its body (send it once the
+    upstream is open): the proxy answers the expectation itself, so the body never waits for
+    a 100 that the upstream sends while the driver still reads the client."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +256,12 @@ class HttpProxy:
             return self.answer(400, f"bad host in {target!r}")
         chunked = b"transfer-encoding" in [name for name, _ in headers]
         outgoing = end_to_end(headers)
+        interim = b""
+        if self.client.they_are_waiting_for_100_continue:
+            outgoing = [(name, value) for name, value in outgoing if name != b"expect"]
+            interim = self.client.send(
+                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            )
         if not any(name == b"host" for name, _ in outgoing):
             outgoing.insert(0, (b"host", netloc.encode("ascii")))
         if chunked:
@@ -266,7 +276,7 @@ class HttpProxy:
                 http_version=request.http_version,
             )
         )
-        return Forward(authority[0], authority[1], head)
+        return Forward(authority[0], authority[1], head, interim)
 
     def next_body(self) -> Body | NeedData | Answer:
         """The next piece of the request body for the upstream; ``Answer`` when the body is

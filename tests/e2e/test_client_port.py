@@ -4,6 +4,7 @@ git, pip, Chromium; routing rules seen in both access logs; REJECT; forwards; ho
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -566,3 +568,54 @@ def test_udp_destinations_follow_the_rules(workdir):
     server_records = read_json_lines(workdir / "server.log", 1)
     assert any(record["target"] == through for record in server_records)
     assert not any(record["target"] == target for record in server_records)
+
+
+class _Digest(http.server.BaseHTTPRequestHandler):
+    """POST: answers the SHA-256 of the body (Content-Length or chunked), chunked itself."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        digest = hashlib.sha256()
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                digest.update(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            digest.update(self.rfile.read(int(self.headers["Content-Length"])))
+        answer = digest.hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for piece in (answer[:10], answer[10:]):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_request_bodies_with_length_expect_and_chunked(proxy, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Digest)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    body = tmp_path / "body"
+    body.write_bytes(os.urandom(2_500_000))  # over 1 MB: curl sends Expect: 100-continue
+    url = f"http://127.0.0.1:{server.server_address[1]}/up"
+    try:
+        for extra in ([], ["-H", "Transfer-Encoding: chunked"]):
+            done = curl(
+                "-v",
+                "-x",
+                f"http://127.0.0.1:{proxy.port}",
+                "--data-binary",
+                f"@{body}",
+                *extra,
+                url,
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.decode() == sha(body.read_bytes())
+            if not extra:  # the proxy answered the expectation: curl did not wait it out
+                assert b"< HTTP/1.1 100 Continue" in done.stderr, done.stderr
+    finally:
+        server.shutdown()

@@ -199,3 +199,15 @@ def test_statuses_for_failed_connects():
 def test_headers_named_by_connection_go_too():
     headers = [(b"connection", b"close, x-a"), (b"x-a", b"1"), (b"x-b", b"2"), (b"upgrade", b"h2c")]
     assert end_to_end(headers) == [(b"x-b", b"2")]
+
+
+def test_expect_100_continue_is_answered_by_the_proxy():
+    core, event = fed(
+        b"PUT http://a.example/f HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    assert event.interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert b"expect" not in event.head.lower()
+    assert isinstance(core.next_body(), NeedData)
+    core.receive(b"abc")
+    assert core.next_body() == Body(b"abc", False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import gevent
 from gevent import socket as gsocket
@@ -40,6 +41,9 @@ from jproxy.http.proxy import (
 from jproxy.policy.pac import CONTENT_TYPE, pac_file
 from jproxy.socks.socks5 import PlainPasswords
 from schemas.jproxy import ConnectStatus
+
+if TYPE_CHECKING:  # the port imports this module to hand HTTP clients over
+    from jproxy.handlers.socks.client_port import ClientPort
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ class _Upstream:
             self.sock.close()
 
 
-def serve_http(port, sock: socket.socket, peer: tuple) -> None:
+def serve_http(port: ClientPort, sock: socket.socket, peer: tuple) -> None:
     """Serve one HTTP client of ``port`` (a ``ClientPort``) until it closes or errs."""
     check = port.check_login
     if check is None and port.users is not None:
@@ -89,7 +93,7 @@ def serve_http(port, sock: socket.socket, peer: tuple) -> None:
 
 
 class _HttpClient:
-    def __init__(self, port, sock: socket.socket, peer: tuple, core: HttpProxy) -> None:
+    def __init__(self, port: ClientPort, sock: socket.socket, peer: tuple, core: HttpProxy) -> None:
         self.port = port
         self.router: Router = port.router
         self.sock = sock
@@ -138,9 +142,9 @@ class _HttpClient:
 
     def _first_request(self):
         try:
-            with self.port._doorway.waiting(self.peer[0]):
+            with self.port.doorway.waiting(self.peer[0]):
                 event = self._next_request(self.port.handshake_timeout)
-                self.port._doorway.done_waiting()
+                self.port.doorway.done_waiting()
                 return event
         except Evicted:
             return None
@@ -228,6 +232,8 @@ class _HttpClient:
                 self._send(self._refusal(refused).data)
                 return False
         upstream = self.upstream
+        if request.interim:
+            self._send(request.interim)
         try:
             ok = self._send_request(upstream, request.head) and self._relay_response(upstream)
         except gevent.Timeout:

@@ -35,6 +35,7 @@ from jproxy.handlers.socks.splice import Splice
 from jproxy.handlers.socks.udp_relay import RouteFailed, Routes, SocksUdpRelay
 from jproxy.handlers.tunnel.client import TunnelClient
 from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import ServiceCounters
 from jproxy.policy.egress import EgressPolicy
 from jproxy.policy.hostnames import for_log
@@ -68,7 +69,7 @@ class Refused(Exception):
 class Link:
     """An open way to the target that carries a client socket: ``run`` relays until the end."""
 
-    relay: object
+    relay: Splice | StreamRelay
     record: AccessRecord
     direct: bool
 

@@ -67,7 +67,7 @@ class ClientPort(Socks5Port):
 
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         try:
-            with self._doorway.waiting(peer[0]):
+            with self.doorway.waiting(peer[0]):
                 with gevent.Timeout(self.handshake_timeout):
                     first = sock.recv(1, socket.MSG_PEEK)
         except (OSError, gevent.Timeout, Evicted) as error:
@@ -132,7 +132,7 @@ class ClientPort(Socks5Port):
     def _socks4(self, sock: socket.socket, peer: tuple) -> None:
         core = Socks4Server(users_required=self.users is not None or self.check_login is not None)
         try:
-            with self._doorway.waiting(peer[0]):
+            with self.doorway.waiting(peer[0]):
                 with gevent.Timeout(self.handshake_timeout):
                     event = None
                     while event is None:
@@ -141,7 +141,7 @@ class ClientPort(Socks5Port):
                             sock.close()
                             return
                         event = core.receive(data)
-                self._doorway.done_waiting()
+                self.doorway.done_waiting()
         except (OSError, gevent.Timeout, Evicted) as error:
             log.debug("SOCKS4 client %s:%d gave up: %r", peer[0], peer[1], error)
             sock.close()

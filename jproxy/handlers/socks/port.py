@@ -73,7 +73,7 @@ class Socks5Port:
         self.max_clients = max_clients
         self.handshake_timeout = handshake_timeout
         self._clients = 0
-        self._doorway = Doorway("SOCKS port", MAX_WAITING, MAX_WAITING_PER_ADDRESS)
+        self.doorway = Doorway("SOCKS port", MAX_WAITING, MAX_WAITING_PER_ADDRESS)
         # A browser or a load test opens many connections at once: a listen backlog of
         # gevent's default 50 would drop SYNs and cost each late one a 1 s retransmission.
         # Every connection gets its greenlet at once (bounded by the handshake budget and
@@ -101,9 +101,9 @@ class Socks5Port:
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
         core = Socks5Server(self.users, check_login=self.check_login)
         try:
-            with self._doorway.waiting(peer[0]):
+            with self.doorway.waiting(peer[0]):
                 request = self._negotiate(sock, core, peer)
-                self._doorway.done_waiting()
+                self.doorway.done_waiting()
         except (OSError, gevent.Timeout, Evicted) as error:
             log.debug("SOCKS client %s:%d gave up: %r", peer[0], peer[1], error)
             sock.close()

@@ -38,6 +38,8 @@ from schemas.jproxy import DisconnectReason
 log = logging.getLogger(__name__)
 
 DEFAULT_BIND = "127.0.0.1"
+MAX_CONNECTIONS = 1024
+"""TCP connections one forward serves at once."""
 UDP_IDLE = 60.0
 MAX_SENDERS = 256
 RECV_SIZE = 65535
@@ -91,7 +93,8 @@ class TcpForward:
     def __init__(self, spec: ForwardSpec, router: Router) -> None:
         self.spec = spec
         self.router = router
-        self._server = Acceptor(spec.listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
+        pool = Pool(MAX_CONNECTIONS)  # when full, newcomers wait in the listen backlog
+        self._server = Acceptor(spec.listen, self._handle, spawn=pool, backlog=LISTEN_BACKLOG)
 
     @property
     def address(self) -> tuple[str, int]:
