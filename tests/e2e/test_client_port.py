@@ -619,3 +619,17 @@ def test_request_bodies_with_length_expect_and_chunked(proxy, tmp_path):
                 assert b"< HTTP/1.1 100 Continue" in done.stderr, done.stderr
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--rule", "DOMAIN,x", "--rule: rule 'DOMAIN,x': expected DOMAIN,VALUE,ACTION"),
+        ("--forward", "abc", "--forward: expected [BIND:]PORT:HOST:PORT, got 'abc'"),
+    ],
+)
+def test_bad_rules_and_forwards_are_one_line_and_status_2(tmp_path, flag, value, says):
+    done = run(sys.executable, "-m", "jproxy", "client", flag, value)
+    assert done.returncode == 2
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
