@@ -2,15 +2,20 @@
 
 Unit tests say the tunnel works; this says how fast it is with real processes on loopback, in
 the same run as the peers it is compared with: gjproxy 3.1 and 3.0 (``gjproxy server`` and
-``gjproxy client``, keys in a temporary folder), pproxy (plain SOCKS5, pure-Python asyncio),
+``gjproxy client``, keys in a temporary folder), a minimal gevent relay of the same wire
+(bench/minimal_relay.py), pproxy (plain SOCKS5, pure-Python asyncio),
 ``ssh -D`` (our own sshd on a loopback port, throwaway keys, aes128-gcm) and shadowsocks-libev
 (ss-server + ss-local, chacha20-ietf-poly1305). A peer that is not installed is skipped with a
 note. One target process (a bulk source and an echo server, asyncio) serves them all, and raw
 blocking sockets from threads drive each SOCKS5 port, so the load generator costs little CPU.
 Each proxy runs ``--runs`` times (3) on fresh processes, the runs of the proxies interleaved;
-the table shows medians, then the ratios to pproxy with the issue's targets. Exit status 0
-whatever the numbers, 1 only when something broke.
-Run: ``python bench/tunnel.py [--runs N] [--only NAME]``. About 3 minutes.
+the table shows medians, then the ratios to pproxy with the issue's targets. A 64-byte echo
+is also timed while 4 endless downloads run through the same proxy (issue 19: a small request
+must not wait behind bulk traffic), and ``--baseline DIR`` runs a second checkout's gjproxy
+beside this one, so that before and after come from the same run on the same machine. Exit
+status 0 whatever the numbers, 1 only when something broke.
+Run: ``python bench/tunnel.py [--runs N] [--only NAME] [--baseline DIR]``. About 7 minutes,
+2 more with a baseline.
 """
 
 from __future__ import annotations
@@ -36,11 +41,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
 
 from jproxy.tunnel.keys import generate, save_client_key, save_user
 
+ROOT = Path(__file__).resolve().parents[1]
+"""This checkout: its gjproxy is the one measured (not whichever one is installed)."""
 LOOPBACK = "127.0.0.1"
 SOCKET_TIMEOUT = 10.0
 START_TIMEOUT = 15.0
@@ -65,6 +74,14 @@ ECHO_SIZE = 64
 ECHO_WARMUP = 200
 ECHO_ROUND_TRIPS = 3000
 ECHO_SECONDS = 10.0
+
+LOADED_DOWNLOADS = 4
+LOADED_RAMP_SECONDS = 1.0
+"""The downloads run this long before the echo starts, so that every queue on the way is full."""
+LOADED_ROUND_TRIPS = 2000
+LOADED_SECONDS = 8.0
+ENDLESS = (1 << 63) - 1
+"""The byte count an endless download asks the source for."""
 
 RATE_PING = b"ping-0123456789."
 RATE_CONCURRENCY = 32
@@ -162,13 +179,16 @@ def _stop_target(process: multiprocessing.Process) -> None:
 class Service:
     """A process of a proxy under test, its output in a file of the work folder."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 argv,
                 cwd=workdir,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -236,27 +256,58 @@ def wait_listening(port: int, service: Service) -> None:
     raise BenchError(f"{service.name}: port {port} not listening in {START_TIMEOUT:g} s")
 
 
-def start_gjproxy(
-    dialect: str, workdir: Path, stack: ExitStack, command: Callable[[str], list[str]] | None = None
-) -> tuple[list[Service], int]:
-    """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``; ``command(name)``
-    is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``)."""
+def keys_and_environment(workdir: Path, tree: Path) -> dict[str, str]:
+    """Writes a key pair into ``workdir`` (key.dat, users/); the environment of a process that
+    imports the gjproxy package of the checkout ``tree``."""
     key, record = generate("bench")
     save_client_key(key, workdir / "key.dat")
     save_user(record, workdir / "users")
+    search_path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": search_path}
+
+
+def start_gjproxy(
+    dialect: str,
+    workdir: Path,
+    stack: ExitStack,
+    command: Callable[[str], list[str]] | None = None,
+    extra: dict[str, list[str]] | None = None,
+    tree: Path = ROOT,
+) -> tuple[list[Service], int]:
+    """(server and client, SOCKS port) of a gjproxy tunnel up in ``dialect``; ``command(name)``
+    is what runs the ``gjproxy`` command for the process ``name`` (default ``python -m jproxy``);
+    ``extra[name]`` are more flags for it; the package of the checkout ``tree`` comes first on
+    PYTHONPATH (default: this one)."""
+    extra = extra or {}
+    env = keys_and_environment(workdir, tree)
     server_flags, client_flags = DIALECT_FLAGS[dialect]
     gjproxy = command or (lambda name: [sys.executable, "-m", "jproxy"])
     listen = ["--listen", f"{LOOPBACK}:0", "--users", "users", *LOOPBACK_EGRESS]
-    server = Service("server", [*gjproxy("server"), "server", *listen, *server_flags], workdir)
+    server_argv = [*gjproxy("server"), "server", *listen, *server_flags, *extra.get("server", [])]
+    server = Service("server", server_argv, workdir, env)
     stack.callback(server.stop)
     tunnel_port = server.wait_for(r"tunnel server listening on [\d.]+:(\d+)").group(1)
     socks = ["--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0"]
-    client = Service(
-        "client", [*gjproxy("client"), "client", *socks, "--key", "key.dat", *client_flags], workdir
-    )
+    client_argv = [*gjproxy("client"), "client", *socks, "--key", "key.dat", *client_flags]
+    client = Service("client", [*client_argv, *extra.get("client", [])], workdir, env)
     stack.callback(client.stop)
     socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")
+    return [server, client], socks_port
+
+
+def start_minimal_relay(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
+    """bench/minimal_relay.py: gjproxy 3.1's wire on gevent without gjproxy's machinery."""
+    env = keys_and_environment(workdir, ROOT)
+    relay = [sys.executable, str(ROOT / "bench" / "minimal_relay.py")]
+    listen = ["--listen", f"{LOOPBACK}:0", "--users", "users"]
+    server = Service("relay-server", [*relay, "server", *listen], workdir, env)
+    stack.callback(server.stop)
+    tunnel_port = server.wait_for(r"server listening on [\d.]+:(\d+)").group(1)
+    socks = ["--server", f"{LOOPBACK}:{tunnel_port}", "--socks", f"{LOOPBACK}:0"]
+    client = Service("relay-client", [*relay, "client", *socks, "--key", "key.dat"], workdir, env)
+    stack.callback(client.stop)
+    socks_port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     return [server, client], socks_port
 
 
@@ -340,15 +391,35 @@ class Proxy:
     start: Callable[[Path, ExitStack], tuple[list[Service], int]]
 
 
+RELAY = "minimal relay"
+"""bench/minimal_relay.py, named short for the table's columns."""
 PROXIES = [
     Proxy("gjproxy 3.1", (), lambda d, s: start_gjproxy("3.1", d, s)),
     Proxy("gjproxy 3.0", (), lambda d, s: start_gjproxy("3.0", d, s)),
+    Proxy(RELAY, (), start_minimal_relay),
     Proxy("pproxy", ("pproxy",), start_pproxy),
     Proxy("ssh -D", ("ssh", "sshd", "ssh-keygen"), start_ssh),
     Proxy("ss-libev", ("ss-server", "ss-local"), start_shadowsocks),
 ]
 PEER = "pproxy"
 """The peer the ratios compare with (the issue's targets are ratios to pproxy)."""
+LATENCY_PEER = "ssh -D"
+"""The peer of issue 19's target: gjproxy's loaded echo p50 and p99 each <= its own."""
+BASELINE = " (baseline)"
+
+
+def baseline_proxies(tree: Path) -> list[Proxy]:
+    """gjproxy 3.1 and 3.0 of another checkout (``--baseline``), named "... (baseline)"."""
+    if not (tree / "jproxy" / "__main__.py").is_file():
+        raise BenchError(f"--baseline {tree}: not a gjproxy checkout (no jproxy/__main__.py)")
+    return [
+        Proxy(
+            f"gjproxy {dialect}{BASELINE}",
+            (),
+            lambda d, s, dialect=dialect: start_gjproxy(dialect, d, s, tree=tree),
+        )
+        for dialect in ("3.1", "3.0")
+    ]
 
 
 # --- the SOCKS5 load generator ---------------------------------------------------------------
@@ -537,6 +608,80 @@ def echo_latencies(socks_port: int, echo_port: int) -> Latencies:
     return Latencies(samples)
 
 
+def run_downloads(
+    socks_port: int,
+    source_port: int,
+    received: SynchronizedArray,
+    cut: SynchronizedArray,
+    ready: Connection,
+) -> None:
+    """The downloads' process: LOADED_DOWNLOADS endless downloads through the SOCKS port, each
+    read as fast as it comes in its own thread, counting bytes into ``received[index]`` and
+    setting ``cut[index]`` if the proxy ends it (closed or reset); ready once every one has
+    received data. It runs until stopped, at most as long as the whole measurement may last
+    (a process of its own, so that its reading never holds up the echo's thread)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    socks = [socks_open(socks_port, source_port) for _ in range(LOADED_DOWNLOADS)]
+    began = time.monotonic()
+    deadline = began + START_TIMEOUT + LOADED_RAMP_SECONDS + LOADED_SECONDS
+
+    def download(index: int) -> None:
+        sock, buffer = socks[index], bytearray(RECV_BUFFER)
+        try:
+            sock.sendall(ENDLESS.to_bytes(8, "big"))
+            while time.monotonic() < deadline:
+                if not (got := sock.recv_into(buffer)):
+                    cut[index] = 1
+                    return
+                received[index] += got
+        except OSError:
+            cut[index] = 1
+
+    for index in range(LOADED_DOWNLOADS):
+        threading.Thread(target=download, args=(index,), daemon=True).start()
+    # Never stop reading while waiting for the others: a proxy without flow control would
+    # hold their data behind the data of a download nobody reads.
+    while not all(received) and time.monotonic() < began + START_TIMEOUT:
+        time.sleep(0.01)
+    if all(received):
+        ready.send(True)
+    time.sleep(max(0.0, deadline - time.monotonic()))
+
+
+def loaded_echo_latencies(
+    socks_port: int, source_port: int, echo_port: int
+) -> tuple[Latencies, float, int, float]:
+    """Round trips of ECHO_SIZE bytes on one established stream while LOADED_DOWNLOADS endless
+    downloads run through the same proxy; the downloads' MB/s meanwhile (proof of load), how
+    many the proxy cut short, and the CPU their process used (a share of one core, its start
+    included)."""
+    payload = os.urandom(ECHO_SIZE)
+    samples: list[float] = []
+    context = multiprocessing.get_context("spawn")
+    received = context.Array("q", LOADED_DOWNLOADS)
+    cut = context.Array("b", LOADED_DOWNLOADS)
+    with socks_open(socks_port, echo_port) as sock, ExitStack() as downloads:
+        for _ in range(ECHO_WARMUP):
+            round_trip(sock, payload)
+        spawned = time.monotonic()
+        _, pid = start_target_process(
+            downloads,
+            partial(run_downloads, socks_port, source_port, received, cut),
+            "bench-downloads",
+        )
+        time.sleep(LOADED_RAMP_SECONDS)
+        before, began = sum(received), time.perf_counter()
+        deadline = time.monotonic() + LOADED_SECONDS
+        while len(samples) < LOADED_ROUND_TRIPS and time.monotonic() < deadline:
+            sent = time.perf_counter()
+            round_trip(sock, payload)
+            samples.append(time.perf_counter() - sent)
+        mbps = (sum(received) - before) / MB / (time.perf_counter() - began)
+        cpu = cpu_seconds(pid, tree=False) / (time.monotonic() - spawned)
+        ended = sum(cut)
+    return Latencies(samples), mbps, ended, cpu
+
+
 def connection_rate(socks_port: int, echo_port: int, concurrency: int) -> tuple[float, Latencies]:
     """Connections per second (SOCKS CONNECT, one small round trip, close) and their latency."""
 
@@ -606,6 +751,10 @@ FIGURES = [
     Figure("cps_32_p99", "  connect+round trip+close p99", "ms", False),
     Figure("echo_p50", f"echo {ECHO_SIZE} B round trip p50", "us", False),
     Figure("echo_p99", f"echo {ECHO_SIZE} B round trip p99", "us", False),
+    Figure("loaded_p50", f"  the same behind {LOADED_DOWNLOADS} downloads, p50", "ms", False),
+    Figure("loaded_p99", f"  the same behind {LOADED_DOWNLOADS} downloads, p99", "ms", False),
+    Figure("loaded_mbps", f"  the {LOADED_DOWNLOADS} downloads meanwhile", "MB/s", True),
+    Figure("loaded_cut", "  downloads cut short meanwhile", "count", False),
     Figure("rss_idle", "RSS idle, all processes", "MB", False),
     Figure("rss_held", f"RSS with {HELD_STREAMS} streams, all processes", "MB", False),
 ]
@@ -617,6 +766,10 @@ TARGETS = {
     "echo_p50": ("<=", 1.0),
 }
 """The issue's targets for gjproxy 3.1, as ratios to the peer (pproxy)."""
+LOADED_KEYS = ("loaded_p50", "loaded_p99")
+"""Issue 19's target: gjproxy 3.1's loaded echo p50 and p99 each <= LATENCY_PEER's."""
+WORSE_BY = 0.05
+"""Issue 19: no figure of the tree may be more than 5% worse than its baseline's."""
 
 
 def raise_fd_limit(needed: int) -> None:
@@ -644,6 +797,13 @@ def measure(
     latencies = echo_latencies(socks_port, echo_port)
     figures["echo_p50"], figures["echo_p99"] = latencies.at(50, 1e-6), latencies.at(99, 1e-6)
     cpu["echo_p50"] = meter.summary()
+
+    meter = CpuMeter(pids)
+    latencies, figures["loaded_mbps"], figures["loaded_cut"], downloads_cpu = loaded_echo_latencies(
+        socks_port, source_port, echo_port
+    )
+    figures["loaded_p50"], figures["loaded_p99"] = latencies.at(50, 1e-3), latencies.at(99, 1e-3)
+    cpu["loaded_p50"] = f"{meter.summary()} (downloads {downloads_cpu:.0%} of them)"
 
     for concurrency in (1, RATE_CONCURRENCY):
         meter = CpuMeter(pids)
@@ -688,7 +848,9 @@ def run_once(
     print(
         f"{proxy.name} run {run + 1}: "
         f"1 stream {figures['mbps_1']:.0f} MB/s, 8 streams {figures['mbps_8']:.0f} MB/s, "
-        f"{figures['cps_1']:.0f} conn/s, echo p50 {figures['echo_p50']:.0f} us",
+        f"{figures['cps_1']:.0f} conn/s, echo p50 {figures['echo_p50']:.0f} us, "
+        f"behind downloads p50 {figures['loaded_p50']:.2f} ms p99 {figures['loaded_p99']:.2f} ms"
+        + (f" ({figures['loaded_cut']:.0f} downloads cut)" if figures["loaded_cut"] else ""),
         flush=True,
     )
     return figures, cpu
@@ -697,11 +859,17 @@ def run_once(
 def print_table(results: dict[str, dict[str, float]], runs: int) -> None:
     names = list(results)
     print(f"\nmedians of {runs} runs, {os.cpu_count()} CPUs, everything on {LOOPBACK}")
-    header = f"| {'figure':<42} |" + "".join(f" {name:>11} |" for name in names)
+    widths = [max(11, len(name)) for name in names]
+    header = f"| {'figure':<42} |" + "".join(
+        f" {name:>{width}} |" for name, width in zip(names, widths, strict=True)
+    )
     print(header)
-    print("|" + "-" * 44 + "|" + "".join("-" * 13 + "|" for _ in names))
+    print("|" + "-" * 44 + "|" + "".join("-" * (width + 2) + "|" for width in widths))
     for figure in FIGURES:
-        cells = "".join(f" {results[name][figure.key]:>11.1f} |" for name in names)
+        cells = "".join(
+            f" {results[name][figure.key]:>{width}.1f} |"
+            for name, width in zip(names, widths, strict=True)
+        )
         print(f"| {figure.label + ' (' + figure.unit + ')':<42} |{cells}")
 
 
@@ -715,6 +883,8 @@ def print_ratios(results: dict[str, dict[str, float]]) -> None:
             continue
         print(f"\n{name} / {PEER}:")
         for figure in FIGURES:
+            if figure.unit == "count":
+                continue  # the table shows the counts; a ratio of them says nothing
             ratio = results[name][figure.key] / peer[figure.key] if peer[figure.key] else 0.0
             verdict = ""
             if name == "gjproxy 3.1" and figure.key in TARGETS:
@@ -738,25 +908,88 @@ def print_ratios(results: dict[str, dict[str, float]]) -> None:
         )
 
 
+def _spread(values: list[float]) -> str:
+    """The median and, with several runs, the range in brackets."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def print_latency_behind_bulk(samples: dict[str, dict[str, list[float]]], runs: int) -> None:
+    """Issue 19's table: the echo behind downloads on the same proxy, and without them."""
+    print(
+        f"\n{ECHO_SIZE}-byte echo on one stream while {LOADED_DOWNLOADS} endless downloads run"
+        f" through the same proxy (ms; median of {runs} runs [range]):"
+    )
+    print("| proxy | loaded echo p50 | loaded echo p99 | unloaded echo p50 | downloads MB/s |")
+    print("|---|---|---|---|---|")
+    for name, values in samples.items():
+        unloaded = [micros / 1000 for micros in values["echo_p50"]]
+        print(
+            f"| {name} | {_spread(values['loaded_p50'])} | {_spread(values['loaded_p99'])} |"
+            f" {_spread(unloaded)} | {statistics.median(values['loaded_mbps']):.0f} |"
+        )
+    if LATENCY_PEER not in samples:
+        return
+    peer = {key: statistics.median(samples[LATENCY_PEER][key]) for key in LOADED_KEYS}
+    for name in samples:
+        if name.startswith("gjproxy"):
+            verdicts = []
+            for key in LOADED_KEYS:
+                ours = statistics.median(samples[name][key])
+                met = "pass" if ours <= peer[key] else "MISS"
+                verdicts.append(f"{key[-3:]} {ours / peer[key]:.2f}x [{met}]")
+            print(
+                f"{name} / {LATENCY_PEER} behind downloads: {', '.join(verdicts)}  [target <= 1x]"
+            )
+
+
+def print_against_baseline(results: dict[str, dict[str, float]]) -> None:
+    """Each figure of this tree's gjproxy against the baseline checkout's, same run."""
+    for name in [name for name in results if name.endswith(BASELINE)]:
+        current = name.removesuffix(BASELINE)
+        if current not in results:
+            continue
+        print(f"\n{current} / {name} (> {WORSE_BY:.0%} worse is flagged):")
+        for figure in FIGURES:
+            if figure.unit == "count":
+                continue
+            ours, theirs = results[current][figure.key], results[name][figure.key]
+            ratio = ours / theirs if theirs else 0.0
+            worse = ratio < 1 - WORSE_BY if figure.higher_is_better else ratio > 1 + WORSE_BY
+            print(f"  {figure.label:<44} {ratio:6.2f}x{'  [WORSE]' if worse else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per proxy (median; 3)")
     parser.add_argument(
         "--only",
         action="append",
-        choices=[proxy.name for proxy in PROXIES],
-        help="measure only this proxy (repeatable); default: all",
+        help="measure only this proxy (repeatable; a name of the table); default: all",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another gjproxy checkout (e.g. a worktree of main) whose gjproxy 3.1 and 3.0 run"
+        " beside this one's, as 'gjproxy 3.1 (baseline)' and 'gjproxy 3.0 (baseline)'",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
     results: dict[str, dict[str, float]] = {}
+    samples: dict[str, dict[str, list[float]]] = {}
     cpu_of: dict[str, dict[str, str]] = {}
     try:
+        proxies = [*PROXIES, *(baseline_proxies(args.baseline.resolve()) if args.baseline else [])]
+        unknown = set(args.only or ()) - {proxy.name for proxy in proxies}
+        if unknown:
+            parser.error(f"--only: no proxy named {', '.join(sorted(unknown))}")
         raise_fd_limit(2 * HELD_STREAMS + FD_HEADROOM)
         with ExitStack() as stack:
             targets = start_targets(stack)
-            chosen = [p for p in PROXIES if (not args.only or p.name in args.only) and installed(p)]
-            samples: dict[str, dict[str, list[float]]] = {proxy.name: {} for proxy in chosen}
+            chosen = [p for p in proxies if (not args.only or p.name in args.only) and installed(p)]
+            samples = {proxy.name: {} for proxy in chosen}
             # Runs interleave the proxies, so load from elsewhere on the machine falls on all
             # of them alike rather than on whichever ran while it lasted.
             for run in range(args.runs):
@@ -774,10 +1007,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_table(results, args.runs)
     print_ratios(results)
+    print_latency_behind_bulk(samples, args.runs)
+    print_against_baseline(results)
     print("\nCPU (share of one core) during the last run of each figure:")
     for name, cpu in cpu_of.items():
-        for key in ("mbps_1", "mbps_8", "cps_1", "echo_p50"):
-            print(f"  {name:<12} {key:<9} {cpu[key]}")
+        for key in ("mbps_1", "mbps_8", "cps_1", "echo_p50", "loaded_p50"):
+            print(f"  {name:<22} {key:<10} {cpu[key]}")
     print(f"\nin {time.monotonic() - started:.0f} s", flush=True)
     return 0
 

@@ -13,6 +13,7 @@ local SCHEMA = {
       port = 16384,
       fields = {
         { abbr = "jproxy.message", label = "Message", kind = "string", blurb = "one message: its schema's name" },
+        { abbr = "jproxy.frame", label = "Frame", kind = "string", blurb = "one encrypted frame: its schema's name" },
         { abbr = "jproxy.magic", label = "Magic", kind = "bytes", blurb = "ASCII \"jProxy\"" },
         { abbr = "jproxy.major", label = "Major", kind = "uint", size = 1, blurb = "major version, 3" },
         {
@@ -1174,7 +1175,10 @@ end
 
 local function show_pdu(spec, fields, experts, entry, tvb, offset, tree, dir)
   local label = entry.name
-  local subtree = tree:add(fields[spec.name .. ".message"], tvb(offset, entry.length), entry.name)
+  -- A frame has a field of its own; jproxy.message holds message names only (the handshake's
+  -- and those a frame carries), so a filter on it never matches the frame around a message.
+  local layer = entry.counter and fields[spec.name .. ".frame"] or fields[spec.name .. ".message"]
+  local subtree = tree:add(layer, tvb(offset, entry.length), entry.name)
   subtree:set_text(entry.name .. (entry.counter and string.format(" #%d (%s)", entry.counter, dir) or ""))
   if entry.problem then subtree:add_proto_expert_info(experts.malformed, entry.problem) return label end
   show(entry.result, tvb, offset - entry.at + 1, subtree, experts.malformed, entry.name)

@@ -6,3 +6,13 @@ that take bytes and return bytes and events, grouped by protocol (``tunnel``, ``
 the schemas (``gen``). ``jproxy.handlers`` runs the cores on gevent sockets, grouped the same
 way; ``jproxy.commands`` holds the subcommands of the ``gjproxy`` command line.
 """
+
+from importlib import metadata
+
+
+def version() -> str:
+    """The installed package's version; a source tree that was never installed says so."""
+    try:
+        return metadata.version("gjproxy")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"

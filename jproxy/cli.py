@@ -7,10 +7,11 @@ import importlib
 import logging
 import pkgutil
 import sys
-from importlib import metadata
 
-from jproxy import commands
-from jproxy.handlers.logs.repeat_limit import repeat_limited
+import gevent
+
+from jproxy import commands, version
+from jproxy.handlers.logs.repeat_limit import repeat_limited, route_hub_errors
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -21,16 +22,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one clear line and status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"gjproxy: {message}\n")
+        sys.stderr.write(f"{self.prog}: {message}\n")  # "gjproxy admin: ..." for a command's
         sys.exit(USAGE_ERROR)
-
-
-def version() -> str:
-    """The installed package's version; a source tree that was never installed says so."""
-    try:
-        return metadata.version("gjproxy")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[repeat_limited(logging.StreamHandler())],
     )
+    route_hub_errors(gevent.get_hub())
     try:
         return args.handler(args)
     except KeyboardInterrupt:

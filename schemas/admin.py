@@ -41,6 +41,53 @@ class Method(enum.IntEnum):
     INVALID_METHOD = 255
 
 
+METHOD_DOCS: dict[Method, tuple[str, str, str]] = {
+    Method.CONNECTIONS_TOTAL: (
+        "connections since start",
+        "none",
+        "connections counted since the server started",
+    ),
+    Method.CONNECTIONS_OPEN: ("open connections", "none", "connections open now"),
+    Method.BYTES_TRANSFERRED: (
+        "bytes transferred",
+        "none",
+        "payload bytes relayed since start, both directions summed",
+    ),
+    Method.SET_BUFFER_SIZE: (
+        "set buffer size",
+        "one: the new size in bytes, ASCII decimal, 512..1048576",
+        "the new size",
+    ),
+    Method.GET_BUFFER_SIZE: (
+        "get buffer size (extension)",
+        "none",
+        "the relay buffer size in bytes",
+    ),
+    Method.USERS_CONNECTED: (
+        "connected users (extension)",
+        "none",
+        "`alice=2,bob=1`: the users with tunnels open and how many each, sorted by name;"
+        " empty when none",
+    ),
+    Method.TUNNELS_OPEN: ("tunnels open (extension)", "none", "jProxy tunnels open now"),
+    Method.DNS_LOOKUPS: (
+        "DNS lookups (extension)",
+        "none",
+        "`doh=5,failures=0,ms=42,hits=7,misses=5`: names looked up over DNS over HTTPS, how"
+        " many of them failed and the milliseconds they took in all, then the DNS cache's hits"
+        " and misses (all 0 without `--doh`)",
+    ),
+    Method.DATAGRAMS_DROPPED: (
+        "datagrams dropped (extension)",
+        "none",
+        "`fragment=1,queue_full=3`: UDP datagrams dropped since start, by reason (below),"
+        " sorted; reasons never seen are left out, so it is empty when none was dropped",
+    ),
+    Method.INVALID_PARAM: ("invalid parameter (reply only)", "", "why"),
+    Method.INVALID_METHOD: ("invalid method (reply only)", "", "`no method N`"),
+}
+"""Each code's name, parameters and reply DATA, for docs/admin.md's method table."""
+
 ERROR_REPLIES = frozenset({Method.INVALID_PARAM, Method.INVALID_METHOD})
 """Reply codes that are not a method: the request was refused."""
 

@@ -223,6 +223,24 @@ class ConnectRequestCodec(_ControlCodec):
             return None
 
 
+class SchemaCodec(_ControlCodec):
+    """A control message read and written by its schema alone, with the fast codecs' interface
+    (``type_code``, ``parse``, ``build``): the ICMP echo messages, whose address and data no
+    fast path covers and which are rare enough (one pair per echo) not to need one."""
+
+    def __init__(self, schema: c.Construct, names: tuple[str, ...]) -> None:
+        self.schema = schema
+        self.names = names
+        self.type_code = introspect.leading_integers(schema)[0][0].integer.constant
+        self._enum_values = ()
+
+    def fast_parse(self, message: bytes | memoryview) -> None:
+        return None
+
+    def fast_build(self, values: Sequence[Any]) -> None:
+        return None
+
+
 class DataMessageCodec:
     """``type, connection_id, length, data`` messages (TCP and UDP packets)."""
 
@@ -320,5 +338,27 @@ CONTROL_CODECS = (
 )
 """The codecs of the control messages: the stream's, each sent at least once per stream, and
 the tunnel's keepalive."""
+_ID_HEADER = _struct_of(
+    [field.integer for field in introspect.leading_integers(jproxy.TcpPacket)[0][:2]],
+    "TcpPacket",
+)
+
+
+def connection_id_of(message: bytes | memoryview) -> int | None:
+    """The connection id of a message too broken for its own codec (every message of a
+    channel carries it right after the type byte, as TcpPacket's layout says); None when the
+    message is too short to hold one. 3.0 answers or resets what it can find this way."""
+    if len(message) < _ID_HEADER.size:
+        return None
+    return _ID_HEADER.unpack_from(message)[1]
+
+
+ICMP_ECHO_REQUEST = SchemaCodec(
+    jproxy.IcmpEchoRequest,
+    ("connection_id", "timeout_ms", "address.type", "address.host", "data"),
+)
+ICMP_ECHO_REPLY = SchemaCodec(
+    jproxy.IcmpEchoReply, ("connection_id", "status", "elapsed_ms", "data")
+)
 DATAGRAM_CODECS = (UDP_ASSOCIATE_REQUEST, UDP_ASSOCIATE_REPLY, UDP_DISSOCIATE)
 """The codecs of the UDP association control messages, sent once per association."""

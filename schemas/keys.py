@@ -4,6 +4,11 @@ The client keeps its private key and login hash in ``key.dat``; the server keeps
 ``users/<UPPERHEX login hash>.dat`` per user with the name, the salt and the public key.
 Lengths are big-endian like everything else Java wrote (KEYS.md says little-endian; it is not),
 and the user name is in Java's modified UTF-8, which is not quite UTF-8.
+
+Keys made by the Java keygen work as they are: its ``key.dat`` goes to the gjproxy client,
+its ``users/`` folder to the gjproxy server. The Java keygen writes ``key.dat`` with the mode
+the umask leaves (0644 by default), so group and others may read the private key; the gjproxy
+client refuses such a file and says how to fix it: ``chmod 600 key.dat``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,38 @@
-"""Shared fixtures: one key pair for the session, and loopback target servers.
+"""Shared fixtures: key pairs and users folders, loopback target servers, and the thinnest
+SOCKS5 handler for the core's tests with real clients.
 
 The tests sit in three layers, one folder each, and each folder is a pytest marker:
-``tests/unit`` (the pure cores, fed bytes and events with a fake clock), ``tests/io``
-(drivers in this process on real sockets) and ``tests/e2e`` (real processes and real peers).
-``pytest -m "not e2e"`` runs the first two in seconds.
+``tests/unit`` (pure code: the cores fed bytes and events with a fake clock, the generated
+docs, the parsers; no socket, no wait, no subprocess), ``tests/io`` (drivers in this process
+on real sockets, files and signals; their deadlines are made short) and ``tests/e2e`` (real
+processes and real peers, started through tests/peers.py). ``pytest -m "not e2e"`` runs the
+first two in about 25 s. tests/unit/test_layers.py keeps every test file in a layer's folder.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from jproxy.socks.socks5 import Socks5Server
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.keys import generate, save_client_key, save_user
+from jproxy.tunnel.keys import (
+    ClientKey,
+    UserDirectory,
+    UserRecord,
+    generate,
+    save_client_key,
+    save_user,
+)
+from tests.keyfiles import JAVA, JAVA_HASH
 from tests.peers import Process, Unbound, serve_files
+from tests.socks5_handler import TIMEOUT, serve_one
 
 FILE_SIZES = (0, 1, 4079, 4080, 4081, 65536, 1_000_000)
 BIG_FILE_SIZE = 100 * 1024 * 1024
@@ -98,3 +114,42 @@ def no_process_outlives_its_test():
         if process.proc.poll() is None:
             process.proc.kill()
             process.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def generated() -> tuple[ClientKey, UserRecord]:
+    """A fresh key pair for the user bob, once per test module."""
+    return generate("bob")
+
+
+@pytest.fixture
+def java_users(tmp_path: Path) -> Path:
+    """A users directory holding the Java capture's user file under its server-side name."""
+    users = tmp_path / "users"
+    users.mkdir()
+    shutil.copy(JAVA / "server-user.dat", users / f"{JAVA_HASH}.dat")
+    return users
+
+
+@pytest.fixture
+def users(java_users: Path) -> UserDirectory:
+    """A server's users directory that knows the Java capture's user (alice)."""
+    return UserDirectory(java_users)
+
+
+@pytest.fixture
+def proxy_for() -> Iterator[Callable[[Socks5Server], tuple[int, concurrent.futures.Future]]]:
+    """Serve one SOCKS client with a given core on an ephemeral loopback port, in a thread
+    (tests/socks5_handler.py): the SOCKS5 core's tests with python-socks and curl."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        listeners: list[socket.socket] = []
+
+        def start(server: Socks5Server) -> tuple[int, concurrent.futures.Future]:
+            listener = socket.create_server(("127.0.0.1", 0))
+            listener.settimeout(TIMEOUT)
+            listeners.append(listener)
+            return listener.getsockname()[1], pool.submit(serve_one, listener, server)
+
+        yield start
+        for listener in listeners:
+            listener.close()

@@ -39,21 +39,28 @@ def require_tool(name: str) -> str:
 
 
 class Process:
-    """A ``gjproxy`` subcommand in its own process, its log lines collected as they come."""
+    """A ``gjproxy`` subcommand (or another ``module`` run with ``-m``) in its own process, its
+    log lines collected as they come."""
 
     started: list[Process] = []
     """Every process a test started; conftest kills those still running when the test ends,
     so a test that fails before its own ``stop`` leaves nothing behind."""
 
     def __init__(
-        self, *args: str, cwd: Path, env: dict | None = None, prefix: tuple[str, ...] = ()
+        self,
+        *args: str,
+        cwd: Path,
+        env: dict | None = None,
+        prefix: tuple[str, ...] = (),
+        module: str = "jproxy",
+        program: tuple[str, ...] | None = None,
     ) -> None:
         Process.started.append(self)
         self.args = args
         self.lines: list[str] = []
         self._new = queue.Queue()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "jproxy", *args],
+            [*prefix, *(program or (sys.executable, "-m", module)), *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
@@ -105,6 +112,18 @@ class Process:
         raise AssertionError("no VmRSS")
 
 
+HEADLESS_CHROMIUM = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+"""Chromium's flags for a test: no window, no sandbox (root), no traffic of its own."""
+
 LOOPBACK_EGRESS = ("--allow-egress", "127.0.0.0/8", "--allow-egress", "::1/128")
 """The targets of these tests listen on loopback, which the server denies unless allowed."""
 
@@ -148,7 +167,27 @@ def start_client(workdir: Path, server_port: int, *extra: str, env=None) -> Proc
     return client
 
 
+def start_java_peer(workdir: Path, role: str, *extra: str) -> Process:
+    """``tests/java_peer.py``: a 3.0 ``server`` or ``client`` that behaves on the wire as the
+    Java programs do; ``port`` is its tunnel (server) or SOCKS5 (client) port."""
+    repo = str(Path(__file__).parents[1])
+    path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    peer = Process(role, *extra, cwd=workdir, env={"PYTHONPATH": path}, module="tests.java_peer")
+    peer.port = int(peer.wait_for(r"listening on (\d+)").group(1))
+    return peer
+
+
 # --- loopback targets ---------------------------------------------------------------------
+
+
+SHUTDOWN_POLL = 0.02
+"""How often a loopback server's loop looks for ``shutdown()``: socketserver's default 0.5 s
+was half a second of every test that stopped one."""
+
+
+def serve_in_a_thread(server: socketserver.BaseServer) -> None:
+    """Run ``server`` in a daemon thread until its ``shutdown()``."""
+    threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL,), daemon=True).start()
 
 
 class _QuietHTTPHandler(SimpleHTTPRequestHandler):
@@ -169,7 +208,7 @@ def serve_files(directory: Path, host: str = "127.0.0.1") -> ThreadingHTTPServer
     """An HTTP server for ``directory`` on ``host`` (127.0.0.1 or ::1), on a free port."""
     handler = partial(_QuietHTTPHandler, directory=str(directory))
     server = (_HTTPServer6 if ":" in host else _HTTPServer)((host, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_a_thread(server)
     return server
 
 
@@ -195,7 +234,7 @@ def serve_tcp(handle, host: str = "127.0.0.1") -> _Threaded:
                 pass
 
     server = (_Threaded6 if ":" in host else _Threaded)((host, 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_in_a_thread(server)
     return server
 
 

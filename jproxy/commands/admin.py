@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import enum
 import getpass
+import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,10 +24,12 @@ from jproxy.config import ConfigError, host_port, host_port_text, load, resolve
 from jproxy.handlers.admin.listener import stream_socket
 from jproxy.policy.passwords import (
     PASSWORD_VARIABLE,
+    SOCKS_PASSWORD_VARIABLE,
     USER_VARIABLE,
     check_secret_length,
     hash_password,
 )
+from jproxy.tunnel.handshake import foreign_protocol
 from schemas.admin import AuthStatus, Method
 from schemas.errors import WireError
 
@@ -50,7 +54,8 @@ exit status:
      or failed internally (login status 3)
   2  usage error (bad arguments, bad config file, no user name or password)
   3  login refused: bad user name or password
-  4  protocol error: the server speaks another admin protocol version or replied garbage
+  4  protocol error: the server speaks another admin protocol version or replied garbage,
+     or the port is no admin port (it answered nothing, or another protocol)
   5  cannot connect, connection lost, or no reply within 10 seconds
 130  interrupted (Ctrl-C, at the password prompt or while waiting for the server)
 
@@ -71,6 +76,26 @@ QUERIES: dict[str, tuple[Method, str]] = {
 """Methods without a parameter: command-line name -> (method, label in ``stats``)."""
 
 METHODS = (*QUERIES, "stats", "set-buffer", "hash-password")
+
+COMMAND_DOCS: dict[str, tuple[str, str]] = {
+    "stats": (
+        f"methods {', '.join(str(int(method)) for method, _ in QUERIES.values())} in turn",
+        "one `label: value` line each (`none` for an empty value)",
+    ),
+    **{
+        name: (f"method {int(method)}", f"the value: {label}")
+        for name, (method, label) in QUERIES.items()
+    },
+    "set-buffer N": (f"method {int(Method.SET_BUFFER_SIZE)} with N", "the new size"),
+    "hash-password": (
+        "nothing (no connection)",
+        'the `password_hash = "..."` line for `[admin]`; with `--socks-user NAME`, the'
+        ' `NAME = "..."` line for `[socks_users]`',
+    ),
+}
+"""``gjproxy admin METHOD``: what each asks the server for and what it prints (docs/admin.md)."""
+EMPTY = "none"
+"""What ``gjproxy admin`` prints for an empty reply (no users connected, no datagram dropped)."""
 
 _LOGIN_FAILURES = {
     AuthStatus.BAD_CREDENTIALS: (ExitStatus.LOGIN_FAILED, "login refused: bad user or password"),
@@ -103,7 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " bytes (transferred), tunnels (open now), users (connected tunnel users),"
         " dns (DoH lookups, failures, their milliseconds, cache hits and misses),"
         " get-buffer, set-buffer N (relay buffer size in bytes), hash-password (print the"
-        " password_hash line for the server's [admin] config section).",
+        " password_hash line for the server's [admin] config section, or with --socks-user"
+        " NAME the line for its [socks_users] table).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -122,6 +148,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="TOML file; its [admin] keys are the flags' names, and [server] admin is used"
         " (default: none)",
     )
+    parser.add_argument(
+        "--socks-user",
+        metavar="NAME",
+        help=f"with hash-password: print the [socks_users] line for NAME; the password comes"
+        f" from ${SOCKS_PASSWORD_VARIABLE} or a prompt (default: none)",
+    )
     parser.add_argument("method", metavar="METHOD", choices=METHODS, help=", ".join(METHODS))
     parser.add_argument("arg", metavar="ARG", nargs="?", help="N for set-buffer")
     parser.set_defaults(handler=run)
@@ -134,12 +166,15 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
                 ExitStatus.USAGE,
                 "set-buffer needs N" if args.arg is None else f"{args.method} takes no ARG",
             )
+        if args.socks_user is not None and args.method != "hash-password":
+            raise AdminCommandError(ExitStatus.USAGE, "--socks-user goes with hash-password")
         if args.method == "hash-password":
-            print(f'password_hash = "{hash_password(_new_password(environ))}"')
+            print(_hash_line(args.socks_user, environ))
             return ExitStatus.OK
         host, port, user = _settings(args, environ)
         password = _password(environ)
         for label, value in _ask(args, host, port, user, password):
+            value = value or EMPTY
             print(f"{label}: {value}" if label else value)
     except AdminCommandError as error:
         sys.stderr.write(f"gjproxy admin: {error}\n")
@@ -174,7 +209,7 @@ def _defaults(config: Mapping) -> dict:
     if listen is None:
         return DEFAULTS
     if not isinstance(listen, str):
-        raise ConfigError("config: [server] admin must be a str")
+        raise ConfigError('config: [server] admin must be a string like "HOST:PORT"')
     host, port = host_port(listen, "config: [server] admin")
     return {**DEFAULTS, "host": _WILDCARDS.get(host, host), "port": port}
 
@@ -205,10 +240,27 @@ def _password(environ: Mapping[str, str]) -> str:
     return environ.get(PASSWORD_VARIABLE) or _prompt("admin password: ")
 
 
-def _new_password(environ: Mapping[str, str]) -> str:
-    password = environ.get(PASSWORD_VARIABLE)
+def _hash_line(socks_user: str | None, environ: Mapping[str, str]) -> str:
+    """The config line to paste: ``password_hash = "..."`` under ``[admin]``, or with a SOCKS
+    user name, ``NAME = "..."`` under ``[socks_users]`` (the name quoted as TOML needs)."""
+    if socks_user is None:
+        return f'password_hash = "{hash_password(_new_password(environ, PASSWORD_VARIABLE))}"'
+    check_secret_length(socks_user, "--socks-user")
+    password = _new_password(environ, SOCKS_PASSWORD_VARIABLE, f"{socks_user}'s SOCKS ")
+    return f'{_toml_key(socks_user)} = "{hash_password(password)}"'
+
+
+def _toml_key(name: str) -> str:
+    """``name`` as a TOML key: bare when it can be, else a basic string with escapes."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return json.dumps(name)  # a JSON string is a valid TOML basic string
+
+
+def _new_password(environ: Mapping[str, str], variable: str, whose: str = "admin ") -> str:
+    password = environ.get(variable)
     if not password:
-        password = _prompt("new admin password: ")
+        password = _prompt(f"new {whose}password: ")
         if _prompt("the same again: ") != password:
             raise AdminCommandError(ExitStatus.USAGE, "the two passwords differ")
     check_secret_length(password, "the password")
@@ -263,6 +315,34 @@ def _next_reply(sock: socket.socket, client: AdminClientConnection, pending: lis
     return pending.pop(0)
 
 
+def _login_reply(
+    sock: socket.socket, client: AdminClientConnection, pending: list[Reply], where: str
+) -> Reply:
+    """The login reply; a port that closes without one (a jProxy tunnel port does) or answers
+    something else is named for what it is."""
+    first = b""
+    try:
+        while not pending:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                break
+            first += data
+            pending += client.receive(data)
+    except WireError:
+        if foreign_protocol(first) is None:
+            raise
+    except ConnectionResetError:
+        pass
+    if pending:
+        return pending.pop(0)
+    what = f"it answered with {foreign_protocol(first)}" if first else "no reply to the login"
+    raise AdminCommandError(
+        ExitStatus.PROTOCOL_ERROR,
+        f"{where}: this is not a gjproxy admin port: {what}; the admin port is the server's"
+        " --admin address",
+    )
+
+
 def _call(
     host: str, port: int, user: str, password: str, method: Method, params: Sequence[str] = ()
 ) -> str:
@@ -279,7 +359,7 @@ def _call(
     try:
         with _connect(host, port) as sock:
             sock.sendall(login)
-            status = _next_reply(sock, client, pending).status
+            status = _login_reply(sock, client, pending, where).status
             if status is not AuthStatus.OK:
                 code, message = _LOGIN_FAILURES[status]
                 raise AdminCommandError(code, f"{where}: {message}")

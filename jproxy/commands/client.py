@@ -4,6 +4,7 @@ one tunnel, or straight out, or nowhere, as the routing rules say; and port forw
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -11,11 +12,13 @@ from functools import partial
 
 import gevent
 
+from jproxy import version
 from jproxy.commands.route import (
     add_front_options,
     front_settings,
     own_listeners,
-    reload_on_sighup,
+    reload_front,
+    rule_set,
     start_forwards,
 )
 from jproxy.config import (
@@ -29,13 +32,16 @@ from jproxy.config import (
     resolve,
     show_defaults,
 )
+from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
+from jproxy.handlers.console.options import add_console_options, check_console, start_console
 from jproxy.handlers.net.heap import keep_heap_reserve
 from jproxy.handlers.net.router import DIRECT_TIMEOUT, client_router, direct_dialer
-from jproxy.handlers.net.signals import Termination
+from jproxy.handlers.net.signals import Reloader, Termination
 from jproxy.handlers.socks.client_port import ClientPort
 from jproxy.handlers.socks.port import MAX_CLIENTS
 from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
+from jproxy.policy.passwords import SOCKS_PASSWORD_VARIABLE
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
 from jproxy.tunnel.mux import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from schemas.jproxy import Dialect
@@ -43,7 +49,6 @@ from schemas.jproxy import Dialect
 log = logging.getLogger("gjproxy.client")
 
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
-SOCKS_PASSWORD_ENV = "GJPROXY_SOCKS_PASSWORD"
 DEFAULTS = {
     "server": ["127.0.0.1:16384"],
     "key": "key.dat",
@@ -61,6 +66,7 @@ DEFAULTS = {
     "access_log": "",
     "forward": [],
     "forward_udp": [],
+    **CONSOLE_DEFAULTS,
 }
 
 
@@ -79,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--socks-user",
         metavar="USER",
         help="require RFC 1929 user/password on the SOCKS port; the password comes from"
-        f" ${SOCKS_PASSWORD_ENV} or [client] socks_password",
+        f" ${SOCKS_PASSWORD_VARIABLE} or [client] socks_password",
     )
     parser.add_argument(
         "--max-socks",
@@ -94,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_front_options(parser)
     add_keylog_option(parser)
+    add_console_options(parser)
     add_tunnel_options(parser)
     parser.add_argument(
         "--keepalive",
@@ -135,11 +142,12 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
         raise ConfigError(f"dialect must be one of {', '.join(sorted(DIALECTS))}")
     settings["dialect"] = DIALECTS[settings["dialect"]]
     settings["keylog"] = key_log_path(args, environ, settings["keylog"])
+    check_console(settings, environ)
     if settings["max_socks"] < 1:
         raise ConfigError("--max-socks must be at least 1")
-    password = environ.get(SOCKS_PASSWORD_ENV) or settings["socks_password"]
+    password = environ.get(SOCKS_PASSWORD_VARIABLE) or settings["socks_password"]
     if settings["socks_user"] and not password:
-        raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_ENV}")
+        raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_VARIABLE}")
     settings["socks_users"] = {settings["socks_user"]: password} if settings["socks_user"] else None
     front_settings(settings)
     return settings
@@ -167,17 +175,21 @@ def run(args: argparse.Namespace) -> int:
         window=settings["window"],
         keepalive=settings["keepalive"],
     )
-    router = client_router(tunnels, settings["rule_set"], settings["access_log"])
+    router = client_router(tunnels, rule_set(settings["rules"]), settings["access_log"])
     listener = ClientPort(
         settings["socks"],
         router,
         users=settings["socks_users"],
         max_clients=settings["max_socks"],
     )
+    reloader = client_reloader(args, settings, tunnels, listener)
+    reload_front(reloader, router)
+    sighups = [reloader.on_sighup()]  # before the port is announced, as on the server
     services = []
     try:
         listening("--socks", settings["socks"], listener.start)
         services.append(listener)
+        warn_if_open(listener)
         services += start_forwards(settings, router)
         if settings["metrics"]:
             # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
@@ -185,18 +197,69 @@ def run(args: argparse.Namespace) -> int:
 
             metrics = partial(serve_client_metrics, settings["metrics"], tunnels)
             services.append(listening("--metrics", settings["metrics"], metrics))
+        if settings["console"]:
+            console = start_console(settings, "client", version())
+            services.append(console)
+            router.console = console.live
+            router.access_log.observer = console.live.access
+            console.live.watch_client(tunnels)
     except ListenError as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
+        for sighup in sighups:
+            sighup.cancel()
         for service in services:
             service.stop()
         return 1
     router.dialer = direct_dialer(own_listeners(services), DIRECT_TIMEOUT)
-    reload_on_sighup(args, router)
     tunnels.start()
     status = serve_until_stopped(tunnels, listener, termination, settings["grace"])
+    for sighup in sighups:
+        sighup.cancel()
     for service in services[1:]:  # serve_until_stopped stopped the listener
         service.stop()
     return status
+
+
+def warn_if_open(listener: ClientPort) -> None:
+    """A SOCKS port without authentication off loopback lends the tunnel to its network."""
+    host = listener.address[0]
+    if listener.users is None and not ipaddress.ip_address(host.partition("%")[0]).is_loopback:
+        log.warning(
+            "SOCKS5 on %s without authentication: anyone who reaches it can use the tunnel"
+            " (require a login with --socks-user, or listen on 127.0.0.1)",
+            host,
+        )
+
+
+SOCKS_LOGIN_KEYS = ("socks_user", "socks_password", "socks_users")
+
+
+def client_reloader(
+    args: argparse.Namespace, settings: dict, tunnels: TunnelClient, listener: ClientPort
+) -> Reloader:
+    """SIGHUP for the client: the SOCKS port's login and limit, and the next tunnels' settings
+    are reloaded; a command that adds settings registers its own ``on_change`` on it."""
+    reloader = Reloader(
+        args.config or "the command line (no --config file)",
+        partial(settings_from, args),
+        settings,
+        lambda key: f"[client] {key}",
+        secrets=(*SOCKS_LOGIN_KEYS, "console_secret"),
+    )
+
+    def socks_login(fresh: dict) -> None:
+        listener.users = fresh["socks_users"]
+
+    def max_socks(fresh: dict) -> None:
+        listener.max_clients = fresh["max_socks"]
+
+    def next_tunnels(fresh: dict) -> None:
+        tunnels.window, tunnels.keepalive = fresh["window"], fresh["keepalive"]
+
+    reloader.on_change(SOCKS_LOGIN_KEYS, socks_login)
+    reloader.on_change(["max_socks"], max_socks)
+    reloader.on_change(["window", "keepalive"], next_tunnels)
+    return reloader
 
 
 def serve_until_stopped(

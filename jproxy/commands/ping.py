@@ -17,10 +17,11 @@ from jproxy.commands.client import DEFAULTS as CLIENT_DEFAULTS
 from jproxy.commands.client import DIALECTS, add_server_options
 from jproxy.config import ConfigError, host_port, load, resolve, show_defaults
 from jproxy.handlers.tunnel.client import open_tunnel, serve_tunnel
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.metrics import Counters
 from jproxy.tunnel.handshake import LoginError
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
+from jproxy.tunnel.statuses import NOT_ALLOWED_TEXT
 from schemas.jproxy import ConnectStatus, Dialect
 
 DEFAULTS = {
@@ -121,7 +122,7 @@ def _explain(status: ConnectStatus) -> str:
         ConnectStatus.UNKNOWN_HOST: "unknown host",
         ConnectStatus.UNREACHABLE: "unreachable",
         ConnectStatus.CONNECTION_LIMIT: "refused: over the server's echo rate limit",
-        ConnectStatus.NOT_ALLOWED: "not allowed by the server's egress policy",
+        ConnectStatus.NOT_ALLOWED: NOT_ALLOWED_TEXT,
         ConnectStatus.GENERAL_FAILURE: "the server cannot ping (ICMP unavailable: see its log)",
     }.get(status, status.name)
 

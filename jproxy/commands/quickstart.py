@@ -14,9 +14,19 @@ import secrets
 import sys
 from functools import partial
 from pathlib import Path
+from shlex import quote
 
-from jproxy.config import ConfigError, ListenError, host_port, listening, show_defaults
+from jproxy import version
+from jproxy.config import (
+    ConfigError,
+    ListenError,
+    host_port,
+    host_port_text,
+    listening,
+    show_defaults,
+)
 from jproxy.handlers.admin.listener import serve_admin
+from jproxy.handlers.console.options import start_console
 from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.net.router import client_router
@@ -46,6 +56,7 @@ DEFAULTS = {
     "socks": "127.0.0.1:1080",
     "listen": "127.0.0.1:16384",
     "admin": "127.0.0.1:8080",
+    "console": "127.0.0.1:9090",
 }
 
 
@@ -60,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--socks", metavar="HOST:PORT", help="the SOCKS5 port to use")
     parser.add_argument("--listen", metavar="HOST:PORT", help="the tunnel server's port")
     parser.add_argument("--admin", metavar="HOST:PORT", help="the admin protocol port")
+    parser.add_argument(
+        "--console", metavar="HOST:PORT", help="the client's live console (a new secret each run)"
+    )
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run, **DEFAULTS)
 
@@ -70,6 +84,19 @@ def _make_keys(folder: Path) -> None:
         key, record = generate("quickstart")
         save_client_key(key, folder / "key.dat")
         save_user(record, folder / "users")
+
+
+def command_name(argv0: str | None = None) -> str:
+    """How to run this gjproxy again from any shell: the lines the quickstart prints must work
+    when pasted, also when the command is not on the PATH (README's command 1 puts it in
+    ``.venv/bin``). A command found on the PATH stays ``gjproxy``; a path becomes absolute;
+    ``python -m jproxy`` names this Python."""
+    program = argv0 if argv0 is not None else sys.argv[0]
+    if Path(program).name == "__main__.py":
+        return f"{quote(sys.executable)} -m jproxy"
+    if os.sep not in program:
+        return program
+    return quote(os.path.abspath(program))
 
 
 def _keep_hash(path: Path, password_hash: str) -> None:
@@ -86,10 +113,12 @@ def run(args: argparse.Namespace) -> int:
             host_port(args.listen, "--listen"),
             host_port(args.admin, "--admin"),
         )
+        console = {"console": host_port(args.console, "--console")}
         folder = Path(args.dir)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _make_keys(folder)
-        key = load_client_key(folder / "key.dat")
+        key_file = folder.absolute() / "key.dat"
+        key = load_client_key(key_file)
         users = UserDirectory(folder / "users")
         hash_file = folder / PASSWORD_HASH_FILE
         kept_hash = hash_file.read_text().strip() if hash_file.exists() else None
@@ -104,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         listening("--listen", listen, server.start)
         started.append(server)
         tunnels = TunnelClient([server.address], key, Dialect.SECURE_3_1)
-        listener = ClientPort(socks, client_router(tunnels))
+        router = client_router(tunnels)
+        listener = ClientPort(socks, router)
         listening("--socks", socks, listener.start)
         started.append(listener)
         new_password = None if kept_hash else secrets.token_urlsafe(12)
@@ -116,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
             partial(serve_admin, admin, credentials, server.counters, server.tuning),
         )
         started.append(admin_server)
+        console["console_secret"] = secrets.token_urlsafe(16)
+        console_server = start_console(console, "client", version())
+        started.append(console_server)
+        router.console = console_server.live
+        router.access_log.observer = console_server.live.access
+        console_server.live.watch_client(tunnels)
         dialer.policy = dialer.policy.listening_on([service.address for service in started])
         if new_password is not None:
             _keep_hash(hash_file, password_hash)
@@ -129,14 +165,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("gjproxy quickstart: the tunnel did not come up; see the log above\n")
         return 1
     host, port = listener.address
+    gjproxy = command_name()
     admin_host, admin_port = admin_server.address[:2]
     admin_flags = (
         f"--port {admin_port}"
         if admin_host == "127.0.0.1"
         else f"--host {admin_host} --port {admin_port}"
     )
+    server_flags = f"--server {host_port_text(server.address)} --key {quote(str(key_file))}"
     print(f"\ngjproxy is running. SOCKS5 proxy: {host}:{port}  (keys in {folder}/, Ctrl-C stops)")
-    print(f"admin: gjproxy admin {admin_flags} --user {ADMIN_USER} stats")
+    print(f"admin: {gjproxy} admin {admin_flags} --user {ADMIN_USER} stats")
     if new_password is not None:
         print(f"       password, shown once: {new_password}")
     else:
@@ -148,8 +186,13 @@ def run(args: argparse.Namespace) -> int:
         f"egress: loopback allowed ({', '.join(LOOPBACK)}): this machine's own services are "
         "reachable through the proxy"
     )
+    console_url = f"http://{host_port_text(console_server.address)}"
+    print(f"console: {console_url}/ui/?token={console['console_secret']}")
+    print(f"        {gjproxy} status --console '{console_url}/?token={console['console_secret']}'")
+    print(f"ping:  {gjproxy} ping -c 3 {server_flags} 127.0.0.1")
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
-    print(f"       curl -x http://{host}:{port} https://example.com/   (the same port, HTTP proxy)")
+    print(f"       curl -x http://{host}:{port} https://example.com/", end="")
+    print("   # the same port as an HTTP proxy")
     sys.stdout.flush()
     termination.wait()
     tunnels.stop()

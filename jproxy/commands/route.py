@@ -2,26 +2,21 @@
 
 Also the client's routing and forwarding settings (``--rule``, ``--access-log``,
 ``--forward``, ``--forward-udp``), which ``gjproxy client`` adds to its own options, and
-their reload on SIGHUP.
+what its SIGHUP ``Reloader`` does with them (new rules and access log; forwards need a restart).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
-
-import gevent
 
 from jproxy.config import ConfigError, listening, load, show_defaults
 from jproxy.handlers.dns.resolver import ResolveError, SystemResolver
 from jproxy.handlers.net.router import Router
+from jproxy.handlers.net.signals import Reloader, access_log_mover
 from jproxy.handlers.tunnel.forward import TcpForward, UdpForward, parse_forward
 from jproxy.policy.hostnames import ip_literal
 from jproxy.policy.rules import NeedAddresses, RuleError, RuleSet
-
-log = logging.getLogger("gjproxy.client")
 
 RESOLVE_TIMEOUT = 5.0
 
@@ -90,8 +85,10 @@ def rules_from(args: argparse.Namespace) -> RuleSet:
 
 
 def front_settings(settings: dict) -> None:
-    """Check the routing and forwarding settings, adding their parsed forms."""
-    settings["rule_set"] = rule_set(settings["rules"])
+    """Check the routing and forwarding settings (a bad rule refuses the whole config file,
+    also on SIGHUP); the forwards in their parsed form. The rules stay text, as the reload
+    compares and logs them; ``rule_set`` parses them for use."""
+    rule_set(settings["rules"])
     settings["forward"] = [parse_forward(text, "--forward") for text in settings["forward"]]
     settings["forward_udp"] = [
         parse_forward(text, "--forward-udp") for text in settings["forward_udp"]
@@ -117,20 +114,16 @@ def own_listeners(services: list) -> list[tuple[str, int]]:
     return [service.address[:2] for service in services]
 
 
-def reload_on_sighup(args: argparse.Namespace, router: Router) -> None:
-    """SIGHUP: the rules again from the flags and the config file, and the access log
-    reopened; a bad file keeps the rules in use, with an error line."""
+def reload_front(reloader: Reloader, router: Router) -> None:
+    """On the client's SIGHUP: new rules and a moved access log take effect; the access log
+    is reopened every time (logrotate). Forwards listen on ports: they need a restart."""
 
-    def reload() -> None:
-        router.access_log.reopen()
-        try:
-            router.rules = rules_from(args)
-        except ConfigError as error:
-            log.error("SIGHUP: rules not reloaded, the old ones stay: %s", error)
-            return
-        log.info("SIGHUP: %d routing rule(s) loaded", len(router.rules.rules))
+    def new_rules(fresh: dict) -> None:
+        router.rules = rule_set(fresh["rules"])
 
-    gevent.signal_handler(signal.SIGHUP, reload)
+    reloader.every_time(router.access_log.reopen)
+    reloader.on_change(["rules"], new_rules)
+    reloader.on_change(["access_log"], access_log_mover(router.access_log, "[client] access_log"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import os
 import sys
 from functools import partial
 
+from jproxy import version
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -19,26 +21,29 @@ from jproxy.config import (
     load,
     resolve,
     show_defaults,
+    where,
 )
 from jproxy.handlers.admin.listener import serve_admin
+from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
+from jproxy.handlers.console.options import add_console_options, check_console, start_console
 from jproxy.handlers.dns.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.logs.access import AccessLog
 from jproxy.handlers.net.descriptors import raise_fd_limit
 from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.net.heap import keep_heap_reserve
-from jproxy.handlers.net.signals import Termination
+from jproxy.handlers.net.signals import Reloader, Termination, access_log_mover
 from jproxy.handlers.socks.plain import PlainSocks5Port
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.metrics import Counters
-from jproxy.policy.egress import EgressPolicy, RuleError
+from jproxy.policy.egress import EgressPolicy, Rule, RuleError
 from jproxy.policy.passwords import (
     PASSWORD_VARIABLE,
     PasswordTable,
     load_admin_credentials,
     load_socks_users,
 )
-from jproxy.tunnel.keys import KeyFileError, UserDirectory, reload_on_sighup
+from jproxy.tunnel.keys import KeyFileError, UserDirectory
 
 log = logging.getLogger("gjproxy.server")
 
@@ -64,6 +69,7 @@ DEFAULTS = {
     "socks_no_auth": False,
     "window": ServerLimits.window,
     "grace": ServerLimits.grace,
+    **CONSOLE_DEFAULTS,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
 
@@ -97,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("--max-tunnels-per-user", int, "N", "proven tunnels one user may hold"),
         ("--max-prelogin", int, "N", "connections waiting for login (the oldest gives way)"),
         ("--max-prelogin-per-address", int, "N", "of those, from one address (IPv6: a /64)"),
-        ("--max-streams", int, "N", "streams per tunnel"),
+        ("--max-streams", int, "N", "channels per tunnel: streams, UDP associations, echoes"),
         ("--idle-timeout", float, "S", "seconds before an idle stream ends"),
         ("--connect-timeout", float, "S", "outbound connect timeout (s)"),
         ("--handshake-timeout", float, "S", "seconds for hello, login and the first frame"),
@@ -147,6 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " (default: none)",
     )
     add_keylog_option(parser)
+    add_console_options(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
 
@@ -176,6 +183,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["socks_users"] = socks_users(settings, config)
     settings["egress"] = egress_policy(args, config)
     settings["keylog"] = key_log_path(args, environ, settings["keylog"])
+    check_console(settings, environ)
     settings["admin_credentials"] = load_admin_credentials(config, environ)
     admin_asked = args.admin is not None or "admin" in config.get("server", {})
     if admin_asked and settings["admin_credentials"] is None:
@@ -221,20 +229,73 @@ def egress_policy(args: argparse.Namespace, config: dict) -> EgressPolicy:
     """``[egress]`` allow/deny lists, each replaced by its flags when any is given."""
     flags = argparse.Namespace(allow=args.allow_egress, deny=args.deny_egress)
     rules = resolve(flags, config, "egress", EGRESS_DEFAULTS)
+    parsed = {}
     for key, texts in rules.items():
-        if not all(isinstance(text, str) for text in texts):
-            raise ConfigError(f"config: [egress] {key} must be a list of strings")
+        try:
+            parsed[key] = tuple(map(Rule.parse, texts))
+        except RuleError as error:
+            from_file = getattr(flags, key) is None  # else the flag's own text names it
+            raise ConfigError(
+                f"{where(config, 'egress', key)}: {error}" if from_file else str(error)
+            ) from None
+    return EgressPolicy(parsed["allow"], parsed["deny"])
+
+
+RESTART_ONLY_LIMITS = ("max_tunnels", "max_prelogin")
+"""Limits the file-descriptor reserve is sized from at start: they change with a restart."""
+RELOADABLE_LIMITS = tuple(
+    key for key in vars(ServerLimits()) if key in DEFAULTS and key not in RESTART_ONLY_LIMITS
+)
+LABELS = {"egress": "[egress]", "socks_users": "[socks_users]", "admin_credentials": "[admin]"}
+
+
+def label(key: str) -> str:
+    """How the log names a setting: its config file key (the flag has the same name)."""
+    return LABELS.get(key, f"[server] {key}")
+
+
+def server_limits(settings: dict) -> ServerLimits:
+    return ServerLimits(**{key: settings[key] for key in vars(ServerLimits()) if key in settings})
+
+
+def load_users(settings: dict, args: argparse.Namespace) -> UserDirectory:
     try:
-        return EgressPolicy.from_rules(rules["allow"], rules["deny"])
-    except RuleError as error:
-        raise ConfigError(str(error)) from None
+        users = UserDirectory(settings["users"])
+    except KeyFileError as error:
+        if args.users is None:
+            raise KeyFileError(f"{error} (name the folder with --users DIR)") from None
+        raise
+    _log_users(users)
+    return users
+
+
+def _log_users(users: UserDirectory) -> None:
+    if len(users):
+        log.info("loaded %d user(s) from %s", len(users), users.path)
+    else:
+        log.warning(
+            "no users in %s: every login is refused until one is added"
+            " (gjproxy keygen USER --users-dir %s, then SIGHUP)",
+            users.path,
+            users.path,
+        )
+
+
+def reread_users(users: UserDirectory) -> None:
+    """SIGHUP: read the users folder again; one that cannot be read keeps the users."""
+    try:
+        users.reload()
+    except KeyFileError as error:
+        log.warning("SIGHUP: keeping the previous %d user(s): %s", len(users), error)
+        return
+    _log_users(users)
 
 
 def run(args: argparse.Namespace) -> int:
     termination = Termination()
     try:
         settings = settings_from(args)
-        users = UserDirectory(settings["users"])
+        users = load_users(settings, args)
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
         return 2
@@ -248,18 +309,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         sys.stderr.write(f"gjproxy server: --access-log: {error}\n")
         return 2
-    limits = ServerLimits(
-        max_tunnels=settings["max_tunnels"],
-        max_tunnels_per_user=settings["max_tunnels_per_user"],
-        max_prelogin=settings["max_prelogin"],
-        max_prelogin_per_address=settings["max_prelogin_per_address"],
-        max_streams=settings["max_streams"],
-        idle_timeout=settings["idle_timeout"],
-        connect_timeout=settings["connect_timeout"],
-        handshake_timeout=settings["handshake_timeout"],
-        window=settings["window"],
-        grace=settings["grace"],
-    )
+    limits = server_limits(settings)
     counters = Counters()
     try:
         resolver = make_resolver(settings, counters)
@@ -279,9 +329,23 @@ def run(args: argparse.Namespace) -> int:
         key_log=key_log,
         access_log=access_log,
     )
-    # From here on SIGHUP reloads the users: before any port is announced, so a reload sent as
-    # soon as the log says "listening" never meets SIGHUP's default action (exit).
-    sighups = [reload_on_sighup(users), access_log.reopen_on_sighup()]
+    # From here on SIGHUP reloads: before any port is announced, so a reload sent as soon as
+    # the log says "listening" never meets SIGHUP's default action (exit).
+    reloader = Reloader(
+        args.config or "the command line (no --config file)",
+        partial(_reread_settings, args, settings),
+        settings,
+        label,
+        secrets=("socks_users", "admin_credentials", "console_secret"),
+    )
+    reloader.every_time(partial(reread_users, users))
+    reloader.every_time(access_log.reopen)
+    reloader.on_change(["users"], partial(_move_users, users))
+    reloader.on_change(["allow_legacy"], partial(_set_legacy, server))
+    reloader.on_change(RELOADABLE_LIMITS, lambda fresh: server.set_limits(server_limits(fresh)))
+    reloader.on_change(["egress"], partial(_set_egress, dialer))
+    reloader.on_change(["access_log"], access_log_mover(access_log, "[server] access_log"))
+    sighups = [reloader.on_sighup()]
     services: list = []
     try:
         listening("--listen", settings["listen"], server.start)
@@ -289,7 +353,9 @@ def run(args: argparse.Namespace) -> int:
         page = (server.counters, server.tuning)
         if settings["admin_credentials"] is not None:
             admin = partial(serve_admin, settings["admin"], settings["admin_credentials"], *page)
-            services.append(listening("--admin", settings["admin"], admin))
+            admin_server = listening("--admin", settings["admin"], admin)
+            services.append(admin_server)
+            reloader.on_change(["admin_credentials"], partial(_set_admin_credentials, admin_server))
         if settings["metrics"]:
             # Imported only when asked for: prometheus_client pulls in http, email and wsgiref,
             # about 5 MB of memory in every gjproxy process that would otherwise load it.
@@ -299,7 +365,14 @@ def run(args: argparse.Namespace) -> int:
             services.append(listening("--metrics", settings["metrics"], metrics))
         if settings["socks"]:
             socks = partial(plain_socks_port, settings, dialer, server, access_log)
-            services.append(listening("--socks", settings["socks"], socks))
+            socks_port = listening("--socks", settings["socks"], socks)
+            services.append(socks_port)
+            reloader.on_change(["socks_users"], partial(_set_socks_users, socks_port))
+        if settings["console"]:
+            console = start_console(settings, "server", version())
+            services.append(console)
+            server.console = console.live
+            access_log.observer = console.live.access
         dialer.policy = dialer.policy.listening_on([service.address for service in services])
         _log_egress(dialer.policy)
     except ListenError as error:
@@ -355,12 +428,53 @@ def make_resolver(settings: dict, counters: Counters) -> Resolver:
 
 
 def _log_egress(policy: EgressPolicy) -> None:
-    allow = ", ".join(rule.text for rule in policy.allow) or "none"
-    deny = ", ".join(rule.text for rule in policy.deny) or "none"
     ports = ", ".join(str(port) for port in sorted({port for _, port in policy.listeners}))
     log.info(
-        "egress: allow %s; deny %s; this host's own ports %s and private ranges denied by default",
-        allow,
-        deny,
+        "egress: %s; this host's own ports %s and private ranges denied by default"
+        " (--allow-egress CIDR[:PORTS] or [egress] allow opens them)",
+        policy,
         ports,
     )
+
+
+def _reread_settings(args: argparse.Namespace, started: dict) -> dict:
+    """The settings from the config file as it is now (a SIGHUP)."""
+    fresh = settings_from(args)
+    credentials, first = fresh["admin_credentials"], started["admin_credentials"]
+    if credentials is not None and first is not None and credentials.source == first.source:
+        if credentials.source.startswith("environment"):
+            # The environment was read once, at start: the same password, not a new hash.
+            fresh["admin_credentials"] = first
+    return fresh
+
+
+def _move_users(users: UserDirectory, fresh: dict) -> None:
+    try:
+        users.move_to(fresh["users"])
+    except KeyFileError as error:
+        raise ConfigError(f"[server] users: {error}") from None
+
+
+def _set_legacy(server: TunnelServer, fresh: dict) -> None:
+    server.allow_legacy = fresh["allow_legacy"]
+
+
+def _set_egress(dialer: Dialer, fresh: dict) -> None:
+    dialer.policy = dataclasses.replace(fresh["egress"], listeners=dialer.policy.listeners)
+    _log_egress(dialer.policy)
+
+
+def _set_admin_credentials(admin_server, fresh: dict) -> None:
+    if fresh["admin_credentials"] is None:
+        raise ConfigError("[admin]: the admin account cannot be removed without a restart")
+    admin_server.replace_credentials(fresh["admin_credentials"])
+
+
+def _set_socks_users(port: PlainSocks5Port, fresh: dict) -> None:
+    try:
+        port.replace_users(fresh["socks_users"])
+    except ValueError:
+        raise ConfigError(
+            "[socks_users]: switching the plain SOCKS port between users and no"
+            " authentication needs a restart"
+        ) from None

@@ -171,6 +171,8 @@ class _Fields:
 def _protocol(protocol: Protocol, enums: dict[str, type[enum.IntEnum]]) -> dict[str, Any]:
     fields = _Fields(protocol.name)
     fields.add("message", {"kind": "string"}, "one message: its schema's name")
+    if protocol.frames is not None:
+        fields.add("frame", {"kind": "string"}, "one encrypted frame: its schema's name")
     schemas = [schema for sequence in protocol.sequence.values() for schema in sequence]
     if protocol.frames is not None:
         schemas.append(protocol.frames)

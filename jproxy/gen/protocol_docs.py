@@ -125,6 +125,19 @@ ERRATA_AFTER = f"""\
 Other behaviour of the Java implementation, seen on the wire and by running its client, server
 and keygen against gjproxy, and what gjproxy does instead:
 
+- The Java programs send a TCP disconnect with reason 4 (RESET) whenever a stream ends, a
+  clean end included, and no other reason: the server when its target closes
+  (`RedirectDisconnectListener`), the client when its SOCKS client closes
+  (`Socks5DisconnectListener`), each right behind the stream's last data, without a
+  half-close; neither reads the reason it receives. So in 3.0 gjproxy gives a peer's
+  disconnect no meaning: every byte that came before it is delivered, then the local socket is
+  closed normally (FIN), whatever the reason byte says. The server's access log reads
+  `closed` for it and records the wire's reason (`disconnect from the client: RESET`). What
+  gjproxy sees itself stays a reset in both dialects (its own socket reset, the tunnel lost,
+  an idle stream, a 3.0 stream over its bound): that application gets ECONNRESET and the peer
+  a disconnect with reason 4; a clean end sends 2 (CLIENT_CLOSED), a connect given up 1. In 3.1
+  both ends are gjproxy and reasons keep their meaning: 3 and 4 reset the local socket, 1 and
+  2 close it.
 - The Java client appends one zero byte to its TCP disconnect (5 bytes instead of 4); the
   schema accepts it and gjproxy never sends it.
 - The Java server accepts any minor version (a hello with minor 9 got status 0); gjproxy

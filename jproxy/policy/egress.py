@@ -124,6 +124,11 @@ _EMBEDDING_IPV4 = (
 )
 
 
+def _rule_text(address: Address, port: int) -> str:
+    """The allow rule for exactly one address and port: ``127.0.0.1:80``, ``[::1]:80``."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
 def _unmapped(address: Address) -> Address:
     """The IPv4 address an IPv4-mapped or NAT64 IPv6 address carries, or the address itself."""
     if isinstance(address, ipaddress.IPv6Address) and any(
@@ -162,6 +167,12 @@ class EgressPolicy:
     deny: tuple[Rule, ...] = ()
     listeners: frozenset[tuple[Address, int]] = field(default_factory=frozenset)
 
+    def __str__(self) -> str:
+        """The rules as the log shows them: ``allow 10.0.0.0/8:443; deny none``."""
+        allow = ", ".join(rule.text for rule in self.allow) or "none"
+        deny = ", ".join(rule.text for rule in self.deny) or "none"
+        return f"allow {allow}; deny {deny}"
+
     @classmethod
     def from_rules(cls, allow: list[str], deny: list[str]) -> EgressPolicy:
         """A policy from rule texts; ``RuleError`` names the first bad one."""
@@ -182,18 +193,28 @@ class EgressPolicy:
         target = _unmapped(address)
         for rule in self.deny:
             if rule.matches(target, port):
-                return Verdict(False, f"denied by rule {rule.text}")
+                return Verdict(
+                    False, f"denied by rule {rule.text} (--deny-egress or [egress] deny)"
+                )
         allowing = [rule for rule in self.allow if rule.matches(target, port)]
         if self._is_own_listener(target, port, this_host):
             naming = [rule for rule in allowing if rule.names_port(port)]
             if not naming:
-                return Verdict(False, f"the server's own listening port {port}")
+                return Verdict(
+                    False,
+                    f"the server's own listening port {port}; only an allow rule that names"
+                    f" the port opens it: --allow-egress {_rule_text(target, port)}",
+                )
             allowing = naming
         if allowing:
             return Verdict(True, f"allowed by rule {allowing[0].text}")
         for network in SPECIAL_RANGES:
             if target in network:
-                return Verdict(False, f"in {network}, denied by default")
+                return Verdict(
+                    False,
+                    f"in {network}, denied by default; open it with --allow-egress"
+                    f" {_rule_text(target, port)} (or {network}, or [egress] allow)",
+                )
         return Verdict(True, "not in a special range")
 
     def _is_own_listener(self, target: Address, port: int, this_host: bool) -> bool:

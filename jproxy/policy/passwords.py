@@ -37,6 +37,8 @@ _HASH_PATTERN = re.compile(
 
 USER_VARIABLE = "GJPROXY_ADMIN_USER"
 PASSWORD_VARIABLE = "GJPROXY_ADMIN_PASSWORD"
+SOCKS_PASSWORD_VARIABLE = "GJPROXY_SOCKS_PASSWORD"
+"""A SOCKS user's password: the client's ``--socks-user`` and ``hash-password --socks-user``."""
 
 
 def _encoded(secret: str | bytes) -> bytes:
@@ -130,10 +132,10 @@ class PasswordTable:
     """
 
     hashes: Mapping[str, str] = field(repr=False)
-    decoy: str = field(repr=False)
+    decoy: str = field(repr=False, compare=False)
     """A hash checked for unknown names, so they cost as long as known ones."""
-    _verified: dict[str, bytes] = field(default_factory=dict, repr=False)
-    _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    _verified: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False, compare=False)
 
     def check(self, user: bytes, password: bytes) -> bool:
         name = user.decode("utf-8", "replace")

@@ -225,9 +225,38 @@ class FatalLoginError(LoginError):
     fatal = True
 
 
-class NotJProxyServer(FatalLoginError):
-    def __init__(self) -> None:
-        super().__init__("not a jProxy server")
+def what_came_back(data: bytes) -> str:
+    """The first bytes a peer sent, as what they look like: a jProxy hello, an HTTP or TLS
+    reply, an SSH banner, or so many bytes of something else (shown escaped)."""
+    if not data:
+        return "nothing"
+    return foreign_protocol(data) or f"{len(data)} byte(s) of something else: {data[:16]!r}"
+
+
+def foreign_protocol(data: bytes) -> str | None:
+    """What protocol ``data``'s first bytes belong to, when it is one known here."""
+    if data.startswith(MAGIC):
+        return "a jProxy hello (a tunnel port)"
+    if data.startswith(b"HTTP/"):
+        return "an HTTP reply (a web server's port)"
+    if len(data) >= 2 and data[0] in TLS_RECORD_TYPES and data[1] == TLS_MAJOR:
+        return "a TLS record (a TLS port, such as HTTPS)"
+    if data.startswith(b"SSH-"):
+        return "an SSH banner"
+    return None
+
+
+TLS_RECORD_TYPES = frozenset({0x15, 0x16})
+"""A TLS alert or handshake record's first byte; the second is the major version, 3."""
+TLS_MAJOR = 3
+
+
+class NotJProxyServer(LoginError):
+    """The peer is no jProxy server. Not fatal: the address may be right and the server
+    behind it about to be replaced (the client backs off and tries again)."""
+
+    def __init__(self, came_back: str) -> None:
+        super().__init__(f"this is not a gjproxy server: it answered with {came_back}")
 
 
 class VersionRefused(FatalLoginError):
@@ -290,11 +319,36 @@ class ClientHandshake(_Core):
         self._on_login_reply(message)
         return b""
 
+    def no_reply(self, timeout: float) -> LoginError:
+        """Why the login failed when the server said nothing complete within ``timeout``."""
+        if self.phase is Phase.HELLO:
+            return LoginError(
+                f"no answer to the hello within {timeout:g} s: is this a gjproxy server?"
+                f" It sent {what_came_back(bytes(self._buffer))}"
+            )
+        return LoginError(f"no complete login reply from the server within {timeout:g} s")
+
+    def closed(self, how: str = "closed") -> LoginError:
+        """Why the login failed when the server ``how`` ("closed", "reset") the connection
+        before it was done."""
+        if self.phase is Phase.HELLO and self._buffer:
+            return NotJProxyServer(f"{what_came_back(bytes(self._buffer))}, then {how}")
+        if self.phase is Phase.HELLO:
+            return LoginError(
+                f"the server {how} the connection without answering the hello: is this a"
+                " gjproxy server? Nothing came back"
+            )
+        return LoginError(f"the server {how} the connection during login")
+
     def _on_hello_reply(self, message: bytes) -> bytes:
         try:
             reply = parse(HelloReply, message)
         except WireError:
-            raise NotJProxyServer() from None
+            if message.startswith(MAGIC):
+                raise FatalLoginError(
+                    f"the server's hello has an unknown status: {message!r}"
+                ) from None
+            raise NotJProxyServer(what_came_back(message)) from None
         if reply.status is not HandshakeStatus.OK:
             raise VersionRefused(self.dialect)
         self.phase = Phase.LOGIN

@@ -13,14 +13,12 @@ import logging
 import os
 import re
 import secrets
-import signal
 import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import construct as c
-import gevent
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -135,11 +133,20 @@ def _read(path: Path, what: str) -> bytes:
     return data
 
 
+def _truncated(error: WireError, data: bytes) -> str | None:
+    """``truncated at byte N`` when the parser ran out of bytes: the words for a file's owner
+    rather than the parser's ("stream read less than specified amount")."""
+    if "stream read less than specified amount" in error.reason:
+        return f"truncated at byte {len(data)}"
+    return None
+
+
 def _parse(schema: c.Construct, data: bytes, path: Path, what: str) -> c.Container:
     try:
         return parse(schema, data)
     except WireError as error:
-        raise KeyFileError(f"{path}: not a valid {what} ({error})") from None
+        why = _truncated(error, data) or str(error)  # the field says which part of a user file
+        raise KeyFileError(f"{path}: not a valid {what} ({why})") from None
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -190,7 +197,9 @@ def load_client_key(path: str | Path) -> ClientKey:
                 f"{path} is a server user file (user {user!r}), not a client key: the client"
                 " needs the key.dat that `gjproxy keygen` wrote with it"
             ) from None
-        raise KeyFileError(f"{path}: not a valid client key file ({error})") from None
+        raise KeyFileError(
+            f"{path}: not a valid client key file ({_truncated(error, data) or error.reason})"
+        ) from None
     try:
         private_key = serialization.load_der_private_key(fields.private_key, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -277,7 +286,15 @@ class UserDirectory:
             if record is not None:
                 users[record.login_hash] = record
         self._users = users
-        log.info("loaded %d user(s) from %s", len(users), self.path)
+
+    def move_to(self, path: str | Path) -> None:
+        """Read the users from ``path`` from now on; ``KeyFileError`` keeps the old folder."""
+        old, self.path = self.path, Path(path)
+        try:
+            self.reload()
+        except KeyFileError:
+            self.path = old
+            raise
 
     @staticmethod
     def _load_checked(path: Path) -> UserRecord | None:
@@ -293,15 +310,3 @@ class UserDirectory:
             log.warning("skipping %s: its content hashes to %s", path, record.file_name)
             return None
         return record
-
-
-def reload_on_sighup(users: UserDirectory) -> gevent.signal_handler:
-    """Reread ``users`` whenever the process gets SIGHUP; returns the handler (``.cancel()``)."""
-
-    def reload() -> None:
-        try:
-            users.reload()
-        except KeyFileError as error:
-            log.warning("SIGHUP: keeping the previous %d user(s): %s", len(users), error)
-
-    return gevent.signal_handler(signal.SIGHUP, reload)

@@ -14,8 +14,9 @@ import pytest
 from gevent.server import StreamServer
 
 from jproxy.metrics import Counters
-from jproxy.policy.passwords import verify_password
-from tests.io.test_admin_server import PASSWORD, USER, start_admin
+from jproxy.policy.passwords import load_socks_users, verify_password
+from tests.admin_listener import PASSWORD, USER, start_admin
+from tests.peers import start_server
 
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
 
@@ -166,6 +167,9 @@ def canned_peer(*answers: bytes) -> StreamServer:
     return server
 
 
+NOT_ADMIN = "this is not a gjproxy admin port: "
+
+
 @pytest.mark.parametrize(
     "answers, status, message",
     [
@@ -175,8 +179,10 @@ def canned_peer(*answers: bytes) -> StreamServer:
         ((b"\x01\x00", b"\x01\x05"), 4, "bad reply: AdminReply: cut short after 2 bytes"),
         ((b"\x01\x00", b"\x02\x011"), 4, "bad reply: AdminReply.code: 2 answers no request"),
         ((b"\x02\x00",), 4, "bad reply: AdminAuthReply.version: expected 1"),
-        ((b"HTTP/1.1 400",), 4, "bad reply: AdminAuthReply.status: unknown AuthStatus value 84"),
-        ((b"",), 4, "bad reply: AdminReply: the server closed the connection without a reply"),
+        ((b"\x01\x07",), 4, "bad reply: AdminAuthReply.status: unknown AuthStatus value 7"),
+        ((b"HTTP/1.1 400",), 4, NOT_ADMIN + "it answered with an HTTP reply (a web server's"),
+        ((b"jProxy\x00",), 4, NOT_ADMIN + "it answered with a jProxy hello (a tunnel port)"),
+        ((b"",), 4, NOT_ADMIN + "no reply to the login; the admin port is the server's --admin"),
     ],
 )
 def test_misbehaving_servers(answers, status, message) -> None:
@@ -215,14 +221,21 @@ def test_help_lists_the_exit_statuses() -> None:
     "section, message",
     [
         ("user = 7", "config: [admin] user must be a string"),
-        ('user = "alice"\nport = "8080"', "config: [admin] port must be a int"),
-        ('user = "alice"\ncolour = "red"', "config: unknown key(s) in [admin]: colour"),
+        (
+            'user = "alice"\nport = "8080"',
+            "gjproxy.toml line 3: [admin] port must be a whole number like 8080",
+        ),
+        (
+            'user = "alice"\ncolour = "red"',
+            "gjproxy.toml line 3: unknown key(s) in [admin]: colour",
+        ),
     ],
 )
 def test_a_bad_admin_section_exits_2(tmp_path, section, message) -> None:
     config = tmp_path / "gjproxy.toml"
     config.write_text(f"[admin]\n{section}\n")
     result = gjproxy_admin("--config", str(config), "open")
+    message = message.replace("gjproxy.toml", str(config))
     assert (result.returncode, result.stderr) == (2, f"gjproxy admin: {message}\n")
 
 
@@ -265,3 +278,72 @@ def test_ctrl_c_at_the_password_prompt_is_one_line_and_status_130() -> None:
     assert [line for line in after_prompt.splitlines() if line.strip()] == [
         "gjproxy admin: interrupted"
     ]
+
+
+def test_stats_says_none_for_an_empty_value(tuning) -> None:
+    server = start_admin(Counters(), tuning)
+    try:
+        result = gjproxy_admin("--port", str(server.address[1]), "--user", USER, "stats")
+    finally:
+        server.stop()
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert "connected users: none" in lines
+    assert "datagrams dropped: none" in lines
+    assert all(not line.endswith(": ") for line in lines)
+
+
+def test_hash_password_for_a_socks_user_prints_the_socks_users_line() -> None:
+    result = gjproxy_admin(
+        "hash-password", "--socks-user", "carol", GJPROXY_SOCKS_PASSWORD="carol's secret"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('carol = "scrypt$')
+    table = tomllib.loads(result.stdout)
+    assert verify_password("carol's secret", table["carol"])
+    # Pasted under [socks_users], it is a user of the server's plain SOCKS port.
+    assert load_socks_users({"socks_users": table}).hashes == table
+
+
+def test_hash_password_quotes_a_socks_user_name_toml_needs_quoted() -> None:
+    result = gjproxy_admin(
+        "hash-password", "--socks-user", 'd "j" ż', GJPROXY_SOCKS_PASSWORD="pw", password=None
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(tomllib.loads(result.stdout)) == ['d "j" ż']
+
+
+def test_hash_password_for_a_socks_user_asks_for_its_password() -> None:
+    result = gjproxy_admin(
+        "hash-password", "--socks-user", "carol", password="admin pw", stdin="pw1\npw1\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "new carol's SOCKS password" in result.stderr  # not the admin variable's password
+    assert verify_password("pw1", tomllib.loads(result.stdout)["carol"])
+
+
+def test_socks_user_goes_with_hash_password_only(port) -> None:
+    result = gjproxy_admin("--port", port, "--user", USER, "--socks-user", "carol", "open")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "gjproxy admin: --socks-user goes with hash-password\n",
+    )
+
+
+def test_an_unknown_method_is_an_admin_error() -> None:
+    result = gjproxy_admin("statz")
+    assert result.returncode == 2
+    assert result.stderr.startswith("gjproxy admin: argument METHOD: invalid choice: 'statz'")
+
+
+def test_the_tunnel_port_is_not_the_admin_port(workdir) -> None:
+    server = start_server(workdir)
+    try:
+        result = gjproxy_admin("--port", str(server.port), "--user", USER, "stats")
+    finally:
+        server.stop()
+    assert result.returncode == 4
+    assert result.stderr == (
+        f"gjproxy admin: 127.0.0.1:{server.port}: this is not a gjproxy admin port: no reply to"
+        " the login; the admin port is the server's --admin address\n"
+    )

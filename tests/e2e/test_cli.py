@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import socket
@@ -11,8 +10,7 @@ import sys
 
 import pytest
 
-from jproxy.cli import build_parser
-from tests.peers import start_server
+from tests.peers import Process, start_server
 
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
 
@@ -35,7 +33,25 @@ def gjproxy(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedPro
         (["server", "--listen", "nonsense"], None, "--listen: expected HOST:PORT"),
         (["server", "--max-streams", "0"], None, "--max-streams must be at least 1"),
         (["server"], "[server]\nlisen = 1\n", "unknown key(s) in [server]: lisen"),
-        (["server"], "[server]\nallow_legacy = 'yes'\n", "allow_legacy must be a bool"),
+        (["server"], "[server]\nallow_legacy = 'yes'\n", "allow_legacy must be true or false"),
+        (
+            ["server"],
+            "[server]\nlisten = 16390\n",
+            'gjproxy.toml line 2: [server] listen must be a string like "HOST:PORT"',
+        ),
+        (["server"], "[server]\nmax_tunels = 1\n", "max_tunels (did you mean max_tunnels?)"),
+        (
+            ["server"],
+            '[egress]\ndeny = []\nallow = ["10.0.0.1/8"]\n',
+            "gjproxy.toml line 3: bad egress rule '10.0.0.1/8'",
+        ),
+        (["client"], "[client]\nkeepalive = 'x'\n", "keepalive must be a number like 5"),
+        (
+            ["server", "--listen", "127.0.0.1:99999"],
+            None,
+            "--listen: port 99999 is out of range: a port is 0..65535",
+        ),
+        (["server"], None, "users: no such users directory (name the folder with --users DIR)"),
         (["server", "--doh", "http://127.0.0.1/dns-query"], None, "--doh: expected https://"),
         (["server", "--doh-ca", "ca.pem"], None, "--doh-ca needs --doh"),
         (["server"], "[socks_users]\ncarol = 'plain'\n", "[socks_users] carol: expected scrypt$"),
@@ -126,19 +142,32 @@ def test_bare_gjproxy_prints_usage_and_version_is_one_line(tmp_path):
     assert re.fullmatch(r"gjproxy \S+\n", version.stdout)
 
 
-def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    [subparsers] = [action for action in parser._actions if action.dest == "command"]
-    return {"gjproxy": parser, **subparsers.choices}
+def test_an_open_client_port_off_loopback_is_a_warning(workdir):
+    args = ("client", "--server", "127.0.0.1:9", "--key", "key.dat", "--socks", "0.0.0.0:0")
+    open_port = Process(*args, cwd=workdir)
+    open_port.wait_for(
+        r"WARNING gjproxy\.client: SOCKS5 on 0\.0\.0\.0 without authentication: anyone who"
+        r" reaches it can use the tunnel \(require a login with --socks-user, or listen on"
+        r" 127\.0\.0\.1\)"
+    )
+    assert open_port.stop() == 0
+    with_login = Process(
+        *args, "--socks-user", "bob", cwd=workdir, env={"GJPROXY_SOCKS_PASSWORD": "pw"}
+    )
+    with_login.wait_for(r"SOCKS5 listening on 0\.0\.0\.0:\d+ \(user/password\)")
+    assert with_login.stop() == 0
+    assert "without authentication" not in with_login.log()
+    loopback = Process(*args[:-1], "127.0.0.1:0", cwd=workdir)
+    loopback.wait_for(r"SOCKS5 listening on 127\.0\.0\.1:\d+ \(no authentication\)")
+    assert loopback.stop() == 0
+    assert "without authentication" not in loopback.log()
 
 
-@pytest.mark.parametrize("name", sorted(subcommand_parsers()))
-def test_every_command_has_a_description_and_every_option_its_default(name):
-    parser = subcommand_parsers()[name]
-    assert parser.description, f"{name} has no description"
-    for action in parser._actions:
-        if not action.option_strings or action.help == argparse.SUPPRESS:
-            continue
-        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
-            continue
-        assert "(default: " in (action.help or ""), f"{name} {action.option_strings[0]}"
+def test_an_empty_users_folder_is_a_warning(tmp_path):
+    (tmp_path / "users").mkdir()
+    server = start_server(tmp_path)
+    server.wait_for(
+        r"WARNING gjproxy\.server: no users in users: every login is refused until one is added"
+        r" \(gjproxy keygen USER --users-dir users, then SIGHUP\)"
+    )
+    assert server.stop() == 0

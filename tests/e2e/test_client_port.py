@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers import (
+    HEADLESS_CHROMIUM,
     Process,
     read_json_lines,
     require_tool,
@@ -372,14 +373,7 @@ def _chromium(*args: str, tmp_path: Path) -> str:
     chromium = require_tool("chromium")
     done = run(
         chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_CHROMIUM,
         f"--user-data-dir={tmp_path / 'chrome'}",
         *args,
         timeout=90,
@@ -513,12 +507,12 @@ def test_sighup_reloads_the_rules(workdir, www):
         assert done.stdout.startswith(b"HTTP/1.1 403"), done.stdout
         config.write_text('[client]\nrules = ["IP-CIDR,127.0.0.1/32,TUNNEL"]\n')
         client.proc.send_signal(signal.SIGHUP)
-        client.wait_for(r"SIGHUP: 1 routing rule\(s\) loaded")
+        client.wait_for(r"SIGHUP: \[client\] rules: IP-CIDR,127.0.0.1/32,REJECT -> IP-CIDR")
         done = curl("-x", f"http://127.0.0.1:{client.port}", url)
         assert sha(done.stdout) == file_hash(www, "small")
         config.write_text("[client]\nrules = [\n")  # broken: the rules in use stay
         client.proc.send_signal(signal.SIGHUP)
-        client.wait_for(r"SIGHUP: rules not reloaded, the old ones stay: .*not valid TOML")
+        client.wait_for(r"SIGHUP: .* refused, the running config stays: .*not valid TOML")
         done = curl("-x", f"http://127.0.0.1:{client.port}", url)
         assert sha(done.stdout) == file_hash(www, "small")
     finally:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from schemas import build, jproxy
-from tests.e2e.test_dissector import COMMITTED, KEY, TSHARK_TIMEOUT, WRAPPED, _key_log, _tunnel
+from tests.dissection import COMMITTED, KEY, TSHARK_TIMEOUT, WRAPPED, sealed_tunnel, write_key_log
 from tests.pcap import write_pcap
 from tests.peers import require_tool
 
@@ -20,6 +20,7 @@ DOC = Path(__file__).parents[2] / "docs" / "dissector.md"
 SAMPLES = {
     "summary": (),
     "connect": ("-O", "jproxy", "-Y", 'jproxy.message == "TcpConnectRequest"'),
+    "fields": ("-T", "fields", "-e", "frame.number", "-e", "jproxy.frame", "-e", "jproxy.message"),
 }
 """Each sample's tshark options, after reading the capture with the key log."""
 
@@ -46,8 +47,8 @@ def _capture(folder: Path) -> tuple[Path, Path]:
         ("s2c", build(jproxy.TcpDisconnect, {"connection_id": 1, "reason": "CLIENT_CLOSED"})),
     ]
     pcap = folder / "tunnel.pcap"
-    write_pcap(pcap, _tunnel(jproxy.Dialect.SECURE_3_1, messages))
-    return pcap, _key_log(folder / "keys.log", WRAPPED, KEY)
+    write_pcap(pcap, sealed_tunnel(jproxy.Dialect.SECURE_3_1, messages))
+    return pcap, write_key_log(folder / "keys.log", WRAPPED, KEY)
 
 
 def samples() -> dict[str, str]:

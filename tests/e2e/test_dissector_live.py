@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jproxy.tunnel import keylog
-from tests.e2e.test_dissector import experts, frames, tshark_pdml
+from tests.dissection import experts, frames, tshark_pdml
 from tests.peers import require_tool, serve_files, start_client, start_server
 
 CAPTURE_SECONDS = 120

@@ -99,7 +99,13 @@ def test_loopback_is_denied_by_default_in_every_spelling(denying, target):
     server.wait_for(
         rf'gjproxy.access: .*"user":"alice",.*"target":"127\.0\.0\.1:{target.port}",'
         rf'.*"status":"NOT_ALLOWED",.*"ended":"refused","reason":"not allowed: '
-        rf'127\.0\.0\.1 port {target.port}: in 127\.0\.0\.0/8, denied by default"'
+        rf"127\.0\.0\.1 port {target.port}: in 127\.0\.0\.0/8, denied by default; open it with"
+        rf' --allow-egress 127\.0\.0\.1:{target.port} \(or 127\.0\.0\.0/8, or \[egress\] allow\)"'
+    )
+    client.wait_for(
+        rf"CONNECT 127\.0\.0\.1:{target.port}: server says NOT_ALLOWED: not allowed by the"
+        r" server's egress policy \(its access log names the rule or range; the server's"
+        r" --allow-egress CIDR\[:PORTS\] or \[egress\] allow opens a destination\)"
     )
     server.wait_for(rf'"target":"127\.1:{target.port}",.*"status":"UNKNOWN_HOST",.*all-digit label')
     assert "Traceback" not in server.log()

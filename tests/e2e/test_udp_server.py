@@ -1,4 +1,4 @@
-"""The server's UDP associations, driven by gjproxy's own tunnel code in this process (so the
+"""A real server's UDP associations, driven by gjproxy's own tunnel code in this process (so the
 test can ask for what the client never asks: a local port, a target the policy denies)."""
 
 from __future__ import annotations
@@ -8,28 +8,13 @@ import socket
 import gevent
 import pytest
 
-from jproxy.handlers.dns.resolver import SystemResolver
-from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.tunnel.client import open_tunnel, serve_tunnel
 from jproxy.handlers.tunnel.datagrams import AssociateFailed
-from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.metrics import Counters
-from jproxy.policy.egress import EgressPolicy
-from jproxy.tunnel.keys import UserDirectory, load_client_key
-from schemas.jproxy import ConnectStatus, Dialect, DisconnectReason
+from jproxy.tunnel.keys import load_client_key
+from schemas.jproxy import ConnectStatus, Dialect
+from tests.datagram_sink import DatagramSink
 from tests.peers import UdpEcho, start_server, wait_for_access
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[bytes] = []
-        self.endings: list[DisconnectReason] = []
-
-    def datagram(self, channel, data: bytes) -> None:
-        self.received.append(data)
-
-    def ended(self, channel, reason: DisconnectReason) -> None:
-        self.endings.append(reason)
 
 
 @pytest.fixture
@@ -62,7 +47,7 @@ def test_a_taken_local_port_is_refused(tunnel_to, dialect: Dialect) -> None:
         taken.bind(("0.0.0.0", 0))
         with pytest.raises(AssociateFailed) as failed:
             tunnel.datagrams.associate(
-                "127.0.0.1", 9, Sink(), timeout=10, local_port=taken.getsockname()[1]
+                "127.0.0.1", 9, DatagramSink(), timeout=10, local_port=taken.getsockname()[1]
             )
     assert failed.value.status is ConnectStatus.GENERAL_FAILURE
     wait_for_access(
@@ -73,7 +58,7 @@ def test_a_taken_local_port_is_refused(tunnel_to, dialect: Dialect) -> None:
         reason="local port not available.*",
     )
     echo = UdpEcho()
-    sink = Sink()
+    sink = DatagramSink()
     channel = tunnel.datagrams.associate(*echo.address, sink, timeout=10)  # the tunnel goes on
     assert tunnel.datagrams.send(channel, b"ping")
     with gevent.Timeout(10):
@@ -89,7 +74,7 @@ def test_a_requested_free_local_port_is_bound(tunnel_to) -> None:
         free = probe.getsockname()[1]
     tunnel = tunnel_to()
     echo = UdpEcho()
-    sink = Sink()
+    sink = DatagramSink()
     channel = tunnel.datagrams.associate(*echo.address, sink, timeout=10, local_port=free)
     tunnel.datagrams.send(channel, b"x")
     with gevent.Timeout(10):
@@ -102,58 +87,17 @@ def test_a_requested_free_local_port_is_bound(tunnel_to) -> None:
 def test_egress_policy_applies_to_udp(tunnel_to) -> None:
     tunnel = tunnel_to(allow_loopback=False)
     with pytest.raises(AssociateFailed) as failed:
-        tunnel.datagrams.associate("127.0.0.1", 53, Sink(), timeout=10)
+        tunnel.datagrams.associate("127.0.0.1", 53, DatagramSink(), timeout=10)
     assert failed.value.status is ConnectStatus.NOT_ALLOWED
 
 
 def test_dissociate_closes_the_servers_socket(tunnel_to) -> None:
     tunnel = tunnel_to()
     echo = UdpEcho()
-    channel = tunnel.datagrams.associate(*echo.address, Sink(), timeout=10)
-    tunnel.datagrams.dissociate(channel, DisconnectReason.CLIENT_CLOSED)
+    channel = tunnel.datagrams.associate(*echo.address, DatagramSink(), timeout=10)
+    tunnel.datagrams.dissociate(channel)
     gevent.sleep(0.1)  # the tunnel's writer sends the dissociate (wait_for blocks gevent)
     done = wait_for_access(tunnel.server, transport="udp", status="OK", ended="closed", bytes_up=0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reuse:
         reuse.bind(("0.0.0.0", done["local_port"]))  # the server's socket is gone
-    echo.close()
-
-
-@pytest.fixture
-def in_process(workdir):
-    """A ``TunnelServer`` in this process (short UDP idle timeout, loopback allowed) and a
-    running tunnel to it."""
-    limits = ServerLimits(udp_idle_timeout=0.5)
-    policy = EgressPolicy.from_rules(["127.0.0.0/8"], [])
-    dialer = Dialer(SystemResolver(), policy, limits.connect_timeout)
-    server = TunnelServer(
-        ("127.0.0.1", 0), UserDirectory(workdir / "users"), limits=limits, dialer=dialer
-    )
-    server.start()
-    key = load_client_key(workdir / "key.dat")
-    tunnel = open_tunnel(
-        server.address, key, Dialect.SECURE_3_1, login_timeout=10, counters=Counters()
-    )
-    runner = gevent.spawn(serve_tunnel, tunnel)
-    yield server, tunnel
-    tunnel.close()
-    runner.join(5)
-    server.stop()
-
-
-def test_server_dissociates_an_idle_association(in_process) -> None:
-    server, tunnel = in_process
-    echo = UdpEcho()
-    sink = Sink()
-    channel = tunnel.datagrams.associate(*echo.address, sink, timeout=10)
-    assert server.counters.connections_open == 1
-    tunnel.datagrams.send(channel, b"x")
-    with gevent.Timeout(10):
-        while not sink.endings:
-            gevent.sleep(0.05)
-    assert sink.received == [b"x"]
-    assert sink.endings == [DisconnectReason.GENERAL]
-    assert not tunnel.datagrams.core.channels  # the id is free again on the client
-    assert server.counters.connections_open == 0
-    assert server.counters.connections_total == 1
-    assert server.counters.bytes_transferred == 2  # one byte each way
     echo.close()

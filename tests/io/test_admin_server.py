@@ -13,11 +13,8 @@ import pytest
 from jproxy.handlers.admin.listener import IPPROTO_SCTP, serve_admin
 from jproxy.metrics import Counters
 from jproxy.policy.passwords import AdminCredentials, LoginThrottle, hash_password
-from jproxy.tuning import RelayTuning
+from tests.admin_listener import BASE_DELAY, MAX_DELAY, PASSWORD, USER, start_admin
 
-USER, PASSWORD = "alice", "s3cret"
-BASE_DELAY = 0.1
-MAX_DELAY = 0.4
 OK = b"\x01\x00"
 
 
@@ -40,15 +37,6 @@ def counters() -> Counters:
     counters.tunnel_opened("alice", "3.0")
     counters.tunnel_opened("carol", "3.1")
     return counters
-
-
-def start_admin(counters: Counters, tuning: RelayTuning):
-    """An admin listener on an ephemeral port, with short delays so tests stay fast."""
-    credentials = AdminCredentials(USER, hash_password(PASSWORD, n=1024), "test")
-    throttle = LoginThrottle(BASE_DELAY, MAX_DELAY)
-    return serve_admin(
-        ("127.0.0.1", 0), credentials, counters, tuning, throttle=throttle, deadline=1.0
-    )
 
 
 @pytest.fixture

@@ -74,7 +74,10 @@ def test_the_policy_judges_every_resolved_address_before_connecting(target):
     with pytest.raises(DialError) as denied:
         dialer.connect("inside.test", 22)
     assert denied.value.status is ConnectStatus.NOT_ALLOWED
-    assert denied.value.reason == "not allowed: 10.1.1.1 port 22: in 10.0.0.0/8, denied by default"
+    assert denied.value.reason == (
+        "not allowed: 10.1.1.1 port 22: in 10.0.0.0/8, denied by default;"
+        " open it with --allow-egress 10.1.1.1:22 (or 10.0.0.0/8, or [egress] allow)"
+    )
     default = Dialer(resolver, EgressPolicy(), 5.0)
     with pytest.raises(DialError) as loopback:
         default.addresses_for("127.0.0.1", target)

@@ -9,10 +9,10 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from jproxy.handlers.tunnel import driver as tunnel_module
 from jproxy.handlers.tunnel.driver import Tunnel
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
+from jproxy.tunnel import mux as mux_module
 from jproxy.tunnel.mux import Channels
 from jproxy.tunnel.session import Role, Session
 from schemas.jproxy import ConnectStatus, Dialect, Direction
@@ -65,7 +65,7 @@ class Pair:
             server_sock,
             Role.SERVER,
             Direction.SERVER_TO_CLIENT,
-            on_connect_request=lambda tunnel, channel: gevent.spawn(self._serve, tunnel, channel),
+            on_request=lambda tunnel, request: gevent.spawn(self._serve, tunnel, request.channel),
         )
         self.greenlets = [gevent.spawn(self.client.run), gevent.spawn(self.server.run)]
 
@@ -187,7 +187,7 @@ def test_a_client_hears_nothing_for_three_intervals_and_drops_the_tunnel(clock):
 
 
 def test_legacy_a_stalled_reader_is_cut_and_the_others_go_on(monkeypatch):
-    monkeypatch.setattr(tunnel_module, "LEGACY_STALL", 0.5)
+    monkeypatch.setattr(mux_module, "LEGACY_STALL", 0.5)
     pair = Pair(Dialect.LEGACY_3_0, time.monotonic)
     stalled_app, stalled_target = pair.open()
     moving_app, moving_target = pair.open()

@@ -6,13 +6,15 @@ import re
 from pathlib import Path
 
 from jproxy import metrics
-from jproxy.commands.admin import METHODS, ExitStatus
+from jproxy.commands.admin import METHODS, QUERIES, ExitStatus
+from jproxy.commands.docs import admin_parts
+from jproxy.gen import admin_docs
 from jproxy.handlers.admin.prometheus import ClientCollector, CountersCollector
 from jproxy.handlers.tunnel.client import TunnelClient
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from jproxy.tunnel.keys import generate
-from schemas.admin import Method
+from schemas.admin import METHOD_DOCS, Method
 from schemas.jproxy import Dialect
 
 DOCS = (Path(__file__).parents[2] / "docs" / "admin.md").read_text(encoding="utf-8")
@@ -76,3 +78,24 @@ def test_every_client_metric_is_documented() -> None:
     assert names >= {"gjproxy_client_tunnel_up", "gjproxy_client_server"}
     for name in names:
         assert f"| `{name}" in client_docs, name
+
+
+def test_generated_tables_are_fresh() -> None:
+    assert admin_docs.fill(DOCS, admin_parts()) == DOCS, (
+        "docs/admin.md's tables are out of date with the code: run `gjproxy docs` and commit it"
+    )
+
+
+def test_the_method_range_names_the_last_method() -> None:
+    last = max(code for code in Method if code < Method.INVALID_PARAM)
+    assert f"gjproxy defines 4-{int(last)}." in DOCS
+    assert f"(any code other than 0-{int(last)})" in DOCS
+
+
+def test_stats_asks_every_query() -> None:
+    codes = ", ".join(str(int(method)) for method, _ in QUERIES.values())
+    assert f"| `stats` | methods {codes} in turn |" in DOCS
+
+
+def test_every_method_has_its_words() -> None:
+    assert set(METHOD_DOCS) == set(Method)

@@ -13,6 +13,7 @@ from jproxy.tunnel.mux import (
     DEFAULT_WINDOW,
     KEEPALIVE_INTERVAL,
     LEGACY_BOUND,
+    PING,
     WINDOW_UPDATE_SHARE,
     Channels,
     Do,
@@ -376,7 +377,8 @@ def test_legacy_malformed_data_resets_only_its_stream():
     assert kinds(events) == [Do.WARNING, Do.SEND_AFTER_DATA, Do.CLOSED]
     assert events[-1] == Event(Do.CLOSED, theirs, Ending.RESET)
     (closed,) = deliver(client, events)
-    assert closed == Event(Do.CLOSED, mine, Ending.RESET)
+    # The server resets its own side; a 3.0 disconnect's reason means nothing to the client.
+    assert closed == Event(Do.CLOSED, mine, Ending.CLOSED)
     assert client.is_live(other) and len(server.channels) == 1
 
 
@@ -392,17 +394,6 @@ def test_an_unparseable_legacy_connect_gets_a_failure_for_its_id():
 
 def test_default_window_is_one_mebibyte():
     assert DEFAULT_WINDOW == 1 << 20
-
-
-def test_the_java_clients_padded_disconnect_closes_the_stream():
-    client, server = pair(Dialect.LEGACY_3_0)
-    mine, theirs = open_stream(client, server)
-    (goodbye,) = client.close(mine, Ending.RESET)
-    padded = goodbye.value + b"\x00"
-    assert len(padded) == 5
-    (closed,) = server.receive([padded], 0.0)
-    assert closed == Event(Do.CLOSED, theirs, Ending.RESET)
-    assert not server.channels
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
@@ -434,8 +425,8 @@ def test_an_idle_stream_ends_after_the_idle_timeout_and_not_before():
     client, server = pair(**QUIET)
     mine, theirs = open_stream(client, server)
     server.receive(client.data(mine, b"x", 100.0), 100.0)
-    assert without_logs(client.sweep(100.0 + IDLE - 1)) == []
-    events = client.sweep(100.0 + IDLE + 1)
+    assert without_logs(client.handle_timer(100.0 + IDLE - 1)) == []
+    events = client.handle_timer(100.0 + IDLE + 1)
     assert kinds(events) == [Do.INFO, Do.SEND_AFTER_DATA, Do.CLOSED]
     assert "idle" in events[0].value and events[2] == Event(Do.CLOSED, mine, Ending.IDLE)
     (closed,) = deliver(server, events)
@@ -449,14 +440,14 @@ def test_delivering_data_keeps_a_stream_alive():
     mine, theirs = open_stream(client, server)
     for minute in range(1, 20):
         server.delivered(theirs, 10, minute * 60.0)
-        assert without_logs(server.sweep(minute * 60.0 + 1)) == []
+        assert without_logs(server.handle_timer(minute * 60.0 + 1)) == []
 
 
 def test_no_window_granted_for_the_idle_timeout_ends_the_stream():
     client, server = pair(window=4096, **QUIET)
     mine, _ = open_stream(client, server)
     server.receive(client.data(mine, b"w" * 4096, 5.0), 5.0)  # the server never delivers
-    events = client.sweep(5.0 + IDLE + 1)
+    events = client.handle_timer(5.0 + IDLE + 1)
     assert "no window granted" in events[0].value
     assert events[-1] == Event(Do.CLOSED, mine, Ending.IDLE)
 
@@ -468,42 +459,132 @@ def test_legacy_stream_over_its_bound_is_reported_once():
     events = []
     for _ in range(LEGACY_BOUND // len(chunk) + 4):
         events += client.receive(server.data(theirs, chunk, 0.0), 0.0)
-    over = [event for event in events if event.kind is Do.OVER_BOUND]
-    assert len(over) == 1 and over[0].channel is mine
+    over = [event for event in events if event.kind is Do.PAUSE_READING]
+    assert len(over) == 1 and over[0].channel is mine and mine in client.stalled
     largest_data = MAX_MESSAGE[Dialect.LEGACY_3_0] - TCP_PACKET.header_size
     assert LEGACY_BOUND < over[0].value <= LEGACY_BOUND + largest_data  # with the crossing one
     received = b"".join(event.value for event in events if event.kind is Do.DATA)
     assert received == chunk * (LEGACY_BOUND // len(chunk) + 4) == b"b" * mine.undelivered
-    client.delivered(mine, mine.undelivered, 1.0)
-    assert mine.undelivered == 0
+    assert kinds(client.delivered(mine, mine.undelivered, 1.0)) == [Do.RESUME_READING]
+    assert mine.undelivered == 0 and not client.stalled
 
 
 def test_a_3_1_client_pings_a_quiet_tunnel_and_the_server_answers():
     client, server = pair()
-    first = client.ping(0.0)
+    first = Event(Do.SEND, None, PING)  # the login sent it; the core counts it sent at 0.0
     assert KEEPALIVE.parse(first.value) == (KeepAliveKind.PING,)
     (pong,) = deliver(server, first)
     assert KEEPALIVE.parse(pong.value) == (KeepAliveKind.PONG,)
     assert client.receive([pong.value], 0.5) == []
-    assert client.sweep(KEEPALIVE_INTERVAL - 1) == []
-    (ping,) = client.sweep(KEEPALIVE_INTERVAL + 1)
+    assert client.handle_timer(KEEPALIVE_INTERVAL - 1) == []
+    (ping,) = client.handle_timer(KEEPALIVE_INTERVAL + 1)
     assert ping.value == first.value
-    assert client.sweep(KEEPALIVE_INTERVAL + 2) == []  # one ping per interval
-    assert server.sweep(KEEPALIVE_INTERVAL + 2) == []  # the server never pings
+    assert client.handle_timer(KEEPALIVE_INTERVAL + 2) == []  # one ping per interval
+    assert server.handle_timer(KEEPALIVE_INTERVAL + 2) == []  # the server never pings
     (pong,) = deliver(server, ping, KEEPALIVE_INTERVAL + 1)
     client.receive([pong.value], KEEPALIVE_INTERVAL + 1.1)
-    assert client.sweep(KEEPALIVE_INTERVAL * 2) == []
+    assert client.handle_timer(KEEPALIVE_INTERVAL * 2) == []
 
 
 def test_a_silent_peer_is_declared_dead_after_several_intervals():
     client, server = pair()
     dead_at = KEEPALIVE_INTERVAL * DEAD_AFTER
-    assert Do.DEAD not in kinds(client.sweep(dead_at - 1))
-    assert Do.DEAD in kinds(client.sweep(dead_at + 1))
-    assert server.sweep(dead_at * 100) == []  # the server cannot know the client's interval
+    assert Do.DEAD not in kinds(client.handle_timer(dead_at - 1))
+    assert Do.DEAD in kinds(client.handle_timer(dead_at + 1))
+    assert server.handle_timer(dead_at * 100) == []  # the server cannot know the client's interval
 
 
 def test_legacy_tunnels_never_ping_and_never_die_of_silence():
     """3.0 has no keepalive message (the Java server would not understand it)."""
     client, server = pair(Dialect.LEGACY_3_0)
-    assert client.sweep(86400.0) == [] and server.sweep(86400.0) == []
+    assert client.handle_timer(86400.0) == [] and server.handle_timer(86400.0) == []
+
+
+# --- 3.0: the reason of a peer's disconnect carries no meaning (issue 18) ---------------------
+
+
+def java_disconnect(channel_id: int, reason: DisconnectReason, padded: bool) -> bytes:
+    """The Java peers' disconnect: the server's 4 bytes, the client's with a zero appended."""
+    return bytes([0x41, channel_id >> 8, channel_id & 0xFF, reason]) + b"\x00" * padded
+
+
+@pytest.mark.parametrize("reason", list(DisconnectReason))
+def test_legacy_client_delivers_then_closes_cleanly_whatever_the_servers_reason(reason):
+    """The Java server sends RESET for every close: the data before it is delivered, then
+    the stream ends CLOSED (a FIN to the application), and the wire's reason is kept."""
+    client, server = pair(Dialect.LEGACY_3_0)
+    mine, theirs = open_stream(client, server)
+    last = server.data(theirs, b"the whole body", 0.0)
+    events = client.receive([*last, java_disconnect(mine.id, reason, padded=False)], 1.0)
+    assert events == [
+        Event(Do.DATA, mine, b"the whole body"),
+        Event(Do.CLOSED, mine, Ending.CLOSED),
+    ]
+    assert mine.ending is Ending.CLOSED and mine.peer_reason is reason
+    assert not client.channels  # the Java server never answers a disconnect
+
+
+@pytest.mark.parametrize("reason", list(DisconnectReason))
+def test_legacy_server_closes_the_target_cleanly_whatever_the_clients_reason(reason):
+    """The Java client sends RESET (padded to 5 bytes) when its SOCKS client closes: the
+    upload's last bytes reach the target, then a FIN."""
+    client, server = pair(Dialect.LEGACY_3_0)
+    mine, theirs = open_stream(client, server)
+    last = client.data(mine, b"end of the upload", 0.0)
+    events = server.receive([*last, java_disconnect(theirs.id, reason, padded=True)], 1.0)
+    assert events == [
+        Event(Do.DATA, theirs, b"end of the upload"),
+        Event(Do.CLOSED, theirs, Ending.CLOSED),
+    ]
+    assert theirs.ending is Ending.CLOSED and theirs.peer_reason is reason
+    assert not server.channels
+
+
+@pytest.mark.parametrize(
+    ("reason", "ending"),
+    [
+        (DisconnectReason.GENERAL, Ending.CLOSED),
+        (DisconnectReason.CLIENT_CLOSED, Ending.CLOSED),
+        (DisconnectReason.BROKEN_PIPE, Ending.RESET),
+        (DisconnectReason.RESET, Ending.RESET),
+    ],
+)
+def test_3_1_keeps_the_meaning_of_reasons(reason, ending):
+    """Both ends of 3.1 are gjproxy: a RESET there is a real reset, passed on as one."""
+    client, server = pair()
+    mine, theirs = open_stream(client, server)
+    events = client.receive(
+        [*server.data(theirs, b"x", 0.0), java_disconnect(mine.id, reason, padded=False)], 1.0
+    )
+    assert events == [Event(Do.DATA, mine, b"x"), Event(Do.CLOSED, mine, ending)]
+    assert mine.peer_reason is reason
+
+
+def test_a_disconnect_answering_ours_records_no_reason():
+    """The peer's reason is kept only when its disconnect ended the stream."""
+    client, server = pair()
+    mine, theirs = open_stream(client, server)
+    (closed,) = deliver(server, client.close(mine, Ending.RESET))
+    assert deliver(client, server.close(theirs, Ending.CLOSED)) == []
+    assert mine.ending is Ending.RESET and mine.peer_reason is None
+    assert theirs.peer_reason is DisconnectReason.RESET
+
+
+def test_legacy_endings_this_end_detects_stay_abnormal():
+    """What gjproxy finds itself is still a reset in 3.0: a local reset, an idle stream, a
+    malformed stream, a lost tunnel. The disconnect it sends says RESET."""
+    client, server = pair(Dialect.LEGACY_3_0, **QUIET)
+    reset, _ = open_stream(client, server)
+    idle, _ = open_stream(client, server)
+    _, malformed = open_stream(client, server)
+    cut, _ = open_stream(client, server)
+    (goodbye,) = client.close(reset, Ending.RESET)
+    assert TCP_DISCONNECT.parse(goodbye.value) == (reset.id, DisconnectReason.RESET)
+    assert reset.ending is Ending.RESET
+    server.delivered(server.channels[cut.id], 0, IDLE)  # keeps the server's side awake
+    client.delivered(cut, 0, IDLE)
+    swept = client.handle_timer(IDLE + 1)
+    assert Event(Do.CLOSED, idle, Ending.IDLE) in swept
+    bad = bytes([0x21, 0, malformed.id, 0, 9]) + b"abc"
+    assert server.receive([bad], IDLE + 1)[-1] == Event(Do.CLOSED, malformed, Ending.RESET)
+    assert client.close_all() == [Event(Do.CLOSED, cut, Ending.CUT)]

@@ -1,169 +1,179 @@
-"""UDP associations and ICMP echoes of a tunnel (jproxy.tunnel.datagrams): a client core and a
-server
-core exchange their messages directly, with a fake clock."""
+"""UDP associations and ICMP echoes in the tunnel's one multiplexer (jproxy.tunnel.mux): a
+client core and a server core exchange their messages directly, with a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from jproxy.tunnel.datagrams import (
-    AssociateAnswered,
-    AssociateRequested,
-    DatagramReceived,
-    Datagrams,
-    Dissociated,
-    EchoAnswered,
-    EchoRequested,
+from jproxy.tunnel.mux import (
+    Channels,
+    Do,
+    Ending,
+    Event,
     Exhausted,
     Kind,
+    ProtocolViolation,
     RateLimit,
-    Refused,
 )
-from jproxy.tunnel.mux import Channels, Do, ProtocolViolation
-from schemas.fast import UDP_PACKET
-from schemas.jproxy import ConnectStatus, Dialect, Direction, DisconnectReason
-
-C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+from schemas.fast import UDP_DISSOCIATE, UDP_PACKET
+from schemas.jproxy import ConnectStatus, Dialect, DisconnectReason
+from tests.unit.test_mux import C2S, S2C, core
 
 
-def _pair(dialect: Dialect = Dialect.SECURE_3_1, **server_options) -> tuple[Datagrams, Datagrams]:
-    return Datagrams(C2S, dialect), Datagrams(S2C, dialect, **server_options)
+def _pair(dialect: Dialect = Dialect.SECURE_3_1, **server_options) -> tuple[Channels, Channels]:
+    return core(C2S, dialect), core(S2C, dialect, **server_options)
+
+
+def sent(events: list[Event]) -> bytes:
+    """The one message among ``events``."""
+    (message,) = [e.value for e in events if e.kind in (Do.SEND, Do.SEND_AFTER_DATA)]
+    return message
+
+
+def without_logs(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.kind not in (Do.INFO, Do.WARNING)]
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
 def test_association_carries_datagrams_both_ways_until_dissociated(dialect: Dialect) -> None:
     client, server = _pair(dialect)
-    channel, request = client.associate("dns.test", 53)
-    assert client.packet(channel, b"early") is None  # not answered yet
-    [requested] = server.receive(request, 0.0)
-    assert isinstance(requested, AssociateRequested)
-    assert (requested.channel.host, requested.channel.port, requested.local_port) == (
+    request = client.associate("dns.test", 53, 0.0)
+    channel = request.channel
+    assert client.packet(channel, b"early", 0.0) is None  # not answered yet
+    [requested] = server.receive([request.value], 0.0)
+    assert requested.kind is Do.ASSOCIATE
+    assert (requested.channel.host, requested.channel.port, requested.value) == (
         "dns.test",
         53,
         0,
     )
-    reply = server.answer(requested.channel, ConnectStatus.OK, 40000)
-    assert client.receive(reply, 0.0) == [AssociateAnswered(channel, ConnectStatus.OK, 40000)]
-    assert server.receive(client.packet(channel, b"query"), 0.0) == [
-        DatagramReceived(requested.channel, b"query")
+    reply = sent(server.answer(requested.channel, ConnectStatus.OK, 40000, 0.0))
+    assert client.receive([reply], 0.0) == [Event(Do.ANSWERED, channel, (ConnectStatus.OK, 40000))]
+    assert server.receive([client.packet(channel, b"query", 0.0)], 0.0) == [
+        Event(Do.DATAGRAM, requested.channel, b"query")
     ]
-    assert client.receive(server.packet(requested.channel, b"answer"), 0.0) == [
-        DatagramReceived(channel, b"answer")
+    assert client.receive([server.packet(requested.channel, b"answer", 0.0)], 0.0) == [
+        Event(Do.DATAGRAM, channel, b"answer")
     ]
-    bye = client.dissociate(channel, DisconnectReason.CLIENT_CLOSED)
-    assert client.dissociate(channel, DisconnectReason.CLIENT_CLOSED) is None
-    assert server.receive(bye, 0.0) == [
-        Dissociated(requested.channel, DisconnectReason.CLIENT_CLOSED)
-    ]
+    bye = sent(client.close(channel, Ending.CLOSED))
+    assert UDP_DISSOCIATE.parse(bye) == (channel.id, DisconnectReason.CLIENT_CLOSED)
+    assert client.close(channel, Ending.CLOSED) == []
+    assert server.receive([bye], 0.0) == [Event(Do.CLOSED, requested.channel, Ending.CLOSED)]
     assert not client.channels and not server.channels
-    assert server.packet(requested.channel, b"late") is None
+    assert server.packet(requested.channel, b"late", 0.0) is None
 
 
 def test_refused_association_frees_its_id() -> None:
     client, server = _pair()
-    channel, request = client.associate("127.0.0.1", 9)
-    [requested] = server.receive(request, 0.0)
-    reply = server.answer(requested.channel, ConnectStatus.GENERAL_FAILURE, 0)
-    assert client.receive(reply, 0.0) == [
-        AssociateAnswered(channel, ConnectStatus.GENERAL_FAILURE, 0)
+    request = client.associate("127.0.0.1", 9, 0.0)
+    [requested] = server.receive([request.value], 0.0)
+    reply = sent(server.answer(requested.channel, ConnectStatus.GENERAL_FAILURE, 0, 0.0))
+    assert client.receive([reply], 0.0) == [
+        Event(Do.ANSWERED, request.channel, (ConnectStatus.GENERAL_FAILURE, 0))
     ]
     assert not client.channels and not server.channels
 
 
 def test_server_dissociates_on_idle() -> None:
-    client, server = _pair()
-    channel, request = client.associate("127.0.0.1", 9)
-    [requested] = server.receive(request, 0.0)
-    client.receive(server.answer(requested.channel, ConnectStatus.OK, 1), 0.0)
-    bye = server.dissociate(requested.channel, DisconnectReason.GENERAL)
-    assert client.receive(bye, 0.0) == [Dissociated(channel, DisconnectReason.GENERAL)]
+    client, server = core(C2S, keepalive=1e9), core(S2C, udp_idle_timeout=120.0)
+    request = client.associate("127.0.0.1", 9, 0.0)
+    [requested] = server.receive([request.value], 0.0)
+    client.receive([sent(server.answer(requested.channel, ConnectStatus.OK, 1, 0.0))], 0.0)
+    server.receive([client.packet(request.channel, b"x", 50.0)], 50.0)
+    assert without_logs(server.handle_timer(169.0)) == []  # 119 s since the last datagram
+    events = server.handle_timer(171.0)
+    assert without_logs(events)[1:] == [Event(Do.CLOSED, requested.channel, Ending.IDLE)]
+    bye = sent(events)
+    assert UDP_DISSOCIATE.parse(bye) == (requested.channel.id, DisconnectReason.GENERAL)
+    assert client.receive([bye], 171.0) == [Event(Do.CLOSED, request.channel, Ending.CLOSED)]
+    assert not client.channels and not server.channels
+    assert without_logs(client.handle_timer(10_000.0)) == []  # a client never idles one out
 
 
 def test_association_limit_per_tunnel() -> None:
     client, server = _pair(max_associations=2)
     for _ in range(2):
-        [requested] = server.receive(client.associate("127.0.0.1", 9)[1], 0.0)
-        assert isinstance(requested, AssociateRequested)
-    channel, request = client.associate("127.0.0.1", 9)
-    [refused] = server.receive(request, 0.0)
-    assert isinstance(refused, Refused) and "2 associations" in refused.why
-    [answered] = client.receive(refused.message, 0.0)
-    assert answered.status is ConnectStatus.CONNECTION_LIMIT
+        [requested] = server.receive([client.associate("127.0.0.1", 9, 0.0).value], 0.0)
+        assert requested.kind is Do.ASSOCIATE
+    request = client.associate("127.0.0.1", 9, 0.0)
+    refused = server.receive([request.value], 0.0)
+    assert refused[0].kind is Do.INFO and "2 associations" in refused[0].value
+    [answered] = client.receive([sent(refused)], 0.0)
+    assert answered.value[0] is ConnectStatus.CONNECTION_LIMIT
 
 
 def test_ids_are_shared_with_tcp_streams() -> None:
-    streams = Channels(C2S, Dialect.SECURE_3_1, max_message=4063, now=0.0)
-    client = Datagrams(C2S, Dialect.SECURE_3_1, streams=streams.channels)
-    streams.other_channels = client.channels
-    stream = streams.open("h", 1, 0.0).channel
-    channel, _ = client.associate("h", 1)
-    stream2 = streams.open("h", 1, 0.0).channel
+    client = core(C2S)
+    stream = client.open("h", 1, 0.0).channel
+    channel = client.associate("h", 1, 0.0).channel
+    stream2 = client.open("h", 1, 0.0).channel
     assert len({stream.id, channel.id, stream2.id}) == 3
-    server_streams = Channels(S2C, Dialect.SECURE_3_1, max_message=4063, now=0.0)
-    server = Datagrams(S2C, Dialect.SECURE_3_1, streams=server_streams.channels)
-    server_streams.other_channels = server.channels
-    [requested] = server.receive(client.associate("h", 2)[1], 0.0)
-    duplicate = Datagrams(C2S, Dialect.SECURE_3_1)  # a client that reuses a live id
+    server = core(S2C)
+    [requested] = server.receive([client.associate("h", 2, 0.0).value], 0.0)
+    duplicate = core(C2S)  # a client that reuses a live id
     duplicate._next_id = requested.channel.id
-    [refused] = server.receive(duplicate.associate("h", 3)[1], 0.0)
-    assert isinstance(refused, Refused) and "in use" in refused.why
-    stream_request = streams.open("h", 4, 0.0).value  # a stream asking for the held id
-    stream_request = (
-        stream_request[:1] + requested.channel.id.to_bytes(2, "big") + stream_request[3:]
-    )
-    kinds = [event.kind for event in server_streams.receive([stream_request], 0.0)]
-    assert kinds == [Do.WARNING, Do.SEND]  # refused by the stream core
+    refused = server.receive([duplicate.associate("h", 3, 0.0).value], 0.0)
+    assert refused[0].kind is Do.INFO and "in use" in refused[0].value
+    another = core(C2S)  # and one whose stream asks for the held id
+    another._next_id = requested.channel.id
+    kinds = [event.kind for event in server.receive([another.open("h", 4, 0.0).value], 0.0)]
+    assert kinds == [Do.WARNING, Do.SEND]  # refused by the same core
 
 
 def test_ids_run_out() -> None:
-    client = Datagrams(C2S, Dialect.SECURE_3_1, streams=range(1 << 16))
+    client = core(C2S, max_channels=1 << 16)
+    for _ in range(1 << 16):
+        client.open("h", 1, 0.0)
     with pytest.raises(Exhausted):
-        client.associate("h", 1)
+        client.associate("h", 1, 0.0)
 
 
 def test_ids_rotate() -> None:
-    client = Datagrams(C2S, Dialect.SECURE_3_1)
-    first, _ = client.associate("h", 1)
-    client.dissociate(first, DisconnectReason.GENERAL)
-    second, _ = client.associate("h", 1)
+    client = core(C2S)
+    first = client.associate("h", 1, 0.0).channel
+    client.close(first, Ending.CLOSED)
+    second = client.associate("h", 1, 0.0).channel
     assert second.id != first.id
 
 
 def test_malformed_message_breaks_a_31_tunnel_but_not_a_30_one() -> None:
     bad = UDP_PACKET.build(1, b"abc")[:-1]
     with pytest.raises(ProtocolViolation):
-        Datagrams(S2C, Dialect.SECURE_3_1).receive(bad, 0.0)
-    assert Datagrams(S2C, Dialect.LEGACY_3_0).receive(bad, 0.0) == []
+        core(S2C).receive([bad], 0.0)
+    assert [e.kind for e in core(S2C, Dialect.LEGACY_3_0).receive([bad], 0.0)] == [Do.WARNING]
 
 
 def test_echo_round_trip_restores_the_id() -> None:
     client, server = _pair()
-    channel, request = client.echo("::1", 1000, b"payload")
-    [requested] = server.receive(request, 0.0)
-    assert isinstance(requested, EchoRequested)
+    request = client.echo("::1", 1000, b"payload", 0.0)
+    channel = request.channel
+    [requested] = server.receive([request.value], 0.0)
+    assert requested.kind is Do.ECHO
     assert (requested.channel.kind, requested.channel.host) == (Kind.ICMP, "::1")
-    assert (requested.timeout_ms, requested.data) == (1000, b"payload")
-    reply = server.echo_reply(requested.channel, ConnectStatus.OK, 3, b"payload")
+    assert requested.value == (1000, b"payload")
+    reply = sent(server.echo_reply(requested.channel, ConnectStatus.OK, 3, b"payload"))
     assert requested.channel.id == channel.id
-    assert client.receive(reply, 0.0) == [EchoAnswered(channel, ConnectStatus.OK, 3, b"payload")]
+    assert client.receive([reply], 0.0) == [
+        Event(Do.ECHOED, channel, (ConnectStatus.OK, 3, b"payload"))
+    ]
     assert not client.channels and not server.channels
 
 
 def test_echo_is_refused_over_the_rate_limit() -> None:
     client, server = _pair(echo_rate=1.0, echo_burst=2)
-    events = [server.receive(client.echo("h", 10, b"")[1], 0.0)[0] for _ in range(3)]
-    assert [type(event) for event in events] == [EchoRequested, EchoRequested, Refused]
-    [answered] = client.receive(events[2].message, 0.0)
-    assert answered.status is ConnectStatus.CONNECTION_LIMIT
-    assert isinstance(server.receive(client.echo("h", 10, b"")[1], 1.0)[0], EchoRequested)
+    answers = [server.receive([client.echo("h", 10, b"", 0.0).value], 0.0) for _ in range(3)]
+    assert [events[-1].kind for events in answers] == [Do.ECHO, Do.ECHO, Do.SEND]
+    [answered] = client.receive([sent(answers[2])], 0.0)
+    assert answered.value[0] is ConnectStatus.CONNECTION_LIMIT
+    assert server.receive([client.echo("h", 10, b"", 1.0).value], 1.0)[0].kind is Do.ECHO
 
 
 def test_echo_needs_31_and_a_30_server_ignores_it() -> None:
-    legacy = Datagrams(C2S, Dialect.LEGACY_3_0)
+    legacy = core(C2S, Dialect.LEGACY_3_0)
     with pytest.raises(ValueError):
-        legacy.echo("h", 10, b"")
-    _, request = Datagrams(C2S, Dialect.SECURE_3_1).echo("h", 10, b"")
-    assert Datagrams(S2C, Dialect.LEGACY_3_0).receive(request, 0.0) == []
+        legacy.echo("h", 10, b"", 0.0)
+    request = core(C2S).echo("h", 10, b"", 0.0).value
+    assert without_logs(core(S2C, Dialect.LEGACY_3_0).receive([request], 0.0)) == []
 
 
 def test_rate_limit_refills_with_time() -> None:
@@ -175,9 +185,10 @@ def test_rate_limit_refills_with_time() -> None:
 
 def test_client_gives_up_before_the_answer() -> None:
     client, server = _pair()
-    channel, request = client.associate("127.0.0.1", 9)
-    [requested] = server.receive(request, 0.0)
-    bye = client.dissociate(channel, DisconnectReason.GENERAL)  # its wait timed out
-    assert server.receive(bye, 0.0) == [Dissociated(requested.channel, DisconnectReason.GENERAL)]
-    assert server.answer(requested.channel, ConnectStatus.OK, 5000) is None  # nothing to say
+    request = client.associate("127.0.0.1", 9, 0.0)
+    [requested] = server.receive([request.value], 0.0)
+    bye = sent(client.close(request.channel, Ending.FAILED))  # its wait timed out
+    assert UDP_DISSOCIATE.parse(bye) == (request.channel.id, DisconnectReason.GENERAL)
+    assert server.receive([bye], 0.0) == [Event(Do.CLOSED, requested.channel, Ending.CLOSED)]
+    assert server.answer(requested.channel, ConnectStatus.OK, 5000, 0.0) == []  # nothing to say
     assert not server.channels and not client.channels

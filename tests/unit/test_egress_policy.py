@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -146,7 +147,8 @@ def test_deny_beats_allow_and_denies_public_addresses_too() -> None:
     )
     assert policy.judge("10.5.0.1", 80).allowed
     verdict = policy.judge("10.6.0.1", 80)
-    assert not verdict.allowed and verdict.reason == "denied by rule 10.6.0.0/16"
+    assert not verdict.allowed
+    assert verdict.reason == "denied by rule 10.6.0.0/16 (--deny-egress or [egress] deny)"
     assert not policy.judge("203.0.113.9", 25).allowed
     assert policy.judge("203.0.113.9", 80).allowed
     assert not policy.judge("::ffff:10.6.0.1", 80).allowed  # mapped spelling: same verdict
@@ -193,3 +195,30 @@ def test_an_allow_rule_naming_the_port_opens_the_servers_own_port() -> None:
 def test_a_bad_rule_in_a_list_is_named() -> None:
     with pytest.raises(RuleError, match="'10.0.0.0/8:x'"):
         EgressPolicy.from_rules(["127.0.0.0/8"], ["10.0.0.0/8:x"])
+
+
+def test_every_refusal_names_what_would_open_it() -> None:
+    policy = EgressPolicy.from_rules([], ["203.0.113.0/24"]).listening_on([("0.0.0.0", 8080)])
+    assert policy.judge("127.0.0.1", 5432).reason == (
+        "in 127.0.0.0/8, denied by default; open it with --allow-egress 127.0.0.1:5432"
+        " (or 127.0.0.0/8, or [egress] allow)"
+    )
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert f"({policy.judge('127.0.0.1', 5432).reason})" in readme.replace("`", "")
+    assert "--allow-egress [::1]:53 (or ::1/128" in policy.judge("::1", 53).reason
+    assert policy.judge("127.0.0.1", 8080).reason == (
+        "the server's own listening port 8080; only an allow rule that names the port opens"
+        " it: --allow-egress 127.0.0.1:8080"
+    )
+    assert policy.judge("203.0.113.9", 80).reason.endswith("(--deny-egress or [egress] deny)")
+    # The suggested rule is one the policy accepts, and it opens exactly that destination.
+    opened = EgressPolicy.from_rules(["[::1]:53", "127.0.0.1:5432"], [])
+    assert opened.judge("::1", 53).allowed and opened.judge("127.0.0.1", 5432).allowed
+    assert not opened.judge("127.0.0.1", 5433).allowed
+
+
+def test_the_policy_reads_as_its_rules() -> None:
+    assert str(EgressPolicy()) == "allow none; deny none"
+    assert str(EgressPolicy.from_rules(["10.0.0.0/8:443", "::1/128"], ["10.9.0.0/16"])) == (
+        "allow 10.0.0.0/8:443, ::1/128; deny 10.9.0.0/16"
+    )

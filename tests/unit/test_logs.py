@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import types
 
-from jproxy.handlers.logs.repeat_limit import ACCESS_LOGGER, RepeatLimiter
+from jproxy.handlers.logs.repeat_limit import (
+    ACCESS_LOGGER,
+    HUB_LOGGER,
+    RepeatLimiter,
+    route_hub_errors,
+)
 
 
 class _Collect(logging.Handler):
@@ -78,3 +84,24 @@ def test_access_records_are_never_grouped() -> None:
     finally:
         logger.removeHandler(handler)
     assert handler.lines == [f'{{"stream": {n}}}' for n in range(100)]
+
+
+def test_what_the_hub_would_print_goes_through_the_limiter() -> None:
+    """gevent's hub calls ``print_exception``; routed, a flood of them is bounded."""
+    handler, clock = _Collect(), _Clock()
+    handler.addFilter(RepeatLimiter(handler, clock=clock, burst=3))
+    hub_logger = logging.getLogger(HUB_LOGGER)
+    hub_logger.addHandler(handler)
+    hub = types.SimpleNamespace()
+    try:
+        route_hub_errors(hub)
+        for n in range(100):
+            error = AttributeError(f"object {n} has no attribute 'throw'")
+            hub.print_exception(f"<callback {n}>", AttributeError, error, None)
+    finally:
+        hub_logger.removeHandler(handler)
+    assert len(handler.lines) == 3
+    assert (
+        handler.lines[0]
+        == "uncaught in <callback 0>: AttributeError(\"object 0 has no attribute 'throw'\")"
+    )

@@ -110,8 +110,9 @@ def test_every_truncation_raises_wire_error(entry: dict[str, Any]) -> None:
     """Only a prefix that is itself a vector (the 4-byte disconnect in the 5-byte one) parses."""
     schema, wire, params = SCHEMAS[entry["schema"]], _wire(entry), entry.get("params", {})
     valid = {_wire(other) for other in MESSAGES if other["schema"] == entry["schema"]}
+    valid_ends = {len(other) for other in valid if wire.startswith(other)}  # not 64 KiB hashed
     for end in range(len(wire)):
-        if wire[:end] in valid:
+        if end in valid_ends:
             parse(schema, wire[:end], **params)
             continue
         with pytest.raises(WireError) as caught:

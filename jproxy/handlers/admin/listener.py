@@ -98,6 +98,10 @@ class AdminServer(Acceptor):
         super().stop(timeout)
         self._hashing.kill()
 
+    def replace_credentials(self, credentials: AdminCredentials) -> None:
+        """Check logins against ``credentials`` from now on (a reload)."""
+        self._credentials = credentials
+
     def _check_credentials(self, ip: str, user: bytes, password: bytes) -> bool:
         key = (ip, user)
         turns = self._attempts.setdefault(key, _Turns())

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import enum
 import json
 import logging
 import operator
 import os
-import signal
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
-import gevent
-
 from jproxy.handlers.logs.repeat_limit import ACCESS_LOGGER
+from jproxy.tunnel.mux import Ending
 
 log = logging.getLogger(__name__)
 access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -55,8 +53,9 @@ class AccessRecord:
     bytes_down: int = 0
     duration: float = 0.0
     """seconds from the request to the end"""
-    ended: str | enum.Enum = ""
-    """closed, reset, cut, idle, refused (by the egress policy) or failed (the connect)"""
+    ended: Ending | None = None
+    """closed, reset, cut, idle, refused (by the egress policy) or failed (the connect); the
+    line says its value"""
     reason: str = ""
     """why it failed, when it did"""
     transport: str = "tcp"
@@ -74,8 +73,7 @@ class AccessRecord:
         fields = dict(zip(_FIELDS, _VALUES(self), strict=True))
         started = fields.pop("started")
         fields["duration"] = round(self.duration, 3)
-        if isinstance(self.ended, enum.Enum):
-            fields["ended"] = self.ended.value
+        fields["ended"] = "" if self.ended is None else self.ended.value
         fields["reason"] = self.reason[:MAX_REASON]
         if not self.route:  # a server's record: no routing
             del fields["route"], fields["rule"]
@@ -96,6 +94,8 @@ class AccessLog:
         self.path = path
         self._file: TextIO | None = None
         self._failing = False
+        self.observer: Callable[[AccessRecord], None] | None = None
+        """Also sees every record (the live console keeps the refused and failed ones)."""
         if path == "-":
             self._file = sys.stdout
         elif path:
@@ -107,6 +107,8 @@ class AccessLog:
         return os.fdopen(fd, "a", encoding="ascii", buffering=1)
 
     def write(self, record: AccessRecord) -> None:
+        if self.observer is not None:
+            self.observer(record)
         line = record.to_json()
         if self._file is None:
             access_logger.info("%s", line)
@@ -137,9 +139,13 @@ class AccessLog:
             old.close()
         log.info("access log %s reopened", self.path)
 
-    def reopen_on_sighup(self) -> gevent.signal_handler:
-        """Reopen whenever the process gets SIGHUP; returns the handler (``.cancel()``)."""
-        return gevent.signal_handler(signal.SIGHUP, self.reopen)
+    def move_to(self, path: str | None) -> None:
+        """Write to ``path`` from now on (a reload changed ``--access-log``); OSError if it
+        cannot be opened, and the log goes on where it was."""
+        fresh = sys.stdout if path == "-" else self._open(path) if path else None
+        old, self._file, self.path = self._file, fresh, path
+        if old is not None and old is not sys.stdout:
+            old.close()
 
     def close(self) -> None:
         if self._file is not None and self._file is not sys.stdout:

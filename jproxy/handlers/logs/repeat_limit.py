@@ -6,6 +6,9 @@ filled in), so "unknown login hash %s" from a thousand peers is one group. Each 
 line says how many were suppressed. The groups remembered are bounded too. The access log's
 lines are records, not repeats (one per connection, bounded by the connection limits), so
 they are never grouped.
+
+gevent's hub prints what escapes a greenlet or a loop callback straight to stderr;
+``route_hub_errors`` sends it through logging instead, so the same bound holds for it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 BURST = 20
 WINDOW = 10.0
 MAX_GROUPS = 1024
 SWEEP_INTERVAL = 1.0
+HUB_LOGGER = "gevent.hub"
+"""The logger of what gevent's hub would have printed (an error no handler caught)."""
 ACCESS_LOGGER = "gjproxy.access"
 """The logger of the access log's JSON lines when no ``--access-log`` file is given."""
 
@@ -97,3 +103,15 @@ def repeat_limited(handler: logging.Handler) -> logging.Handler:
     """``handler`` with a ``RepeatLimiter`` of the default bounds."""
     handler.addFilter(RepeatLimiter(handler))
     return handler
+
+
+def route_hub_errors(hub: Any) -> None:
+    """What ``hub`` would print (an exception that escaped a greenlet or a loop callback) goes
+    to the log at ERROR instead, one template for all, so a flood of them is bounded like any
+    other repeated line (gevent lets an application replace ``print_exception`` on the hub)."""
+    logger = logging.getLogger(HUB_LOGGER)
+
+    def print_exception(context: object, kind: type, value: BaseException, tb: Any) -> None:
+        logger.error("uncaught in %s: %r", context, value, exc_info=(kind, value, tb))
+
+    hub.print_exception = print_exception

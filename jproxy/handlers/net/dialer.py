@@ -25,6 +25,7 @@ from jproxy.handlers.net.sockets import connect
 from jproxy.policy.egress import Address, EgressPolicy
 from jproxy.policy.fds import FdBudget
 from jproxy.policy.hostnames import InvalidHost, check_host, ip_literal
+from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus
 
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
@@ -38,6 +39,11 @@ class DialError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+    @property
+    def ending(self) -> Ending:
+        """How the request it ends is logged: refused (the egress policy) or failed."""
+        return Ending.REFUSED if self.status is ConnectStatus.NOT_ALLOWED else Ending.FAILED
 
 
 class Connected(NamedTuple):

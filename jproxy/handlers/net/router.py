@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import gevent
 
 from jproxy.config import host_port_text
+from jproxy.handlers.console.live import NO_CONSOLE
 from jproxy.handlers.dns.resolver import ResolveError, SystemResolver
 from jproxy.handlers.logs.access import AccessLog, AccessRecord
 from jproxy.handlers.net.dialer import Dialer, DialError
@@ -34,7 +35,7 @@ from jproxy.handlers.socks.plain_udp import DirectRoutes
 from jproxy.handlers.socks.splice import Splice
 from jproxy.handlers.socks.udp_relay import RouteFailed, Routes, SocksUdpRelay
 from jproxy.handlers.tunnel.client import TunnelClient
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import ServiceCounters
 from jproxy.policy.egress import EgressPolicy
@@ -42,7 +43,8 @@ from jproxy.policy.hostnames import for_log
 from jproxy.policy.rules import Action, Decision, NeedAddresses, RuleSet
 from jproxy.socks.udp_association import Drop, Route
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.mux import Exhausted
+from jproxy.tunnel.mux import Ending, Exhausted
+from jproxy.tunnel.statuses import status_text
 from schemas.jproxy import ConnectStatus
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class Link:
     relay: Splice | StreamRelay
     record: AccessRecord
     direct: bool
+    host: str
+    port: int
 
     def run(self, early_data: bytes = b"") -> None:
         self.relay.run(early_data)
@@ -80,15 +84,17 @@ class Link:
                 self.relay.bytes_up,
                 self.relay.bytes_down,
             )
-            self.record.ended = self.relay.ending
         else:
             self.record.bytes_up, self.record.bytes_down = self.relay.bytes_out, self.relay.bytes_in
-            self.record.ended = self.relay.ending.value
+        self.record.ended = self.relay.ending
 
 
 class Router:
     """Routes, opens and logs the client's TCP destinations; ``rules`` may be replaced while
-    running (SIGHUP)."""
+    running (SIGHUP). The ``console`` lists the tunnel's streams; refusals reach it as access
+    records (the access log's observer)."""
+
+    console = NO_CONSOLE
 
     def __init__(
         self,
@@ -162,8 +168,10 @@ class Router:
                 link = self._tunnel(host, port, sock, record)
         except Refused as refused:
             record.status, record.reason = refused.status.name, refused.reason
-            record.ended = "refused" if refused.status is ConnectStatus.NOT_ALLOWED else "failed"
-            log.info("%s:%d refused: %s", for_log(host), port, refused.reason)
+            record.ended = (
+                Ending.REFUSED if refused.status is ConnectStatus.NOT_ALLOWED else Ending.FAILED
+            )
+            log.info("CONNECT %s:%d: %s", for_log(host), port, refused.reason)
             raise
         finally:
             record.connect_ms = int((time.monotonic() - started) * 1000)
@@ -174,10 +182,15 @@ class Router:
         """Relay ``link`` to its end, counted as one open connection."""
         service = DIRECT_SERVICE if link.direct else "tunnel"
         self.counters.connection_opened(service)
+        shown = None
+        if not link.direct:
+            shown = self.console.stream(link.relay, link.record.client, link.host, link.port)
         try:
             link.run(early_data)
         finally:
             self.counters.connection_closed(service)
+            if not link.direct:
+                self.console.closed(shown)
 
     def _direct(self, host: str, port: int, sock: socket.socket, record: AccessRecord) -> Link:
         try:
@@ -194,7 +207,7 @@ class Router:
             tuning=self.tuning,
             idle_timeout=self.idle_timeout,
         )
-        return Link(splice, record, direct=True)
+        return Link(splice, record, True, host, port)
 
     def _tunnel(self, host: str, port: int, sock: socket.socket, record: AccessRecord) -> Link:
         try:
@@ -204,9 +217,9 @@ class Router:
         except gevent.Timeout:
             raise Refused(ConnectStatus.TIMED_OUT, "no answer from the server") from None
         if status is not ConnectStatus.OK:
-            raise Refused(status, f"the server says {status.name}", by_server=True)
+            raise Refused(status, f"server says {status_text(status)}", by_server=True)
         record.connected = "tunnel"
-        return Link(relay, record, direct=False)
+        return Link(relay, record, False, host, port)
 
 
 class RuledUdpRoutes:
@@ -254,7 +267,7 @@ class RuledUdpRoutes:
             log.info(
                 "UDP %s:%d rejected by the rule %s", for_log(route.host), route.port, decision.rule
             )
-            record.status, record.ended = ConnectStatus.NOT_ALLOWED.name, "refused"
+            record.status, record.ended = ConnectStatus.NOT_ALLOWED.name, Ending.REFUSED
             record.reason = f"rejected by the rule {decision.rule}"
             self.router.access_log.write(record)
             raise RouteFailed(Drop.REFUSED, lasting=True)
@@ -262,7 +275,7 @@ class RuledUdpRoutes:
         try:
             self.tunnel.open(route, relay)
         except RouteFailed:
-            record.ended, record.reason = "failed", "no answer from the server"
+            record.ended, record.reason = Ending.FAILED, "no answer from the server"
             record.duration = time.monotonic() - started
             self.router.access_log.write(record)
             raise
@@ -276,7 +289,7 @@ class RuledUdpRoutes:
             record.bytes_up += len(payload)
         way.send(route, payload)
 
-    def close(self, route: Route, ending: str) -> None:
+    def close(self, route: Route, ending: Ending) -> None:
         way, record = self._ways.pop(route, (None, None))
         if way is None:
             return

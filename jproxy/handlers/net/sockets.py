@@ -16,13 +16,33 @@ def set_nodelay(sock: socket.socket) -> None:
         pass
 
 
+NOTSENT_LOWAT = 128 * 1024
+"""Unsent bytes the kernel may hold per socket: enough to keep a link busy between two sends
+of ours, little enough that what we send next (a small request's answer among downloads)
+does not wait behind megabytes already handed to the kernel. Our own queues, which serve
+channels in turn, hold the rest."""
+
+
+def keep_unsent_low(sock: socket.socket) -> None:
+    """Set TCP_NOTSENT_LOWAT (Linux, macOS): the socket takes no more while ``NOTSENT_LOWAT``
+    bytes wait unsent in the kernel."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, NOTSENT_LOWAT)
+        except OSError:
+            pass
+
+
 def tune_tunnel_socket(sock: socket.socket) -> None:
-    """No delay, and keepalive so the kernel notices a peer that vanished without a FIN."""
+    """No delay, little unsent in the kernel, and keepalive so the kernel notices a peer that
+    vanished without a FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     set_nodelay(sock)
+    keep_unsent_low(sock)
 
 
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY}
@@ -50,7 +70,28 @@ def reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
     except OSError:
         pass
+    close(sock)
+
+
+def close(sock: socket.socket) -> None:
+    """Close ``sock`` after stopping a read watcher started with a callback of our own
+    (``read_watcher``): gevent's close would "cancel" it by throwing into the callback's
+    ``__self__`` as if it were a waiting greenlet, and its hub would print the AttributeError."""
+    watcher = getattr(sock, "_read_event", None)  # None once closed
+    if watcher is not None and watcher.callback is not None:
+        if not hasattr(getattr(watcher.callback, "__self__", None), "throw"):
+            watcher.stop()
     sock.close()
+
+
+def shutdown(sock: socket.socket, how: int) -> None:
+    """``sock.shutdown(how)`` without gevent's cancelling of its watchers (see ``close``): a
+    callback of our own on the read watcher is meant to see the EOF. Errors are ignored: the
+    peer may be gone already."""
+    try:
+        raw_socket(sock).shutdown(how)
+    except OSError:
+        pass
 
 
 def send_now(sock: socket.socket, data: bytes | memoryview) -> int:

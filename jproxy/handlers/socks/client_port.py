@@ -25,7 +25,7 @@ from jproxy.handlers.net.router import Refused, Router, RuledUdpRoutes
 from jproxy.handlers.net.sockets import send_all
 from jproxy.handlers.socks.port import READ_SIZE, Socks5Port
 from jproxy.handlers.socks.udp_relay import SocksUdpRelay, TunnelRoutes, association_for
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.socks.socks4 import Socks4Server
 from jproxy.socks.socks5 import (
     ConnectRequested,
@@ -119,7 +119,7 @@ class ClientPort(Socks5Port):
             self._refuse(sock, core, ReplyCode.GENERAL_FAILURE)
             return
         association = association_for(
-            sock, request.host, request.port, MAX_DATAGRAM[datagrams.core.dialect], time.monotonic()
+            sock, request.host, request.port, MAX_DATAGRAM[datagrams.dialect], time.monotonic()
         )
         routes = RuledUdpRoutes(
             self.router, TunnelRoutes(datagrams), user=core.user or "", peer=sock.getpeername()

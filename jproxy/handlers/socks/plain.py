@@ -34,6 +34,7 @@ from jproxy.socks.socks5 import (
 )
 from jproxy.socks.udp_association import MAX_UDP_PAYLOAD
 from jproxy.tuning import RelayTuning
+from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
@@ -65,6 +66,13 @@ class PlainSocks5Port(Socks5Port):
         self.tuning = tuning
         self.access_log = access_log
         self.idle_timeout = idle_timeout
+
+    def replace_users(self, users: PasswordTable | None) -> None:
+        """Check logins against ``users`` from now on (a reload); ``ValueError`` when that
+        would switch between authentication and none (the handshake is chosen at start)."""
+        if self._users is None or users is None:
+            raise ValueError("this port serves without authentication")
+        self._users = users
 
     def _check_login(self, user: bytes, password: bytes) -> bool:
         """scrypt off the event loop; the handshake deadline still bounds the wait."""
@@ -116,7 +124,9 @@ class PlainSocks5Port(Socks5Port):
         except DialError as error:
             record.connect_ms = int((time.monotonic() - started) * 1000)
             record.status, record.reason = error.status.name, error.reason
-            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            record.ended = (
+                Ending.REFUSED if error.status is ConnectStatus.NOT_ALLOWED else Ending.FAILED
+            )
             self._refuse(sock, core, reply_code_for(error.status))
             return
         record.connect_ms = int((time.monotonic() - started) * 1000)
@@ -127,7 +137,7 @@ class PlainSocks5Port(Socks5Port):
         except OSError as error:
             out.close()
             sock.close()
-            record.ended, record.reason = "reset", f"the SOCKS client went away: {error}"
+            record.ended, record.reason = Ending.RESET, f"the SOCKS client went away: {error}"
             return
         splice = Splice(
             sock,

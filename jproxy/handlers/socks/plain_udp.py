@@ -30,6 +30,7 @@ from jproxy.handlers.tunnel.outbound_udp import open_udp, received, send_or_drop
 from jproxy.metrics import Counters
 from jproxy.policy.hostnames import for_log
 from jproxy.socks.udp_association import Drop, Route
+from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,15 @@ class DirectRoutes:
         except DialError as error:
             record.connect_ms = int((time.monotonic() - started) * 1000)
             record.status, record.reason = error.status.name, error.reason
-            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            record.ended = (
+                Ending.REFUSED if error.status is ConnectStatus.NOT_ALLOWED else Ending.FAILED
+            )
             record.duration = time.monotonic() - started
             self.access_log.write(record)
             log.info("UDP %s:%d refused: %s", for_log(route.host), route.port, error.reason)
             raise RouteFailed(Drop.REFUSED, lasting=True) from None
         except BaseException:  # the association ended during the lookup: one record still
-            record.ended, record.reason = "closed", "the association ended during the lookup"
+            record.ended, record.reason = Ending.CLOSED, "the association ended during the lookup"
             record.duration = time.monotonic() - started
             self.access_log.write(record)
             raise
@@ -106,7 +109,7 @@ class DirectRoutes:
             outbound.record.bytes_up += len(payload)
             self.counters.transferred(len(payload), self.service)
 
-    def close(self, route: Route, ending: str) -> None:
+    def close(self, route: Route, ending: Ending) -> None:
         outbound: _Outbound = route.channel
         if outbound.reader is not None:
             outbound.reader.kill()

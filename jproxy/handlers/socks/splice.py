@@ -16,6 +16,7 @@ import gevent
 from jproxy.handlers.net.sockets import reset
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
+from jproxy.tunnel.mux import Ending
 
 
 class Splice:
@@ -34,7 +35,7 @@ class Splice:
         self.bytes_up = 0
         """from the client to the target"""
         self.bytes_down = 0
-        self.ending = "closed"
+        self.ending = Ending.CLOSED
         """closed (both sides finished), reset or idle"""
         self._counters = counters
         self._service = service
@@ -56,7 +57,7 @@ class Splice:
         finally:
             gevent.killall(self._directions)
             for sock in (self.client, self.target):
-                if self.ending == "closed":
+                if self.ending is Ending.CLOSED:
                     sock.close()
                 else:
                     reset(sock)
@@ -78,9 +79,9 @@ class Splice:
                     break
             sink.shutdown(socket.SHUT_WR)
         except TimeoutError:
-            self._abort("idle")
+            self._abort(Ending.IDLE)
         except OSError:
-            self._abort("reset")
+            self._abort(Ending.RESET)
 
     def _moved(self, count: int, up: bool) -> None:
         self._last_activity = time.monotonic()
@@ -90,8 +91,8 @@ class Splice:
             self.bytes_down += count
         self._counters.transferred(count, self._service)
 
-    def _abort(self, ending: str) -> None:
-        if self.ending == "closed":
+    def _abort(self, ending: Ending) -> None:
+        if self.ending is Ending.CLOSED:
             self.ending = ending
         for direction in self._directions:
             if direction is not gevent.getcurrent():

@@ -30,12 +30,11 @@ from gevent.pool import Group
 from gevent.socket import wait_read
 
 from jproxy.handlers.tunnel.datagrams import AssociateFailed, TunnelDatagrams
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.metrics import Counters
 from jproxy.socks.udp_association import Drop, Dropped, Route, SocksUdpAssociation
-from jproxy.tunnel.datagrams import Channel
-from jproxy.tunnel.mux import Exhausted
-from schemas.jproxy import Dialect, DisconnectReason
+from jproxy.tunnel.mux import Channel, Ending, Exhausted
+from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class Routes(Protocol):
     def send(self, route: Route, payload: bytes) -> None:
         """Send one datagram on an open route; never blocks (drops and counts instead)."""
 
-    def close(self, route: Route, ending: str) -> None:
+    def close(self, route: Route, ending: Ending) -> None:
         """The route ends: ``closed`` (the association ended) or ``idle``."""
 
 
@@ -103,7 +102,7 @@ class SocksUdpRelay:
         finally:
             self._greenlets.kill()
             for route in list(self.core.routes.values()):
-                self._end_route(route, "closed")
+                self._end_route(route, Ending.CLOSED)
             self.udp.close()
 
     # --- the control connection and the idle clock -----------------------------------------------
@@ -115,7 +114,7 @@ class SocksUdpRelay:
         while self.routes.usable():
             now = time.monotonic()
             for route in self.core.expired(now):
-                self._end_route(route, "idle")
+                self._end_route(route, Ending.IDLE)
             if self.core.idle(now):
                 log.info("UDP association from %s: idle, closing", self.core.client_ip)
                 return
@@ -178,7 +177,7 @@ class SocksUdpRelay:
         for payload in self._pending.pop(route, ()):
             self.routes.send(route, payload)
 
-    def _end_route(self, route: Route, ending: str) -> None:
+    def _end_route(self, route: Route, ending: Ending) -> None:
         self.core.forget(route)
         self._pending.pop(route, None)
         if route.channel is not None:
@@ -224,13 +223,13 @@ class TunnelRoutes:
     def send(self, route: Route, payload: bytes) -> None:
         self.datagrams.send(route.channel, payload)
 
-    def close(self, route: Route, ending: str) -> None:
-        self.datagrams.dissociate(route.channel, DisconnectReason.CLIENT_CLOSED)
+    def close(self, route: Route, ending: Ending) -> None:
+        self.datagrams.dissociate(route.channel)
 
     def _failed(self, route: Route, relay: SocksUdpRelay, error: BaseException) -> None:
         target = f"{route.host}:{route.port}"
         if isinstance(error, gevent.Timeout):
-            if self.datagrams.core.dialect is Dialect.LEGACY_3_0:
+            if self.datagrams.dialect is Dialect.LEGACY_3_0:
                 self.datagrams.udp_unsupported = True  # before the log line says so
                 log.warning(
                     "UDP %s: the server did not answer the associate within %g s; a 3.0 server"
@@ -255,7 +254,7 @@ class _RouteSink:
     def datagram(self, channel: Channel, data: bytes) -> None:
         self.relay.to_client(self.route, data)
 
-    def ended(self, channel: Channel, reason: DisconnectReason) -> None:
+    def ended(self, channel: Channel, ending: Ending) -> None:
         self.relay.core.forget(self.route)
 
 

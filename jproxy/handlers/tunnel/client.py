@@ -21,13 +21,13 @@ from gevent.event import Event
 
 from jproxy.handlers.net.sockets import tune_tunnel_socket
 from jproxy.handlers.tunnel.datagrams import TunnelDatagrams
-from jproxy.handlers.tunnel.driver import Tunnel, TunnelClosed
+from jproxy.handlers.tunnel.driver import Tunnel
 from jproxy.handlers.tunnel.handshake import client_login
 from jproxy.handlers.tunnel.keylog import KeyLog
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.datagrams import Datagrams
 from jproxy.tunnel.handshake import LoginError, version_text
 from jproxy.tunnel.keys import ClientKey
 from jproxy.tunnel.mux import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL, Channels
@@ -108,6 +108,11 @@ class TunnelClient:
         return self._server_index + 1
 
     @property
+    def current(self) -> Tunnel | None:
+        """The tunnel up now, if any."""
+        return self._tunnel
+
+    @property
     def up(self) -> bool:
         return self._up.is_set()
 
@@ -144,6 +149,7 @@ class TunnelClient:
     def _maintain(self) -> None:
         delays = backoff_delays()
         logged_in_before = False
+        said = None
         while not self.stopped.is_set():
             try:
                 tunnel = self._connect()
@@ -155,14 +161,17 @@ class TunnelClient:
                     self.fatal = error
                     self.stopped.set()
                     return
-                log.warning("tunnel login at %s:%d failed: %s", *self.server, error)
+                # Said once (the same failure at the same server again: debug), then backoff.
+                level = logging.DEBUG if said == (self.server, str(error)) else logging.WARNING
+                said = (self.server, str(error))
+                log.log(level, "tunnel login at %s:%d failed: %s", *self.server, error)
                 self._next_server()
             except (OSError, gevent.Timeout) as error:
                 log.warning("cannot reach the server %s:%d: %s", *self.server, error)
                 self._next_server()
             else:
                 delays = backoff_delays()
-                logged_in_before = True
+                logged_in_before, said = True, None
                 self._serve(tunnel)
             if self.stopped.wait(next(delays)):
                 return
@@ -239,15 +248,9 @@ def open_tunnel(
         tuning=tuning or RelayTuning(),
         name=f"tunnel to {server[0]}:{server[1]}",
     )
-    datagrams = Datagrams(Direction.CLIENT_TO_SERVER, session.dialect, streams=channels.channels)
-    tunnel.datagrams = TunnelDatagrams(tunnel, datagrams, counters)
-    channels.other_channels = datagrams.channels
     return tunnel
 
 
 def serve_tunnel(tunnel: Tunnel) -> None:
-    """Run a client's tunnel until it ends."""
-    channels = tunnel.channels
-    # 3.1: a ping is the first frame, the proof that we hold the session key.
-    first = channels.ping(time.monotonic()).value if channels.flow_control else None
-    tunnel.run(first=first)
+    """Run a client's tunnel until it ends (3.1: the login sent its first ping)."""
+    tunnel.run()

@@ -1,19 +1,29 @@
-"""One logged-in tunnel on a socket: its reader, its sending, its sweep, and its streams.
+"""The one driver of a logged-in tunnel: it reads, feeds the core, carries out the commands,
+writes, and keeps the core's timer.
 
 The reader is a libev watcher callback in the hub (no greenlet switch per chunk): it receives
-into one buffer, opens the frames, feeds their messages to the channel core
-(``jproxy.tunnel.mux``) and carries out what comes back: data is gathered per stream and written
-once per received chunk, and the window updates that the deliveries earn leave before the next
-chunk is read. Nothing it calls may block; the one wait of the protocol (3.0's stall for a
-stream over its bound) pauses the watcher until a delivery or a timer resumes it.
+into one buffer, opens the frames, feeds their messages to the tunnel's one multiplexer
+(``jproxy.tunnel.mux``, every kind of channel) and carries out what comes back: stream data is
+gathered per stream and written once per received chunk, and the window updates that the
+deliveries earn leave before the next chunk is read; datagrams and the datagram channels' ends
+go to ``TunnelDatagrams``. Nothing it calls may block, and nothing it calls spawns into a
+bounded pool: the core's admission is the bound, and a request it admits gets its greenlet
+from ``on_request``. The one wait of the protocol (3.0's stall for a stream over its bound) is
+the core's: it says PAUSE_READING and RESUME_READING, and its timer cuts a stream stalled too
+long. One libev timer calls the core's ``handle_timer`` at its ``next_deadline``.
 
 Sending: whoever has messages seals and sends them at once when nothing is queued ahead; only
 what the socket does not take waits, for a writer greenlet that exists while there is such a
-backlog. Frames leave in the order their nonces were counted; control messages may overtake
-queued data, half-closes and disconnects never do. A stream that finds the data queue full
-pauses its reader until the queue has room again. One sweep greenlet a second applies the
-core's deadlines (idle streams, keepalive, a dead peer) and cuts a tunnel whose socket took no
-bytes for ``WRITE_STALL`` seconds.
+backlog. What waits waits per channel, and the writer takes the channels in turn, one message
+(at most one frame) from each (deficit round-robin with a quantum of one frame): a small
+request on one stream leaves after at most one frame of each other busy channel, never behind
+a download's whole backlog. The kernel keeps little unsent (``TCP_NOTSENT_LOWAT``), so the
+queue that decides the order is this one. Frames leave in the order their nonces were
+counted; control messages may overtake queued data, half-closes and disconnects never overtake
+their own channel's data. A stream that finds the data queue full
+pauses its reader until the queue has room again. The core hears when the socket refuses
+bytes and when it takes them again, and declares the peer dead when it took none for its
+``WRITE_STALL``.
 """
 
 from __future__ import annotations
@@ -21,20 +31,30 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import gevent
 from gevent import get_hub
-from gevent.event import AsyncResult, Event
+from gevent.event import AsyncResult
+from gevent.event import Event as Flag
 
 from jproxy.handlers.net.sockets import raw_socket, send_all, send_now
+from jproxy.handlers.tunnel.datagrams import TunnelDatagrams
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.datagrams import TYPES as DATAGRAM_TYPES
-from jproxy.tunnel.mux import Channel, Channels, Do, Ending, Exhausted, ProtocolViolation
-from jproxy.tunnel.mux import Event as CoreEvent
+from jproxy.tunnel.mux import (
+    Channel,
+    Channels,
+    Do,
+    Ending,
+    Event,
+    Exhausted,
+    Kind,
+    ProtocolViolation,
+)
 from jproxy.tunnel.session import Session
 from schemas.errors import WireError
 from schemas.jproxy import ConnectStatus
@@ -42,6 +62,9 @@ from schemas.jproxy import ConnectStatus
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+TIMER_FLOOR = 0.01
+"""The core's timer never fires sooner than this after it is armed (no busy loop on a deadline
+that is due but moves nothing)."""
 WRITE_BATCH = 64 * 1024
 """Bytes of messages sealed for one send: small enough that the peer starts opening frames
 while we seal the next batch."""
@@ -49,16 +72,9 @@ DATA_QUEUE_LIMIT = 1 << 20
 CONTROL_QUEUE_LIMIT = 16384
 """Unsent control messages a tunnel may hold; a peer that makes us answer more but does not
 read the answers is cut off."""
-WRITE_STALL = 30.0
-"""A tunnel whose socket takes no bytes from us for this long is dead."""
-SWEEP_INTERVAL = 1.0
-LEGACY_STALL = 3.0
-"""3.0: how long one stream over its bound may stall the tunnel before it is cut."""
 _READABLE = 1  # libev's EV_READ
-
-
-class TunnelClosed(ConnectionError):
-    """The tunnel ended; the stream that waited on it cannot go on."""
+_REQUESTS = {Kind.TCP: Do.CONNECT, Kind.UDP: Do.ASSOCIATE, Kind.ICMP: Do.ECHO}
+"""The event that asks the server for a channel of each kind."""
 
 
 class Tunnel:
@@ -70,7 +86,7 @@ class Tunnel:
         *,
         counters: Counters,
         tuning: RelayTuning,
-        on_connect_request: Callable[[Tunnel, Channel], None] | None = None,
+        on_request: Callable[[Tunnel, Event], None] | None = None,
         name: str = "tunnel",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -82,14 +98,19 @@ class Tunnel:
         self.counters = counters
         self.tuning = tuning
         self.name = name
-        self.closed = Event()
+        self.closed = Flag()
         self.planned = False
         """True when the tunnel ended by our choice or the peer's clean close with no stream."""
-        self._on_connect_request = on_connect_request
-        self.datagrams = None
-        """The tunnel's UDP associations and ICMP echoes (``TunnelDatagrams``), when served."""
+        self._on_request = on_request
+        """Server: starts the work of an admitted request (CONNECT, ASSOCIATE, ECHO); must not
+        block (it runs in the hub): it spawns a greenlet."""
+        self.datagrams = TunnelDatagrams(self)
+        """The tunnel's UDP associations and ICMP echoes."""
+        self._answers: dict[Channel, AsyncResult] = {}
+        """Client: the requests that wait for the server's answer (``request``)."""
         self._control: deque[bytes] = deque()
-        self._data: deque[bytes] = deque()
+        self._data: OrderedDict[Channel, deque[bytes]] = OrderedDict()
+        """The messages that wait, per channel, in the order the channels are served next."""
         self._unsent: memoryview | None = None
         self._queued = 0
         self._busy = False
@@ -99,48 +120,44 @@ class Tunnel:
         """Streams whose readers paused because the data queue was full."""
         self._reader = None
         """The libev watcher of the tunnel socket's readability, while the tunnel reads."""
-        self._stalled: dict[StreamRelay, float] = {}
-        """3.0: the streams the reader waits for, each with the time it is cut at."""
-        self._stall_timer = None
+        self._timer = None
+        """The libev timer of the core's next deadline."""
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
         self._recv_into = raw_socket(sock).recv_into
         self._feed = session.feed
-        self._progress_at = self.clock()
         self._handlers = {
             Do.SEND: self._send_event,
             Do.SEND_AFTER_DATA: self._send_after_data_event,
             Do.WINDOW: self._window_event,
             Do.EOF: self._eof_event,
             Do.CLOSED: self._closed_event,
-            Do.CONNECT: self._connect_event,
+            Do.CONNECT: self._request_event,
             Do.ANSWERED: self._answered_event,
-            Do.OVER_BOUND: lambda channel, value: None,  # the reader waits after the chunk
             Do.WARNING: self._warning_event,
             Do.INFO: self._info_event,
             Do.DEAD: self._dead_event,
+            Do.ASSOCIATE: self._request_event,
+            Do.DATAGRAM: self.datagrams.datagram,
+            Do.ECHO: self._request_event,
+            Do.ECHOED: self._answered_event,
+            Do.PAUSE_READING: self._pause_event,
+            Do.RESUME_READING: self._resume_event,
         }
         sock.settimeout(None)
 
     # --- lifetime ---------------------------------------------------------------------------
 
-    def run(self, pipelined: bytes = b"", first: bytes | None = None) -> None:
-        """Serve the tunnel until either side ends it; then every stream is ended.
-
-        ``first`` is a message to send before anything else (the 3.1 client's ping).
-        """
-        if first is not None:
-            self.send_control(first)
-        sweeper = gevent.spawn(self._sweep_loop)
+    def run(self, pipelined: bytes = b"") -> None:
+        """Serve the tunnel until either side ends it; then every channel is ended."""
         try:
+            self._arm_timer()
             self._read(pipelined)
             self.closed.wait()
         finally:
             self.closed.set()
+            self._stop_timer()
             self._stop_reading()
-            if self._stall_timer is not None:
-                self._stall_timer.stop()
-            sweeper.kill()
             self._end_streams()
             self.sock.close()
 
@@ -153,10 +170,12 @@ class Tunnel:
         except OSError:
             pass
 
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.is_set()
+
     def _end_streams(self) -> None:
         self.perform(self.channels.close_all())
-        if self.datagrams is not None:
-            self.datagrams.close()
         self._wake_room_waiters()
 
     # --- streams ----------------------------------------------------------------------------
@@ -174,22 +193,28 @@ class Tunnel:
             raise TunnelClosed("the tunnel is closed")
         request = self.channels.open(host, port, self.clock())
         relay = StreamRelay(self, request.channel, sock)
-        answer = relay.answer = AsyncResult()
+        return relay, self.request(request, timeout)
+
+    def request(self, request: Event, timeout: float) -> tuple:
+        """Client side: send a request of the core's (a stream's, an association's or an
+        echo's) and wait for its answer, the one place that does: ``TunnelClosed`` if the
+        channel or the tunnel ends first; after ``gevent.Timeout`` (or any other error) the
+        channel is ended, so a late answer finds nobody and is not acted on."""
+        channel = request.channel
+        answer = self._answers[channel] = AsyncResult()
         self.send_control(request.value)
         try:
-            answered = answer.get(timeout=timeout)
-        except gevent.Timeout:
-            self.perform(self.channels.close(request.channel, Ending.FAILED))
+            return answer.get(timeout=timeout)
+        except BaseException:
+            self.perform(self.channels.close(channel, Ending.FAILED))
             raise
-        except ConnectionResetError:
-            raise TunnelClosed("the tunnel closed") from None
         finally:
-            relay.answer = None
-        return relay, answered
+            del self._answers[channel]
 
-    def answer(self, channel: Channel, status: ConnectStatus, elapsed_ms: int) -> bool:
-        """Server side: answer a connect request; False when nobody waits for it any more."""
-        self.perform(self.channels.answer(channel, status, elapsed_ms, self.clock()))
+    def answer(self, channel: Channel, status: ConnectStatus, value: int) -> bool:
+        """Server side: answer a connect (``value``: elapsed ms) or associate (``value``: the
+        bound port) request; False when nobody waits for it any more."""
+        self.perform(self.channels.answer(channel, status, value, self.clock()))
         return self.channels.is_live(channel)
 
     def attach(self, channel: Channel, sock: socket.socket) -> StreamRelay:
@@ -198,7 +223,7 @@ class Tunnel:
 
     # --- sending ----------------------------------------------------------------------------
 
-    def perform(self, events: list[CoreEvent]) -> None:
+    def perform(self, events: list[Event]) -> None:
         """Carry out the core's commands; the messages among them leave in one send."""
         handlers = self._handlers
         for kind, channel, value in events:
@@ -221,23 +246,44 @@ class Tunnel:
         for resume in waiters:
             resume()
 
-    def send_data(self, messages: list[bytes]) -> None:
-        """Send one read's worth of data messages (the caller asked ``has_room`` first)."""
+    def send_data(self, channel: Channel, messages: list[bytes]) -> None:
+        """Send one read's worth of ``channel``'s data messages (the caller asked ``has_room``
+        first): at once when nothing waits, else behind that channel's own."""
         if self.closed.is_set():
             raise TunnelClosed("the tunnel is closed")
-        if not self._busy:
+        if not self._busy and not self._data:
             self._send_direct(messages)
             return
-        self._data.extend(messages)
-        self._queued += sum(map(len, messages))
+        self._enqueue(channel, messages)
 
-    def send_datagram(self, message: bytes) -> bool:
+    def send_datagram(self, channel: Channel, message: bytes) -> bool:
         """Send one datagram's message without ever waiting; ``False`` (the caller drops it and
         counts) while the data queue is full or the tunnel is closed."""
         if self._queued >= DATA_QUEUE_LIMIT or self.closed.is_set():
             return False
-        self.send_data([message])
+        self.send_data(channel, [message])
         return True
+
+    def _enqueue(self, channel: Channel, messages: list[bytes]) -> None:
+        queue = self._data.get(channel)
+        if queue is None:
+            queue = self._data[channel] = deque()
+        queue.extend(messages)
+        self._queued += sum(map(len, messages))
+
+    def _take(self, limit: int) -> list[bytes]:
+        """Up to about ``limit`` bytes of waiting messages, one from each channel in turn (a
+        channel served goes to the back of the line)."""
+        data, taken, size = self._data, [], 0
+        while data and size < limit:
+            channel, queue = data.popitem(last=False)
+            message = queue.popleft()
+            taken.append(message)
+            size += len(message)
+            if queue:
+                data[channel] = queue
+        self._queued -= size
+        return taken
 
     def _queue_control(self, message: bytes) -> None:
         """Queue a control message; the caller flushes (``perform``, or the end of a chunk)."""
@@ -249,25 +295,26 @@ class Tunnel:
             return
         self._control.append(message)
 
-    def _queue_after_data(self, message: bytes) -> None:
-        """Queue a half-close or disconnect behind the data already queued."""
+    def _queue_after_data(self, channel: Channel, message: bytes) -> None:
+        """Queue a half-close, disconnect or dissociate behind its channel's queued data."""
         if not self.closed.is_set():
-            self._data.append(message)
-            self._queued += len(message)
+            self._enqueue(channel, [message])
 
     def _flush(self) -> None:
-        """Send what is queued now, unless a writer greenlet owns the socket or a chunk is being
-        carried out (its end flushes)."""
+        """Send what is queued now (control messages, then a batch of data taken in turn),
+        unless a writer greenlet owns the socket or a chunk is being carried out (its end
+        flushes); what is left goes to a writer."""
         if self._busy or self._dispatching or self.closed.is_set():
             return
         messages = list(self._control)
         self._control.clear()
         if self._data:
-            messages.extend(self._data)
-            self._data.clear()
-            self._queued = 0
+            messages += self._take(WRITE_BATCH)
         if messages:
             self._send_direct(messages)
+        if self._data and not self._busy and not self.closed.is_set():
+            self._busy = True
+            gevent.spawn(self._write_backlog)
 
     def _send_direct(self, messages: list[bytes]) -> None:
         """Seal and send without waiting; what the socket does not take goes to the writer."""
@@ -281,32 +328,29 @@ class Tunnel:
             self._unsent = memoryview(wire)[sent:]
             self._queued += len(wire) - sent
             self._busy = True
+            self.channels.write_blocked(self.clock())
+            self._arm_timer()
             gevent.spawn(self._write_backlog)
-        else:
-            self._progress_at = self.clock()
 
     def _write_backlog(self) -> None:
         seal_all, sock = self.session.seal_all, self.sock
-        control, data = self._control, self._data
+        control = self._control
+        self.channels.write_blocked(self.clock())
         try:
             while True:
                 if self._unsent is not None:
                     unsent, self._unsent = self._unsent, None
                     send_all(sock, unsent)
                     self._queued -= len(unsent)
-                self._progress_at = self.clock()
+                more = bool(control or self._data)
+                self.channels.wrote(self.clock(), blocked=more)
                 if self._queued < DATA_QUEUE_LIMIT and self._room_waiters:
                     self._wake_room_waiters()
-                if not control and not data:
+                if not more:
                     return
                 messages = list(control)
                 control.clear()
-                size = 0
-                while data and size < WRITE_BATCH:
-                    message = data.popleft()
-                    size += len(message)
-                    messages.append(message)
-                self._queued -= size
+                messages += self._take(WRITE_BATCH)
                 wire = seal_all(messages)
                 self._unsent = memoryview(wire)
                 self._queued += len(wire)
@@ -325,8 +369,8 @@ class Tunnel:
     def _send_event(self, channel: Channel | None, message: bytes) -> None:
         self._queue_control(message)
 
-    def _send_after_data_event(self, channel: Channel | None, message: bytes) -> None:
-        self._queue_after_data(message)
+    def _send_after_data_event(self, channel: Channel, message: bytes) -> None:
+        self._queue_after_data(channel, message)
 
     def _window_event(self, channel: Channel, _: object) -> None:
         if channel.handler is not None:
@@ -337,26 +381,34 @@ class Tunnel:
             channel.handler.peer_eof()
 
     def _closed_event(self, channel: Channel, ending: Ending) -> None:
+        answer = self._answers.get(channel)
+        if answer is not None and not answer.ready():
+            answer.set_exception(TunnelClosed(f"the request ended: {ending.value}"))
+        if channel.kind is not Kind.TCP:
+            self.datagrams.ended(channel, ending)
+            return
         relay = channel.handler
-        if relay is None:
-            return  # server: still connecting; its answer finishes the goodbye
-        if relay.answer is not None and not relay.answer.ready():
-            relay.answer.set_exception(ConnectionResetError("the tunnel closed"))
-        relay.peer_closed(ending)
+        if relay is not None:  # the server's is None while it connects: its answer ends it
+            relay.peer_closed(ending)
 
-    def _connect_event(self, channel: Channel, _: object) -> None:
-        if self._on_connect_request is None:
-            self.perform(
-                self.channels.answer(channel, ConnectStatus.GENERAL_FAILURE, 0, self.clock())
-            )
+    def _request_event(self, channel: Channel, value: object) -> None:
+        """Server: the core admitted a request; ``on_request`` starts its work (or, with none,
+        it is refused)."""
+        if self._on_request is not None:
+            self._on_request(self, Event(_REQUESTS[channel.kind], channel, value))
+        elif channel.kind is Kind.ICMP:
+            failure = ConnectStatus.GENERAL_FAILURE
+            self.perform(self.channels.echo_reply(channel, failure, 0, b""))
         else:
-            self._on_connect_request(self, channel)
+            failure = ConnectStatus.GENERAL_FAILURE
+            self.perform(self.channels.answer(channel, failure, 0, self.clock()))
 
-    def _answered_event(self, channel: Channel, value: tuple[ConnectStatus, int]) -> None:
-        relay = channel.handler
-        if relay is not None and relay.answer is not None:
-            relay.answer.set(value)
-        else:  # nobody waits any more: the SOCKS client gave up
+    def _answered_event(self, channel: Channel, value: tuple) -> None:
+        """Client: the answer to a stream's, an association's or an echo's request."""
+        answer = self._answers.get(channel)
+        if answer is not None:
+            answer.set(value)
+        else:  # nobody waits any more (the SOCKS client gave up): end what it opened
             self.perform(self.channels.close(channel, Ending.FAILED))
 
     def _warning_event(self, channel: Channel | None, text: str) -> None:
@@ -371,12 +423,20 @@ class Tunnel:
         log.warning("%s: %s, closing the tunnel", self.name, text)
         self.close(planned=False)
 
+    def _pause_event(self, _: object, __: object) -> None:
+        """3.0: a stream is over its bound; the reading waits (the core's timer cuts it)."""
+        if self._reader is not None:
+            self._reader.stop()
+        self._arm_timer()
+
+    def _resume_event(self, _: object, __: object) -> None:
+        if self._reader is not None and not self.closed.is_set():
+            self._reader.start(self._on_readable)
+
     # --- reading ----------------------------------------------------------------------------
 
     def _read(self, pipelined: bytes) -> None:
         """Start the reader: what came with the login first, then the watcher's callbacks."""
-        if self.datagrams is not None:
-            self._feed = self._datagrams_taken(self._feed)
         self._reader = get_hub().loop.io(self.sock.fileno(), _READABLE)
         self._reader.start(self._on_readable)
         if pipelined:
@@ -421,41 +481,21 @@ class Tunnel:
             reader.close()
         self.closed.set()
 
-    def _datagrams_taken(self, feed: Callable[[bytes], list[bytes]]) -> Callable:
-        """``feed``, but UDP and ICMP messages go to ``self.datagrams`` instead of the core."""
-        receive = self.datagrams.receive
-
-        def feed_streams(data: bytes) -> list[bytes]:
-            streams = []
-            for message in feed(data):
-                if message[:1] and message[0] in DATAGRAM_TYPES:
-                    receive(message)
-                else:
-                    streams.append(message)
-            return streams
-
-        return feed_streams
-
-    def _dispatch(self, events: list[CoreEvent]) -> None:
+    def _dispatch(self, events: list[Event]) -> None:
         """Carry out one chunk's events: data goes out once per stream, at the end, and every
         message all this causes (window updates, answers) leaves in one send after it."""
         touched: list[StreamRelay] = []
-        over: list[StreamRelay] = []
         self._dispatching = True
         try:
-            self._carry_out(events, touched, over)
+            self._carry_out(events, touched)
             now = self.clock()
             for relay in touched:
                 relay.deliver_arrived(now)
         finally:
             self._dispatching = False
         self._flush()
-        if over and self._reader is not None:
-            self._stall(over)
 
-    def _carry_out(
-        self, events: list[CoreEvent], touched: list[StreamRelay], over: list[StreamRelay]
-    ) -> None:
+    def _carry_out(self, events: list[Event], touched: list[StreamRelay]) -> None:
         """Gather each stream's data in ``touched``; act on everything else in order (a
         stream's gathered data is delivered before its other events)."""
         handlers = self._handlers
@@ -468,63 +508,41 @@ class Tunnel:
                     touched.append(relay)
                 relay.arrived.append(value)
                 continue
-            relay = channel.handler if channel is not None else None
+            relay = channel.handler if channel is not None and channel.kind is Kind.TCP else None
             if relay is not None and relay.arrived:
                 relay.deliver_arrived(self.clock())
-            if kind is Do.OVER_BOUND and relay is not None:
-                over.append(relay)
             handlers[kind](channel, value)
 
-    def _stall(self, over: list[StreamRelay]) -> None:
-        """3.0, no windows: streams over their bound stop the tunnel reader until their
-        sockets take enough, each for at most ``LEGACY_STALL`` seconds counted from now or from
-        when its socket began to refuse data, whichever is earlier; then it is cut. So several
-        stalled readers cost the other streams about one stall, not one each. No greenlet:
-        the relays' deliveries and a timer call ``stall_eased``."""
-        now = self.clock()
-        for relay in over:
-            relay.stalling = True
-            self._stalled[relay] = min(now, relay.blocked_since or now) + LEGACY_STALL
-        self._reader.stop()
-        self.stall_eased()
+    # --- the core's timer -------------------------------------------------------------------
 
-    def stall_eased(self) -> None:
-        """Cut the stalled streams whose time is up; read again once none is over its bound."""
-        if self._stall_timer is not None:
-            self._stall_timer.stop()
-            self._stall_timer = None
-        now = self.clock()
-        for relay, deadline in list(self._stalled.items()):
-            if relay.over_bound and now < deadline:
-                self._stall_timer = get_hub().loop.timer(deadline - now)
-                self._stall_timer.start(self.stall_eased)
-                return
-            del self._stalled[relay]
-            relay.stalling = False
-            if relay.over_bound:
-                log.warning(
-                    "%s: stream %d: its reader took less than the tunnel brought for %gs; cut",
-                    self.name,
-                    relay.channel.id,
-                    LEGACY_STALL,
-                )
-                relay.abort(Ending.CUT)
-        if self._reader is not None and not self.closed.is_set():
-            self._reader.start(self._on_readable)
+    def _arm_timer(self) -> None:
+        """(Re)start the timer for the core's next deadline (in the hub; never waits)."""
+        if self.closed.is_set():
+            return
+        self._stop_timer()
+        delay = max(self.channels.next_deadline() - self.clock(), TIMER_FLOOR)
+        self._timer = get_hub().loop.timer(delay)
+        self._timer.start(self._on_timer)
 
-    # --- the sweep --------------------------------------------------------------------------
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()
+            timer.close()
 
-    def _sweep_loop(self) -> None:
-        interval = min(SWEEP_INTERVAL, self.channels.keepalive / 3)
-        while not self.closed.wait(interval):
-            self.sweep(self.clock())
+    def _on_timer(self) -> None:
+        """The timer's callback: every deadline due now, then the next one."""
+        try:
+            self.perform(self.channels.handle_timer(self.clock()))
+        except Exception:
+            log.exception("%s: closing the tunnel after an internal error", self.name)
+            self.close(planned=False)
+            return
+        self._arm_timer()
 
     def sweep(self, now: float) -> None:
-        """Apply every deadline due at ``now``: idle streams, keepalive, a stalled socket."""
-        self.perform(self.channels.sweep(now))
-        if self._busy and now - self._progress_at > WRITE_STALL:
-            log.warning("%s: peer took no bytes for %gs, closing", self.name, WRITE_STALL)
-            self.close(planned=False)
+        """Apply every deadline due at ``now`` (tests with a fake clock call it)."""
+        self.perform(self.channels.handle_timer(now))
 
 
 __all__ = ["Exhausted", "Tunnel", "TunnelClosed"]

@@ -28,12 +28,10 @@ from jproxy.handlers.net.router import Refused, Router
 from jproxy.handlers.socks.port import LISTEN_BACKLOG
 from jproxy.handlers.socks.udp_relay import ASSOCIATE_TIMEOUT, PENDING_LIMIT
 from jproxy.handlers.tunnel.datagrams import AssociateFailed, TunnelDatagrams
-from jproxy.handlers.tunnel.driver import TunnelClosed
+from jproxy.handlers.tunnel.link import TunnelClosed
 from jproxy.policy.rules import Action
 from jproxy.socks.udp_association import Drop
-from jproxy.tunnel.datagrams import Channel
-from jproxy.tunnel.mux import Exhausted
-from schemas.jproxy import DisconnectReason
+from jproxy.tunnel.mux import Channel, Ending, Exhausted
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +209,7 @@ class UdpForward:
             self._senders.pop(sender.address, None)
             return
         if self._senders.get(sender.address) is not sender:  # evicted meanwhile
-            datagrams.dissociate(channel, DisconnectReason.CLIENT_CLOSED)
+            datagrams.dissociate(channel, Ending.CLOSED)
             return
         sender.datagrams, sender.channel = datagrams, channel
         while sender.pending:
@@ -234,7 +232,7 @@ class UdpForward:
 
     def _end(self, sender: _Sender) -> None:
         if sender.channel is not None:
-            sender.datagrams.dissociate(sender.channel, DisconnectReason.CLIENT_CLOSED)
+            sender.datagrams.dissociate(sender.channel, Ending.CLOSED)
         self.forget(sender)
 
     def forget(self, sender: _Sender) -> None:
@@ -252,5 +250,5 @@ class _SenderSink:
     def datagram(self, channel: Channel, data: bytes) -> None:
         self.forward.to_sender(self.sender, data)
 
-    def ended(self, channel: Channel, reason: DisconnectReason) -> None:
+    def ended(self, channel: Channel, ending: Ending) -> None:
         self.forward.forget(self.sender)

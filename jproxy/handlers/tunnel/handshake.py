@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import gevent
 
 from jproxy.handlers.tunnel.keylog import KeyLog
-from jproxy.tunnel.handshake import ClientHandshake, LoginError, LoginProof, Phase, ServerHandshake
+from jproxy.tunnel.handshake import ClientHandshake, LoginProof, Phase, ServerHandshake
 from jproxy.tunnel.keys import ClientKey, UserDirectory
+from jproxy.tunnel.mux import PING
 from jproxy.tunnel.session import Session
-from schemas import WireError, build
-from schemas.jproxy import Dialect, KeepAlive, KeepAliveKind
+from schemas import WireError
+from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,6 @@ HANDSHAKE_TIMEOUT = 10.0
 
 SERVER_READ_SIZE = 4096
 """Bytes the server reads at once during login: bounds what it can hold as pipelined."""
-
-
-_PING = build(KeepAlive, {"kind": KeepAliveKind.PING})
 
 
 def _run(sock: socket.socket, core: ClientHandshake | ServerHandshake, read_size: int) -> bool:
@@ -65,15 +63,25 @@ def client_login(
     Socket errors (``OSError``) pass through unchanged.
     """
     core = ClientHandshake(key, dialect)
-    expired = LoginError(f"no complete login reply from the server within {timeout:g} s")
-    with gevent.Timeout(timeout, expired):
-        sock.sendall(core.start())
-        if not _run(sock, core, read_size=0):
-            raise LoginError("the server closed the connection during login")
-        session = core.session
-        if dialect is Dialect.SECURE_3_1:
-            # The first frame proves to the server that we could unwrap the session key.
-            sock.sendall(session.seal(_PING))
+    deadline = gevent.Timeout(timeout)
+    try:
+        with deadline:
+            sock.sendall(core.start())
+            try:
+                completed = _run(sock, core, read_size=0)
+            except ConnectionResetError:
+                # A TLS server, for one, resets a connection whose first bytes are no TLS.
+                raise core.closed("reset") from None
+            if not completed:
+                raise core.closed()
+            session = core.session
+            if dialect is Dialect.SECURE_3_1:
+                # The first frame proves to the server that we could unwrap the session key.
+                sock.sendall(session.seal(PING))  # the core counts it as its first ping
+    except gevent.Timeout as error:
+        if error is not deadline:
+            raise
+        raise core.no_reply(timeout) from None
     if key_log is not None:
         key_log.record(*core.key_log_entry)
     return session

@@ -3,8 +3,9 @@ for (0: any) and connected to the association's one remote address, so the kerne
 only that address's datagrams.
 
 The socket never blocks: a datagram the kernel cannot take now is dropped and counted, as a
-router would. The association ends when the client dissociates, when the tunnel ends, or
-after ``idle_timeout`` seconds with no datagram either way (then the server dissociates).
+router would. The association ends when the client dissociates, when the tunnel ends, or when
+the tunnel's core finds it idle (no datagram either way for ``--udp-idle-timeout``; then the
+server dissociates): each reaches ``ended``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 from collections.abc import Iterator
 
 import gevent
@@ -22,8 +22,8 @@ from jproxy.handlers.net.dialer import Dialer, DialError, status_for
 from jproxy.handlers.tunnel.datagrams import TunnelDatagrams
 from jproxy.metrics import Counters
 from jproxy.socks.udp_association import Drop
-from jproxy.tunnel.datagrams import Channel
-from schemas.jproxy import ConnectStatus, DisconnectReason
+from jproxy.tunnel.mux import Channel, Ending
+from schemas.jproxy import ConnectStatus
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def received(sock: socket.socket, peer: str) -> Iterator[bytes]:
 
 
 class OutboundAssociation:
-    """Joins ``sock`` to ``channel``; ``run`` reads the socket until the association ends."""
+    """Joins ``sock`` to ``channel`` (its sink from now on); ``run`` reads the socket until the
+    association ends."""
 
     def __init__(
         self,
@@ -87,32 +88,27 @@ class OutboundAssociation:
         sock: socket.socket,
         *,
         max_payload: int,
-        idle_timeout: float,
     ) -> None:
         self.datagrams = datagrams
         self.channel = channel
         self.sock = sock
         self.max_payload = max_payload
-        self.idle_timeout = idle_timeout
         self.bytes_out = 0
         self.bytes_in = 0
-        self.ending = ""
-        """How the association ended, for the access log: closed (the client dissociated) or
-        idle; empty while it runs or when its tunnel cut it."""
-        self._last_activity = time.monotonic()
+        self.ending: Ending | None = None
+        """How the association ended, for the access log; None while it runs."""
         self._greenlet: gevent.Greenlet | None = None
         self._peer = f"{channel.host}:{channel.port}"
+        datagrams.attach(channel, self)
 
-    # --- Sink: called by the tunnel reader, never blocks -----------------------------------------
+    # --- Sink: called by the tunnel's driver in the hub, never blocks ---------------------------
 
     def datagram(self, channel: Channel, data: bytes) -> None:
-        if not send_or_drop(self.sock, data, self.datagrams.counters, self._peer):
-            return
-        self.bytes_out += len(data)
-        self._last_activity = time.monotonic()
+        if send_or_drop(self.sock, data, self.datagrams.tunnel.counters, self._peer):
+            self.bytes_out += len(data)
 
-    def ended(self, channel: Channel, reason: DisconnectReason) -> None:
-        self.ending = "reset" if reason is DisconnectReason.RESET else "closed"
+    def ended(self, channel: Channel, ending: Ending) -> None:
+        self.ending = ending
         if self._greenlet is not None and self._greenlet is not gevent.getcurrent():
             self._greenlet.kill(block=False)
 
@@ -120,30 +116,21 @@ class OutboundAssociation:
 
     def run(self) -> None:
         self._greenlet = gevent.getcurrent()
-        self.datagrams.attach(self.channel, self)
         try:
-            while True:
-                remaining = self._last_activity + self.idle_timeout - time.monotonic()
-                if remaining <= 0:
-                    self.ending = "idle"
-                    self.datagrams.dissociate(self.channel, DisconnectReason.GENERAL)
-                    return
-                try:
-                    wait_read(self.sock.fileno(), timeout=remaining)
-                except TimeoutError:
-                    continue
+            while self.ending is None:
+                wait_read(self.sock.fileno())
                 self._drain()
         except gevent.GreenletExit:
-            if not self.ending:  # not the client's dissociate: the tunnel ended
+            if self.ending is None:  # not the end of the association: the server's own
                 raise
         finally:
             self.sock.close()
 
     def _drain(self) -> None:
+        counters = self.datagrams.tunnel.counters
         for data in received(self.sock, self._peer):
-            self._last_activity = time.monotonic()
             if len(data) > self.max_payload:
-                self.datagrams.counters.datagram_dropped(Drop.TOO_LARGE.value)
+                counters.datagram_dropped(Drop.TOO_LARGE.value)
                 continue
             if self.datagrams.send(self.channel, data):
                 self.bytes_in += len(data)

@@ -1,19 +1,25 @@
 """One stream's local socket joined to its tunnel channel.
 
-Reading the local socket is a libev watcher callback that runs in the hub: it reads once (or a
-few times while reads come back full), hands the data to the tunnel and sends it there when
-nothing is queued ahead, never more than the channel's window allows. No greenlet switch per
+Reading the local socket is a libev watcher callback that runs in the hub: it reads once per
+turn of the loop (one buffer, so no stream takes more than its share while others wait), hands
+the data to the driver, which sends it at once when nothing is queued ahead, never more than
+the channel's window allows. No greenlet switch per
 message: the watcher pauses while the window is spent or the tunnel's queue is full, and the
 tunnel resumes it. What the tunnel delivers is written at once when the socket takes it; what
 it does not take waits in a backlog written by a greenlet that exists only while there is a
 backlog. Each delivery grants the peer more window at once. The greenlet that calls ``run``
 only waits for the stream's end, then says goodbye and closes.
 
-No socket timeouts: the tunnel's one sweep ends idle streams (``abort``). A stream that ends
-abnormally (a reset either way, the tunnel lost, idle, 3.0 over its bound) is reset to the
-local application (SO_LINGER 0, then close), never ended with a clean EOF.
+No socket timeouts: the core's timer ends idle streams (a CLOSED event: ``peer_closed``). A
+stream that ends abnormally (a reset of the local socket, a 3.1 peer's reset, the tunnel lost,
+idle, 3.0 over its bound) is reset to the local application (SO_LINGER 0, then close), never
+ended with a clean EOF. A 3.0 peer's disconnect is never abnormal, whatever its reason (the
+Java peers say RESET for every close): what came before it is written, then the socket is
+closed (FIN).
 
-The relay knows its tunnel only through ``Link``, so this module does not import the tunnel.
+The relay knows its tunnel only through ``Link`` (``link.py``), so this module does not import
+the driver. The stream's protocol state (its sides, window, undelivered bytes, since when they
+wait, 3.0's stall) is the core's ``Channel``; the relay holds only what its sockets need.
 """
 
 from __future__ import annotations
@@ -22,45 +28,33 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
 import gevent
 from gevent import get_hub
-from gevent.event import AsyncResult, Event
+from gevent.event import Event
 
-from jproxy.handlers.net.sockets import raw_socket, read_watcher, reset, send_now, send_pieces_now
-from jproxy.metrics import Counters
-from jproxy.tuning import RelayTuning
-from jproxy.tunnel.mux import LEGACY_BOUND, Channel, Channels, Ending, Side
-from jproxy.tunnel.mux import Event as CoreEvent
+from jproxy.handlers.net.sockets import (
+    close,
+    keep_unsent_low,
+    raw_socket,
+    read_watcher,
+    reset,
+    send_now,
+    send_pieces_now,
+    shutdown,
+)
+from jproxy.handlers.tunnel.link import Link
+from jproxy.tunnel.mux import Channel, Ending, Side
 
 log = logging.getLogger(__name__)
 
-YIELD_EVERY = 256 * 1024
-"""A stream whose socket always has data lets the others run after this many bytes."""
+YIELD_EVERY = 64 * 1024
+"""A stream whose socket always has data lets the others run after this many bytes (one read
+of the default size): no stream takes more than its share of a loop turn while others wait."""
 GATHER_MAX = 64
 """Up to this many pieces of a chunk go to the socket in one sendmsg; more are joined first
 (the kernel's limit on pieces is 1024)."""
 _ABNORMAL = frozenset({Ending.RESET, Ending.CUT, Ending.IDLE})
-
-
-class Link(Protocol):
-    """What a relay needs of its tunnel."""
-
-    channels: Channels
-    counters: Counters
-    tuning: RelayTuning
-    clock: Callable[[], float]
-
-    def perform(self, events: list[CoreEvent]) -> None: ...
-
-    def send_data(self, messages: list[bytes]) -> None: ...
-
-    def has_room(self) -> bool: ...
-
-    def wake_when_room(self, resume: Callable[[], None]) -> None: ...
-
-    def stall_eased(self) -> None: ...
 
 
 class StreamRelay:
@@ -70,10 +64,7 @@ class StreamRelay:
         "sock",
         "bytes_in",
         "bytes_out",
-        "blocked_since",
-        "stalling",
         "arrived",
-        "answer",
         "_backlog",
         "_writer",
         "_reader",
@@ -83,7 +74,6 @@ class StreamRelay:
         "_eof_unsent",
         "_done",
         "_running",
-        "_peer_eof",
         "_ended",
     )
 
@@ -93,13 +83,8 @@ class StreamRelay:
         self.sock = sock
         self.bytes_in = 0
         self.bytes_out = 0
-        self.blocked_since: float | None = None
-        """Since when data waits that the local socket would not take (None: nothing waits)."""
-        self.stalling = False
-        """3.0: the tunnel stopped reading until this stream is under its bound (or cut)."""
         self.arrived: list[bytes] = []
         """Data of the chunk the tunnel reader is working on; ``deliver_arrived`` sends it."""
-        self.answer: AsyncResult | None = None
         self._backlog: deque[bytes] = deque()
         self._writer: gevent.Greenlet | None = None
         self._reader = None
@@ -113,10 +98,15 @@ class StreamRelay:
         self._done = Event()
         """Set when nothing more will reach the local socket (the inbound direction is done)."""
         self._running = False  # until run(): the SOCKS reply has not been sent yet
-        self._peer_eof = False
         self._ended: Ending | None = None
         channel.handler = self
         sock.settimeout(None)
+        keep_unsent_low(sock)
+
+    @property
+    def _peer_done(self) -> bool:
+        """The peer sends no more (its half-close or its disconnect): the core's state."""
+        return self.channel.theirs >= Side.EOF
 
     @property
     def ending(self) -> Ending:
@@ -147,30 +137,22 @@ class StreamRelay:
             data = b"".join(arrived)
             arrived.clear()
         self._backlog.append(data)
-        if self.blocked_since is None:
-            self.blocked_since = now
+        self.link.channels.waiting(self.channel, now)
         self._start_writer()
 
     def window_opened(self) -> None:
         self._resume()
 
     def peer_eof(self) -> None:
-        self._peer_eof = True
         self._start_writer()
 
     def peer_closed(self, ending: Ending) -> None:
-        """The peer (or the tunnel, or the sweep) ended the stream."""
+        """The peer (or the tunnel's end, or the core's timer) ended the stream."""
         if ending in _ABNORMAL:
             self.abort(ending)
             return
-        self._peer_eof = True
         self._start_writer()  # deliver the backlog, then close (run() starts it if not yet)
         self.window_opened()
-
-    @property
-    def over_bound(self) -> bool:
-        """3.0: the stream holds more undelivered data than its bound, and goes on."""
-        return self._ended is None and self.channel.undelivered > LEGACY_BOUND
 
     def abort(self, ending: Ending) -> None:
         """End the stream now: reset the local socket, drop what was not delivered."""
@@ -180,8 +162,6 @@ class StreamRelay:
         self._backlog.clear()
         self._end_pump()
         self.link.perform(self.link.channels.close(self.channel, ending))
-        if self.answer is not None and not self.answer.ready():
-            self.answer.set_exception(ConnectionResetError("the stream ended"))
         reset(self.sock)
         self._wake_all()
 
@@ -190,7 +170,7 @@ class StreamRelay:
     def run(self, early_data: bytes = b"") -> None:
         """Relay until the stream ends; always closes the socket and says goodbye to the peer."""
         self._running = True
-        if self._backlog or self._peer_eof:
+        if self._backlog or self._peer_done:
             self._start_writer()  # what arrived before the stream's socket was ready
         try:
             if self._ended is None:
@@ -203,7 +183,7 @@ class StreamRelay:
                         channels.finish(self.channel) + channels.close(self.channel, Ending.CLOSED)
                     )
             if self.channel.ours is not Side.CLOSED:
-                self._done.wait()  # the peer's direction: its EOF or goodbye, or the sweep
+                self._done.wait()  # the peer's direction: its EOF or goodbye, or a timer
             elif self._writer is not None:  # 3.0: our EOF was the goodbye; deliver, then close
                 self._writer.join(self.link.channels.idle_timeout)
         finally:
@@ -213,7 +193,7 @@ class StreamRelay:
             ending = self._ended or Ending.CLOSED
             self.link.perform(self.link.channels.close(self.channel, ending))
             if self._ended is None:
-                self.sock.close()
+                close(self.sock)
 
     # --- the local socket to the tunnel: a watcher callback, no greenlet -------------------
 
@@ -295,7 +275,7 @@ class StreamRelay:
             taken += size
             self.bytes_out += size
             link.counters.transferred(size)
-            link.send_data(channels.data(channel, pending, link.clock()))
+            link.send_data(channel, channels.data(channel, pending, link.clock()))
 
     def _resume(self) -> None:
         """Window or queue room came: the paused pump goes on (in the loop, not in the caller)."""
@@ -343,8 +323,6 @@ class StreamRelay:
         self.bytes_in += count
         self.link.counters.transferred(count)
         self.link.perform(self.link.channels.delivered(self.channel, count, now))
-        if self.stalling and self.channel.undelivered <= LEGACY_BOUND:
-            self.link.stall_eased()
 
     def _start_writer(self) -> None:
         """Write the backlog in a greenlet; with none, act on the peer's EOF or goodbye now
@@ -353,7 +331,7 @@ class StreamRelay:
             return
         if self._backlog:
             self._writer = gevent.spawn(self._write)
-        elif self._peer_eof and self._ended is None:
+        elif self._peer_done and self._ended is None:
             self._finish_inbound()
 
     def _write(self) -> None:
@@ -368,9 +346,7 @@ class StreamRelay:
                     sent = sock.send(view)
                     view = view[sent:]
                     self._written(sent, self.link.clock())
-                if not backlog:
-                    self.blocked_since = None
-            if self._ended is None and self._peer_eof:
+            if self._ended is None and self._peer_done:
                 self._finish_inbound()
         except OSError as error:
             if self._ended is None:
@@ -384,21 +360,15 @@ class StreamRelay:
         if self.channel.theirs is Side.CLOSED:
             self._close_both_ways()
             return
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        shutdown(self.sock, socket.SHUT_WR)
         self._done.set()
 
     def _close_both_ways(self) -> None:
+        """The peer said goodbye: our reader sees its EOF and ends the pump, then ``run``
+        closes the socket (FIN, after what was written)."""
         self._wake_all()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # our reader sees its EOF
-        except OSError:
-            pass
+        shutdown(self.sock, socket.SHUT_RDWR)  # our own, not gevent's: see sockets.shutdown
 
     def _wake_all(self) -> None:
         self._done.set()
         self.window_opened()
-        if self.stalling:
-            self.link.stall_eased()

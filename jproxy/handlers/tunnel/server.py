@@ -24,13 +24,13 @@ import gevent
 from gevent.pool import Pool
 
 from jproxy.handlers.admin.listener import host_port_text
+from jproxy.handlers.console.live import NO_CONSOLE
 from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.logs.access import AccessLog, AccessRecord
 from jproxy.handlers.net.admission import Doorway, Evicted
 from jproxy.handlers.net.descriptors import Acceptor
 from jproxy.handlers.net.dialer import Dialer, DialError
 from jproxy.handlers.net.sockets import set_nodelay, tune_tunnel_socket
-from jproxy.handlers.tunnel.datagrams import TunnelDatagrams
 from jproxy.handlers.tunnel.driver import Tunnel
 from jproxy.handlers.tunnel.handshake import ServerLogin, prove, server_login
 from jproxy.handlers.tunnel.keylog import KeyLog
@@ -43,20 +43,18 @@ from jproxy.policy.hostnames import for_log
 from jproxy.socks.udp_association import DEFAULT_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from jproxy.socks.udp_association import MAX_DATAGRAM
 from jproxy.tuning import RelayTuning
-from jproxy.tunnel.datagrams import (
-    DEFAULT_MAX_ASSOCIATIONS,
-    AssociateRequested,
-    Datagrams,
-    EchoRequested,
-)
 from jproxy.tunnel.handshake import version_text
 from jproxy.tunnel.keys import UserDirectory
 from jproxy.tunnel.mux import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_MAX_CHANNELS,
     DEFAULT_WINDOW,
     Channel,
     Channels,
+    Do,
+    Ending,
+    Event,
 )
 from schemas.jproxy import ConnectStatus, Direction, status_for_dialect
 
@@ -88,6 +86,8 @@ class ServerLimits:
 
 
 class TunnelServer:
+    console = NO_CONSOLE
+
     def __init__(
         self,
         listen: tuple[str, int],
@@ -131,6 +131,16 @@ class TunnelServer:
             *self.address,
             ", legacy 3.0 allowed" if self.allow_legacy else "",
         )
+
+    def set_limits(self, limits: ServerLimits) -> None:
+        """New limits for what comes next (a reload): logins, tunnels and streams opened from
+        now on; what is open keeps going, and a lower limit only refuses newcomers."""
+        self.limits = limits
+        self._doorway.budget.total = limits.max_prelogin
+        self._doorway.budget.per_address = limits.max_prelogin_per_address
+        self._slots.max_tunnels = limits.max_tunnels
+        self._slots.max_per_user = limits.max_tunnels_per_user
+        self.dialer.connect_timeout = limits.connect_timeout
 
     def stop(self, timeout: float = 5.0) -> None:
         """Drain: accept no more tunnels, let open streams finish within the grace time, then
@@ -197,7 +207,15 @@ class TunnelServer:
     def _serve_tunnel(self, sock: socket.socket, where: str, login: ServerLogin) -> None:
         user, session = login.user, login.session
         dialect = version_text(session.dialect)
-        streams = Pool(self.limits.max_streams)
+        # Unbounded: the core's admission (``max_streams`` channels of every kind) is the
+        # bound. A bounded pool would have to wait when full, and ``on_request`` runs in the
+        # hub (the tunnel reader's callback), where nothing may wait.
+        requests = Pool()
+        serve = {
+            Do.CONNECT: self._serve_stream,
+            Do.ASSOCIATE: self._serve_association,
+            Do.ECHO: self._serve_echo,
+        }
         channels = Channels(
             Direction.SERVER_TO_CLIENT,
             session.dialect,
@@ -205,41 +223,32 @@ class TunnelServer:
             now=time.monotonic(),
             window=self.limits.window,
             max_channels=self.limits.max_streams,
+            max_associations=self.limits.max_associations,
             idle_timeout=self.limits.idle_timeout,
+            udp_idle_timeout=self.limits.udp_idle_timeout,
         )
+
+        def on_request(tunnel: Tunnel, request: Event) -> None:
+            requests.spawn(serve[request.kind], tunnel, user, where, request)
+
         tunnel = Tunnel(
             sock,
             session,
             channels,
             counters=self.counters,
             tuning=self.tuning,
-            on_connect_request=lambda t, channel: streams.spawn(
-                self._serve_stream, t, user, where, channel
-            ),
+            on_request=on_request,
             name=f"tunnel {user}@{where}",
         )
-        tunnel.datagrams = TunnelDatagrams(
-            tunnel,
-            Datagrams(
-                Direction.SERVER_TO_CLIENT,
-                session.dialect,
-                streams=channels.channels,
-                max_associations=self.limits.max_associations,
-            ),
-            self.counters,
-            on_associate=lambda d, request: streams.spawn(
-                self._serve_association, d, user, where, request
-            ),
-            on_echo=lambda d, request: streams.spawn(self._serve_echo, d, user, where, request),
-        )
-        channels.other_channels = tunnel.datagrams.core.channels
         log.info("%s: logged in (dialect %s)", tunnel.name, dialect)
         self._tunnels.add(tunnel)
         self.counters.tunnel_opened(user, dialect)
+        shown = self.console.tunnel_opened(tunnel, where, user)
         try:
             tunnel.run(login.proof.received)
         finally:
-            streams.kill(block=True, timeout=5)
+            self.console.tunnel_closed(shown)
+            requests.kill(block=True, timeout=5)
             self.counters.tunnel_closed(user, dialect)
             self._tunnels.discard(tunnel)
             log.info("%s: closed", tunnel.name)
@@ -252,14 +261,16 @@ class TunnelServer:
         try:
             yield started
         except BaseException:
-            record.ended, record.reason = record.ended or "cut", record.reason or "tunnel ended"
+            record.ended = record.ended or Ending.CUT
+            record.reason = record.reason or "tunnel ended"
             raise
         finally:
             record.duration = time.monotonic() - started
             self.access_log.write(record)
 
-    def _serve_stream(self, tunnel: Tunnel, user: str, client: str, channel: Channel) -> None:
+    def _serve_stream(self, tunnel: Tunnel, user: str, client: str, request: Event) -> None:
         """Open the stream's connection and relay it; one access log record either way."""
+        channel = request.channel
         record = AccessRecord(
             "tunnel", user, client, host_port_text((channel.host, channel.port)), time.time()
         )
@@ -276,7 +287,7 @@ class TunnelServer:
             record.connect_ms = _ms_since(started)
             tunnel.answer(channel, status, record.connect_ms)
             record.status, record.reason = error.status.name, error.reason
-            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            record.ended = error.ending
             return
         except BaseException:
             tunnel.answer(channel, ConnectStatus.GENERAL_FAILURE, 0)
@@ -285,44 +296,47 @@ class TunnelServer:
         record.status, record.connected = ConnectStatus.OK.name, host_port_text(address)
         if not tunnel.answer(channel, ConnectStatus.OK, record.connect_ms):  # the client gave up
             sock.close()
-            record.ended, record.reason = "closed", "the client gave up while we connected"
+            record.ended, record.reason = Ending.CLOSED, "the client gave up while we connected"
             return
         set_nodelay(sock)
         self.counters.connection_opened()
         relay = tunnel.attach(channel, sock)
+        shown = self.console.stream(
+            relay, record.client, channel.host, channel.port, user=record.user, toward=False
+        )
         try:
             relay.run()
         finally:
+            self.console.closed(shown)
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = relay.bytes_in, relay.bytes_out
             record.ended = relay.ending
+            if channel.peer_reason is not None:  # the wire's reason, whatever it meant here
+                record.reason = f"disconnect from the client: {channel.peer_reason.name}"
 
-    def _serve_association(
-        self, datagrams: TunnelDatagrams, user: str, client: str, request: AssociateRequested
-    ) -> None:
+    def _serve_association(self, tunnel: Tunnel, user: str, client: str, request: Event) -> None:
         """Open one UDP association through the dialer; one access log record either way."""
         channel = request.channel
         target = host_port_text((channel.host, channel.port))
         record = AccessRecord("tunnel", user, client, target, time.time(), transport="udp")
         with self._recorded(record) as started:
-            self._open_association(datagrams, request, record, started)
+            self._open_association(tunnel, channel, request.value, record, started)
 
     def _open_association(
         self,
-        datagrams: TunnelDatagrams,
-        request: AssociateRequested,
+        tunnel: Tunnel,
+        channel: Channel,
+        local_port: int,
         record: AccessRecord,
         started: float,
     ) -> None:
-        channel = request.channel
         try:
             address = self.dialer.addresses_for(channel.host, channel.port)[0]
-            sock = open_udp(self.dialer, address, channel.port, request.local_port)
+            sock = open_udp(self.dialer, address, channel.port, local_port)
         except DialError as error:
-            status = status_for_dialect(error.status, datagrams.core.dialect)
-            datagrams.send_control(datagrams.core.answer(channel, status, 0))
+            tunnel.answer(channel, status_for_dialect(error.status, tunnel.channels.dialect), 0)
             record.status, record.reason = error.status.name, error.reason
-            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            record.ended = error.ending
             return
         record.connect_ms = _ms_since(started)
         record.status, record.connected = (
@@ -330,53 +344,49 @@ class TunnelServer:
             host_port_text((address, channel.port)),
         )
         record.local_port = sock.getsockname()[1]
-        reply = datagrams.core.answer(channel, ConnectStatus.OK, record.local_port)
-        if reply is None:  # the client dissociated while we set up
-            sock.close()
-            record.ended, record.reason = "closed", "the client dissociated while we set up"
-            return
-        datagrams.send_control(reply)
         association = OutboundAssociation(
-            datagrams,
-            channel,
-            sock,
-            max_payload=MAX_DATAGRAM[datagrams.core.dialect],
-            idle_timeout=self.limits.udp_idle_timeout,
+            tunnel.datagrams, channel, sock, max_payload=MAX_DATAGRAM[tunnel.channels.dialect]
         )
+        if not tunnel.answer(channel, ConnectStatus.OK, record.local_port):
+            sock.close()  # the client dissociated while we set up
+            record.ended, record.reason = Ending.CLOSED, "the client dissociated while we set up"
+            return
         self.counters.connection_opened()
+        shown = self.console.association(
+            association, record.client, channel.host, channel.port, user=record.user
+        )
         try:
             association.run()
         finally:
+            self.console.closed(shown)
             self.counters.connection_closed()
             record.bytes_up, record.bytes_down = association.bytes_out, association.bytes_in
             record.ended = association.ending
 
-    def _serve_echo(
-        self, datagrams: TunnelDatagrams, user: str, client: str, request: EchoRequested
-    ) -> None:
+    def _serve_echo(self, tunnel: Tunnel, user: str, client: str, request: Event) -> None:
         """One ICMP echo, through the egress policy like every other way out (judged as
         port 0); one access log record."""
-        channel, timeout = request.channel, request.timeout_ms / 1000
+        channel, (timeout_ms, data) = request.channel, request.value
         record = AccessRecord("tunnel", user, client, channel.host, time.time(), transport="icmp")
         try:
             address = self.dialer.addresses_for(channel.host, 0)[0]
             record.connected = address
-            echo = ping(address, request.data, timeout, channel.id)
+            echo = ping(address, data, timeout_ms / 1000, channel.id)
         except DialError as error:
-            status = status_for_dialect(error.status, datagrams.core.dialect)
+            status = status_for_dialect(error.status, tunnel.channels.dialect)
             echo = Echo(status, 0, b"", "")
-            record.ended = "refused" if error.status is ConnectStatus.NOT_ALLOWED else "failed"
+            record.ended = error.ending
             record.reason = error.reason
         except IcmpUnavailable as error:
             log.warning("echo to %s: %s", for_log(channel.host), error)
             echo = Echo(ConnectStatus.GENERAL_FAILURE, 0, b"", "")
-            record.ended, record.reason = "failed", f"ICMP unavailable: {error}"
-        reply = datagrams.core.echo_reply(channel, echo.status, echo.elapsed_ms, echo.data)
-        datagrams.send_control(reply)
+            record.ended, record.reason = Ending.FAILED, f"ICMP unavailable: {error}"
+        tunnel.perform(tunnel.channels.echo_reply(channel, echo.status, echo.elapsed_ms, echo.data))
         record.status, record.connect_ms = echo.status.name, echo.elapsed_ms
-        record.bytes_up, record.bytes_down = len(request.data), len(echo.data)
-        record.ended = record.ended or ("closed" if echo.status is ConnectStatus.OK else "failed")
-        if echo.status is not ConnectStatus.OK and not record.reason:
+        record.bytes_up, record.bytes_down = len(data), len(echo.data)
+        ok = echo.status is ConnectStatus.OK
+        record.ended = record.ended or (Ending.CLOSED if ok else Ending.FAILED)
+        if not ok and not record.reason:
             record.reason = f"{echo.status.name} via {echo.via}"
         record.duration = echo.elapsed_ms / 1000
         self.access_log.write(record)

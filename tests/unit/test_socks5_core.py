@@ -1,18 +1,13 @@
-"""The sans-I/O SOCKS5 server: every handshake fed whole and one byte at a time, then against
-real clients (python-socks, curl) over loopback sockets."""
+"""The sans-I/O SOCKS5 server: every handshake fed whole and one byte at a time (real clients
+in front of it: tests/io/test_socks5_clients.py and tests/e2e/test_socks5_curl.py)."""
 
 from __future__ import annotations
 
-import concurrent.futures
-import socket
-import subprocess
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from python_socks import ProxyError
-from python_socks.sync import Proxy
 
 from jproxy.socks.socks5 import (
     MAX_BUFFERED,
@@ -30,18 +25,14 @@ from jproxy.socks.socks5 import (
 from schemas import WireError, build
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import AddressType, ReplyCode, SocksReply
-from tests.peers import require_tool
+from tests.socks5_handler import LOGGED_IN, LOGIN_FAILED, SELECTED_PASSWORD, USERS
 
 NO_AUTH = bytes.fromhex("050100")
 PASSWORD_AUTH = bytes.fromhex("050102")
 CONNECT_IPV4 = bytes.fromhex("050100017f0000010050")
-USERS = {"alice": "secret", "jörg": "pässwört"}
 
 SELECTED_NO_AUTH = Send(b"\x05\x00")
-SELECTED_PASSWORD = Send(b"\x05\x02")
-LOGGED_IN = Send(b"\x01\x00")
 NO_ACCEPTABLE = b"\x05\xff"
-LOGIN_FAILED = b"\x01\x01"
 
 
 def refusal_reply(code: int) -> bytes:
@@ -395,120 +386,3 @@ def test_udp_fragments_are_refused() -> None:
 def test_udp_truncated_header(cut) -> None:
     with pytest.raises(WireError):
         parse_udp_request(build_udp_request("8.8.8.8", 53, b"")[:cut])
-
-
-# --- real clients over loopback --------------------------------------------------------------
-
-TIMEOUT = 10.0
-BOUND = ("127.0.0.1", 4242)
-
-
-def _answer_as_destination(conn: socket.socket, received: bytes) -> None:
-    """Play the destination: read one HTTP-style request, send back its first line."""
-    while b"\r\n\r\n" not in received:
-        chunk = conn.recv(4096)
-        if not chunk:
-            return
-        received += chunk
-    line = received.split(b"\r\n", 1)[0]
-    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(line), line))
-
-
-def _serve_one(listener: socket.socket, server: Socks5Server) -> list[Event]:
-    """The thinnest handler: drive ``server`` for one client; returns the events seen."""
-    conn, _ = listener.accept()
-    seen: list[Event] = []
-    with conn:
-        conn.settimeout(TIMEOUT)
-        while data := conn.recv(4096):
-            for event in server.receive(data):
-                seen.append(event)
-                if isinstance(event, Send | Rejected):
-                    conn.sendall(event.data)
-                if isinstance(event, Rejected):
-                    return seen
-                if isinstance(event, ConnectRequested):
-                    conn.sendall(server.reply(ReplyCode.SUCCEEDED, *BOUND))
-                    _answer_as_destination(conn, server.early_data)
-                    return seen
-    return seen
-
-
-@pytest.fixture
-def proxy_for() -> Callable[[Socks5Server], tuple[int, concurrent.futures.Future]]:
-    """Serve one SOCKS client with a given core on an ephemeral loopback port."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        listeners: list[socket.socket] = []
-
-        def start(server: Socks5Server) -> tuple[int, concurrent.futures.Future]:
-            listener = socket.create_server(("127.0.0.1", 0))
-            listener.settimeout(TIMEOUT)
-            listeners.append(listener)
-            return listener.getsockname()[1], pool.submit(_serve_one, listener, server)
-
-        yield start
-        for listener in listeners:
-            listener.close()
-
-
-def _ask(sock: socket.socket, path: str) -> bytes:
-    with sock:
-        sock.settimeout(TIMEOUT)
-        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-        response = b""
-        while chunk := sock.recv(4096):
-            response += chunk
-    return response.split(b"\r\n\r\n", 1)[1]
-
-
-@pytest.mark.parametrize(
-    ("host", "rdns", "requested"),
-    [
-        ("example.test", True, "example.test"),
-        ("127.0.0.1", False, "127.0.0.1"),
-        ("::1", False, "::1"),
-    ],
-)
-def test_python_socks_client(proxy_for, host, rdns, requested) -> None:
-    port, served = proxy_for(Socks5Server(USERS))
-    proxy = Proxy.from_url(f"socks5://alice:secret@127.0.0.1:{port}", rdns=rdns)
-    assert _ask(proxy.connect(host, 8080, timeout=TIMEOUT), "/py") == b"GET /py HTTP/1.0"
-    events = served.result(timeout=TIMEOUT)
-    assert events == [SELECTED_PASSWORD, LOGGED_IN, ConnectRequested(requested, 8080)]
-
-
-def test_python_socks_client_wrong_password(proxy_for) -> None:
-    port, served = proxy_for(Socks5Server(USERS))
-    proxy = Proxy.from_url(f"socks5://alice:guess@127.0.0.1:{port}")
-    with pytest.raises(ProxyError):
-        proxy.connect("example.test", 80, timeout=TIMEOUT)
-    assert served.result(timeout=TIMEOUT)[-1] == Rejected(
-        LOGIN_FAILED, "wrong user name or password"
-    )
-
-
-def _run_curl(proxy: str, url: str) -> subprocess.CompletedProcess:
-    command = [require_tool("curl"), "-sS", "--max-time", str(TIMEOUT), "--proxy", proxy, url]
-    return subprocess.run(command, capture_output=True, timeout=2 * TIMEOUT, check=False)
-
-
-@pytest.mark.parametrize(
-    ("scheme", "credentials", "users"),
-    [("socks5h", "", None), ("socks5h", "alice:secret@", USERS), ("socks5", "", None)],
-    ids=["remote-names", "password", "local-names"],
-)
-def test_curl(proxy_for, scheme, credentials, users) -> None:
-    port, served = proxy_for(Socks5Server(users))
-    target = "example.test" if scheme == "socks5h" else "127.0.0.1"
-    result = _run_curl(f"{scheme}://{credentials}127.0.0.1:{port}", f"http://{target}:8080/curl")
-    assert (result.returncode, result.stdout) == (0, b"GET /curl HTTP/1.1"), result.stderr
-    assert served.result(timeout=TIMEOUT)[-1] == ConnectRequested(target, 8080)
-
-
-def test_curl_wrong_password(proxy_for) -> None:
-    port, served = proxy_for(Socks5Server(USERS))
-    result = _run_curl(f"socks5h://alice:nope@127.0.0.1:{port}", "http://example.test/")
-    assert result.returncode != 0
-    assert served.result(timeout=TIMEOUT)[-1] == Rejected(
-        LOGIN_FAILED, "wrong user name or password"
-    )

@@ -1,0 +1,1 @@
+"""What the live console knows: open connections, tunnels, notes and traffic (no I/O)."""
