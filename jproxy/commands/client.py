@@ -221,12 +221,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def warn_if_open(listener: ClientPort) -> None:
-    """A SOCKS port without authentication off loopback lends the tunnel to its network."""
+    """The client's port without authentication off loopback lends the tunnel to its network
+    (SOCKS4 and HTTP too: with a login, SOCKS4 is refused and HTTP needs Basic auth)."""
     host = listener.address[0]
     if listener.users is None and not ipaddress.ip_address(host.partition("%")[0]).is_loopback:
         log.warning(
-            "SOCKS5 on %s without authentication: anyone who reaches it can use the tunnel"
-            " (require a login with --socks-user, or listen on 127.0.0.1)",
+            "SOCKS5/SOCKS4/HTTP on %s without authentication: anyone who reaches it can use the"
+            " tunnel (require a login with --socks-user, or listen on 127.0.0.1)",
             host,
         )
 
