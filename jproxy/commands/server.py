@@ -30,7 +30,7 @@ from jproxy.handlers.dns.resolver import ResolveError, Resolver, SystemResolver
 from jproxy.handlers.logs.access import AccessLog
 from jproxy.handlers.net.descriptors import raise_fd_limit
 from jproxy.handlers.net.dialer import Dialer
-from jproxy.handlers.net.heap import keep_heap_reserve
+from jproxy.handlers.net.heap import HeapTrimmer, keep_heap_reserve
 from jproxy.handlers.net.signals import Reloader, Termination, access_log_mover
 from jproxy.handlers.socks.plain import PlainSocks5Port
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for flag, kind, metavar, text in (
         ("--max-tunnels", int, "N", "tunnels served at once"),
         ("--max-tunnels-per-user", int, "N", "proven tunnels one user may hold"),
-        ("--max-prelogin", int, "N", "connections waiting for login (the oldest gives way)"),
+        ("--max-prelogin", int, "N", "connections waiting for login (the least far gives way)"),
         ("--max-prelogin-per-address", int, "N", "of those, from one address (IPv6: a /64)"),
         ("--max-streams", int, "N", "channels per tunnel: streams, UDP associations, echoes"),
         ("--idle-timeout", float, "S", "seconds before an idle stream ends"),
@@ -352,7 +352,13 @@ def run(args: argparse.Namespace) -> int:
         services.append(server)
         page = (server.counters, server.tuning)
         if settings["admin_credentials"] is not None:
-            admin = partial(serve_admin, settings["admin"], settings["admin_credentials"], *page)
+            admin = partial(
+                serve_admin,
+                settings["admin"],
+                settings["admin_credentials"],
+                *page,
+                origins=dialer.origins,
+            )
             admin_server = listening("--admin", settings["admin"], admin)
             services.append(admin_server)
             reloader.on_change(["admin_credentials"], partial(_set_admin_credentials, admin_server))
@@ -382,7 +388,10 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             service.stop()
         return 1
+    trimmer = HeapTrimmer(lambda: counters.connections_open)
+    trimmer.start()
     signal_name = termination.wait()
+    trimmer.stop()
     log.info("%s: shutting down", signal_name)
     for sighup in sighups:
         sighup.cancel()

@@ -3,11 +3,13 @@
 A connection that has not logged in costs a socket and a greenlet but proves nothing, so such
 connections get their own small budget, per source address and in total, apart from the
 logged-in tunnels (``PreLoginBudget``). A newcomer is always admitted: when its address holds
-its share of connections that have waited ``grace`` seconds or more, the oldest of them is
-dropped; when the whole budget is full, the oldest of the busiest address is. A flood of idle or
-trickling connections thus costs the flooder its own oldest connections and cannot keep out a
-real client, whose login takes milliseconds, while a burst of fresh connections from one
-address (a browser, a NAT) is not cut by the per-address share.
+its share of connections that have waited ``grace`` seconds or more, one of them is dropped;
+when the whole budget is full, one of anyone's. The one dropped is the one that got least far
+(nothing well-formed sent, then a well-formed first message, then a known user's credentials);
+among those, one of the busiest address, the oldest. A flood of idle, trickling or re-opening
+connections thus costs the flooder its own connections and cannot keep out a real client,
+whose first message comes with its connection and whose login takes milliseconds, while a burst
+of fresh connections from one address (a browser, a NAT) is not cut by the per-address share.
 
 Logged-in tunnels (``TunnelSlots``) are capped in all and per user. A 3.0 login proves nothing
 until its first frame (the login hash travels in clear and ECB has no MAC): such an unproven
@@ -38,9 +40,27 @@ def source_of(host: str) -> str:
     return str(ipaddress.ip_network(f"{address}/64", strict=False))
 
 
+SILENT, GREETED, KNOWN = 0, 1, 2
+"""How far a connection got before login: nothing well-formed yet; a well-formed first message
+(the hello, the admin login request); credentials of a known user, being checked or proved."""
+
+
+@dataclass
+class _Waiting:
+    since: float
+    stage: int = SILENT
+
+
 class PreLoginBudget:
     """At most ``total`` connections waiting for login; one source keeps ``per_address`` of them
-    once they waited ``grace`` seconds."""
+    once they waited ``grace`` seconds.
+
+    The connection that gives way is the one that got least far (``progress``), the oldest
+    among those: a flood of idle, trickling or re-opening connections then only ever pushes
+    out its own kind, while a real client, whose well-formed first message comes with its
+    connection, moves ahead of them at once and keeps its place for the milliseconds its login
+    takes, however fast the flood re-opens.
+    """
 
     def __init__(self, total: int, per_address: int, grace: float = 1.0) -> None:
         if total < 1 or per_address < 1:
@@ -48,7 +68,7 @@ class PreLoginBudget:
         self.total = total
         self.per_address = per_address
         self.grace = grace
-        self._waiting: dict[str, OrderedDict[Hashable, float]] = {}
+        self._waiting: dict[str, dict[Hashable, _Waiting]] = {}
         self._source: dict[Hashable, str] = {}
 
     def __len__(self) -> int:
@@ -64,17 +84,32 @@ class PreLoginBudget:
         victim = None
         own = self._waiting.get(source)
         if own is not None and len(own) >= self.per_address:
-            oldest, since = next(iter(own.items()))
-            if now - since >= self.grace:
-                victim = oldest
+            victim = _weakest(own, admitted_by=now - self.grace)
         if victim is None and len(self._source) >= self.total:
-            busiest = max(self._waiting.values(), key=len)
-            victim = next(iter(busiest))
+            victim = self._weakest_anywhere()
         if victim is not None:
             self.release(victim)
-        self._waiting.setdefault(source, OrderedDict())[key] = now
+        self._waiting.setdefault(source, {})[key] = _Waiting(now)
         self._source[key] = source
         return victim
+
+    def _weakest_anywhere(self) -> Hashable:
+        """The budget is full: the least far of all, from the busiest source, the oldest."""
+        best, rank = None, None
+        for waiting in self._waiting.values():
+            key = _weakest(waiting)
+            entry = waiting[key]
+            this = (entry.stage, -len(waiting), entry.since)
+            if rank is None or this < rank:
+                best, rank = key, this
+        return best
+
+    def progress(self, key: Hashable, stage: int) -> None:
+        """``key`` got as far as ``stage`` (``GREETED``, ``KNOWN``); no-op when not waiting."""
+        source = self._source.get(key)
+        if source is not None:
+            entry = self._waiting[source][key]
+            entry.stage = max(entry.stage, stage)
 
     def release(self, key: Hashable) -> None:
         """``key`` logged in, failed or was dropped (no-op when it is not waiting)."""
@@ -85,6 +120,22 @@ class PreLoginBudget:
         del waiting[key]
         if not waiting:
             del self._waiting[source]
+
+
+def _weakest(
+    waiting: dict[Hashable, _Waiting], admitted_by: float | None = None
+) -> Hashable | None:
+    """The connection that got least far, the oldest first (``waiting`` is in admission
+    order); only those admitted by ``admitted_by``, when given."""
+    weakest, lowest = None, None
+    for key, entry in waiting.items():
+        if admitted_by is not None and entry.since > admitted_by:
+            break  # the rest came later still
+        if lowest is None or entry.stage < lowest:
+            weakest, lowest = key, entry.stage
+            if lowest == SILENT:
+                break
+    return weakest
 
 
 @dataclass(frozen=True)

@@ -137,12 +137,18 @@ class PasswordTable:
     _verified: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
     _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False, compare=False)
 
+    def remembered(self, user: bytes, password: bytes) -> bool:
+        """Whether this password of this user already passed scrypt (no scrypt now)."""
+        name = user.decode("utf-8", "replace")
+        proof = hmac.new(self._key, password, hashlib.sha256).digest()
+        return name in self.hashes and hmac.compare_digest(proof, self._verified.get(name, b""))
+
     def check(self, user: bytes, password: bytes) -> bool:
+        if self.remembered(user, password):
+            return True
         name = user.decode("utf-8", "replace")
         stored = self.hashes.get(name)
         proof = hmac.new(self._key, password, hashlib.sha256).digest()
-        if stored is not None and hmac.compare_digest(proof, self._verified.get(name, b"")):
-            return True
         matches = verify_password(password, stored or self.decoy)
         if stored is not None and matches:
             self._verified[name] = proof
@@ -222,9 +228,10 @@ class _Failures:
 class LoginThrottle:
     """Failed-login counts per key that make later attempts wait before they are checked.
 
-    The admin listener keys them by (address, user name), so guesses at other names do not
-    delay the operator, and runs one attempt per key at a time, so parallel connections wait
-    their turn instead of guessing in parallel.
+    The admin and plain SOCKS listeners key them by (origin, user name)
+    (``jproxy.handlers.net.logins``), so guesses from elsewhere or at other names do not delay
+    the operator, and run one attempt per key at a time, so parallel connections wait their
+    turn instead of guessing in parallel.
 
     The wait is ``base_delay * 2**(failures-1)``, at most ``max_delay``; a success or
     ``forget_after`` seconds without failure clears it. At most ``max_addresses`` are

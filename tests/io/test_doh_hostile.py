@@ -4,8 +4,11 @@ over TLS on loopback, in a thread): each fault is a resolve error, the connectio
 from __future__ import annotations
 
 import re
+import socket
 import socketserver
 import ssl
+import struct
+import time
 
 import dns.message
 import dns.rrset
@@ -16,6 +19,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import pytest
 
 from jproxy.handlers.dns.doh import DohResolver
@@ -27,7 +31,11 @@ from tests.peers import self_signed_certificate, serve_in_a_thread
 class HostileDoh(socketserver.ThreadingTCPServer):
     """HTTP/2 over TLS on loopback; what it does depends on the first label of the name asked:
     ``status`` HTTP 503, ``type`` text/html, ``huge`` a 70000-byte body, ``wrong`` an answer
-    to another question, ``reset`` RST_STREAM, ``goaway`` GOAWAY, ``ok`` 127.0.0.9."""
+    to another question, ``reset`` RST_STREAM, ``goaway`` GOAWAY, ``ok`` 127.0.0.9; and, each
+    ending the connection for a client that follows HTTP/2: ``digits`` a :status that is not
+    a number, ``latin`` a header that is not UTF-8, ``cut`` half a frame and then the end of
+    the connection, ``midway`` a HEADERS frame without its CONTINUATION and then RST_STREAM,
+    ``abort`` the same frame and then a TCP reset."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -62,8 +70,9 @@ class HostileHandler(socketserver.BaseRequestHandler):
         sock.sendall(conn.data_to_send())
         bodies: dict[int, bytes] = {}
         self.unsent: dict[int, bytes] = {}
+        self.raw, self.hang_up = b"", ""
         try:
-            while data := sock.recv(65536):
+            while not self.hang_up and (data := sock.recv(65536)):
                 if conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
                     continue  # after our GOAWAY: ignore the client until it leaves
                 for event in conn.receive_data(data):
@@ -77,9 +86,21 @@ class HostileHandler(socketserver.BaseRequestHandler):
                     elif isinstance(event, h2.events.WindowUpdated):
                         for stream_id in list(self.unsent):
                             self.send_more(conn, stream_id)
-                sock.sendall(conn.data_to_send())
+                sock.sendall(conn.data_to_send() + self.raw)
+                self.raw = b""
         except (OSError, h2.exceptions.ProtocolError):
             pass
+        if self.hang_up == "abort":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif self.hang_up == "close":
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    @staticmethod
+    def frame(kind: int, flags: int, stream_id: int, payload: bytes, length: int = -1) -> bytes:
+        """One HTTP/2 frame as raw bytes (RFC 9113 section 4.1); ``length`` may lie."""
+        size = len(payload) if length < 0 else length
+        return struct.pack(">I", size)[1:] + struct.pack(">BBI", kind, flags, stream_id) + payload
 
     def send_more(self, conn, stream_id: int) -> None:
         """As much of the stream's body as the client's windows allow; the end once it is out."""
@@ -114,6 +135,25 @@ class HostileHandler(socketserver.BaseRequestHandler):
             return
         elif how == "goaway":
             conn.close_connection(last_stream_id=0)
+            return
+        elif how in ("digits", "latin"):
+            value = b"ok" if how == "digits" else b"caf\xe9"
+            block = hpack.Encoder().encode(
+                [(b":status", b"2xx" if how == "digits" else b"200"), (b"x-name", value)]
+            )
+            self.raw = self.frame(0x1, 0x4, stream_id, block)  # HEADERS, END_HEADERS
+            return
+        elif how in ("cut", "midway", "abort"):
+            block = hpack.Encoder().encode([(":status", "200"), ("content-type", media)])
+            if how == "cut":  # the frame says 100 bytes, half of them come, then the end
+                self.raw = self.frame(0x1, 0x4, stream_id, block, length=100)[:30]
+                self.hang_up = "close"
+                return
+            self.raw = self.frame(0x1, 0x0, stream_id, block)  # no END_HEADERS: more to come
+            if how == "midway":
+                self.raw += self.frame(0x3, 0x0, stream_id, struct.pack(">I", 8))  # RST_STREAM
+            else:
+                self.hang_up = "abort"
             return
         conn.send_headers(stream_id, [(":status", status), ("content-type", media)])
         self.unsent[stream_id] = wire
@@ -168,3 +208,34 @@ def test_lookups_wait_for_a_free_stream_under_the_servers_stream_limit(tmp_path)
     finally:
         resolver.close()
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("digits.bad.test", "BrokenServer: the server sent :status '2xx', not three digits"),
+        ("latin.bad.test", "UnicodeDecodeError"),
+        ("cut.bad.test", "connection closed: "),
+        ("midway.bad.test", "ProtocolError"),
+        ("abort.bad.test", "connection closed: "),
+    ],
+)
+def test_a_broken_doh_server_ends_its_connection_and_the_next_lookup_opens_another(
+    hostile, name, why, caplog
+) -> None:
+    """Whatever the server breaks ends that connection alone: the lookup on it fails at once
+    with the reason, and the next one works on a new connection, well within 2 s."""
+    resolver = DohResolver.start(hostile.url, ca_file=str(hostile.cert), counters=Counters())
+    try:
+        started = time.monotonic()
+        with pytest.raises(ResolveError, match=re.escape(why)):
+            resolver.resolve(name, 10)
+        assert time.monotonic() - started < 2.0
+        assert why in caplog.text  # the log says why the connection ended
+        started = time.monotonic()
+        assert resolver.resolve("ok.bad.test", 10) == ["127.0.0.9"]
+        assert time.monotonic() - started < 2.0
+        assert resolver.http.connections_opened >= 2  # the broken one was given up
+        assert resolver.counters.doh_failures == 1
+    finally:
+        resolver.close()

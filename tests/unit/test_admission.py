@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from jproxy.policy.admission import Granted, PreLoginBudget, Refused, TunnelSlots, source_of
+from jproxy.policy.admission import (
+    GREETED,
+    KNOWN,
+    Granted,
+    PreLoginBudget,
+    Refused,
+    TunnelSlots,
+    source_of,
+)
 
 
 def test_source_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
@@ -52,6 +60,53 @@ def test_a_flood_never_drops_a_newcomer_before_limit_more_arrive() -> None:
     dropped = [budget.admit(("late", n), f"10.0.0.{n % 100}", 10.0) for n in range(1000)]
     assert "real" not in dropped and budget.waiting_from("192.0.2.1") == 1
     assert len(budget) == 128
+
+
+def test_the_connection_that_got_least_far_gives_way_first() -> None:
+    budget = PreLoginBudget(total=4, per_address=4)
+    for key in ("silent", "greeted", "known", "fresh"):
+        budget.admit(key, "a", 0.0)
+    budget.progress("greeted", GREETED)
+    budget.progress("known", KNOWN)
+    budget.progress("known", GREETED)  # never backwards
+    budget.progress("gone", KNOWN)  # not waiting: nothing happens
+    assert budget.admit("n1", "a", 0.0) == "silent"
+    assert budget.admit("n2", "a", 0.0) == "fresh"
+    assert budget.admit("n3", "a", 0.0) == "n1"  # the silent ones go, oldest first
+    budget.progress("n2", GREETED)
+    budget.progress("n3", GREETED)
+    assert budget.admit("n4", "a", 0.0) == "greeted"  # none silent: the oldest greeted
+    assert budget.admit("n5", "a", 0.0) == "n4"
+
+
+def test_the_per_address_share_drops_the_least_far_of_those_past_the_grace() -> None:
+    budget = PreLoginBudget(total=100, per_address=2, grace=1.0)
+    budget.admit("idle", "a", 0.0)
+    budget.admit("real", "a", 0.2)
+    budget.progress("real", GREETED)
+    budget.admit("idle2", "a", 0.3)
+    assert budget.admit("burst", "a", 0.9) is None  # nobody has waited the grace yet
+    assert budget.admit("n1", "a", 1.25) == "idle"
+    assert budget.admit("n2", "a", 1.31) == "idle2"  # silent, though "real" came first
+    assert budget.admit("n3", "a", 1.32) == "real"  # greeted, yet waited 1 s and more
+    assert budget.waiting_from("a") == 4
+
+
+def test_a_real_login_survives_a_flood_that_reopens_ten_times_the_budget() -> None:
+    """1,280 re-opening connections from one address, and from 300: a real client that sent
+    its hello keeps its place however many silent newcomers arrive, until it logs in."""
+    for sources in (1, 300):
+        budget = PreLoginBudget(total=128, per_address=16)
+        for n in range(1280):
+            budget.admit(n, f"10.0.{n % sources // 256}.{n % sources % 256}", n / 1000)
+        budget.admit("real", "10.0.0.0", 1.3)
+        budget.progress("real", GREETED)
+        dropped = [
+            budget.admit(("again", n), f"10.0.0.{n % sources % 256}", 1.3) for n in range(1280)
+        ]
+        assert "real" not in dropped
+        budget.progress("real", KNOWN)
+        assert len(budget) == 128 and budget.waiting_from("10.0.0.0") >= 1
 
 
 def test_release_frees_the_place_and_tolerates_unknown_keys() -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from jproxy.policy.fds import MAX_SOFT_LIMIT, MIN_RESERVE, FdBudget, raised_soft_limit
+from jproxy.policy.fds import (
+    MAX_SOFT_LIMIT,
+    MIN_RESERVE,
+    MIN_SHARE,
+    FdBudget,
+    fair_share,
+    raised_soft_limit,
+)
 
 UNLIMITED = -1
 
@@ -41,3 +48,20 @@ def test_a_stream_socket_in_the_reserve_is_refused() -> None:
     assert budget.allows(831)
     assert not budget.allows(832)
     assert not budget.allows(1023)
+
+
+def test_a_users_fair_share_shrinks_as_the_others_fill_the_budget() -> None:
+    assert fair_share(704, 0) == 352  # alone: half
+    assert fair_share(704, 352) == 176
+    assert fair_share(704, 700) == MIN_SHARE  # never below the floor
+
+
+def test_users_at_their_caps_leave_a_newcomer_a_share() -> None:
+    """Greedy users, each taking fds while its share allows, settle at 1/(n+1) each."""
+    for_streams, held = 704, [0, 0, 0]
+    for _ in range(for_streams):
+        for user in range(len(held)):
+            if held[user] < fair_share(for_streams, sum(held) - held[user]):
+                held[user] += 1
+    assert sum(held) <= for_streams * 3 // 4 + 3
+    assert fair_share(for_streams, sum(held)) >= for_streams // 8  # a fourth user gets in

@@ -7,9 +7,11 @@ tens of milliseconds) runs in a small thread pool so it never stalls the tunnels
 
 Connections count in a small budget per source address and in total, the oldest giving way to
 a newcomer, so idle connections cannot delay the operator. Login attempts are throttled per
-(address, user name): one attempt at a time, each waiting out the doubling delay of the
-failures before it, so parallel connections guess no faster than one; and guesses at other
-names (tunnel users all arrive from the server's own address) never delay the operator's name.
+(origin, user name) by ``jproxy.handlers.net.logins``: one attempt at a time, each waiting out
+the doubling delay of the failures before it, so parallel connections guess no faster than
+one. The origin of a connection that a tunnel user made through the server is that user and
+their address (``Origins``), not the server's own address, so their guesses never delay the
+operator logging in from that address.
 """
 
 from __future__ import annotations
@@ -19,10 +21,7 @@ import socket
 import time
 from functools import partial
 
-import gevent
-from gevent.lock import Semaphore
 from gevent.pool import Pool
-from gevent.threadpool import ThreadPool
 
 from jproxy.admin.protocol import (
     AdminServerConnection,
@@ -36,7 +35,10 @@ from jproxy.admin.protocol import (
 from jproxy.config import host_port_text
 from jproxy.handlers.net.admission import Doorway, Evicted
 from jproxy.handlers.net.descriptors import Acceptor
+from jproxy.handlers.net.dialer import Origins
+from jproxy.handlers.net.logins import ThrottledLogins
 from jproxy.metrics import Counters
+from jproxy.policy.admission import GREETED, KNOWN
 from jproxy.policy.passwords import AdminCredentials, LoginThrottle
 from jproxy.tuning import RelayTuning
 
@@ -47,7 +49,6 @@ MAX_CONNECTIONS = 64
 MAX_CONNECTIONS_PER_ADDRESS = 16
 SEND_TIMEOUT = 5.0
 RECV_SIZE = 4096
-HASHING_THREADS = 2
 IPPROTO_SCTP = getattr(socket, "IPPROTO_SCTP", 132)
 
 
@@ -57,14 +58,6 @@ def stream_socket(family: int) -> tuple[socket.socket, str, OSError | None]:
         return socket.socket(family, socket.SOCK_STREAM, IPPROTO_SCTP), "SCTP", None
     except OSError as error:
         return socket.socket(family, socket.SOCK_STREAM), "TCP", error
-
-
-class _Turns:
-    """One login attempt at a time for one (address, user name); forgotten when nobody waits."""
-
-    def __init__(self) -> None:
-        self.lock = Semaphore(1)
-        self.users = 0
 
 
 class AdminServer(Acceptor):
@@ -81,61 +74,52 @@ class AdminServer(Acceptor):
         pool_size: int,
         throttle: LoginThrottle,
         deadline: float,
+        origins: Origins | None = None,
     ) -> None:
         super().__init__(listener, spawn=Pool())  # unbounded: the doorway bounds it
         self.transport = transport
         self._doorway = Doorway(
             "admin port", pool_size, min(pool_size, MAX_CONNECTIONS_PER_ADDRESS)
         )
-        self._credentials = credentials
         self._methods = server_methods(counters, tuning)
-        self._throttle = throttle
-        self._attempts: dict[tuple[str, bytes], _Turns] = {}
+        self._credentials = credentials
+        self._logins = ThrottledLogins("admin", self._matches, throttle, deadline)
+        self._origins = origins or Origins()
         self._deadline = deadline
-        self._hashing = ThreadPool(HASHING_THREADS)
 
     def stop(self, timeout: float | None = None) -> None:
         super().stop(timeout)
-        self._hashing.kill()
+        self._logins.stop()
+
+    def _check(self, origin: str, user: bytes, password: bytes) -> bool:
+        """A well-formed login request moves its connection ahead of silent ones in the
+        pre-login budget, and proven credentials further still."""
+        self._doorway.progressed(GREETED)
+        accepted = self._logins.check(origin, user, password)
+        if accepted:
+            self._doorway.progressed(KNOWN)
+        return accepted
 
     def replace_credentials(self, credentials: AdminCredentials) -> None:
         """Check logins against ``credentials`` from now on (a reload)."""
         self._credentials = credentials
 
-    def _check_credentials(self, ip: str, user: bytes, password: bytes) -> bool:
-        key = (ip, user)
-        turns = self._attempts.setdefault(key, _Turns())
-        turns.users += 1
-        try:
-            if not turns.lock.acquire(timeout=self._deadline):
-                log.warning("admin: too many parallel logins from %s, refused one", ip)
-                return False
-            try:
-                gevent.sleep(self._throttle.delay(key))
-                accepted = self._hashing.apply(self._credentials.check, (user, password))
-                if accepted:
-                    self._throttle.succeeded(key)
-                else:
-                    self._throttle.failed(key)
-                return accepted
-            finally:
-                turns.lock.release()
-        finally:
-            turns.users -= 1
-            if not turns.users:
-                del self._attempts[key]
+    def _matches(self, user: bytes, password: bytes) -> bool:
+        return self._credentials.check(user, password)
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         try:
             with self._doorway.waiting(address[0]):
-                self._exchange(sock, address[0])
+                self._exchange(sock, address)
         except Evicted:
             log.debug("admin: dropped a connection from %s for newer ones", address[0])
         finally:
             sock.close()
 
-    def _exchange(self, sock: socket.socket, ip: str) -> None:
-        exchange = AdminServerConnection(partial(self._check_credentials, ip), self._methods)
+    def _exchange(self, sock: socket.socket, address: tuple) -> None:
+        ip = address[0]
+        origin = self._origins.of(address) or ip
+        exchange = AdminServerConnection(partial(self._check, origin), self._methods)
         budget = self._deadline
         try:
             while not exchange.finished:
@@ -186,6 +170,7 @@ def serve_admin(
     pool_size: int = MAX_CONNECTIONS,
     throttle: LoginThrottle | None = None,
     deadline: float = EXCHANGE_DEADLINE,
+    origins: Origins | None = None,
 ) -> AdminServer:
     """Start the admin listener on ``listen``; ``.address`` is where it is bound, ``.stop()``."""
     host, port = listen
@@ -210,6 +195,7 @@ def serve_admin(
         pool_size=pool_size,
         throttle=throttle or LoginThrottle(),
         deadline=deadline,
+        origins=origins,
     )
     server.start()
     where = host_port_text(listener.getsockname())

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import dns.message
 import gevent
 from gevent.event import AsyncResult
 
@@ -30,7 +31,13 @@ from jproxy.dns.message import (
     query,
     read_answer,
 )
-from jproxy.handlers.dns.http2 import Exchange, Http2Client, Http2Error, tls_context
+from jproxy.handlers.dns.http2 import (
+    ConnectionLost,
+    Exchange,
+    Http2Client,
+    Http2Error,
+    tls_context,
+)
 from jproxy.handlers.dns.resolver import ResolveError, SystemResolver
 from jproxy.metrics import Counters
 from jproxy.policy.hostnames import ip_literal
@@ -154,20 +161,9 @@ class DohResolver:
             raise ResolveError(f"DoH: {error}") from None
         started = self._clock()
         self.counters.doh_lookups += 1
-        exchanges: list[Exchange] = []
         failure = "no answer in time"
         try:
-            for message in queries:
-                body = message.to_wire()
-                exchanges.append(
-                    self.http.request(self._headers(len(body)), body, MAX_MESSAGE_SIZE)
-                )
-            answer = combine(
-                [
-                    read_answer(message, self._body(exchange))
-                    for message, exchange in zip(queries, exchanges, strict=True)
-                ]
-            )
+            answer = self._ask(queries, retry=True)
             failure = ""
         except (Http2Error, DnsError, OSError) as error:
             failure = (
@@ -175,12 +171,35 @@ class DohResolver:
             )
             raise ResolveError(f"DoH server {self.server.url}: {failure}") from None
         finally:
-            for exchange in exchanges:
-                exchange.connection.forget(exchange)
             self.counters.doh_lookup_seconds += self._clock() - started
             self._health(failure)
         self.cache.put(host, answer, self._clock())
         return answer
+
+    def _ask(self, queries: list[dns.message.QueryMessage], *, retry: bool) -> Answer:
+        """Send the queries at once and combine their answers; once more on a new connection
+        when a connection that had served before ended under them."""
+        exchanges: list[Exchange] = []
+        try:
+            for message in queries:
+                body = message.to_wire()
+                exchanges.append(
+                    self.http.request(self._headers(len(body)), body, MAX_MESSAGE_SIZE)
+                )
+            return combine(
+                [
+                    read_answer(message, self._body(exchange))
+                    for message, exchange in zip(queries, exchanges, strict=True)
+                ]
+            )
+        except ConnectionLost as error:
+            if not (retry and exchanges and exchanges[0].reused):
+                raise
+            log.debug("DoH: %s; asking again on a new connection", error)
+        finally:
+            for exchange in exchanges:
+                exchange.connection.forget(exchange)
+        return self._ask(queries, retry=False)
 
     def _headers(self, length: int) -> list[tuple[str, str]]:
         return [

@@ -9,6 +9,14 @@ senders write under one lock, so frames leave in the order ``h2`` produced them.
 Nothing here sets a deadline for a request: the caller's ``gevent.Timeout`` bounds the
 connect, the handshake and the wait for the answer. A request abandoned by its caller is reset;
 if nothing at all arrived while it waited, the connection is taken for dead and closed.
+Anything the server sends that breaks HTTP/2 (a bad ``:status``, a header that is not UTF-8,
+a protocol error, any exception in the reader) ends that connection alone: its requests fail
+at once with the reason, and the next request opens a new one.
+
+Why not httpx (with HTTP/2), or dnspython's DoH, which is httpx: the server does not
+monkey-patch, so httpx's blocking client would run in threads, one per request in flight, out
+of reach of the caller's ``gevent.Timeout``; and it measured slower (``bench/doh.py``). See
+docs/dns-and-logs.md.
 """
 
 from __future__ import annotations
@@ -48,7 +56,11 @@ class Http2Error(Exception):
     """A request got no usable response; the message says why."""
 
 
-class _ConnectionLost(Http2Error):
+class BrokenServer(Http2Error):
+    """The server sent something HTTP/2 allows no client to accept; its connection ends."""
+
+
+class ConnectionLost(Http2Error):
     """The connection ended before the response did (the request may never have been read)."""
 
 
@@ -82,6 +94,9 @@ class Exchange:
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.sent_at = time.monotonic()
+        self.reused = connection.served > 0
+        """Sent on a connection that had served before: if it ends with ``ConnectionLost``,
+        the server may have closed it just then, and the request is worth one more try."""
         self.result: AsyncResult = AsyncResult()
 
     def response(self) -> Response:
@@ -129,12 +144,12 @@ class _Connection:
             stream_id = self._h2.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
             self.going_away = True
-            raise _ConnectionLost("connection ran out of stream ids") from None
+            raise ConnectionLost("connection ran out of stream ids") from None
         try:
             self._h2.send_headers(stream_id, headers, end_stream=not body)
         except h2.exceptions.ProtocolError as error:  # the connection is closing
             self.going_away = True
-            raise _ConnectionLost(f"cannot send: {error}") from None
+            raise ConnectionLost(f"cannot send: {error}") from None
         if body:
             if self._h2.local_flow_control_window(stream_id) < len(body):
                 self._reset(stream_id)
@@ -154,7 +169,7 @@ class _Connection:
             self._stream_closed.clear()
             self._stream_closed.wait()
         if not self.usable:
-            raise _ConnectionLost(f"connection closed: {self.closed or 'the server sent GOAWAY'}")
+            raise ConnectionLost(f"connection closed: {self.closed or 'the server sent GOAWAY'}")
 
     def forget(self, exchange: Exchange) -> None:
         """The caller is done with ``exchange``: reset its stream if it is still open."""
@@ -180,7 +195,7 @@ class _Connection:
         self.closed = reason
         log.info("%s: connection closed: %s", self.name, reason)
         for exchange in self._exchanges.values():
-            exchange.result.set_exception(_ConnectionLost(f"connection closed: {reason}"))
+            exchange.result.set_exception(ConnectionLost(f"connection closed: {reason}"))
         self._exchanges.clear()
         self._stream_closed.set()  # whoever waits for a stream learns that there is none
         self.sock.close()
@@ -196,7 +211,7 @@ class _Connection:
                 self.sock.sendall(data)
             except OSError as error:
                 self.close(f"send failed: {error}")
-                raise _ConnectionLost(f"send failed: {error}") from None
+                raise ConnectionLost(f"send failed: {error}") from None
             except BaseException:  # a deadline cut a frame in half: the connection is unusable
                 self.close("a send was interrupted")
                 raise
@@ -220,9 +235,11 @@ class _Connection:
                 for event in self._h2.receive_data(data):
                     self._dispatch(event)
                 self._flush()
-        except _ConnectionLost:
+        except ConnectionLost:
             return  # a send failed and closed the connection already
-        except (OSError, h2.exceptions.H2Error) as error:
+        except Exception as error:  # whatever the server sent ends only this connection:
+            # a socket error, a protocol error, bytes h2 cannot decode (a header
+            # that is not UTF-8), a bad :status. Its requests fail at once with the reason.
             reason = f"{type(error).__name__}: {error}"
         self.close(reason)
 
@@ -234,7 +251,7 @@ class _Connection:
             self.going_away = True
             for stream_id in [i for i in self._exchanges if i > (event.last_stream_id or 0)]:
                 self._exchanges.pop(stream_id).result.set_exception(
-                    _ConnectionLost(f"the server sent GOAWAY ({event.error_code!s})")
+                    ConnectionLost(f"the server sent GOAWAY ({event.error_code!s})")
                 )
             return
         exchange = self._exchanges.get(getattr(event, "stream_id", 0))
@@ -251,7 +268,7 @@ class _Connection:
             return
         elif isinstance(event, h2.events.ResponseReceived):
             exchange.headers = dict(event.headers)
-            exchange.status = int(exchange.headers.get(":status", "0"))
+            exchange.status = _status(exchange.headers.get(":status", ""))
         elif isinstance(event, h2.events.StreamEnded):
             self._exchanges.pop(event.stream_id)
             exchange.result.set(Response(exchange.status, exchange.headers, bytes(exchange.body)))
@@ -261,6 +278,14 @@ class _Connection:
     def _fail(self, exchange: Exchange, reason: str) -> None:
         self._exchanges.pop(exchange.stream_id, None)
         exchange.result.set_exception(Http2Error(reason))
+
+
+def _status(text: str) -> int:
+    """The response's ``:status``; a server that sends anything but three digits is broken,
+    and ``BrokenServer`` ends its connection."""
+    if len(text) != 3 or not text.isascii() or not text.isdigit():
+        raise BrokenServer(f"the server sent :status {text[:16]!r}, not three digits")
+    return int(text)
 
 
 class Http2Client:
@@ -300,7 +325,7 @@ class Http2Client:
         reused = connection.served > 0
         try:
             return connection.send(headers, body, max_body)
-        except _ConnectionLost:
+        except ConnectionLost:
             if not reused:
                 raise
         # The server closed an old connection just as we sent: once more, on a new one.

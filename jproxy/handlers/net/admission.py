@@ -1,7 +1,8 @@
 """A listener's pre-login budget on greenlets: a connection that must give way is killed.
 
 Each handler greenlet counts as waiting from the time it enters ``Doorway.waiting()`` until it
-leaves that block or calls ``done_waiting()``. When
+leaves that block or calls ``done_waiting()``; ``progressed()`` says how far its connection got
+(the least far give way first). When
 ``jproxy.policy.admission.PreLoginBudget`` picks an
 older waiting connection to make room, its greenlet gets ``Evicted`` (a ``GreenletExit``, so
 the handler's ``finally`` blocks close its socket and nothing logs a traceback).
@@ -48,6 +49,12 @@ class Doorway:
         finally:
             self.budget.release(me)
             self._doomed.discard(me)
+
+    def progressed(self, stage: int) -> None:
+        """The current greenlet's connection got as far as ``stage``
+        (``jproxy.policy.admission.GREETED`` or ``KNOWN``): it now gives way after those
+        that got less far."""
+        self.budget.progress(gevent.getcurrent(), stage)
 
     def done_waiting(self) -> None:
         """The current greenlet leaves the budget early; ``Evicted`` if it was just dropped."""

@@ -5,29 +5,31 @@ The same resolver (DoH or the system's), egress policy, connect deadline, counte
 log as tunnel streams; the dialer's status becomes the SOCKS reply (RFC 1928 section 6).
 UDP ASSOCIATE runs the client's relay (``jproxy.handlers.socks.udp_relay``) with routes that leave
 through sockets of the server's own (``jproxy.handlers.socks.plain_udp``). RFC 1929 logins are
-checked against ``[socks_users]`` hashes in a small thread pool, since scrypt takes tens of
-milliseconds. BIND is answered 07.
+checked against ``[socks_users]`` hashes with the admin port's throttle
+(``jproxy.handlers.net.logins``: per origin and user name, one attempt at a time, doubling
+delays after failures, scrypt in a small thread pool). BIND is answered 07.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-
-from gevent.threadpool import ThreadPool
+from functools import partial
 
 from jproxy.handlers.admin.listener import host_port_text
 from jproxy.handlers.logs.access import AccessLog, AccessRecord
 from jproxy.handlers.net.dialer import Dialer, DialError
+from jproxy.handlers.net.logins import ThrottledLogins
 from jproxy.handlers.net.sockets import set_nodelay
-from jproxy.handlers.socks.plain_udp import DirectRoutes
-from jproxy.handlers.socks.port import Socks5Port
+from jproxy.handlers.socks.plain_udp import DirectRoutes, owner_of
+from jproxy.handlers.socks.port import HANDSHAKE_TIMEOUT, Socks5Port
 from jproxy.handlers.socks.splice import Splice
 from jproxy.handlers.socks.udp_relay import SocksUdpRelay, association_for
 from jproxy.metrics import Counters
-from jproxy.policy.passwords import PasswordTable
+from jproxy.policy.passwords import LoginThrottle, PasswordTable
 from jproxy.socks.socks5 import (
     ConnectRequested,
+    CredentialCheck,
     Socks5Server,
     UdpAssociateRequested,
     reply_code_for,
@@ -38,7 +40,6 @@ from jproxy.tunnel.mux import Ending
 from schemas.jproxy import ConnectStatus
 from schemas.socks5 import ReplyCode
 
-HASHING_THREADS = 2
 SERVICE = "socks"
 
 
@@ -59,8 +60,16 @@ class PlainSocks5Port(Socks5Port):
         idle_timeout: float,
     ) -> None:
         self._users = users
-        self._hashing = ThreadPool(HASHING_THREADS)
-        super().__init__(listen, check_login=None if users is None else self._check_login)
+        self._logins = None
+        if users is not None:
+            self._logins = ThrottledLogins(
+                "plain SOCKS5",
+                lambda user, password: self._users.check(user, password),
+                LoginThrottle(),
+                HANDSHAKE_TIMEOUT,
+                remembered=lambda user, password: self._users.remembered(user, password),
+            )
+        super().__init__(listen, check_login=None if users is None else users.check)
         self.dialer = dialer
         self.counters = counters
         self.tuning = tuning
@@ -74,13 +83,17 @@ class PlainSocks5Port(Socks5Port):
             raise ValueError("this port serves without authentication")
         self._users = users
 
-    def _check_login(self, user: bytes, password: bytes) -> bool:
-        """scrypt off the event loop; the handshake deadline still bounds the wait."""
-        return self._hashing.apply(self._users.check, (user, password))
+    def _credential_check(self, peer: tuple) -> CredentialCheck | None:
+        """Throttled by origin: the peer's address, or the tunnel or SOCKS user who had the
+        server connect here; the handshake deadline bounds the wait."""
+        if self._logins is None:
+            return None
+        return partial(self._logins.check, self.dialer.origins.of(peer) or peer[0])
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
-        self._hashing.kill()
+        if self._logins is not None:
+            self._logins.stop()
 
     def _associate(
         self, sock: socket.socket, core: Socks5Server, request: UdpAssociateRequested
@@ -97,6 +110,8 @@ class PlainSocks5Port(Socks5Port):
             service=SERVICE,
         )
         relay = SocksUdpRelay(sock, routes, rules, self.counters)
+        self.dialer.holds(routes.owner, sock)  # the client's fds count in its share too
+        self.dialer.holds(routes.owner, relay.udp)
         self._relay_udp(sock, core, relay, self.counters, SERVICE)
 
     def _connect(
@@ -104,6 +119,7 @@ class PlainSocks5Port(Socks5Port):
     ) -> None:
         target = host_port_text((request.host, request.port))
         record = AccessRecord(SERVICE, core.user or "", host_port_text(peer), target, time.time())
+        self.dialer.holds(owner_of(record.user, record.client), sock)  # its share counts both
         started = time.monotonic()
         try:
             self._serve(sock, core, request, record, started)
@@ -120,7 +136,8 @@ class PlainSocks5Port(Socks5Port):
         started: float,
     ) -> None:
         try:
-            out, address = self.dialer.connect(request.host, request.port)
+            origin = owner_of(record.user, record.client)
+            out, address = self.dialer.connect(request.host, request.port, origin=origin)
         except DialError as error:
             record.connect_ms = int((time.monotonic() - started) * 1000)
             record.status, record.reason = error.status.name, error.reason

@@ -46,6 +46,12 @@ class _Outbound:
     reader: gevent.Greenlet | None = None
 
 
+def owner_of(user: str, client: str) -> str:
+    """Who a plain SOCKS connection or datagram is for, in the dialer's fd shares and login
+    origins: the user, or without authentication the client's address (``client``: host:port)."""
+    return f"SOCKS user {user}" if user else f"SOCKS client {client.rpartition(':')[0]}"
+
+
 @dataclass
 class DirectRoutes:
     """Routes of one association on the plain port; ``service`` names it in counters and logs."""
@@ -59,6 +65,10 @@ class DirectRoutes:
     route: str = ""
     """the client's routing, for its records (DIRECT and the rule)"""
     rule: str = ""
+
+    @property
+    def owner(self) -> str:
+        return owner_of(self.user, self.client)
 
     def usable(self) -> bool:
         return True
@@ -78,7 +88,7 @@ class DirectRoutes:
         started = time.monotonic()
         try:
             address = self.dialer.addresses_for(route.host, route.port)[0]
-            sock = open_udp(self.dialer, address, route.port, 0)
+            sock = open_udp(self.dialer, address, route.port, 0, self.owner)
         except DialError as error:
             record.connect_ms = int((time.monotonic() - started) * 1000)
             record.status, record.reason = error.status.name, error.reason

@@ -98,8 +98,12 @@ class Socks5Port:
     def stop(self, timeout: float = 5.0) -> None:
         self._server.stop(timeout)
 
+    def _credential_check(self, peer: tuple) -> CredentialCheck | None:
+        """The login check for a connection from ``peer`` (a subclass may throttle by it)."""
+        return self.check_login
+
     def _handle(self, sock: socket.socket, peer: tuple) -> None:
-        core = Socks5Server(self.users, check_login=self.check_login)
+        core = Socks5Server(self.users, check_login=self._credential_check(peer))
         try:
             with self.doorway.waiting(peer[0]):
                 request = self._negotiate(sock, core, peer)

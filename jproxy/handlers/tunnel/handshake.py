@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gevent
 
 from jproxy.handlers.tunnel.keylog import KeyLog
+from jproxy.policy.admission import GREETED, KNOWN, SILENT
 from jproxy.tunnel.handshake import ClientHandshake, LoginProof, Phase, ServerHandshake
 from jproxy.tunnel.keys import ClientKey, UserDirectory
 from jproxy.tunnel.mux import PING
@@ -36,16 +38,24 @@ SERVER_READ_SIZE = 4096
 """Bytes the server reads at once during login: bounds what it can hold as pipelined."""
 
 
-def _run(sock: socket.socket, core: ClientHandshake | ServerHandshake, read_size: int) -> bool:
+def _run(
+    sock: socket.socket,
+    core: ClientHandshake | ServerHandshake,
+    read_size: int,
+    on_phase: Callable[[Phase], None] | None = None,
+) -> bool:
     """Drive ``core`` until it finishes; False if the peer closed first.
 
-    ``read_size`` 0 reads exactly what the core still needs.
+    ``read_size`` 0 reads exactly what the core still needs; ``on_phase`` hears the phase
+    after each read.
     """
     while not core.finished:
         data = sock.recv(read_size or core.bytes_needed)
         if not data:
             return False
         reply = core.receive(data)
+        if on_phase is not None:
+            on_phase(core.phase)
         if reply:
             sock.sendall(reply)
     return True
@@ -100,6 +110,11 @@ class ServerLogin:
         return self.proof.proven
 
 
+_STAGES = {Phase.LOGIN: GREETED, Phase.DONE: KNOWN}
+"""The pre-login stage a server handshake reached once it waits for the login (the hello was
+well-formed) or is done (a known user's login)."""
+
+
 def server_login(
     sock: socket.socket,
     peer: str,
@@ -107,8 +122,11 @@ def server_login(
     allow_legacy: bool,
     timeout: float = HANDSHAKE_TIMEOUT,
     key_log: KeyLog | None = None,
+    progressed: Callable[[int], None] | None = None,
 ) -> ServerLogin | None:
     """Serve one client's handshake and login, and in 3.1 wait for its proof of the key.
+    ``progressed`` hears how far the client got (``jproxy.policy.admission`` stages: a
+    well-formed hello, a known user's login) for the pre-login budget.
 
     Everything, including a 3.1 client's first frame, must arrive within ``timeout``. A 3.0
     login comes back unproven unless its first frame came along (``prove`` waits for it).
@@ -116,10 +134,13 @@ def server_login(
     reason is logged with ``peer`` and any refusal reply was sent. The caller closes the socket.
     """
     core = ServerHandshake(users, allow_legacy)
+    on_phase = None
+    if progressed is not None:
+        on_phase = lambda phase: progressed(_STAGES.get(phase, SILENT))  # noqa: E731
     deadline = gevent.Timeout(timeout)
     try:
         with deadline:
-            completed = _run(sock, core, read_size=SERVER_READ_SIZE)
+            completed = _run(sock, core, read_size=SERVER_READ_SIZE, on_phase=on_phase)
             if completed and core.phase is Phase.DONE:
                 login = ServerLogin(core.user.user, core.session, core.proof)
                 if core.leftover:

@@ -31,12 +31,14 @@ RECV_SIZE = 65535
 LOCAL_PORT_TAKEN = "local port not available"
 
 
-def open_udp(dialer: Dialer, address: str, port: int, local_port: int) -> socket.socket:
-    """A non-blocking UDP socket (within the dialer's fd budget) bound to ``local_port`` and
-    connected to ``address:port``; ``DialError`` otherwise (a taken port: general failure,
-    "local port not available")."""
+def open_udp(
+    dialer: Dialer, address: str, port: int, local_port: int, owner: str = ""
+) -> socket.socket:
+    """A non-blocking UDP socket (within the dialer's fd budget and ``owner``'s share of it)
+    bound to ``local_port`` and connected to ``address:port``; ``DialError`` otherwise (a
+    taken port: general failure, "local port not available")."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = dialer.open_socket(family, socket.SOCK_DGRAM)
+    sock = dialer.open_socket(family, socket.SOCK_DGRAM, owner=owner)
     try:
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
         sock.connect((address, port))

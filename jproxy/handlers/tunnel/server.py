@@ -67,6 +67,11 @@ DEFAULT_GRACE = 5.0
 _DRAIN_POLL = 0.1
 
 
+def _owner(user: str) -> str:
+    """Who a stream or UDP socket is for, in the dialer's fd shares and login origins."""
+    return f"tunnel user {user}"
+
+
 @dataclass
 class ServerLimits:
     max_tunnels: int = 64
@@ -171,6 +176,7 @@ class TunnelServer:
                     self.allow_legacy,
                     self.limits.handshake_timeout,
                     self.key_log,
+                    progressed=self._doorway.progressed,
                 )
                 if login is None:
                     return
@@ -281,7 +287,8 @@ class TunnelServer:
         self, tunnel: Tunnel, channel: Channel, record: AccessRecord, started: float
     ) -> None:
         try:
-            sock, address = self.dialer.connect(channel.host, channel.port)
+            origin = _owner(record.user)
+            sock, address = self.dialer.connect(channel.host, channel.port, origin=origin)
         except DialError as error:
             status = status_for_dialect(error.status, tunnel.channels.dialect)
             record.connect_ms = _ms_since(started)
@@ -332,7 +339,7 @@ class TunnelServer:
     ) -> None:
         try:
             address = self.dialer.addresses_for(channel.host, channel.port)[0]
-            sock = open_udp(self.dialer, address, channel.port, local_port)
+            sock = open_udp(self.dialer, address, channel.port, local_port, _owner(record.user))
         except DialError as error:
             tunnel.answer(channel, status_for_dialect(error.status, tunnel.channels.dialect), 0)
             record.status, record.reason = error.status.name, error.reason
