@@ -320,8 +320,11 @@ def start_pproxy(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
     return [proxy], port
 
 
-def start_ssh(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
-    """``ssh -D`` through our own sshd on a loopback port: throwaway keys, aes128-gcm."""
+def start_ssh(
+    workdir: Path, stack: ExitStack, via: Callable[[int], int] = lambda port: port
+) -> tuple[list[Service], int]:
+    """``ssh -D`` through our own sshd on a loopback port: throwaway keys, aes128-gcm; ssh
+    connects to ``via(sshd's port)`` (a relay in front of sshd, for bench/scale.py)."""
     keys = workdir / "ssh"
     keys.mkdir(mode=0o700)
     for name in ("host", "user"):
@@ -357,7 +360,7 @@ def start_ssh(workdir: Path, stack: ExitStack) -> tuple[list[Service], int]:
         "ExitOnForwardFailure": "yes",
         "LogLevel": "ERROR",
     }
-    ssh_argv = ["ssh", "-N", "-i", str(keys / "user"), "-p", str(sshd_port)]
+    ssh_argv = ["ssh", "-N", "-i", str(keys / "user"), "-p", str(via(sshd_port))]
     for option, value in client_options.items():
         ssh_argv += ["-o", f"{option}={value}"]
     ssh_argv += ["-D", f"{LOOPBACK}:{socks_port}", f"{getpass.getuser()}@{LOOPBACK}"]

@@ -39,9 +39,11 @@ from jproxy.handlers.net.router import DIRECT_TIMEOUT, client_router, direct_dia
 from jproxy.handlers.net.signals import Reloader, Termination
 from jproxy.handlers.socks.client_port import ClientPort
 from jproxy.handlers.socks.port import MAX_CLIENTS
-from jproxy.handlers.tunnel.client import DEFAULT_GRACE, TunnelClient
+from jproxy.handlers.tunnel.client import DEFAULT_GRACE
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
+from jproxy.handlers.tunnel.pool import CONNECT_TIMEOUT, TunnelPool
 from jproxy.policy.passwords import SOCKS_PASSWORD_VARIABLE
+from jproxy.tunnel.balance import FAILBACK_AFTER, Strategy
 from jproxy.tunnel.keys import KeyFileError, load_client_key, require_private
 from jproxy.tunnel.mux import DEAD_AFTER, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from schemas.jproxy import Dialect
@@ -66,8 +68,13 @@ DEFAULTS = {
     "access_log": "",
     "forward": [],
     "forward_udp": [],
+    "tunnels": 1,
+    "strategy": Strategy.FAILOVER.value,
+    "failback_after": FAILBACK_AFTER,
+    "connect_timeout": CONNECT_TIMEOUT,
     **CONSOLE_DEFAULTS,
 }
+MAX_TUNNELS = 64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -108,8 +115,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help=f"3.1: ping a tunnel quiet this long; silent {DEAD_AFTER}x this: rebuild it",
     )
+    add_pool_options(parser)
     show_defaults(parser, DEFAULTS)
     parser.set_defaults(handler=run)
+
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """How many tunnels, to which servers (``jproxy.tunnel.balance``)."""
+    parser.add_argument(
+        "--tunnels",
+        type=int,
+        metavar="N",
+        help="tunnels to each server in use; a new stream takes the least loaded one",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=[strategy.value for strategy in Strategy],
+        help="which --server takes new streams: the first healthy one, the lowest keepalive"
+        " round trip, or each in turn",
+    )
+    parser.add_argument(
+        "--failback-after",
+        type=float,
+        metavar="S",
+        help="a server that failed takes new streams again once healthy this long",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="a SOCKS request waits this long for a tunnel while none is up, then gets 0x01",
+    )
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +171,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     settings["socks"] = host_port(settings["socks"], "--socks")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
     check_tunnel_options(settings)
+    check_pool_options(settings)
     settings["keepalive"] = float(settings["keepalive"])
     if settings["keepalive"] <= 0:
         raise ConfigError("--keepalive must be positive")
@@ -153,6 +190,19 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     return settings
 
 
+def check_pool_options(settings: dict) -> None:
+    if not 1 <= settings["tunnels"] <= MAX_TUNNELS:
+        raise ConfigError(f"--tunnels must be 1..{MAX_TUNNELS}")
+    strategies = {strategy.value: strategy for strategy in Strategy}
+    if settings["strategy"] not in strategies:
+        raise ConfigError(f"strategy must be one of {', '.join(strategies)}")
+    settings["strategy"] = strategies[settings["strategy"]]
+    for key in ("failback_after", "connect_timeout"):
+        settings[key] = float(settings[key])
+        if settings[key] < 0 or (key == "connect_timeout" and not settings[key]):
+            raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+
+
 def run(args: argparse.Namespace) -> int:
     termination = Termination()
     try:
@@ -167,10 +217,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"gjproxy client: cannot open the key log: {error}\n")
         return 2
     keep_heap_reserve()
-    tunnels = TunnelClient(
+    tunnels = TunnelPool(
         settings["server"],
         key,
         settings["dialect"],
+        tunnels=settings["tunnels"],
+        strategy=settings["strategy"],
+        failback_after=settings["failback_after"],
+        connect_timeout=settings["connect_timeout"],
         key_log=key_log,
         window=settings["window"],
         keepalive=settings["keepalive"],
@@ -236,7 +290,7 @@ SOCKS_LOGIN_KEYS = ("socks_user", "socks_password", "socks_users")
 
 
 def client_reloader(
-    args: argparse.Namespace, settings: dict, tunnels: TunnelClient, listener: ClientPort
+    args: argparse.Namespace, settings: dict, tunnels: TunnelPool, listener: ClientPort
 ) -> Reloader:
     """SIGHUP for the client: the SOCKS port's login and limit, and the next tunnels' settings
     are reloaded; a command that adds settings registers its own ``on_change`` on it."""
@@ -260,11 +314,18 @@ def client_reloader(
     reloader.on_change(SOCKS_LOGIN_KEYS, socks_login)
     reloader.on_change(["max_socks"], max_socks)
     reloader.on_change(["window", "keepalive"], next_tunnels)
+    reloader.on_change(["connect_timeout", "failback_after"], partial(pool_choices, tunnels))
     return reloader
 
 
+def pool_choices(tunnels: TunnelPool, fresh: dict) -> None:
+    """SIGHUP: how long a request waits for a tunnel, and when a server takes streams back."""
+    tunnels.connect_timeout = fresh["connect_timeout"]
+    tunnels.balancer.failback_after = fresh["failback_after"]
+
+
 def serve_until_stopped(
-    tunnels: TunnelClient, listener: ClientPort, termination: Termination, grace: float
+    tunnels: TunnelPool, listener: ClientPort, termination: Termination, grace: float
 ) -> int:
     """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
     signalled = gevent.spawn(termination.wait)

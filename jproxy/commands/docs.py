@@ -12,6 +12,7 @@ from jproxy.gen import cli_docs as clidocs
 from jproxy.gen import protocol_docs as docs
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
+from jproxy.tunnel.balance import Balancer
 from schemas.admin import METHOD_DOCS
 
 DEFAULT_OUT = Path("docs/protocol.md")
@@ -74,10 +75,18 @@ def admin_parts() -> dict[str, str]:
     from jproxy.commands.admin import COMMAND_DOCS
     from jproxy.handlers.admin.prometheus import ClientCollector, CountersCollector
 
-    # What the client's collector reads of a TunnelClient: one that has not connected yet,
-    # its server a placeholder that the table shows as HOST:PORT.
+    # What the client's collector reads of a TunnelPool: one that has not connected yet, its
+    # server a placeholder that the table shows as HOST:PORT, one round trip measured (so
+    # that its row is shown).
+    balancer = Balancer(["HOST:PORT"])
+    balancer.rtt_sample(0, 0.001, 0.0)
     client = SimpleNamespace(
-        counters=Counters(), up=False, server=("HOST", "PORT"), server_number=1
+        counters=Counters(),
+        up=False,
+        server=("HOST", "PORT"),
+        server_number=1,
+        balancer=balancer,
+        tunnel_rows=lambda: [("HOST:PORT", 1, None)],
     )
     return {
         "method-range": admindocs.method_range(),

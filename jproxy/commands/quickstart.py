@@ -32,7 +32,7 @@ from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.net.router import client_router
 from jproxy.handlers.net.signals import Termination
 from jproxy.handlers.socks.client_port import ClientPort
-from jproxy.handlers.tunnel.client import TunnelClient
+from jproxy.handlers.tunnel.pool import TunnelPool
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.policy.egress import EgressPolicy
 from jproxy.policy.passwords import AdminCredentials, hash_password
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         listening("--listen", listen, server.start)
         started.append(server)
-        tunnels = TunnelClient([server.address], key, Dialect.SECURE_3_1)
+        tunnels = TunnelPool([server.address], key, Dialect.SECURE_3_1)
         router = client_router(tunnels)
         listener = ClientPort(socks, router)
         listening("--socks", socks, listener.start)

@@ -35,6 +35,7 @@ from jproxy.handlers.net.signals import Reloader, Termination, access_log_mover
 from jproxy.handlers.socks.plain import PlainSocks5Port
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
+from jproxy.handlers.workers.worker import WorkerRole, worker_role
 from jproxy.metrics import Counters
 from jproxy.policy.egress import EgressPolicy, Rule, RuleError
 from jproxy.policy.passwords import (
@@ -69,9 +70,11 @@ DEFAULTS = {
     "socks_no_auth": False,
     "window": ServerLimits.window,
     "grace": ServerLimits.grace,
+    "workers": "1",
     **CONSOLE_DEFAULTS,
 }
 EGRESS_DEFAULTS = {"allow": [], "deny": []}
+MAX_WORKERS = 256
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -152,6 +155,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="never let streams reach this network (repeatable; beats every allow rule)"
         " (default: none)",
     )
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="worker processes sharing the ports (auto: one per core); a parent process"
+        " supervises them and serves admin and metrics for all",
+    )
     add_keylog_option(parser)
     add_console_options(parser)
     show_defaults(parser, DEFAULTS)
@@ -160,7 +169,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     config = load(args.config)
+    if isinstance(config.get("server", {}).get("workers"), int):
+        config["server"]["workers"] = str(config["server"]["workers"])  # a number, or "auto"
     settings = resolve(args, config, "server", DEFAULTS)
+    settings["workers"] = worker_count(settings["workers"])
     settings["listen"] = host_port(settings["listen"], "--listen")
     settings["admin"] = host_port(settings["admin"], "--admin")
     settings["metrics"] = settings["metrics"] and host_port(settings["metrics"], "--metrics")
@@ -192,6 +204,15 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
             f" or ${PASSWORD_VARIABLE} (see docs/admin.md)"
         )
     return settings
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a number from 1, or ``auto`` for one per core this process may use."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be auto or 1..{MAX_WORKERS}, got {text!r}")
+    return int(text)
 
 
 def socks_users(settings: dict, config: dict) -> PasswordTable | None:
@@ -293,12 +314,21 @@ def reread_users(users: UserDirectory) -> None:
 
 def run(args: argparse.Namespace) -> int:
     termination = Termination()
+    role = worker_role()
+    if role is not None:
+        role.begin()
     try:
         settings = settings_from(args)
         users = load_users(settings, args)
     except (ConfigError, KeyFileError) as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
         return 2
+    if role is None and settings["workers"] > 1:
+        from jproxy.handlers.workers.supervisor import supervise
+
+        return supervise(settings, settings["workers"], settings["grace"], termination)
+    if role is not None:
+        role.adapt(settings)
     try:
         key_log = open_key_log(settings["keylog"])
     except OSError as error:
@@ -319,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
     keep_heap_reserve()
     fds = raise_fd_limit(limits.max_tunnels + limits.max_prelogin)
     dialer = Dialer(resolver, settings["egress"], limits.connect_timeout, fds)
+    slots = role and role.slots(limits.max_tunnels, limits.max_tunnels_per_user)
     server = TunnelServer(
         settings["listen"],
         users,
@@ -328,12 +359,15 @@ def run(args: argparse.Namespace) -> int:
         dialer=dialer,
         key_log=key_log,
         access_log=access_log,
+        slots=slots,
     )
+    if role is not None:
+        role.share(counters, server.tuning, slots)
     # From here on SIGHUP reloads: before any port is announced, so a reload sent as soon as
     # the log says "listening" never meets SIGHUP's default action (exit).
     reloader = Reloader(
         args.config or "the command line (no --config file)",
-        partial(_reread_settings, args, settings),
+        partial(_reread_settings, args, settings, role),
         settings,
         label,
         secrets=("socks_users", "admin_credentials", "console_secret"),
@@ -379,7 +413,8 @@ def run(args: argparse.Namespace) -> int:
             services.append(console)
             server.console = console.live
             access_log.observer = console.live.access
-        dialer.policy = dialer.policy.listening_on([service.address for service in services])
+        own = [service.address for service in services] + (role.parent_ports if role else [])
+        dialer.policy = dialer.policy.listening_on(own)
         _log_egress(dialer.policy)
     except ListenError as error:
         sys.stderr.write(f"gjproxy server: {error}\n")
@@ -446,9 +481,11 @@ def _log_egress(policy: EgressPolicy) -> None:
     )
 
 
-def _reread_settings(args: argparse.Namespace, started: dict) -> dict:
-    """The settings from the config file as it is now (a SIGHUP)."""
+def _reread_settings(args: argparse.Namespace, started: dict, role: WorkerRole | None) -> dict:
+    """The settings from the config file as it is now (a SIGHUP); a worker's as it runs them."""
     fresh = settings_from(args)
+    if role is not None:
+        role.adapt(fresh)
     credentials, first = fresh["admin_credentials"], started["admin_credentials"]
     if credentials is not None and first is not None and credentials.source == first.source:
         if credentials.source.startswith("environment"):

@@ -211,6 +211,11 @@ class TunnelSlots:
     def release(self, key: Hashable) -> None:
         self._tunnels.pop(key, None)
 
+    def holder(self, key: Hashable) -> str | None:
+        """The user of the tunnel holding ``key``'s slot; None when it holds none."""
+        tunnel = self._tunnels.get(key)
+        return None if tunnel is None else tunnel.user
+
     def _unproven(self, user: str | None = None) -> list[Hashable]:
         """Unproven tunnels (of ``user``, or of anyone), oldest first."""
         return [

@@ -384,6 +384,8 @@ class Channels:
         self.pinged_at = now
         self.rtt: float | None = None
         """3.1 client: the round trip of the last ping answered (the console shows it)."""
+        self.ponged_at: float | None = None
+        """When that answer came: the client's pool tells an unanswered ping by it."""
         self.dropped_bytes = 0
         """Data that arrived for a channel whose local side is gone (counted, not kept)."""
         self.stalled: dict[Channel, float] = {}
@@ -592,7 +594,8 @@ class Channels:
         if self.write_blocked_since is not None:
             deadlines.append(self.write_blocked_since + WRITE_STALL)
         if self.secure and self.is_client:
-            deadlines.append(max(self.heard_at, self.pinged_at) + self.keepalive)
+            since = self.pinged_at if self._answered() else max(self.heard_at, self.pinged_at)
+            deadlines.append(since + self.keepalive)
             deadlines.append(self.heard_at + self.keepalive * DEAD_AFTER)
         return min(deadlines)
 
@@ -642,7 +645,9 @@ class Channels:
         return None  # an echo's wait is the client's; a request waits for its answer
 
     def _keepalive(self, now: float) -> list[Event]:
-        """3.1 client: ping a quiet tunnel; a server silent for several intervals is dead.
+        """3.1 client: ping once per interval, busy or not, while the last ping was answered
+        (each round trip is a health sample for the tunnel pool); an unanswered ping is
+        repeated only while the tunnel is quiet; a server silent for several intervals is dead.
 
         The server never pings and never judges silence (it cannot know the client's
         interval): TCP keepalive and the write stall find a vanished client.
@@ -650,10 +655,14 @@ class Channels:
         silent = now - self.heard_at
         if silent >= self.keepalive * DEAD_AFTER:
             return [Event(Do.DEAD, None, f"peer silent for {silent:.0f}s")]
-        if silent >= self.keepalive and now - self.pinged_at >= self.keepalive:
+        due = now - self.pinged_at >= self.keepalive
+        if due and (silent >= self.keepalive or self._answered()):
             self.pinged_at = now
             return [Event(Do.SEND, None, PING)]
         return []
+
+    def _answered(self) -> bool:
+        return self.ponged_at is not None and self.ponged_at >= self.pinged_at
 
     # --- the peer's messages ----------------------------------------------------------------
 
@@ -904,6 +913,7 @@ class Channels:
         if kind is KeepAliveKind.PING:
             return [Event(Do.SEND, None, _PONG)]
         self.rtt = now - self.pinged_at
+        self.ponged_at = now
         return []
 
     # --- 3.0's stall ------------------------------------------------------------------------

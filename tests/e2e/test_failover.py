@@ -76,7 +76,7 @@ def test_when_the_server_in_use_dies_the_next_one_takes_over(workdir, web):
     assert found[("gjproxy_client_tunnel_up", ())] == 1
     assert found[("gjproxy_client_server", (("server", servers[0]),))] == 1
     first.stop(signal.SIGKILL)
-    client.wait_for(f"next attempt: server 127.0.0.1:{second.port}", timeout=30)
+    client.wait_for(f"using server 127.0.0.1:{second.port}", timeout=30)
     client.wait_for(f"tunnel to 127.0.0.1:{second.port}: up", timeout=30)
     body = curl(client.port, f"http://127.0.0.1:{web.server_port}/f65536")
     assert body == (web.root / "f65536").read_bytes()

@@ -1,7 +1,7 @@
 """Memory returns after a burst: a real server's RSS after 64 tunnels x 16 streams (each
 echoing 64 KiB) opened and closed comes back within 15 MB of its idle RSS.
 
-The tunnels are 64 ``TunnelClient``s in this process (one tunnel each), against a real
+The tunnels are 64 ``TunnelPool``s in this process (one tunnel each), against a real
 ``gjproxy server``. Bounded: about 15 s.
 """
 
@@ -13,7 +13,7 @@ import gevent
 from gevent import socket as gsocket
 
 from jproxy.handlers.net.heap import TRIM_INTERVAL
-from jproxy.handlers.tunnel.client import TunnelClient
+from jproxy.handlers.tunnel.pool import TunnelPool
 from jproxy.tunnel.keys import load_client_key
 from schemas.jproxy import ConnectStatus, Dialect
 from tests.peers import echo, serve_tcp, start_server
@@ -24,7 +24,7 @@ PAYLOAD = 64 * 1024
 ALLOWED_GROWTH_KIB = 15 * 1024
 
 
-def _echo_through(tunnel: TunnelClient, port: int) -> None:
+def _echo_through(tunnel: TunnelPool, port: int) -> None:
     mine, relayed = gsocket.socketpair()
     relay, (status, _) = tunnel.open_stream("127.0.0.1", port, relayed, 10)
     assert status is ConnectStatus.OK
@@ -57,7 +57,7 @@ def test_the_servers_memory_comes_back_after_a_burst(workdir) -> None:
     server = start_server(workdir, "--max-tunnels-per-user", str(TUNNELS))
     key = load_client_key(workdir / "key.dat")
     tunnels = [
-        TunnelClient([("127.0.0.1", server.port)], key, Dialect.SECURE_3_1) for _ in range(TUNNELS)
+        TunnelPool([("127.0.0.1", server.port)], key, Dialect.SECURE_3_1) for _ in range(TUNNELS)
     ]
     try:
         idle = _settled_rss(server, 3)

@@ -243,7 +243,7 @@ def test_a_stream_reader_that_stops_reading_is_dropped_and_nothing_queues(
 
 
 class FakeClient:
-    """What the console reads of a ``TunnelClient``."""
+    """What the console reads of a ``TunnelPool``."""
 
     def __init__(self) -> None:
         self.current = None

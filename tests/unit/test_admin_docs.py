@@ -10,7 +10,7 @@ from jproxy.commands.admin import METHODS, QUERIES, ExitStatus
 from jproxy.commands.docs import admin_parts
 from jproxy.gen import admin_docs
 from jproxy.handlers.admin.prometheus import ClientCollector, CountersCollector
-from jproxy.handlers.tunnel.client import TunnelClient
+from jproxy.handlers.tunnel.pool import TunnelPool
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from jproxy.tunnel.keys import generate
@@ -72,7 +72,7 @@ def test_every_prometheus_metric_is_documented() -> None:
 
 def test_every_client_metric_is_documented() -> None:
     key, _ = generate("alice")
-    collector = ClientCollector(TunnelClient([("127.0.0.1", 1)], key, Dialect.SECURE_3_1))
+    collector = ClientCollector(TunnelPool([("127.0.0.1", 1)], key, Dialect.SECURE_3_1))
     client_docs = DOCS.split("### The client's page", 1)[1]
     names = {sample.name for family in collector.collect() for sample in family.samples}
     assert names >= {"gjproxy_client_tunnel_up", "gjproxy_client_server"}

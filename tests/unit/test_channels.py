@@ -486,6 +486,24 @@ def test_a_3_1_client_pings_a_quiet_tunnel_and_the_server_answers():
     assert client.handle_timer(KEEPALIVE_INTERVAL * 2) == []
 
 
+def test_a_3_1_client_pings_a_busy_tunnel_once_per_interval_while_its_pings_are_answered():
+    """The round trips are the tunnel pool's health samples, so a tunnel that never goes quiet
+    is measured too; an unanswered ping is not repeated while the server keeps talking."""
+    client, server = pair()
+    (pong,) = deliver(server, Event(Do.SEND, None, PING))  # the login's ping, sent at 0.0
+    client.receive([pong.value], 0.2)
+    assert client.ponged_at == 0.2 and client.rtt == pytest.approx(0.2)
+    busy = KEEPALIVE_INTERVAL / 2
+    client.receive([], busy)  # the server's data keeps the tunnel from being quiet
+    assert client.next_deadline() <= KEEPALIVE_INTERVAL
+    client.receive([], KEEPALIVE_INTERVAL)
+    (ping,) = client.handle_timer(KEEPALIVE_INTERVAL)
+    assert ping == Event(Do.SEND, None, PING) and client.pinged_at == KEEPALIVE_INTERVAL
+    client.receive([], KEEPALIVE_INTERVAL * 2)  # busy, the ping unanswered: no second ping
+    assert client.handle_timer(KEEPALIVE_INTERVAL * 2) == []
+    assert client.handle_timer(KEEPALIVE_INTERVAL * 3) == [ping]  # quiet now: asked again
+
+
 def test_a_silent_peer_is_declared_dead_after_several_intervals():
     client, server = pair()
     dead_at = KEEPALIVE_INTERVAL * DEAD_AFTER

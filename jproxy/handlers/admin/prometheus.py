@@ -18,10 +18,11 @@ from prometheus_client.core import (
 
 from jproxy.config import host_port_text
 from jproxy.handlers.net.descriptors import PausesWhenOutOfFds
-from jproxy.handlers.tunnel.client import TunnelClient
+from jproxy.handlers.tunnel.pool import TunnelPool, tunnel_load
 from jproxy.metrics import Counters
 from jproxy.socks.udp_association import Drop
 from jproxy.tuning import RelayTuning
+from jproxy.tunnel.balance import Health
 from schemas.jproxy import Dialect
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class CountersCollector:
 class ClientCollector:
     """The client's page: its SOCKS traffic, and whether its tunnel is up and to which server."""
 
-    def __init__(self, tunnels: TunnelClient) -> None:
+    def __init__(self, tunnels: TunnelPool) -> None:
         self._tunnels = tunnels
 
     def collect(self) -> Iterator[Metric]:
@@ -80,16 +81,44 @@ class ClientCollector:
         )
         yield GaugeMetricFamily(
             "gjproxy_client_tunnel_up",
-            "1 while the tunnel to the server is up, else 0",
+            "1 while any tunnel to a server is up, else 0",
             value=int(self._tunnels.up),
         )
         server = GaugeMetricFamily(
             "gjproxy_client_server",
-            "The server in use (or tried next while the tunnel is down) and its place in the list",
+            "The server new streams go to (tried first while none is up), its place in the list",
             labels=["server"],
         )
         server.add_metric([host_port_text(self._tunnels.server)], self._tunnels.server_number)
         yield server
+        yield from _pool(self._tunnels)
+
+
+def _pool(tunnels: TunnelPool) -> Iterator[Metric]:
+    """Each server's health and round trip, and each tunnel's streams (``--tunnels``)."""
+    health = GaugeMetricFamily(
+        "gjproxy_client_server_healthy",
+        "1 while a server may take new streams (up, or not tried yet), else 0",
+        labels=["server", "health"],
+    )
+    rtt = GaugeMetricFamily(
+        "gjproxy_client_server_rtt_seconds",
+        "A server's smoothed keepalive round trip (3.1; absent before the first)",
+        labels=["server"],
+    )
+    for server in tunnels.balancer.servers:
+        healthy = server.health in (Health.UP, Health.UNKNOWN)
+        health.add_metric([server.name, server.health.value], int(healthy))
+        if server.rtt is not None:
+            rtt.add_metric([server.name], server.rtt)
+    streams = GaugeMetricFamily(
+        "gjproxy_client_tunnel_streams",
+        "Streams and datagram channels open on each tunnel (-1 while that tunnel is down)",
+        labels=["server", "tunnel"],
+    )
+    for server, number, tunnel in tunnels.tunnel_rows():
+        streams.add_metric([server, str(number)], tunnel_load(tunnel).channels if tunnel else -1)
+    yield from (health, rtt, streams)
 
 
 def _traffic(counters: Counters) -> Iterator[Metric]:
@@ -180,7 +209,7 @@ def serve_metrics(listen: tuple[str, int], counters: Counters, tuning: RelayTuni
     return _serve(listen, CountersCollector(counters, tuning))
 
 
-def serve_client_metrics(listen: tuple[str, int], tunnels: TunnelClient) -> WSGIServer:
+def serve_client_metrics(listen: tuple[str, int], tunnels: TunnelPool) -> WSGIServer:
     """Start the client's HTTP page for Prometheus on ``listen``; ``.address``, ``.stop()``."""
     return _serve(listen, ClientCollector(tunnels))
 

@@ -183,7 +183,7 @@ class LiveConsole(NullConsole):
     # --- the client's tunnel ----------------------------------------------------------------
 
     def watch_client(self, client) -> None:
-        """Show ``client``'s (a ``TunnelClient``) tunnel: up, or down while it reconnects."""
+        """Show ``client``'s (a ``TunnelPool``) tunnel in use: up, or down while it reconnects."""
         self._client = client
         self._follow_client()
 

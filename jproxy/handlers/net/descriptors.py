@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import logging
 import resource
+import socket
 
 import gevent
+from gevent import socket as gsocket
 from gevent.server import StreamServer
 
 from jproxy.policy.fds import FdBudget, raised_soft_limit
@@ -75,3 +77,28 @@ class PausesWhenOutOfFds:
 
 class Acceptor(PausesWhenOutOfFds, StreamServer):
     """gevent's StreamServer that rides out running short of fds."""
+
+    reuse_port = False
+    """Set in a worker of ``gjproxy server --workers N``: every listener of the process binds
+    with SO_REUSEPORT, so the workers share each port and the kernel spreads connections."""
+
+    @classmethod
+    def get_listener(cls, address, backlog=None, family=None):
+        if not cls.reuse_port:
+            return super().get_listener(address, backlog, family)
+        return reuse_port_listener(address, backlog or 128, family or socket.AF_INET)
+
+
+def reuse_port_listener(address: tuple, backlog: int, family: int) -> gsocket.socket:
+    """A listening socket on ``address`` that other processes may bind too (SO_REUSEPORT)."""
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

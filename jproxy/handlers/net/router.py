@@ -34,8 +34,8 @@ from jproxy.handlers.net.sockets import set_nodelay
 from jproxy.handlers.socks.plain_udp import DirectRoutes
 from jproxy.handlers.socks.splice import Splice
 from jproxy.handlers.socks.udp_relay import RouteFailed, Routes, SocksUdpRelay
-from jproxy.handlers.tunnel.client import TunnelClient
 from jproxy.handlers.tunnel.link import TunnelClosed
+from jproxy.handlers.tunnel.pool import TunnelPool
 from jproxy.handlers.tunnel.relay import StreamRelay
 from jproxy.metrics import ServiceCounters
 from jproxy.policy.egress import EgressPolicy
@@ -98,7 +98,7 @@ class Router:
 
     def __init__(
         self,
-        tunnels: TunnelClient,
+        tunnels: TunnelPool,
         rules: RuleSet,
         dialer: Dialer,
         access_log: AccessLog,
@@ -307,7 +307,7 @@ def direct_dialer(own_listeners: list[tuple[str, int]], connect_timeout: float) 
 
 
 def client_router(
-    tunnels: TunnelClient, rules: RuleSet | None = None, access_log: str = ""
+    tunnels: TunnelPool, rules: RuleSet | None = None, access_log: str = ""
 ) -> Router:
     """A router with the client's defaults: every destination through the tunnel unless
     ``rules`` say otherwise; records to ``access_log`` (a file, ``-``, or the logger)."""

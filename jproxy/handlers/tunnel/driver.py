@@ -211,6 +211,16 @@ class Tunnel:
         finally:
             del self._answers[channel]
 
+    def fail_pending(self, error: Callable[[], BaseException]) -> int:
+        """Client side: every stream still waiting for its connect answer gets ``error()``
+        raised in ``request`` (its server stopped answering: the caller asks elsewhere)."""
+        failed = 0
+        for channel, answer in list(self._answers.items()):
+            if channel.kind is Kind.TCP and not answer.ready():
+                answer.set_exception(error())
+                failed += 1
+        return failed
+
     def answer(self, channel: Channel, status: ConnectStatus, value: int) -> bool:
         """Server side: answer a connect (``value``: elapsed ms) or associate (``value``: the
         bound port) request; False when nobody waits for it any more."""

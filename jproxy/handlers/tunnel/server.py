@@ -105,6 +105,7 @@ class TunnelServer:
         key_log: KeyLog | None = None,
         dialer: Dialer | None = None,
         access_log: AccessLog | None = None,
+        slots: TunnelSlots | None = None,
     ) -> None:
         self.users = users
         self.key_log = key_log
@@ -119,7 +120,9 @@ class TunnelServer:
         self._tunnels: set[Tunnel] = set()
         limits = self.limits
         self._doorway = Doorway("tunnel port", limits.max_prelogin, limits.max_prelogin_per_address)
-        self._slots = TunnelSlots(limits.max_tunnels, limits.max_tunnels_per_user)
+        if slots is None:
+            slots = TunnelSlots(limits.max_tunnels, limits.max_tunnels_per_user)
+        self._slots = slots
         # Every connection gets a greenlet at once: the pre-login budget and the tunnel slots
         # bound them, so a full pool can never leave a newcomer unanswered in the backlog.
         self._server = Acceptor(listen, self._handle, spawn=Pool(), backlog=LISTEN_BACKLOG)
