@@ -39,6 +39,8 @@ class Counters:
     dns_cache_hits: int = 0
     dns_cache_misses: int = 0
     datagrams_dropped: dict[str, int] = field(default_factory=dict)
+    unrecognized_connections: int = 0
+    """The client's port: connections whose first byte was none of SOCKS4, SOCKS5 or HTTP."""
 
     by_service: dict[str, ServiceCounters] = field(
         default_factory=lambda: {service: ServiceCounters() for service in SERVICES}

@@ -64,6 +64,13 @@ class Rest(Shape):
 
 
 @dataclass(frozen=True)
+class Delimited(Shape):
+    """Bytes up to and including a terminator (``NullTerminated``)."""
+
+    terminator: bytes
+
+
+@dataclass(frozen=True)
 class Prefixed(Shape):
     """A length integer, then that many bytes holding ``body``."""
 
@@ -181,6 +188,8 @@ def shape_of(construct: c.Construct) -> Shape:
         return Rest(inner, None)
     if inner is c.Terminated or inner is c.Pass:
         return Nothing(inner, 0)
+    if isinstance(inner, c.NullTerminated):
+        return Delimited(inner, size, inner.term)
     if isinstance(inner, c.Prefixed):
         length = _integer(unnamed(inner.lengthfield))
         if length is not None:

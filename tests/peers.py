@@ -112,6 +112,18 @@ class Process:
         raise AssertionError("no VmRSS")
 
 
+HEADLESS_CHROMIUM = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+"""Chromium's flags for a test: no window, no sandbox (root), no traffic of its own."""
+
 LOOPBACK_EGRESS = ("--allow-egress", "127.0.0.0/8", "--allow-egress", "::1/128")
 """The targets of these tests listen on loopback, which the server denies unless allowed."""
 

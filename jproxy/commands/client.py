@@ -1,4 +1,5 @@
-"""``gjproxy client``: a local SOCKS5 port whose connections travel through one tunnel."""
+"""``gjproxy client``: a local SOCKS5/SOCKS4/HTTP proxy port whose connections travel through
+one tunnel, or straight out, or nowhere, as the routing rules say; and port forwards."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ from functools import partial
 import gevent
 
 from jproxy import version
+from jproxy.commands.route import (
+    add_front_options,
+    front_settings,
+    own_listeners,
+    reload_front,
+    rule_set,
+    start_forwards,
+)
 from jproxy.config import (
     ConfigError,
     ListenError,
@@ -26,8 +35,10 @@ from jproxy.config import (
 from jproxy.handlers.console.options import DEFAULTS as CONSOLE_DEFAULTS
 from jproxy.handlers.console.options import add_console_options, check_console, start_console
 from jproxy.handlers.net.heap import keep_heap_reserve
+from jproxy.handlers.net.router import DIRECT_TIMEOUT, client_router, direct_dialer
 from jproxy.handlers.net.signals import Reloader, Termination
-from jproxy.handlers.socks.port import MAX_CLIENTS, Socks5Listener
+from jproxy.handlers.socks.client_port import ClientPort
+from jproxy.handlers.socks.port import MAX_CLIENTS
 from jproxy.handlers.tunnel.client import DEFAULT_GRACE
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.tunnel.pool import CONNECT_TIMEOUT, TunnelPool
@@ -53,6 +64,10 @@ DEFAULTS = {
     "window": DEFAULT_WINDOW,
     "keepalive": KEEPALIVE_INTERVAL,
     "grace": DEFAULT_GRACE,
+    "rules": [],
+    "access_log": "",
+    "forward": [],
+    "forward_udp": [],
     "tunnels": 1,
     "strategy": Strategy.FAILOVER.value,
     "failback_after": FAILBACK_AFTER,
@@ -65,11 +80,14 @@ MAX_TUNNELS = 64
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "client",
-        help="run the local SOCKS5 proxy that tunnels to a gjproxy server",
-        description="Serve SOCKS5 locally and carry every connection through jProxy tunnels.",
+        help="run the local SOCKS5/SOCKS4/HTTP proxy that tunnels to a gjproxy server",
+        description="Serve SOCKS5, SOCKS4/4a and HTTP proxy on one local port and carry each"
+        " connection through one jProxy tunnel, or as the routing rules say.",
     )
     add_server_options(parser)
-    parser.add_argument("--socks", metavar="HOST:PORT", help="the local SOCKS5 port")
+    parser.add_argument(
+        "--socks", metavar="HOST:PORT", help="the local port: SOCKS5, SOCKS4/4a and HTTP proxy"
+    )
     parser.add_argument(
         "--socks-user",
         metavar="USER",
@@ -87,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics here: traffic, the tunnel's state and its server",
     )
+    add_front_options(parser)
     add_keylog_option(parser)
     add_console_options(parser)
     add_tunnel_options(parser)
@@ -167,6 +186,7 @@ def settings_from(args: argparse.Namespace, environ=os.environ) -> dict:
     if settings["socks_user"] and not password:
         raise ConfigError(f"--socks-user needs a password in ${SOCKS_PASSWORD_VARIABLE}")
     settings["socks_users"] = {settings["socks_user"]: password} if settings["socks_user"] else None
+    front_settings(settings)
     return settings
 
 
@@ -209,19 +229,22 @@ def run(args: argparse.Namespace) -> int:
         window=settings["window"],
         keepalive=settings["keepalive"],
     )
-    listener = Socks5Listener(
+    router = client_router(tunnels, rule_set(settings["rules"]), settings["access_log"])
+    listener = ClientPort(
         settings["socks"],
-        tunnels,
+        router,
         users=settings["socks_users"],
         max_clients=settings["max_socks"],
     )
     reloader = client_reloader(args, settings, tunnels, listener)
+    reload_front(reloader, router)
     sighups = [reloader.on_sighup()]  # before the port is announced, as on the server
     services = []
     try:
         listening("--socks", settings["socks"], listener.start)
         services.append(listener)
         warn_if_open(listener)
+        services += start_forwards(settings, router)
         if settings["metrics"]:
             # Imported only when asked for, as on the server (prometheus_client costs ~5 MB).
             from jproxy.handlers.admin.prometheus import serve_client_metrics
@@ -231,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
         if settings["console"]:
             console = start_console(settings, "client", version())
             services.append(console)
-            listener.console = console.live
+            router.console = console.live
+            router.access_log.observer = console.live.access
             console.live.watch_client(tunnels)
     except ListenError as error:
         sys.stderr.write(f"gjproxy client: {error}\n")
@@ -240,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         for service in services:
             service.stop()
         return 1
+    router.dialer = direct_dialer(own_listeners(services), DIRECT_TIMEOUT)
     tunnels.start()
     status = serve_until_stopped(tunnels, listener, termination, settings["grace"])
     for sighup in sighups:
@@ -249,13 +274,14 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def warn_if_open(listener: Socks5Listener) -> None:
-    """A SOCKS port without authentication off loopback lends the tunnel to its network."""
+def warn_if_open(listener: ClientPort) -> None:
+    """The client's port without authentication off loopback lends the tunnel to its network
+    (SOCKS4 and HTTP too: with a login, SOCKS4 is refused and HTTP needs Basic auth)."""
     host = listener.address[0]
     if listener.users is None and not ipaddress.ip_address(host.partition("%")[0]).is_loopback:
         log.warning(
-            "SOCKS5 on %s without authentication: anyone who reaches it can use the tunnel"
-            " (require a login with --socks-user, or listen on 127.0.0.1)",
+            "SOCKS5/SOCKS4/HTTP on %s without authentication: anyone who reaches it can use the"
+            " tunnel (require a login with --socks-user, or listen on 127.0.0.1)",
             host,
         )
 
@@ -264,7 +290,7 @@ SOCKS_LOGIN_KEYS = ("socks_user", "socks_password", "socks_users")
 
 
 def client_reloader(
-    args: argparse.Namespace, settings: dict, tunnels: TunnelPool, listener: Socks5Listener
+    args: argparse.Namespace, settings: dict, tunnels: TunnelPool, listener: ClientPort
 ) -> Reloader:
     """SIGHUP for the client: the SOCKS port's login and limit, and the next tunnels' settings
     are reloaded; a command that adds settings registers its own ``on_change`` on it."""
@@ -299,7 +325,7 @@ def pool_choices(tunnels: TunnelPool, fresh: dict) -> None:
 
 
 def serve_until_stopped(
-    tunnels: TunnelPool, listener: Socks5Listener, termination: Termination, grace: float
+    tunnels: TunnelPool, listener: ClientPort, termination: Termination, grace: float
 ) -> int:
     """Run until SIGTERM/SIGINT or a login failure that retrying cannot fix."""
     signalled = gevent.spawn(termination.wait)

@@ -29,8 +29,9 @@ from jproxy.handlers.admin.listener import serve_admin
 from jproxy.handlers.console.options import start_console
 from jproxy.handlers.dns.resolver import SystemResolver
 from jproxy.handlers.net.dialer import Dialer
+from jproxy.handlers.net.router import client_router
 from jproxy.handlers.net.signals import Termination
-from jproxy.handlers.socks.port import Socks5Listener
+from jproxy.handlers.socks.client_port import ClientPort
 from jproxy.handlers.tunnel.pool import TunnelPool
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
 from jproxy.policy.egress import EgressPolicy
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         listening("--listen", listen, server.start)
         started.append(server)
         tunnels = TunnelPool([server.address], key, Dialect.SECURE_3_1)
-        listener = Socks5Listener(socks, tunnels)
+        router = client_router(tunnels)
+        listener = ClientPort(socks, router)
         listening("--socks", socks, listener.start)
         started.append(listener)
         new_password = None if kept_hash else secrets.token_urlsafe(12)
@@ -147,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
         console["console_secret"] = secrets.token_urlsafe(16)
         console_server = start_console(console, "client", version())
         started.append(console_server)
-        listener.console = console_server.live
+        router.console = console_server.live
+        router.access_log.observer = console_server.live.access
         console_server.live.watch_client(tunnels)
         dialer.policy = dialer.policy.listening_on([service.address for service in started])
         if new_password is not None:
@@ -188,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"        {gjproxy} status --console '{console_url}/?token={console['console_secret']}'")
     print(f"ping:  {gjproxy} ping -c 3 {server_flags} 127.0.0.1")
     print(f"try:   curl --socks5-hostname {host}:{port} https://example.com/")
+    print(f"       curl -x http://{host}:{port} https://example.com/", end="")
+    print("   # the same port as an HTTP proxy")
     sys.stdout.flush()
     termination.wait()
     tunnels.stop()

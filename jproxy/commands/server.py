@@ -31,7 +31,7 @@ from jproxy.handlers.logs.access import AccessLog
 from jproxy.handlers.net.descriptors import raise_fd_limit
 from jproxy.handlers.net.dialer import Dialer
 from jproxy.handlers.net.heap import HeapTrimmer, keep_heap_reserve
-from jproxy.handlers.net.signals import Reloader, Termination
+from jproxy.handlers.net.signals import Reloader, Termination, access_log_mover
 from jproxy.handlers.socks.plain import PlainSocks5Port
 from jproxy.handlers.tunnel.keylog import add_keylog_option, key_log_path, open_key_log
 from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
@@ -378,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
     reloader.on_change(["allow_legacy"], partial(_set_legacy, server))
     reloader.on_change(RELOADABLE_LIMITS, lambda fresh: server.set_limits(server_limits(fresh)))
     reloader.on_change(["egress"], partial(_set_egress, dialer))
-    reloader.on_change(["access_log"], partial(_move_access_log, access_log))
+    reloader.on_change(["access_log"], access_log_mover(access_log, "[server] access_log"))
     sighups = [reloader.on_sighup()]
     services: list = []
     try:
@@ -508,13 +508,6 @@ def _set_legacy(server: TunnelServer, fresh: dict) -> None:
 def _set_egress(dialer: Dialer, fresh: dict) -> None:
     dialer.policy = dataclasses.replace(fresh["egress"], listeners=dialer.policy.listeners)
     _log_egress(dialer.policy)
-
-
-def _move_access_log(access_log: AccessLog, fresh: dict) -> None:
-    try:
-        access_log.move_to(fresh["access_log"] or None)
-    except OSError as error:
-        raise ConfigError(f"[server] access_log: {error}") from None
 
 
 def _set_admin_credentials(admin_server, fresh: dict) -> None:

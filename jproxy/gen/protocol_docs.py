@@ -25,6 +25,7 @@ SCHEMA_MODULES = (
     "schemas.keys",
     "schemas.admin",
     "schemas.socks5",
+    "schemas.socks4",
     "schemas.icmp",
 )
 """Documented in this order; a module not written yet is left out until it lands."""
@@ -288,6 +289,8 @@ def _length(shape: introspect.Shape) -> str:
         return expression(shape.length)
     if isinstance(shape, introspect.Rest):
         return "rest"
+    if isinstance(shape, introspect.Delimited):
+        return f"n + {len(shape.terminator)}"
     if isinstance(shape, introspect.Prefixed):
         return f"{_length(shape.length)} + n"
     if isinstance(shape, introspect.Repeat):

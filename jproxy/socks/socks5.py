@@ -169,7 +169,7 @@ CredentialCheck = Callable[[bytes, bytes], bool]
 """``check(user, password)``: whether an RFC 1929 login is good."""
 
 
-class _PlainPasswords:
+class PlainPasswords:
     """User names and passwords in the clear (the client's own SOCKS port)."""
 
     def __init__(self, users: Mapping[str, str]) -> None:
@@ -227,7 +227,7 @@ class Socks5Server:
         check_login: CredentialCheck | None = None,
     ) -> None:
         if check_login is None and users is not None:
-            check_login = _PlainPasswords(users).check
+            check_login = PlainPasswords(users).check
         self._check_login = check_login
         self._method = Method.NO_AUTH if check_login is None else Method.USERNAME_PASSWORD
         self._state = _State.METHODS

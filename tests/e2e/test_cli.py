@@ -146,7 +146,8 @@ def test_an_open_client_port_off_loopback_is_a_warning(workdir):
     args = ("client", "--server", "127.0.0.1:9", "--key", "key.dat", "--socks", "0.0.0.0:0")
     open_port = Process(*args, cwd=workdir)
     open_port.wait_for(
-        r"WARNING gjproxy\.client: SOCKS5 on 0\.0\.0\.0 without authentication: anyone who"
+        r"WARNING gjproxy\.client: SOCKS5/SOCKS4/HTTP on 0\.0\.0\.0 without authentication:"
+        r" anyone who"
         r" reaches it can use the tunnel \(require a login with --socks-user, or listen on"
         r" 127\.0\.0\.1\)"
     )

@@ -21,6 +21,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.e2e.test_tunnel import curl, recv_exactly, socks_connect
 from tests.peers import (
+    HEADLESS_CHROMIUM,
     Process,
     echo,
     require_tool,
@@ -32,16 +33,7 @@ from tests.peers import (
 SECRET = "console-test-secret"
 ENV = {"GJPROXY_CONSOLE_SECRET": SECRET}
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM_ARGS = list(HEADLESS_CHROMIUM)
 CONSOLE_LINE = r"console on http://127\.0\.0\.1:(\d+)/ui/"
 
 

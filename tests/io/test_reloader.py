@@ -120,3 +120,46 @@ def test_sighup_runs_a_reload() -> None:
     finally:
         handler.cancel()
     assert seen == [2.0]
+
+
+def test_the_clients_rules_and_access_log_follow_a_reload(tmp_path, caplog) -> None:
+    """``reload_front``: new rules take effect, a bad one keeps those in use, the access log
+    moves to its new file; a forward needs a restart."""
+    from types import SimpleNamespace
+
+    from jproxy.commands.route import reload_front, rule_set
+    from jproxy.handlers.logs.access import AccessLog
+    from jproxy.handlers.net.router import Router
+    from jproxy.metrics import Counters
+    from jproxy.policy.rules import Action
+
+    file = File(rules=["MATCH,TUNNEL"], access_log="", forward=[])
+    tunnels = SimpleNamespace(counters=Counters())  # only its counters are read here
+    router = Router(tunnels, rule_set(file.settings["rules"]), None, AccessLog(None))
+    reloader = _reloader(file)
+    reload_front(reloader, router)
+    moved = tmp_path / "access.log"
+    file.settings.update(
+        rules=["DOMAIN,x.example,REJECT", "MATCH,DIRECT"],
+        access_log=str(moved),
+        forward=["8022:example.org:22"],
+    )
+    with caplog.at_level(logging.INFO, logger="gjproxy.reload"):
+        reloader.reload()
+        assert router.rules.decide("x.example", 443).action is Action.REJECT
+        assert router.rules.decide("y.example", 443).action is Action.DIRECT
+        assert router.access_log.path == str(moved) and moved.exists()
+        file.settings["rules"] = ["NOT-A-KIND,x,DIRECT"]
+        reloader.reload()
+    assert router.rules.decide("x.example", 443).action is Action.REJECT
+    messages = _messages(caplog)
+    assert (
+        "INFO",
+        "SIGHUP: [t] rules: MATCH,TUNNEL -> DOMAIN,x.example,REJECT, MATCH,DIRECT",
+    ) in messages
+    assert any("[t] forward" in text and "needs a restart" in text for _, text in messages)
+    assert any(
+        level == "ERROR" and "--rule" in text and "kept: [t] rules" in text
+        for level, text in messages
+    ), messages
+    router.access_log.close()

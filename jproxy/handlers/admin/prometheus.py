@@ -74,6 +74,11 @@ class ClientCollector:
     def collect(self) -> Iterator[Metric]:
         yield from _traffic(self._tunnels.counters)
         yield _drops(self._tunnels.counters)
+        yield CounterMetricFamily(
+            "gjproxy_client_unrecognized_connections",
+            "Connections to the client's port that spoke none of SOCKS4, SOCKS5 or HTTP",
+            value=self._tunnels.counters.unrecognized_connections,
+        )
         yield GaugeMetricFamily(
             "gjproxy_client_tunnel_up",
             "1 while any tunnel to a server is up, else 0",

@@ -62,6 +62,10 @@ class AccessRecord:
     """``tcp`` (a stream), ``udp`` (an association) or ``icmp`` (an echo)"""
     local_port: int = 0
     """UDP: the port the server bound for the association"""
+    route: str = ""
+    """the client's records: ``TUNNEL``, ``DIRECT`` or ``REJECT`` (absent on the server's)"""
+    rule: str = ""
+    """the client's records: the routing rule that decided"""
 
     def to_json(self) -> str:
         # Every field holds an immutable value: no need for ``dataclasses.asdict``, which
@@ -71,6 +75,8 @@ class AccessRecord:
         fields["duration"] = round(self.duration, 3)
         fields["ended"] = "" if self.ended is None else self.ended.value
         fields["reason"] = self.reason[:MAX_REASON]
+        if not self.route:  # a server's record: no routing
+            del fields["route"], fields["rule"]
         when = datetime.datetime.fromtimestamp(started, datetime.UTC)
         return _ENCODER.encode({"time": when.isoformat(timespec="milliseconds"), **fields})
 

@@ -11,6 +11,7 @@ from gevent.event import AsyncResult
 
 from jproxy import reload
 from jproxy.config import ConfigError
+from jproxy.handlers.logs.access import AccessLog
 from jproxy.reload import Plan
 
 log = logging.getLogger("gjproxy.reload")
@@ -118,3 +119,16 @@ class Reloader:
 
     def _keys_text(self, changes: list[reload.Change]) -> str:
         return ", ".join(self._label(change.key) for change in changes)
+
+
+def access_log_mover(access_log: AccessLog, label: str) -> Callable[[dict], None]:
+    """The ``on_change`` callback for ``access_log``: write to the new file from now on (one
+    that cannot be opened keeps the old, with ``label`` in the error)."""
+
+    def move(fresh: dict) -> None:
+        try:
+            access_log.move_to(fresh["access_log"] or None)
+        except OSError as error:
+            raise ConfigError(f"{label}: {error}") from None
+
+    return move

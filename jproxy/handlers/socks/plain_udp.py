@@ -62,6 +62,9 @@ class DirectRoutes:
     user: str
     client: str
     service: str
+    route: str = ""
+    """the client's routing, for its records (DIRECT and the rule)"""
+    rule: str = ""
 
     @property
     def owner(self) -> str:
@@ -73,7 +76,14 @@ class DirectRoutes:
     def open(self, route: Route, relay: SocksUdpRelay) -> None:
         target = host_port_text((route.host, route.port))
         record = AccessRecord(
-            self.service, self.user, self.client, target, time.time(), transport="udp"
+            self.service,
+            self.user,
+            self.client,
+            target,
+            time.time(),
+            transport="udp",
+            route=self.route,
+            rule=self.rule,
         )
         started = time.monotonic()
         try:

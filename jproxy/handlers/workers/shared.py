@@ -46,6 +46,7 @@ SCALARS = {
     "doh_lookup_seconds": "counter",
     "dns_cache_hits": "counter",
     "dns_cache_misses": "counter",
+    "unrecognized_connections": "counter",  # the client's port: 0 on a server, mirrored alike
     "connections_open": "gauge",
     "tunnels_open": "gauge",
 }

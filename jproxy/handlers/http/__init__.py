@@ -1,0 +1,1 @@
+"""HTTP on gevent: the HTTP proxy of the client's port."""

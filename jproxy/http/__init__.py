@@ -1,0 +1,1 @@
+"""HTTP, sans-I/O: the client port's HTTP proxy (on h11)."""
