@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import socket
-from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, ExitStack
+from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
 
 from jproxy.config import host_port_text
-from jproxy.handlers.net.admission import Evicted
+from jproxy.handlers.net.admission import Doorway, Evicted
 from jproxy.handlers.net.router import Refused, Router
 from jproxy.handlers.net.sockets import reset, send_all, set_nodelay
 from jproxy.http.proxy import (
@@ -39,11 +40,23 @@ from jproxy.http.proxy import (
     status_for,
 )
 from jproxy.policy.pac import CONTENT_TYPE, pac_file
-from jproxy.socks.socks5 import PlainPasswords
+from jproxy.socks.socks5 import CredentialCheck, PlainPasswords
 from schemas.jproxy import ConnectStatus
 
-if TYPE_CHECKING:  # the port imports this module to hand HTTP clients over
-    from jproxy.handlers.socks.client_port import ClientPort
+
+class ProxyPort(Protocol):
+    """What an HTTP client needs of the port it came in on (the client's ``ClientPort``, which
+    imports this module to hand its HTTP clients over)."""
+
+    router: Router
+    users: Mapping[str, str] | None
+    check_login: CredentialCheck | None
+    doorway: Doorway
+    handshake_timeout: float
+    http_head_timeout: float
+
+    def client_slot(self, peer: tuple) -> AbstractContextManager[bool]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +97,8 @@ class _Upstream:
             self.sock.close()
 
 
-def serve_http(port: ClientPort, sock: socket.socket, peer: tuple) -> None:
-    """Serve one HTTP client of ``port`` (a ``ClientPort``) until it closes or errs."""
+def serve_http(port: ProxyPort, sock: socket.socket, peer: tuple) -> None:
+    """Serve one HTTP client of ``port`` until it closes or errs."""
     check = port.check_login
     if check is None and port.users is not None:
         check = PlainPasswords(port.users).check
@@ -93,7 +106,7 @@ def serve_http(port: ClientPort, sock: socket.socket, peer: tuple) -> None:
 
 
 class _HttpClient:
-    def __init__(self, port: ClientPort, sock: socket.socket, peer: tuple, core: HttpProxy) -> None:
+    def __init__(self, port: ProxyPort, sock: socket.socket, peer: tuple, core: HttpProxy) -> None:
         self.port = port
         self.router: Router = port.router
         self.sock = sock
