@@ -7,9 +7,6 @@ import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
-from jproxy.gen import admin_docs as admindocs
-from jproxy.gen import cli_docs as clidocs
-from jproxy.gen import protocol_docs as docs
 from jproxy.metrics import Counters
 from jproxy.tuning import RelayTuning
 from jproxy.tunnel.balance import Balancer
@@ -56,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    # Imported here, as in admin_parts: every gjproxy process builds this command's parser,
+    # and only `gjproxy docs` needs the generators (a few MB of a server's memory).
+    from jproxy.gen import admin_docs as admindocs
+    from jproxy.gen import cli_docs as clidocs
+    from jproxy.gen import protocol_docs as docs
+
     for out, text in ((args.out, docs.render()), (args.cli_out, clidocs.render(args.command_line))):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
@@ -73,6 +76,7 @@ def admin_parts() -> dict[str, str]:
     """docs/admin.md's generated parts, from the schema, the command and the collectors."""
     # Imported here: prometheus_client is loaded only by the commands that serve metrics.
     from jproxy.commands.admin import COMMAND_DOCS
+    from jproxy.gen import admin_docs as admindocs
     from jproxy.handlers.admin.prometheus import ClientCollector, CountersCollector
 
     # What the client's collector reads of a TunnelPool: one that has not connected yet, its

@@ -12,8 +12,6 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 from jproxy.config import ConfigError, load
@@ -72,6 +70,11 @@ def where(args: argparse.Namespace, environ=os.environ) -> tuple[str, str]:
 
 
 def fetch(base: str, path: str, secret: str) -> dict:
+    # Imported here: every gjproxy process builds this command's parser, and urllib.request
+    # (with ssl and http.client) would cost each server and client a few MB it never uses.
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {secret}"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
