@@ -65,10 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quickstart",
         help="run server and client on localhost with keys made on first use",
         description="Make keys and an admin password in DIR if there are none, start a tunnel"
-        " server and a client on localhost, and serve SOCKS5 until Ctrl-C.",
+        " server and a client on localhost, and serve SOCKS5, SOCKS4 and HTTP proxy on one port"
+        " until Ctrl-C.",
     )
     parser.add_argument("--dir", metavar="DIR", help="where keys and the password hash live")
-    parser.add_argument("--socks", metavar="HOST:PORT", help="the SOCKS5 port to use")
+    parser.add_argument(
+        "--socks", metavar="HOST:PORT", help="the proxy port to use (SOCKS5, SOCKS4, HTTP)"
+    )
     parser.add_argument("--listen", metavar="HOST:PORT", help="the tunnel server's port")
     parser.add_argument("--admin", metavar="HOST:PORT", help="the admin protocol port")
     parser.add_argument(
