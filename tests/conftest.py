@@ -5,8 +5,10 @@ The tests sit in three layers, one folder each, and each folder is a pytest mark
 ``tests/unit`` (pure code: the cores fed bytes and events with a fake clock, the generated
 docs, the parsers; no socket, no wait, no subprocess), ``tests/io`` (drivers in this process
 on real sockets, files and signals; their deadlines are made short) and ``tests/e2e`` (real
-processes and real peers, started through tests/peers.py). ``pytest -m "not e2e"`` runs the
-first two in about 25 s. tests/unit/test_layers.py keeps every test file in a layer's folder.
+processes and real peers, started through tests/peers.py and driven through tests/clients.py).
+``pytest -m "not e2e"`` runs the first two in about 25 s. tests/unit/test_layers.py keeps every
+test file in a layer's folder. The helpers that more than one test module uses sit in tests/
+itself (peers.py, clients.py, admin_listener.py, mux_cores.py, ...), never in a test module.
 """
 
 from __future__ import annotations

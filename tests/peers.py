@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jproxy.policy.passwords import hash_password
+
 START_TIMEOUT = 15.0
 
 
@@ -165,6 +167,64 @@ def start_client(workdir: Path, server_port: int, *extra: str, env=None) -> Proc
     client.port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
     client.wait_for(r"tunnel to .* up")
     return client
+
+
+def client_of(workdir, *servers: str, config: str | None = None, extra=()) -> Process:
+    """A client of every one of ``servers`` (``HOST:PORT``, tried in order), with ``config``
+    written to client.toml when given; started, not waited on for a tunnel."""
+    args = [*(arg for server in servers for arg in ("--server", server)), *extra]
+    if config is not None:
+        (workdir / "client.toml").write_text(config)
+        args += ["--config", "client.toml"]
+    client = Process("client", *args, "--socks", "127.0.0.1:0", "--key", "key.dat", cwd=workdir)
+    client.port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
+    return client
+
+
+SOCKS_PASSWORDS = {"carol": "s3cret carol", "dave": "dave's"}
+"""The RFC 1929 users that :func:`write_socks_config` writes, and their passwords."""
+FAST_HASH = {"n": 1024}  # tests only: real hashes cost more
+
+
+def write_socks_config(workdir, *, users: bool = True, no_auth: bool = False) -> str:
+    """A server config file for the plain SOCKS5 port: ``SOCKS_PASSWORDS`` in [socks_users]
+    when ``users``, and ``socks_no_auth``; its name, relative to ``workdir``."""
+    lines = ["[server]", f"socks_no_auth = {'true' if no_auth else 'false'}"]
+    if users:
+        lines.append("[socks_users]")
+        lines += [
+            f'{name} = "{hash_password(pw, **FAST_HASH)}"' for name, pw in SOCKS_PASSWORDS.items()
+        ]
+    (workdir / "gjproxy.toml").write_text("\n".join(lines) + "\n")
+    return "gjproxy.toml"
+
+
+def start_socks_server(
+    workdir, unbound, *extra: str, config: str | None = None, env=None, allow_loopback=True
+):
+    """A server with its plain SOCKS5 port on (``socks``, ``socks_port``), names resolved by
+    ``unbound``'s DoH, and a JSON access log in access.jsonl."""
+    config = config or write_socks_config(workdir)
+    server = start_server(
+        workdir,
+        "--config",
+        config,
+        "--socks",
+        "127.0.0.1:0",
+        "--doh",
+        unbound.doh_url,
+        "--doh-ca",
+        str(unbound.cert),
+        "--access-log",
+        "access.jsonl",
+        *extra,
+        env=env,
+        allow_loopback=allow_loopback,
+    )
+    port = int(server.wait_for(r"plain SOCKS5 listening on 127\.0\.0\.1:(\d+)").group(1))
+    server.socks = f"127.0.0.1:{port}"
+    server.socks_port = port
+    return server
 
 
 def start_java_peer(workdir: Path, role: str, *extra: str) -> Process:
@@ -310,7 +370,7 @@ def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path
     return cert_path, key_path
 
 
-def _free_port(udp_too: bool = False) -> int:
+def free_port(udp_too: bool = False) -> int:
     """A TCP port the kernel just handed out (and free for UDP too, when asked), for a peer
     that cannot be told to pick one (port 0)."""
     while True:
@@ -327,6 +387,13 @@ def _free_port(udp_too: bool = False) -> int:
                 return port
 
 
+def refusing_address() -> tuple[socket.socket, str]:
+    """A bound port nobody listens on: connections to it are refused at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
 class Unbound:
     """unbound on loopback: DNS over HTTPS (``doh_url``, ``cert``) and plain DNS (``dns_port``,
     UDP and TCP), serving ``records`` (name -> (address, ttl)) from static local zones (each
@@ -339,7 +406,7 @@ class Unbound:
         self.records = records
         self.proc: subprocess.Popen | None = None
         for _ in range(5):  # the ports are picked before unbound binds them: retry a race
-            self.https_port, self.dns_port = _free_port(), _free_port(udp_too=True)
+            self.https_port, self.dns_port = free_port(), free_port(udp_too=True)
             if self._start():
                 return
         raise AssertionError("unbound did not start:\n" + self.log())
@@ -450,6 +517,27 @@ def curl_socks(
         capture_output=True,
         timeout=timeout + 5,
     )
+
+
+def poll_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
+    """Return once ``condition()`` is true, checked every 50 ms; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def count_lines(process: Process, pattern: str, at_least: int = 0, timeout: float = 5.0) -> int:
+    """Log lines matching ``pattern``, once there are ``at_least`` (or ``timeout`` passed): a
+    line reaches us through a pipe a little after what it reports (a socket closed)."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while True:
+        count = sum(1 for line in list(process.lines) if regex.search(line))
+        if count >= at_least or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
 
 
 def wait_for_access(process: Process, timeout: float = START_TIMEOUT, **expected) -> dict:
@@ -595,6 +683,23 @@ class Flood:
             if sock is not None:
                 sock.close()
         selector.close()
+
+
+class CountingEcho:
+    """An echo server on ``host`` that counts the connections it accepted."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.accepted = 0
+        self.server = serve_tcp(self._handle, host)
+        self.port = self.server.server_address[1]
+
+    def _handle(self, sock: socket.socket) -> None:
+        self.accepted += 1
+        echo(sock)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class UdpEcho:

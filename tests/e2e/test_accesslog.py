@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.e2e.test_tunnel import socks_connect
+from tests.clients import socks_connect
 from tests.peers import start_client, start_server
 
 CONNECTIONS = 40

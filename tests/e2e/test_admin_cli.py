@@ -16,9 +16,8 @@ from gevent.server import StreamServer
 from jproxy.metrics import Counters
 from jproxy.policy.passwords import load_socks_users, verify_password
 from tests.admin_listener import PASSWORD, USER, start_admin
+from tests.clients import CLEAN_ENV
 from tests.peers import start_server
-
-CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
 
 
 def gjproxy_admin(*args: str, password: str | None = PASSWORD, stdin: str = "", **env: str):

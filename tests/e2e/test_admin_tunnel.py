@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
-from tests.e2e.test_tunnel import recv_exactly, socks_connect
+from tests.clients import ADMIN_ENV, admin, recv_exactly, socks_connect
 from tests.peers import echo, scrape_metrics, serve_tcp, start_client, start_server
 
-ADMIN_ENV = {"GJPROXY_ADMIN_USER": "ops", "GJPROXY_ADMIN_PASSWORD": "correct horse"}
 CONNECTIONS, BYTES_EACH = 7, 30_000
-
-
-def admin(port: int, *args: str, password: str = "correct horse") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "jproxy", "admin", "--port", str(port), "--user", "ops", *args],
-        env={**os.environ, "GJPROXY_ADMIN_PASSWORD": password},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_counters_after_known_traffic_through_the_tunnel(workdir):

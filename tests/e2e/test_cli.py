@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -10,9 +9,8 @@ import sys
 
 import pytest
 
+from tests.clients import CLEAN_ENV
 from tests.peers import Process, start_server
-
-CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("GJPROXY_")}
 
 
 def gjproxy(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.e2e.test_tunnel import curl, recv_exactly, socks_connect
+from tests.clients import curl, recv_exactly, socks_connect
 from tests.peers import (
     HEADLESS_CHROMIUM,
     Process,

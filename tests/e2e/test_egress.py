@@ -4,36 +4,27 @@ the server's own ports, deny rules, the config file, and what a SOCKS applicatio
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
-from python_socks import ProxyError
 from python_socks.sync import Proxy
 
-from tests.e2e.test_admin_tunnel import ADMIN_ENV
-from tests.e2e.test_tunnel import recv_exactly
-from tests.peers import echo, require_tool, serve_tcp, start_client, start_server
-
-NOT_ALLOWED, HOST_UNREACHABLE, GENERAL_FAILURE = 0x02, 0x04, 0x01
-
-
-class CountingEcho:
-    """An echo server on ``host`` that counts the connections it accepted."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.accepted = 0
-        self.server = serve_tcp(self._handle, host)
-        self.port = self.server.server_address[1]
-
-    def _handle(self, sock: socket.socket) -> None:
-        self.accepted += 1
-        echo(sock)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.clients import (
+    ADMIN_ENV,
+    GENERAL_FAILURE,
+    HOST_UNREACHABLE,
+    NOT_ALLOWED,
+    echoes,
+    socks_error,
+)
+from tests.peers import (
+    CountingEcho,
+    free_port,
+    require_tool,
+    start_client,
+    start_server,
+)
 
 
 @pytest.fixture
@@ -41,28 +32,6 @@ def target():
     server = CountingEcho()
     yield server
     server.close()
-
-
-def socks_error(socks_port: int, host: str, port: int) -> int:
-    """The SOCKS reply code of a CONNECT that must fail."""
-    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
-    with pytest.raises(ProxyError) as refused:
-        proxy.connect(host, port, timeout=15).close()
-    return refused.value.error_code
-
-
-def echoes(socks_port: int, host: str, port: int) -> bool:
-    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
-    with proxy.connect(host, port, timeout=15) as sock:
-        sock.settimeout(10)
-        sock.sendall(b"ping")
-        return recv_exactly(sock, 4) == b"ping"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

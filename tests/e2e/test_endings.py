@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 from python_socks import ProxyError
 
-from tests.e2e.test_tunnel import DIALECT_FLAGS, recv_exactly, socks_connect
+from tests.clients import DIALECT_FLAGS, recv_exactly, socks_connect
 from tests.peers import echo, serve_tcp, start_client, start_server, wait_for_access
 
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError)

@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import signal
-import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_tunnel import curl
-from tests.peers import Process, start_server
-
-
-def client_of(workdir, *servers: str, config: str | None = None, extra=()) -> Process:
-    args = [*(arg for server in servers for arg in ("--server", server)), *extra]
-    if config is not None:
-        (workdir / "client.toml").write_text(config)
-        args += ["--config", "client.toml"]
-    client = Process("client", *args, "--socks", "127.0.0.1:0", "--key", "key.dat", cwd=workdir)
-    client.port = int(client.wait_for(r"SOCKS5 listening on [\d.]+:(\d+)").group(1))
-    return client
-
-
-def refusing_address() -> tuple[socket.socket, str]:
-    """A bound port nobody listens on: connections to it are refused at once."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+from tests.clients import curl
+from tests.peers import Process, client_of, refusing_address, start_server
 
 
 def test_a_dead_first_server_is_skipped_for_the_next(workdir, web):

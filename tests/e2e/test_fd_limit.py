@@ -17,8 +17,7 @@ from python_socks.sync import Proxy
 
 from jproxy.policy.passwords import hash_password
 from jproxy.tunnel.keys import generate, save_client_key, save_user
-from tests.e2e.test_admin_tunnel import ADMIN_ENV, admin
-from tests.e2e.test_tunnel import recv_exactly, socks_connect
+from tests.clients import ADMIN_ENV, admin, recv_exactly, socks_connect
 from tests.peers import UdpEcho, echo, require_tool, serve_tcp, start_client, start_server
 
 FD_LIMIT = 256

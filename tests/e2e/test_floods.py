@@ -23,8 +23,7 @@ from jproxy.admin.protocol import login_bytes, request_bytes
 from jproxy.handlers.tunnel.handshake import client_login
 from jproxy.tunnel.keys import load_client_key
 from schemas.jproxy import Dialect
-from tests.e2e.test_hardening import _count, _wait
-from tests.peers import Flood, _free_port, start_server
+from tests.peers import Flood, count_lines, free_port, poll_until, start_server
 
 FLOOD = 1280  # ten times the default pre-login budget of 128
 ADMIN_FLOOD = 640  # ten times the admin port's 64
@@ -75,7 +74,7 @@ def test_tunnel_logins_get_through_ten_times_the_prelogin_budget(workdir, source
     server = start_server(workdir)
     try:
         with Flood(server.port, FLOOD, sources) as flood:
-            _wait(
+            poll_until(
                 lambda: flood.opened >= FLOOD and flood.dropped > FLOOD // 2,
                 timeout=60,
                 what="the flood to push out its own connections",
@@ -83,8 +82,8 @@ def test_tunnel_logins_get_through_ten_times_the_prelogin_budget(workdir, source
             for _ in range(LOGINS):
                 _far_login(server.port, workdir)
                 time.sleep(0.2)
-        assert _count(server, r"logged in \(dialect 3.1\)", at_least=LOGINS) == LOGINS
-        assert _count(server, "Traceback") == 0
+        assert count_lines(server, r"logged in \(dialect 3.1\)", at_least=LOGINS) == LOGINS
+        assert count_lines(server, "Traceback") == 0
     finally:
         server.stop()
 
@@ -100,12 +99,12 @@ def _operator_login(port: int) -> bytes:
 
 
 def test_the_operator_gets_in_past_a_flood_from_the_operators_own_address(workdir) -> None:
-    admin_port = _free_port()
+    admin_port = free_port()
     env = {"GJPROXY_ADMIN_USER": OPERATOR, "GJPROXY_ADMIN_PASSWORD": PASSWORD}
     server = start_server(workdir, "--admin", f"127.0.0.1:{admin_port}", env=env)
     try:
         with Flood(admin_port, ADMIN_FLOOD, ["127.0.0.1"], trickle=b"\x01\x08") as flood:
-            _wait(
+            poll_until(
                 lambda: flood.opened >= ADMIN_FLOOD and flood.dropped > ADMIN_FLOOD // 2,
                 timeout=60,
                 what="the flood to push out its own connections",
@@ -115,6 +114,6 @@ def test_the_operator_gets_in_past_a_flood_from_the_operators_own_address(workdi
                 assert _operator_login(admin_port) == b"\x01\x00"
                 assert time.monotonic() - started < 2.0
                 time.sleep(0.2)
-        assert _count(server, "Traceback") == 0
+        assert count_lines(server, "Traceback") == 0
     finally:
         server.stop()

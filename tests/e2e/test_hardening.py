@@ -22,8 +22,17 @@ from python_socks.sync import Proxy
 from jproxy.handlers.tunnel.handshake import client_login
 from jproxy.tunnel.keys import load_client_key
 from schemas.jproxy import Dialect
-from tests.e2e.test_tunnel import curl
-from tests.peers import Flood, echo, require_tool, serve_tcp, start_client, start_server
+from tests.clients import curl
+from tests.peers import (
+    Flood,
+    count_lines,
+    echo,
+    poll_until,
+    require_tool,
+    serve_tcp,
+    start_client,
+    start_server,
+)
 
 FLOOD_SOURCES = [f"127.0.0.{n}" for n in range(2, 12)]
 HELLO = {Dialect.SECURE_3_1: b"jProxy\x03\x01", Dialect.LEGACY_3_0: b"jProxy\x03\x00"}
@@ -54,14 +63,6 @@ def run(workdir):
         process.stop()
 
 
-def _wait(condition, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _fetch(client, web, name: str, timeout: float) -> bytes:
     """A file of the ``web`` fixture through ``client``'s SOCKS port, with curl."""
     return curl(client.port, f"http://127.0.0.1:{web.server_port}/{name}", timeout=timeout)
@@ -75,18 +76,6 @@ def _echoes(proxy: Proxy, port: int) -> bool:
             return sock.recv(5) == b"again"
     except ProxyError:
         return False
-
-
-def _count(process, pattern: str, at_least: int = 0, timeout: float = 5.0) -> int:
-    """Log lines matching ``pattern``, once there are ``at_least`` (or ``timeout`` passed): a
-    line reaches us through a pipe a little after what it reports (a socket closed)."""
-    regex = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    while True:
-        count = sum(1 for line in list(process.lines) if regex.search(line))
-        if count >= at_least or time.monotonic() > deadline:
-            return count
-        time.sleep(0.05)
 
 
 def _login(port: int, workdir: Path, dialect: Dialect = Dialect.SECURE_3_1, timeout=2.0):
@@ -125,14 +114,14 @@ def test_a_flood_before_login_does_not_keep_a_client_out(run, workdir, web) -> N
     """500 idle and trickling connections from 10 addresses, reopened when dropped."""
     server = run.server()
     with Flood(server.port, 500, FLOOD_SOURCES) as flood:
-        _wait(lambda: flood.opened >= 500, what="the flood")
+        poll_until(lambda: flood.opened >= 500, what="the flood")
         sock, _ = _login(server.port, workdir, timeout=2.0)  # LoginError past 2 s
         sock.close()
         client = run.client(server.port)
         assert _fetch(client, web, "f4081", timeout=5)
         assert flood.dropped > 0  # the flood paid with its own oldest connections
-    assert _count(server, r"logged in \(dialect 3.1\)", at_least=2) == 2
-    assert _count(server, "Traceback") == 0
+    assert count_lines(server, r"logged in \(dialect 3.1\)", at_least=2) == 2
+    assert count_lines(server, "Traceback") == 0
 
 
 def test_a_replayed_hash_never_holds_a_slot_past_the_deadline(run, workdir, web) -> None:
@@ -140,8 +129,8 @@ def test_a_replayed_hash_never_holds_a_slot_past_the_deadline(run, workdir, web)
     replayers = [_replay(server.port, workdir, Dialect.SECURE_3_1) for _ in range(8)]
     assert _fetch(run.client(server.port), web, "f1", timeout=5)
     assert all(_closed_by_peer(sock, timeout=3) for sock in replayers)
-    assert _count(server, "dropped: no complete proof of the key within 1 s", at_least=8) == 8
-    assert _count(server, r"tunnel alice@.*: logged in") == 1
+    assert count_lines(server, "dropped: no complete proof of the key within 1 s", at_least=8) == 8
+    assert count_lines(server, r"tunnel alice@.*: logged in") == 1
 
 
 def test_a_replayed_legacy_hash_does_not_lock_out_the_real_user(run, workdir, web) -> None:
@@ -191,9 +180,9 @@ def test_the_socks_connection_over_the_limit_is_answered(run) -> None:
         )
         assert result.returncode == 97, result.stderr  # CURLE_PROXY: the proxy said no
         assert b"SOCKS5 connection to 127.0.0.1. (1)" in result.stderr, result.stderr
-        _wait(lambda: _count(client, r"refused: 2 connections open \(the limit\)") == 2)
+        poll_until(lambda: count_lines(client, r"refused: 2 connections open \(the limit\)") == 2)
         held.pop().close()  # its stream ends once the target closed too: a place is free
-        _wait(lambda: _echoes(proxy, target_port), what="a free place")
+        poll_until(lambda: _echoes(proxy, target_port), what="a free place")
         for sock in held:
             sock.close()
     finally:
@@ -204,7 +193,7 @@ def test_idle_socks_connections_do_not_delay_a_connect(run, web) -> None:
     client = run.client(run.server().port)
     slow_request = b"\x05\x01\x00\x05\x01\x00\x03\x20" + b"x" * 32 + b"\x00\x50"
     with Flood(client.port, 600, ["127.0.0.1"], trickle=slow_request) as flood:
-        _wait(lambda: flood.opened >= 600, what="the flood")
+        poll_until(lambda: flood.opened >= 600, what="the flood")
         time.sleep(1.2)  # older than the budget's grace: each newcomer may push one out
         assert _fetch(client, web, "f1", timeout=3)
 
@@ -226,9 +215,9 @@ def test_log_floods_are_cut(run, workdir) -> None:
             stranger.settimeout(5)
             while stranger.recv(4096):
                 pass
-    _wait(lambda: _count(server, "closed the connection|unknown login hash") >= 20)
-    assert _count(server, "ignored a tunnel message") <= 20
-    assert _count(server, "unknown login hash") <= 20
+    poll_until(lambda: count_lines(server, "closed the connection|unknown login hash") >= 20)
+    assert count_lines(server, "ignored a tunnel message") <= 20
+    assert count_lines(server, "unknown login hash") <= 20
 
 
 def test_a_client_refused_after_a_server_restart_keeps_trying(run, workdir, web) -> None:
@@ -244,7 +233,9 @@ def test_a_client_refused_after_a_server_restart_keeps_trying(run, workdir, web)
         user_file.rename(workdir / "users" / user_file.name)
     server.proc.send_signal(signal.SIGHUP)
     server.wait_for("loaded 1 user")
-    _wait(lambda: _count(client, r"tunnel to .* up") >= 2, timeout=40, what="the new tunnel")
+    poll_until(
+        lambda: count_lines(client, r"tunnel to .* up") >= 2, timeout=40, what="the new tunnel"
+    )
     assert client.proc.poll() is None
     assert _fetch(client, web, "f1", timeout=5)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from tests.e2e.test_tunnel import recv_exactly, socks_connect
+from tests.clients import recv_exactly, socks_connect
 from tests.peers import echo, serve_tcp, start_client, start_server
 
 HOST_UNREACHABLE = 0x04

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.e2e.test_tunnel import socks_connect
+from tests.clients import socks_connect
 from tests.peers import (
     curl_socks,
     serve_files,

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_tunnel import DIALECT_FLAGS, recv_exactly, socks_connect
+from tests.clients import DIALECT_FLAGS, recv_exactly, socks_connect
 from tests.peers import echo, serve_tcp, start_client, start_server, wait_for_access
 
 ROUNDS = 8

@@ -10,14 +10,14 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
 
-from jproxy.policy.passwords import hash_password
+from tests.clients import ADMIN_ENV, admin_output, socks_connect
 from tests.conftest import DNS_RECORDS
 from tests.peers import (
+    SOCKS_PASSWORDS,
     Unbound,
     curl_socks,
     digest_after_eof,
@@ -27,46 +27,9 @@ from tests.peers import (
     scrape_metrics,
     serve_tcp,
     start_client,
-    start_server,
+    start_socks_server,
+    write_socks_config,
 )
-
-PASSWORDS = {"carol": "s3cret carol", "dave": "dave's"}
-FAST = {"n": 1024}  # tests only: real hashes cost more
-
-
-def write_config(workdir, *, users: bool = True, no_auth: bool = False) -> str:
-    lines = ["[server]", f"socks_no_auth = {'true' if no_auth else 'false'}"]
-    if users:
-        lines.append("[socks_users]")
-        lines += [f'{name} = "{hash_password(pw, **FAST)}"' for name, pw in PASSWORDS.items()]
-    (workdir / "gjproxy.toml").write_text("\n".join(lines) + "\n")
-    return "gjproxy.toml"
-
-
-def start_socks_server(
-    workdir, unbound, *extra: str, config: str | None = None, env=None, allow_loopback=True
-):
-    config = config or write_config(workdir)
-    server = start_server(
-        workdir,
-        "--config",
-        config,
-        "--socks",
-        "127.0.0.1:0",
-        "--doh",
-        unbound.doh_url,
-        "--doh-ca",
-        str(unbound.cert),
-        "--access-log",
-        "access.jsonl",
-        *extra,
-        env=env,
-        allow_loopback=allow_loopback,
-    )
-    port = int(server.wait_for(r"plain SOCKS5 listening on 127\.0\.0\.1:(\d+)").group(1))
-    server.socks = f"127.0.0.1:{port}"
-    server.socks_port = port
-    return server
 
 
 @pytest.fixture
@@ -78,7 +41,7 @@ def socks_server(workdir, unbound):
 
 def login(user: str, password: str | None = None) -> tuple[str, str]:
     """curl's flags for an RFC 1929 login as ``user``."""
-    return ("--proxy-user", f"{user}:{password if password is not None else PASSWORDS[user]}")
+    return ("--proxy-user", f"{user}:{password if password is not None else SOCKS_PASSWORDS[user]}")
 
 
 def test_curl_reaches_a_name_only_the_doh_server_knows(socks_server, web, workdir):
@@ -120,7 +83,7 @@ def test_no_auth_only_when_configured(workdir, unbound, web):
     assert "--socks needs users ([socks_users] in the config file) or --socks-no-auth" in (
         refused.log()
     )
-    config = write_config(workdir, users=False, no_auth=True)
+    config = write_socks_config(workdir, users=False, no_auth=True)
     server = start_socks_server(workdir, unbound, config=config)
     try:
         url = f"http://web.tunnel.test:{web.server_port}/f1"
@@ -142,7 +105,7 @@ def socks_request(port: int, command: int) -> bytes:
 
 def test_bind_answers_07(workdir, unbound):
     server = start_socks_server(
-        workdir, unbound, "--socks-no-auth", config=write_config(workdir, users=False)
+        workdir, unbound, "--socks-no-auth", config=write_socks_config(workdir, users=False)
     )
     try:
         assert socks_request(server.socks_port, 2)[:2] == b"\x05\x07"
@@ -182,21 +145,6 @@ def test_a_dead_doh_server_is_host_unreachable_in_time_and_the_log_says_why(
     assert failed["target"] == f"n2.tunnel.test:{web.server_port}"
     assert why in failed["reason"], failed["reason"]
     assert failed["connect_ms"] < 2500
-
-
-ADMIN_ENV = {"GJPROXY_ADMIN_USER": "ops", "GJPROXY_ADMIN_PASSWORD": "correct horse"}
-
-
-def admin(port: int, method: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "jproxy", "admin", "--port", str(port), "--user", "ops", method],
-        env={**os.environ, **ADMIN_ENV},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def test_admin_and_prometheus_count_each_service_and_the_dns_cache(workdir, unbound, web):
@@ -240,25 +188,15 @@ def test_admin_and_prometheus_count_each_service_and_the_dns_cache(workdir, unbo
         assert found["gjproxy_dns_cache_misses_total"] == 1
         assert found["gjproxy_dns_cache_hits_total"] == 4
         assert found["gjproxy_doh_failures_total"] == 0
-        assert admin(admin_port, "connections") == "5"
-        assert admin(admin_port, "open") == "0"
-        assert admin(admin_port, "bytes") == str(sum(by_service.values()))
-        assert re.fullmatch(r"doh=1,failures=0,ms=\d+,hits=4,misses=1", admin(admin_port, "dns"))
+        assert admin_output(admin_port, "connections") == "5"
+        assert admin_output(admin_port, "open") == "0"
+        assert admin_output(admin_port, "bytes") == str(sum(by_service.values()))
+        assert re.fullmatch(
+            r"doh=1,failures=0,ms=\d+,hits=4,misses=1", admin_output(admin_port, "dns")
+        )
     finally:
         assert client.stop() == 0
         assert server.stop() == 0
-
-
-def socks_connect(port: int, host: str, target_port: int) -> socket.socket:
-    """A no-auth SOCKS5 CONNECT to ``host``:``target_port``, by name; the ready socket."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"\x05\x01\x00")
-    assert sock.recv(2) == b"\x05\x00"
-    name = host.encode()
-    sock.sendall(bytes([5, 1, 0, 3, len(name)]) + name + target_port.to_bytes(2, "big"))
-    reply = sock.recv(10)
-    assert reply[:2] == b"\x05\x00", reply
-    return sock
 
 
 def reset_after_reading(sock: socket.socket) -> None:
@@ -269,7 +207,7 @@ def reset_after_reading(sock: socket.socket) -> None:
 
 @pytest.fixture
 def open_port(workdir, unbound):
-    config = write_config(workdir, users=False, no_auth=True)
+    config = write_socks_config(workdir, users=False, no_auth=True)
     server = start_socks_server(workdir, unbound, "--idle-timeout", "1", config=config)
     yield server
     assert server.stop() == 0, server.log()
@@ -314,7 +252,7 @@ def test_an_idle_connection_is_reset_after_the_idle_timeout(open_port, workdir):
 
 def test_concurrent_connects_share_one_doh_connection(workdir, tmp_path, web):
     unbound = Unbound(tmp_path / "own-unbound", DNS_RECORDS)
-    config = write_config(workdir, users=False, no_auth=True)
+    config = write_socks_config(workdir, users=False, no_auth=True)
     server = start_socks_server(workdir, unbound, "--metrics", "127.0.0.1:0", config=config)
     metrics_port = int(server.wait_for(r"metrics: .*http://127\.0\.0\.1:(\d+)/").group(1))
     names = [f"n{index}.tunnel.test" for index in range(32)]

@@ -11,8 +11,15 @@ import pytest
 import socks
 
 from jproxy.config import host_port_text
-from tests.e2e.test_plain_socks import PASSWORDS, start_socks_server
-from tests.peers import UdpEcho, read_json_lines, scrape_metrics, start_client, start_server
+from tests.peers import (
+    SOCKS_PASSWORDS,
+    UdpEcho,
+    read_json_lines,
+    scrape_metrics,
+    start_client,
+    start_server,
+    start_socks_server,
+)
 
 DNS_NAME = "web.tunnel.test"
 """Where the DNS query is sent: a name that only the test's unbound knows (127.0.0.1)."""
@@ -24,7 +31,7 @@ def pysocks_udp(port: int, user: str | None = None) -> socks.socksocket:
     """A PySocks UDP socket through the SOCKS port ``port`` (as ``user`` when given); names
     travel unresolved."""
     sock = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
-    password = PASSWORDS[user] if user else None
+    password = SOCKS_PASSWORDS[user] if user else None
     sock.set_proxy(socks.SOCKS5, "127.0.0.1", port, username=user, password=password)
     sock.settimeout(10)
     return sock

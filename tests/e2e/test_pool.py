@@ -9,10 +9,8 @@ import struct
 import time
 
 from bench.relay import Relay
-from tests.e2e.test_admin_tunnel import ADMIN_ENV, admin
-from tests.e2e.test_failover import client_of, refusing_address
-from tests.e2e.test_tunnel import recv_exactly, socks_connect
-from tests.peers import echo, scrape_metrics, serve_tcp, start_server
+from tests.clients import ADMIN_ENV, admin, recv_exactly, socks_connect
+from tests.peers import client_of, echo, refusing_address, scrape_metrics, serve_tcp, start_server
 
 METRICS = ("--metrics", "127.0.0.1:0")
 

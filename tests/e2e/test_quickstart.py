@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jproxy.cli import build_parser
 from jproxy.commands.quickstart import command_name
-from tests.e2e.test_tunnel import curl
+from tests.clients import curl
 from tests.peers import Process
 
 

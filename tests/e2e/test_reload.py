@@ -16,9 +16,8 @@ from python_socks import ProxyError
 from python_socks.sync import Proxy
 
 from jproxy.policy.passwords import hash_password
-from tests.e2e.test_admin_tunnel import admin
-from tests.e2e.test_egress import NOT_ALLOWED, CountingEcho, echoes, socks_error
-from tests.peers import Process, start_client, start_server
+from tests.clients import NOT_ALLOWED, admin, echoes, socks_error
+from tests.peers import CountingEcho, Process, start_client, start_server
 
 SERVER_CONFIG = """\
 [server]

@@ -12,7 +12,7 @@ import pytest
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
-from tests.e2e.test_tunnel import curl, recv_exactly, socks_connect
+from tests.clients import curl, recv_exactly, socks_connect
 from tests.peers import Process, echo, serve_tcp, start_client, start_server
 
 FIFTY_MB = 50 * 1024 * 1024

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from tests.e2e.test_plain_socks import socks_connect
+from tests.clients import socks_connect
 from tests.peers import (
     Process,
     curl_socks,

@@ -10,8 +10,8 @@ import pytest
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
-from tests.e2e.test_tunnel import curl
-from tests.peers import echo, serve_tcp, start_client, start_server
+from tests.clients import curl
+from tests.peers import echo, free_port, serve_tcp, start_client, start_server
 
 
 @pytest.fixture
@@ -43,12 +43,6 @@ def _recv_until_closed(sock: socket.socket, limit: int) -> bytes:
     return data
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 GREETING = b"\x05\x01\x00"
 
 
@@ -74,7 +68,7 @@ def test_bind_gets_07_and_unknown_address_type_gets_08(client):
 def test_tunnel_connect_status_becomes_the_socks_reply(client, host, code):
     proxy = Proxy.from_url(f"socks5://127.0.0.1:{client.port}", rdns=True)
     with pytest.raises(ProxyError) as refused:
-        proxy.connect(host, closed_port(), timeout=15)
+        proxy.connect(host, free_port(), timeout=15)
     assert refused.value.error_code == code
 
 

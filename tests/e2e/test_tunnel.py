@@ -5,25 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import subprocess
 import threading
 
 import pytest
-from python_socks.sync import Proxy
 
+from tests.clients import DIALECT_FLAGS, curl, recv_exactly, socks_connect
 from tests.conftest import FILE_SIZES
 from tests.peers import (
     digest_after_eof,
     echo,
-    require_tool,
     serve_files,
     serve_tcp,
     sha256_of,
     start_client,
     start_server,
 )
-
-DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
 
 
 @pytest.fixture(params=sorted(DIALECT_FLAGS))
@@ -35,43 +31,6 @@ def tunnel(request, workdir):
     yield client
     assert client.stop() == 0, client.log()
     assert server.stop() == 0, server.log()
-
-
-def curl(socks_port: int, url: str, *extra: str, timeout: float = 60) -> bytes:
-    result = subprocess.run(
-        [
-            require_tool("curl"),
-            "-sS",
-            "--fail",
-            "--max-time",
-            str(timeout),
-            "--socks5-hostname",
-            f"127.0.0.1:{socks_port}",
-            *extra,
-            url,
-        ],
-        capture_output=True,
-        timeout=timeout + 5,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout
-
-
-def socks_connect(socks_port: int, host: str, port: int) -> socket.socket:
-    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
-    sock = proxy.connect(host, port, timeout=10)
-    sock.settimeout(10)
-    return sock
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks, got = [], 0
-    while got < size:
-        chunk = sock.recv(min(65536, size - got))
-        assert chunk, f"EOF after {got} of {size} bytes"
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def test_curl_gets_every_frame_boundary_size_by_name_intact(tunnel, web):

@@ -22,6 +22,7 @@ from schemas.fields import build, parse
 from schemas.jproxy import Dialect
 from schemas.socks5 import AddressType as SocksAddressType
 from schemas.socks5 import SocksMethodRequest, SocksReply, SocksRequest
+from tests.clients import DIALECT_FLAGS
 from tests.peers import (
     Process,
     UdpEcho,
@@ -33,7 +34,6 @@ from tests.peers import (
     wait_for_access,
 )
 
-DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
 DIALECTS = {"3.1": Dialect.SECURE_3_1, "3.0": Dialect.LEGACY_3_0}
 
 

@@ -9,8 +9,7 @@ import socket
 import subprocess
 import time
 
-from tests.e2e.test_admin_tunnel import ADMIN_ENV, admin
-from tests.e2e.test_tunnel import recv_exactly
+from tests.clients import ADMIN_ENV, admin, recv_exactly
 from tests.peers import (
     Process,
     echo,

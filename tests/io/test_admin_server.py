@@ -13,21 +13,21 @@ import pytest
 from jproxy.handlers.admin.listener import IPPROTO_SCTP, serve_admin
 from jproxy.metrics import Counters
 from jproxy.policy.passwords import AdminCredentials, LoginThrottle, hash_password
-from tests.admin_listener import BASE_DELAY, MAX_DELAY, PASSWORD, USER, start_admin
+from tests.admin_listener import (
+    BASE_DELAY,
+    MAX_DELAY,
+    PASSWORD,
+    USER,
+    connect,
+    exchange,
+    login,
+    read_to_end,
+    reply,
+    request,
+    start_admin,
+)
 
 OK = b"\x01\x00"
-
-
-def login(user: bytes = USER.encode(), password: bytes = PASSWORD.encode(), version=1) -> bytes:
-    return bytes([version, len(user)]) + user + bytes([len(password)]) + password
-
-
-def request(method: int, *params: bytes) -> bytes:
-    return bytes([method, len(params)]) + b"".join(bytes([len(p)]) + p for p in params)
-
-
-def reply(code: int, data: bytes) -> bytes:
-    return bytes([code, len(data)]) + data
 
 
 @pytest.fixture
@@ -44,30 +44,6 @@ def admin(counters, tuning):
     server = start_admin(counters, tuning)
     yield server
     server.stop()
-
-
-def connect(server) -> gevent.socket.socket:
-    proto = IPPROTO_SCTP if server.transport == "SCTP" else 0
-    sock = gevent.socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
-    sock.settimeout(5)
-    sock.connect(server.address)
-    return sock
-
-
-def read_to_end(sock) -> bytes:
-    received = b""
-    while data := sock.recv(4096):
-        received += data
-    return received
-
-
-def exchange(server, data: bytes, *, half_close: bool = True) -> bytes:
-    """Send ``data``, maybe half-close, and return everything the server sent until it closed."""
-    with connect(server) as sock:
-        sock.sendall(data)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        return read_to_end(sock)
 
 
 @pytest.mark.parametrize(

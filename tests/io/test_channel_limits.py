@@ -11,34 +11,12 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from jproxy.handlers.dns.resolver import SystemResolver
-from jproxy.handlers.net.dialer import Dialer
-from jproxy.handlers.tunnel.client import open_tunnel, serve_tunnel
 from jproxy.handlers.tunnel.datagrams import AssociateFailed
-from jproxy.handlers.tunnel.driver import Tunnel
-from jproxy.handlers.tunnel.server import ServerLimits, TunnelServer
-from jproxy.metrics import Counters
-from jproxy.policy.egress import EgressPolicy
-from jproxy.tunnel.keys import UserDirectory, load_client_key
-from schemas.jproxy import ConnectStatus, Dialect
+from jproxy.handlers.tunnel.server import ServerLimits
+from schemas.jproxy import ConnectStatus
 from tests.datagram_sink import DatagramSink
 from tests.peers import UdpEcho, echo, serve_tcp
-
-
-def serve_in_process(workdir, limits: ServerLimits) -> tuple[TunnelServer, Tunnel, gevent.Greenlet]:
-    """A ``TunnelServer`` with ``limits`` in this process (loopback allowed), and a running
-    tunnel to it (the greenlet that runs it)."""
-    policy = EgressPolicy.from_rules(["127.0.0.0/8"], [])
-    dialer = Dialer(SystemResolver(), policy, limits.connect_timeout)
-    server = TunnelServer(
-        ("127.0.0.1", 0), UserDirectory(workdir / "users"), limits=limits, dialer=dialer
-    )
-    server.start()
-    key = load_client_key(workdir / "key.dat")
-    tunnel = open_tunnel(
-        server.address, key, Dialect.SECURE_3_1, login_timeout=10, counters=Counters()
-    )
-    return server, tunnel, gevent.spawn(serve_tunnel, tunnel)
+from tests.tunnel_in_process import serve_in_process
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from jproxy.handlers.net.dialer import Dialer, DialError, is_this_host
 from jproxy.policy.egress import EgressPolicy
 from jproxy.policy.fds import FdBudget
 from schemas.jproxy import ConnectStatus
-from tests.peers import echo, serve_tcp
+from tests.peers import echo, free_port, serve_tcp
 
 LOOPBACK = EgressPolicy.from_rules(["127.0.0.0/8", "::1/128"], [])
 
@@ -37,12 +37,6 @@ def target():
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_connects_to_the_first_address_that_answers(target):
@@ -113,7 +107,7 @@ def test_names_fail_as_unknown_host(host, status, reason):
 
 def test_a_refused_connect_is_refused():
     with pytest.raises(DialError) as refused:
-        Dialer(TableResolver({}), LOOPBACK, 5.0).connect("127.0.0.1", closed_port())
+        Dialer(TableResolver({}), LOOPBACK, 5.0).connect("127.0.0.1", free_port())
     assert refused.value.status is ConnectStatus.REFUSED
 
 

@@ -18,7 +18,7 @@ from jproxy.metrics import Counters
 from jproxy.policy.egress import EgressPolicy
 from jproxy.policy.passwords import AdminCredentials, LoginThrottle, PasswordTable, hash_password
 from jproxy.tuning import RelayTuning
-from tests.io.test_admin_server import exchange, login, reply, request
+from tests.admin_listener import exchange, login, reply, request
 
 USER, PASSWORD = "alice", "s3cret"
 

@@ -9,8 +9,8 @@ import pytest
 from jproxy.handlers.tunnel.server import ServerLimits
 from jproxy.tunnel.mux import Ending
 from tests.datagram_sink import DatagramSink
-from tests.io.test_channel_limits import serve_in_process
 from tests.peers import UdpEcho
+from tests.tunnel_in_process import serve_in_process
 
 
 @pytest.fixture

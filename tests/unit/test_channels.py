@@ -28,34 +28,22 @@ from schemas.fast import KEEPALIVE, TCP_DISCONNECT, TCP_PACKET
 from schemas.jproxy import (
     ConnectStatus,
     Dialect,
-    Direction,
     DisconnectReason,
     KeepAliveKind,
     TcpConnectRequest,
     TcpWindowUpdate,
     address_for,
 )
+from tests.mux_cores import C2S, MAX_MESSAGE, S2C, core, kinds, messages, without_logs
 
-MAX_MESSAGE = {Dialect.SECURE_3_1: 4063, Dialect.LEGACY_3_0: 4079}
 IDLE = 300.0
-SENT = (Do.SEND, Do.SEND_AFTER_DATA)
 
 
 def pair(dialect: Dialect = Dialect.SECURE_3_1, **options) -> tuple[Channels, Channels]:
-    def make(sends: Direction) -> Channels:
-        return Channels(
-            sends, dialect, max_message=MAX_MESSAGE[dialect], now=0.0, idle_timeout=IDLE, **options
-        )
-
-    return make(Direction.CLIENT_TO_SERVER), make(Direction.SERVER_TO_CLIENT)
-
-
-def messages(events: list[Event]) -> list[bytes]:
-    return [event.value for event in events if event.kind in SENT]
-
-
-def kinds(events: list[Event]) -> list[Do]:
-    return [event.kind for event in events]
+    return (
+        core(C2S, dialect, idle_timeout=IDLE, **options),
+        core(S2C, dialect, idle_timeout=IDLE, **options),
+    )
 
 
 def deliver(receiver: Channels, events: list[Event] | Event, now: float = 0.0) -> list[Event]:
@@ -63,10 +51,6 @@ def deliver(receiver: Channels, events: list[Event] | Event, now: float = 0.0) -
     if isinstance(events, Event):
         events = [events]
     return receiver.receive(messages(events), now)
-
-
-def without_logs(events: list[Event]) -> list[Event]:
-    return [event for event in events if event.kind not in (Do.WARNING, Do.INFO)]
 
 
 def open_stream(client: Channels, server: Channels, host: str = "127.0.0.1", port: int = 80):

@@ -17,7 +17,7 @@ from jproxy.tunnel.mux import (
 )
 from schemas.fast import UDP_DISSOCIATE, UDP_PACKET
 from schemas.jproxy import ConnectStatus, Dialect, DisconnectReason
-from tests.unit.test_mux import C2S, S2C, core
+from tests.mux_cores import C2S, S2C, core, without_logs
 
 
 def _pair(dialect: Dialect = Dialect.SECURE_3_1, **server_options) -> tuple[Channels, Channels]:
@@ -28,10 +28,6 @@ def sent(events: list[Event]) -> bytes:
     """The one message among ``events``."""
     (message,) = [e.value for e in events if e.kind in (Do.SEND, Do.SEND_AFTER_DATA)]
     return message
-
-
-def without_logs(events: list[Event]) -> list[Event]:
-    return [e for e in events if e.kind not in (Do.INFO, Do.WARNING)]
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))

@@ -34,23 +34,8 @@ from schemas.fast import (
     UDP_DISSOCIATE,
     UDP_PACKET,
 )
-from schemas.jproxy import ConnectStatus, Dialect, Direction, DisconnectReason
-
-C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
-MAX_MESSAGE = {Dialect.SECURE_3_1: 4063, Dialect.LEGACY_3_0: 4079}
-SENT = (Do.SEND, Do.SEND_AFTER_DATA)
-
-
-def core(sends: Direction, dialect: Dialect = Dialect.SECURE_3_1, **options) -> Channels:
-    return Channels(sends, dialect, max_message=MAX_MESSAGE[dialect], now=0.0, **options)
-
-
-def messages(events: list[Event]) -> list[bytes]:
-    return [event.value for event in events if event.kind in SENT]
-
-
-def kinds(events: list[Event]) -> list[Do]:
-    return [event.kind for event in events]
+from schemas.jproxy import ConnectStatus, Dialect, DisconnectReason
+from tests.mux_cores import C2S, S2C, core, kinds, messages
 
 
 def test_streams_associations_and_echoes_live_side_by_side_in_one_core():
