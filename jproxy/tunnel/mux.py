@@ -280,6 +280,7 @@ class Channel:
     __slots__ = (
         "id",
         "kind",
+        "table",
         "ours",
         "theirs",
         "host",
@@ -298,6 +299,8 @@ class Channel:
     def __init__(self, channel_id: int, kind: Kind, host: str, port: int, now: float) -> None:
         self.id = channel_id
         self.kind = kind
+        self.table = TABLES[kind]
+        """Its kind's transition table (looked up once: a stream makes about seven moves)."""
         self.ours = self.theirs = Side.CONNECTING
         self.host = host
         self.port = port
@@ -942,7 +945,7 @@ class Channels:
 
     def _move(self, channel: Channel, side: str, move: Move) -> bool:
         """Make ``move`` on ``side`` ("ours" or "theirs") if its kind's table holds it."""
-        state = TABLES[channel.kind].get((getattr(channel, side), move))
+        state = channel.table.get((getattr(channel, side), move))
         if state is None:
             return False
         setattr(channel, side, state)
