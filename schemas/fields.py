@@ -8,12 +8,27 @@ that names the packet and the field, so callers handle a single exception type.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from typing import Any
 
 import construct as c
 
 from schemas.errors import WireError
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=1024)
+def ip_of(spelled: str | bytes) -> IpAddress | None:
+    """The address that ``spelled`` (text, or 4 or 16 packed bytes) is; ``None`` when it is
+    none. Cached (addresses are immutable): one connection's host is looked at up to four
+    times on its way through SOCKS, the routing rules and the tunnel's connect request, and
+    the same hosts come back again and again."""
+    try:
+        return ipaddress.ip_address(spelled)
+    except ValueError:
+        return None
 
 
 class StrictEnum(c.Adapter):
@@ -57,11 +72,10 @@ class AddressKind(enum.IntEnum):
     @classmethod
     def of(cls, host: str) -> AddressKind:
         """The type for ``host``: an IP literal keeps its family, anything else is a name."""
-        try:
-            version = ipaddress.ip_address(host).version
-        except ValueError:
+        address = ip_of(host)
+        if address is None:
             return cls["DOMAIN"]
-        return cls["IPV4"] if version == 4 else cls["IPV6"]
+        return cls["IPV4"] if address.version == 4 else cls["IPV6"]
 
 
 def unnamed(field: c.Construct) -> c.Construct:

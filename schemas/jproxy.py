@@ -9,12 +9,11 @@ low nibble 4 is the tunnel itself. Codes 0x61, 0x81, 0x03 and 0x04 exist only in
 from __future__ import annotations
 
 import enum
-import ipaddress
 
 import construct as c
 
 from schemas.errors import WireError
-from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse
+from schemas.fields import AddressKind, InRange, StrictEnum, doc, ip_of, packet, parse
 from schemas.introspect import field
 
 MAGIC = b"jProxy"
@@ -130,7 +129,7 @@ def host_from_wire(kind: AddressType, raw: bytes) -> str:
             raise ValueError(
                 f"{kind.name} address needs {_ADDRESS_LENGTHS[kind]} bytes, got {len(raw)}"
             )
-        return str(ipaddress.ip_address(raw))
+        return str(ip_of(raw))
     if not raw:
         raise ValueError("empty host name")
     try:
@@ -146,10 +145,9 @@ def host_to_wire(kind: AddressType, host: str) -> bytes:
         if not 1 <= len(raw) <= MAX_NAME_LENGTH:
             raise ValueError(f"host name must be 1..{MAX_NAME_LENGTH} bytes, got {len(raw)}")
         return raw
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address") from None
+    address = ip_of(host)
+    if address is None:
+        raise ValueError(f"{host!r} is not an IP address")
     if len(address.packed) != _ADDRESS_LENGTHS[kind]:
         raise ValueError(f"{host!r} is not an {kind.name} address")
     return address.packed

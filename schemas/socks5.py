@@ -15,7 +15,6 @@ import abc
 import enum
 import functools
 import io
-import ipaddress
 import itertools
 import operator
 import struct
@@ -24,7 +23,7 @@ from typing import Generic, NamedTuple, TypeVar
 import construct as c
 
 from schemas import introspect
-from schemas.fields import AddressKind, InRange, StrictEnum, doc, packet, parse
+from schemas.fields import AddressKind, InRange, StrictEnum, doc, ip_of, packet, parse
 
 VERSION = 5
 PASSWORD_AUTH_VERSION = 1
@@ -84,13 +83,11 @@ class _IpAddress(c.Adapter):
         self.size = size
 
     def _decode(self, obj: bytes, context: c.Container, path: str) -> str:
-        return str(ipaddress.ip_address(obj))
+        return str(ip_of(obj))
 
     def _encode(self, obj: str, context: c.Container, path: str) -> bytes:
-        try:
-            packed = ipaddress.ip_address(obj).packed
-        except ValueError:
-            packed = b""
+        address = ip_of(obj)
+        packed = b"" if address is None else address.packed
         if len(packed) != self.size:
             raise c.ValidationError(f"{obj!r} is not a {self.size}-byte IP address", path=path)
         return packed

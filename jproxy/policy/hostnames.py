@@ -18,8 +18,9 @@ a zone index (``fe80::1%eth0``).
 
 from __future__ import annotations
 
-import ipaddress
 import re
+
+from schemas.fields import IpAddress, ip_of
 
 MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
@@ -31,14 +32,11 @@ class InvalidHost(ValueError):
     """A target host that is neither an IP literal nor a well-formed name; says why."""
 
 
-def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_literal(host: str) -> IpAddress | None:
     """The address ``host`` spells in standard form; ``None`` when it is not an IP literal."""
     if "%" in host:  # a zone index: not a target a remote client may name
         return None
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
+    return ip_of(host)
 
 
 def check_host(host: str) -> None:

@@ -280,6 +280,7 @@ class Channel:
     __slots__ = (
         "id",
         "kind",
+        "table",
         "ours",
         "theirs",
         "host",
@@ -298,6 +299,8 @@ class Channel:
     def __init__(self, channel_id: int, kind: Kind, host: str, port: int, now: float) -> None:
         self.id = channel_id
         self.kind = kind
+        self.table = TABLES[kind]
+        """Its kind's transition table (looked up once: a stream makes about seven moves)."""
         self.ours = self.theirs = Side.CONNECTING
         self.host = host
         self.port = port
@@ -380,6 +383,10 @@ class Channels:
         self.keepalive = keepalive
         self.channels: dict[int, Channel] = {}
         self.associations = 0
+        self.in_flight = 0
+        """3.1: stream bytes sent and not yet granted back by the peer's window updates, over
+        every open channel (kept as they change: the client's pool weighs tunnels by it at
+        every new stream)."""
         self.heard_at = now
         self.pinged_at = now
         self.rtt: float | None = None
@@ -490,6 +497,7 @@ class Channels:
         channel.active_at = now
         if self.secure:
             channel.send_window -= len(payload)
+            self.in_flight += len(payload)
         step, cid = self.max_data, channel.id
         if len(payload) <= step:
             return [TCP_PACKET.build(cid, payload)]
@@ -890,6 +898,7 @@ class Channels:
             return []
         channel.active_at = now
         channel.send_window += increment
+        self.in_flight -= increment
         if channel.send_window > MAX_WINDOW:
             warning = Event(Do.WARNING, channel, "peer granted an absurd window, reset")
             return [warning, *self._reset(channel)]
@@ -942,7 +951,7 @@ class Channels:
 
     def _move(self, channel: Channel, side: str, move: Move) -> bool:
         """Make ``move`` on ``side`` ("ours" or "theirs") if its kind's table holds it."""
-        state = TABLES[channel.kind].get((getattr(channel, side), move))
+        state = channel.table.get((getattr(channel, side), move))
         if state is None:
             return False
         setattr(channel, side, state)
@@ -1003,6 +1012,7 @@ class Channels:
     def _release(self, channel: Channel) -> None:
         if self.channels.get(channel.id) is channel:
             del self.channels[channel.id]
+            self.in_flight -= self.window - channel.send_window
             if channel.kind is Kind.UDP:
                 self.associations -= 1
             self.stalled.pop(channel, None)

@@ -115,6 +115,26 @@ def test_window_updates_leave_as_the_data_is_delivered():
         assert client.allowance(mine) == granted
 
 
+def test_bytes_in_flight_follow_sends_grants_and_ends():
+    """What the client's pool weighs tunnels by: sent and not yet granted back, summed over
+    the open streams, and forgotten with a stream that ends."""
+    client, server = pair()
+    first, first_theirs = open_stream(client, server)
+    second, second_theirs = open_stream(client, server)
+    server.receive(client.data(first, b"a" * 400_000, 0.0), 0.0)
+    server.receive(client.data(second, b"b" * 5_000, 0.0), 0.0)
+    assert client.in_flight == 405_000
+    deliver(client, server.delivered(first_theirs, server.update_threshold, 0.0))
+    assert client.in_flight == 405_000 - server.update_threshold
+    for mine, theirs in ((second, second_theirs), (first, first_theirs)):
+        deliver(server, client.close(mine, Ending.RESET))
+        deliver(client, server.close(theirs, Ending.RESET))  # the server's driver answers
+        if mine is second:
+            assert client.in_flight == 400_000 - server.update_threshold
+    assert client.in_flight == 0 == server.in_flight
+    assert not client.channels
+
+
 def test_a_peer_that_overruns_its_window_has_the_stream_reset():
     client, server = pair(window=8192)
     mine, theirs = open_stream(client, server)

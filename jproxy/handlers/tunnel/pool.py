@@ -57,7 +57,7 @@ from jproxy.tunnel.handshake import (
     version_text,
 )
 from jproxy.tunnel.keys import ClientKey
-from jproxy.tunnel.mux import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL, Kind
+from jproxy.tunnel.mux import DEFAULT_IDLE_TIMEOUT, DEFAULT_WINDOW, KEEPALIVE_INTERVAL
 from schemas.jproxy import ConnectStatus, Dialect
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,8 @@ class TunnelPool:
         if index is None:
             return None
         tunnels = usable[index]
+        if len(tunnels) == 1:
+            return tunnels[0]
         return tunnels[least_loaded([tunnel_load(tunnel) for tunnel in tunnels])]
 
     def _usable(self) -> dict[int, list[Tunnel]]:
@@ -411,12 +413,4 @@ def tunnel_load(tunnel: Tunnel) -> Load:
     """A tunnel's open channels (of every kind) and bytes in flight (sent on its streams but
     not yet granted back by the peer's window updates)."""
     channels = tunnel.channels
-    in_flight = 0
-    if channels.secure:
-        window = channels.window
-        in_flight = sum(
-            window - channel.send_window
-            for channel in channels.channels.values()
-            if channel.kind is Kind.TCP
-        )
-    return Load(len(channels.channels), in_flight)
+    return Load(len(channels.channels), channels.in_flight)
