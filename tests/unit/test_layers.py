@@ -1,8 +1,10 @@
 """Every test module sits in one layer's folder: the folder is its marker, so a test file put
-anywhere else would run in no layer and escape ``pytest -m "not e2e"`` or the e2e run alike."""
+anywhere else would run in no layer and escape ``pytest -m "not e2e"`` or the e2e run alike.
+Shared helpers sit in tests/ itself, never in a test module another one imports."""
 
 from __future__ import annotations
 
+import ast
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -27,3 +29,22 @@ def test_every_test_file_sits_in_a_layer_folder(pytestconfig: pytest.Config) -> 
     assert not misplaced, f"move each into tests/unit, tests/io or tests/e2e: {misplaced}"
     nested = [str(path) for path in test_files if len(path.parts) != 2]
     assert not nested, f"a layer's tests sit directly in its folder: {nested}"
+
+
+def test_no_test_module_imports_another() -> None:
+    """A helper two test modules need goes to tests/ (peers.py, clients.py, ...): importing a
+    test module ties one layer's tests to another's and hides the helper among tests."""
+    borrowed = []
+    for path in TESTS.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            borrowed += [
+                f"{path.relative_to(TESTS)}: {name}"
+                for name in names
+                if name.split(".")[:2] in [["tests", layer] for layer in LAYERS]
+            ]
+    assert not borrowed, f"move what these use into a helper module of tests/: {borrowed}"
