@@ -7,11 +7,14 @@ the schemas (``gen``). ``jproxy.handlers`` runs the cores on gevent sockets, gro
 way; ``jproxy.commands`` holds the subcommands of the ``gjproxy`` command line.
 """
 
-from importlib import metadata
-
 
 def version() -> str:
     """The installed package's version; a source tree that was never installed says so."""
+    # Imported here, not by every process that imports jproxy: importlib.metadata brings
+    # email, zipfile, pathlib and csv (about 4 MB of RSS), which only --version and the
+    # console's page need.
+    from importlib import metadata
+
     try:
         return metadata.version("gjproxy")
     except metadata.PackageNotFoundError:
