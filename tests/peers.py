@@ -241,6 +241,7 @@ def start_java_peer(workdir: Path, role: str, *extra: str) -> Process:
 
 
 SHUTDOWN_POLL = 0.02
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux; 3.12+ names it
 """How often a loopback server's loop looks for ``shutdown()``: socketserver's default 0.5 s
 was half a second of every test that stopped one."""
 
@@ -519,8 +520,9 @@ def curl_socks(
     )
 
 
-def poll_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
-    """Return once ``condition()`` is true, checked every 50 ms; fail after ``timeout``."""
+def poll_until(condition, timeout: float = 15.0, what: object = "condition") -> None:
+    """Return once ``condition()`` is true, checked every 50 ms; fail after ``timeout``,
+    saying ``what`` (as it reads then: a ``Flood`` gives its counters)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -593,9 +595,13 @@ class Flood:
     """Connections to ``port`` that never log in, from ``sources``, reopened when dropped.
 
     Half stay silent; the other half trickle ``trickle`` one byte per ``pace`` seconds (a
-    hello that would take longer than any deadline). One thread drives them all, until
-    ``stop()``; ``opened`` and ``dropped`` count what happened meanwhile.
+    hello that would take longer than any deadline). One thread drives them all with
+    non-blocking connects, so a server slow to accept never stalls the rest, until ``stop()``;
+    ``opened`` and ``dropped`` count what happened meanwhile, ``failed`` the connects that did
+    not complete (each is retried at the next ``pace``).
     """
+
+    CONNECT_TIMEOUT = 2.0
 
     def __init__(
         self,
@@ -607,7 +613,8 @@ class Flood:
     ) -> None:
         self.port, self.count, self.sources = port, count, sources
         self.trickle, self.pace = trickle, pace
-        self.opened = self.dropped = 0
+        self.opened = self.dropped = self.failed = 0
+        self.last_error: OSError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -622,66 +629,111 @@ class Flood:
         self._stop.set()
         self._thread.join(30)
 
-    def _open(self, slot: int) -> socket.socket | None:
-        sock = socket.socket()
+    def __str__(self) -> str:
+        return (
+            f"flood of {self.count}: opened {self.opened}, dropped {self.dropped}, "
+            f"failed {self.failed} (last error: {self.last_error})"
+        )
+
+    def _start_connect(self, slot: int) -> socket.socket | None:
+        """A socket from the slot's source with its connect under way, or None."""
         try:
-            sock.bind((self.sources[slot % len(self.sources)], 0))
-            sock.settimeout(2)
-            sock.connect(("127.0.0.1", self.port))
-        except OSError:
-            sock.close()
+            sock = socket.socket()
+        except OSError as error:
+            self.failed, self.last_error = self.failed + 1, error
             return None
-        sock.setblocking(False)
-        self.opened += 1
+        try:
+            # the port is chosen at connect, knowing the destination: churning thousands of
+            # connections from one address never runs out of ports that bind() would choose
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((self.sources[slot % len(self.sources)], 0))
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", self.port))
+        except OSError as error:
+            sock.close()
+            self.failed, self.last_error = self.failed + 1, error
+            return None
         return sock
 
     def _run(self) -> None:
         selector = selectors.DefaultSelector()
-        socks: dict[int, socket.socket | None] = {}
+        socks: dict[int, socket.socket] = {}
+        connecting: dict[int, float] = {}  # slot -> when its connect must have completed
         sent: dict[int, int] = {}
 
-        def reopen(slot: int) -> None:
-            old = socks.get(slot)
-            if old is not None:
-                selector.unregister(old)
-                old.close()
-            socks[slot] = sock = self._open(slot)
-            sent[slot] = 0
+        def close(slot: int) -> None:
+            sock = socks.pop(slot, None)
             if sock is not None:
-                selector.register(sock, selectors.EVENT_READ, slot)
+                selector.unregister(sock)
+                sock.close()
+            connecting.pop(slot, None)
+
+        def reopen(slot: int) -> None:
+            close(slot)
+            sent[slot] = 0
+            sock = self._start_connect(slot)
+            if sock is not None:
+                socks[slot] = sock
+                connecting[slot] = time.monotonic() + self.CONNECT_TIMEOUT
+                selector.register(sock, selectors.EVENT_WRITE, slot)
+
+        def connected(slot: int) -> None:
+            error = socks[slot].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self.failed, self.last_error = self.failed + 1, OSError(error, os.strerror(error))
+                close(slot)
+                return
+            del connecting[slot]
+            selector.modify(socks[slot], selectors.EVENT_READ, slot)
+            self.opened += 1
+
+        def readable(slot: int) -> None:
+            try:
+                alive = socks[slot].recv(4096) != b""
+            except BlockingIOError:
+                alive = True
+            except OSError:
+                alive = False
+            if not alive:
+                self.dropped += 1
+                reopen(slot)
+
+        def tick() -> None:
+            """Retry what is not connected, give up on late connects, trickle one byte."""
+            now = time.monotonic()
+            for slot in range(self.count):
+                if slot not in socks or connecting.get(slot, now + 1) < now:
+                    if slot in socks:
+                        self.failed, self.last_error = self.failed + 1, TimeoutError("connect")
+                    reopen(slot)
+                elif slot % 2 == 0 and slot not in connecting:
+                    try:
+                        socks[slot].send(self.trickle[sent[slot] % len(self.trickle) :][:1])
+                        sent[slot] += 1
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        self.dropped += 1
+                        reopen(slot)
 
         for slot in range(self.count):
             if self._stop.is_set():
                 break
             reopen(slot)
-        next_byte = time.monotonic()
+        next_tick = time.monotonic()
         while not self._stop.is_set():
             for key, _ in selector.select(timeout=0.05):
-                try:
-                    alive = key.fileobj.recv(4096) != b""
-                except BlockingIOError:
-                    alive = True
-                except OSError:
-                    alive = False
-                if not alive:
-                    self.dropped += 1
-                    reopen(key.data)
-            if time.monotonic() >= next_byte:
-                next_byte += self.pace
-                for slot in range(0, self.count, 2):
-                    sock = socks.get(slot)
-                    if sock is None:
-                        reopen(slot)
-                        continue
-                    try:
-                        sock.send(self.trickle[sent[slot] % len(self.trickle) :][:1])
-                        sent[slot] += 1
-                    except OSError:
-                        self.dropped += 1
-                        reopen(slot)
-        for sock in socks.values():
-            if sock is not None:
-                sock.close()
+                if socks.get(key.data) is not key.fileobj:
+                    continue  # closed and reopened earlier in this batch
+                if key.data in connecting:
+                    connected(key.data)
+                else:
+                    readable(key.data)
+            if time.monotonic() >= next_tick:
+                next_tick += self.pace
+                tick()
+        for slot in list(socks):
+            close(slot)
         selector.close()
 
 

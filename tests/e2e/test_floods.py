@@ -77,7 +77,7 @@ def test_tunnel_logins_get_through_ten_times_the_prelogin_budget(workdir, source
             poll_until(
                 lambda: flood.opened >= FLOOD and flood.dropped > FLOOD // 2,
                 timeout=60,
-                what="the flood to push out its own connections",
+                what=flood,  # failing, it says how far the flood got
             )
             for _ in range(LOGINS):
                 _far_login(server.port, workdir)
@@ -107,7 +107,7 @@ def test_the_operator_gets_in_past_a_flood_from_the_operators_own_address(workdi
             poll_until(
                 lambda: flood.opened >= ADMIN_FLOOD and flood.dropped > ADMIN_FLOOD // 2,
                 timeout=60,
-                what="the flood to push out its own connections",
+                what=flood,  # failing, it says how far the flood got
             )
             for _ in range(LOGINS):
                 started = time.monotonic()
