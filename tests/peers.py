@@ -241,7 +241,6 @@ def start_java_peer(workdir: Path, role: str, *extra: str) -> Process:
 
 
 SHUTDOWN_POLL = 0.02
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux; 3.12+ names it
 """How often a loopback server's loop looks for ``shutdown()``: socketserver's default 0.5 s
 was half a second of every test that stopped one."""
 
@@ -589,6 +588,9 @@ def scrape_metrics(port: int) -> dict[str, float]:
 
 
 # --- floods -----------------------------------------------------------------------------------
+
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # 24 on Linux
 
 
 class Flood:
