@@ -12,7 +12,7 @@ import pytest
 from python_socks import ProxyError
 from python_socks.sync import Proxy
 
-from tests.peers import require_tool
+from tests.peers import curl_socks
 
 DIALECT_FLAGS = {"3.1": ((), ()), "3.0": (("--allow-legacy",), ("--dialect", "3.0"))}
 """Per dialect, the server's flags and the client's flags that make a tunnel of it."""
@@ -27,30 +27,20 @@ CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswi
 def curl(socks_port: int, url: str, *extra: str, timeout: float = 60) -> bytes:
     """``url`` fetched with curl through the SOCKS5 port (names resolved by the proxy); the
     body, after asserting curl succeeded."""
-    result = subprocess.run(
-        [
-            require_tool("curl"),
-            "-sS",
-            "--fail",
-            "--max-time",
-            str(timeout),
-            "--socks5-hostname",
-            f"127.0.0.1:{socks_port}",
-            *extra,
-            url,
-        ],
-        capture_output=True,
-        timeout=timeout + 5,
-    )
+    result = curl_socks(f"127.0.0.1:{socks_port}", url, "--fail", *extra, timeout=timeout)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout
+
+
+def _socks5(socks_port: int) -> Proxy:
+    """python-socks' no-auth SOCKS5 proxy at the loopback port, names sent as names."""
+    return Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
 
 
 def socks_connect(socks_port: int, host: str, port: int) -> socket.socket:
     """A no-auth SOCKS5 CONNECT to ``host``:``port`` (a name is sent as a name); the ready
     socket, with a 10 s timeout."""
-    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
-    sock = proxy.connect(host, port, timeout=10)
+    sock = _socks5(socks_port).connect(host, port, timeout=10)
     sock.settimeout(10)
     return sock
 
@@ -68,16 +58,14 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 def socks_error(socks_port: int, host: str, port: int) -> int:
     """The SOCKS reply code of a CONNECT that must fail."""
-    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
     with pytest.raises(ProxyError) as refused:
-        proxy.connect(host, port, timeout=15).close()
+        _socks5(socks_port).connect(host, port, timeout=15).close()
     return refused.value.error_code
 
 
 def echoes(socks_port: int, host: str, port: int) -> bool:
     """Whether a CONNECT to the echo server at ``host``:``port`` carries "ping" there and back."""
-    proxy = Proxy.from_url(f"socks5://127.0.0.1:{socks_port}", rdns=True)
-    with proxy.connect(host, port, timeout=15) as sock:
+    with _socks5(socks_port).connect(host, port, timeout=15) as sock:
         sock.settimeout(10)
         sock.sendall(b"ping")
         return recv_exactly(sock, 4) == b"ping"

@@ -17,9 +17,11 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jproxy.policy.passwords import hash_password
 
 START_TIMEOUT = 15.0
+T = TypeVar("T")
 
 
 def require_tool(name: str) -> str:
@@ -519,14 +522,15 @@ def curl_socks(
     )
 
 
-def poll_until(condition, timeout: float = 15.0, what: object = "condition") -> None:
-    """Return once ``condition()`` is true, checked every 50 ms; fail after ``timeout``,
+def poll_until(condition: Callable[[], T], timeout: float = 15.0, what: object = "condition") -> T:
+    """``condition()``'s value once it is true, checked every 50 ms; fail after ``timeout``,
     saying ``what`` (as it reads then: a ``Flood`` gives its counters)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+    return value
 
 
 def count_lines(process: Process, pattern: str, at_least: int = 0, timeout: float = 5.0) -> int:
@@ -704,11 +708,13 @@ class Flood:
             """Retry what is not connected, give up on late connects, trickle one byte."""
             now = time.monotonic()
             for slot in range(self.count):
-                if slot not in socks or connecting.get(slot, now + 1) < now:
-                    if slot in socks:
-                        self.failed, self.last_error = self.failed + 1, TimeoutError("connect")
+                if slot not in socks:
                     reopen(slot)
-                elif slot % 2 == 0 and slot not in connecting:
+                elif slot in connecting:
+                    if connecting[slot] < now:
+                        self.failed, self.last_error = self.failed + 1, TimeoutError("connect")
+                        reopen(slot)
+                elif slot % 2 == 0:
                     try:
                         socks[slot].send(self.trickle[sent[slot] % len(self.trickle) :][:1])
                         sent[slot] += 1

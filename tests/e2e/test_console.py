@@ -24,6 +24,7 @@ from tests.peers import (
     HEADLESS_CHROMIUM,
     Process,
     echo,
+    poll_until,
     require_tool,
     serve_tcp,
     start_client,
@@ -71,17 +72,6 @@ def api(port: int, path: str, secret: str = SECRET, method: str = "GET") -> tupl
             return answer.status, json.loads(body) if body else None
     except urllib.error.HTTPError as error:
         return error.code, None
-
-
-def wait_until(check, timeout: float = 10.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.2)
 
 
 def trickle(sock: socket.socket) -> None:
@@ -224,14 +214,14 @@ def test_the_api_reports_a_known_mix_of_traffic(proxy, web, echo_target):
             mine = [row for row in rows if row["destination"] == f"127.0.0.1:{echo_port}"]
             return mine[0] if mine and mine[0]["download"] == 1000 else None
 
-        mine = wait_until(lambda: open_row(client.console), what="the client's row")
+        mine = poll_until(lambda: open_row(client.console), timeout=10, what="the client's row")
         assert (mine["source"], mine["upload"], mine["route"]) == (source, 1000, "tunnel")
         tunnels = api(client.console, "/api/tunnels")[1]["tunnels"]
         assert [t["state"] for t in tunnels] == ["up"] and mine["tunnel"] == tunnels[0]["id"]
         assert tunnels[0]["server"] == f"127.0.0.1:{server.port}"
         assert tunnels[0]["dialect"] == "3.1" and tunnels[0]["rtt_ms"] is not None
         assert tunnels[0]["channels"] >= 1
-        theirs = wait_until(lambda: open_row(server.console), what="the server's row")
+        theirs = poll_until(lambda: open_row(server.console), timeout=10, what="the server's row")
         assert (theirs["user"], theirs["upload"], theirs["network"]) == ("alice", 1000, "tcp")
         status, clash = api(client.console, "/connections")
         entry = next(c for c in clash["connections"] if c["id"] == mine["id"])
@@ -288,7 +278,7 @@ def test_gjproxy_status_says_up_then_down_with_its_exit_status(workdir):
             result = status(workdir, "--config", "client.toml")
             return result if result.returncode == 1 else None
 
-        result = wait_until(down, what="status exit 1")
+        result = poll_until(down, timeout=10, what="status exit 1")
         assert " down " in result.stdout, result.stdout
     finally:
         client.stop()
@@ -331,7 +321,9 @@ def test_hostile_console_clients_are_bounded_and_never_slow_the_tunnel(proxy, we
     finally:
         for sock in hostile:
             sock.close()
-    assert wait_until(lambda: api(client.console, "/api/tunnels")[0] == 200, what="recovery")
+    assert poll_until(
+        lambda: api(client.console, "/api/tunnels")[0] == 200, timeout=10, what="recovery"
+    )
     odd = socket.create_connection(address, timeout=5)
     odd.sendall(b"GET /" + b"%2e" * 10000 + b" HTTP/1.1\r\n\r\n")
     assert odd.recv(100).startswith(b"HTTP/1.1 431 ")
@@ -369,7 +361,7 @@ def test_the_page_stream_survives_a_thousand_connections_with_bounded_memory(pro
     echo_port = echo_target.server_address[1]
     reader = EventReader(client.console)
     reader.start()
-    wait_until(lambda: reader.messages >= 1, what="a first snapshot")
+    poll_until(lambda: reader.messages >= 1, timeout=10, what="a first snapshot")
     rss_before = client.rss_kib()
 
     def one(_: int) -> None:
@@ -381,7 +373,7 @@ def test_the_page_stream_survives_a_thousand_connections_with_bounded_memory(pro
     seen = reader.messages
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(one, range(1000)))
-    wait_until(lambda: reader.last and reader.last["open"] == 0, what="every row gone")
+    poll_until(lambda: reader.last and reader.last["open"] == 0, timeout=10, what="every row gone")
     assert reader.messages > seen and reader.is_alive(), reader.failure
     rss_growth = client.rss_kib() - rss_before
     assert rss_growth < 40 * 1024, f"RSS grew {rss_growth} KiB"
